@@ -1,0 +1,3 @@
+from planvm.cli import main
+
+main()

@@ -1,0 +1,3 @@
+"""Training: datasets, LoRA fine-tuning and evaluation of the planner."""
+
+__all__: list[str] = []

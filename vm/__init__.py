@@ -1,0 +1,84 @@
+"""planvm's virtual machine: the plan format, static validation and the interpreter.
+
+This package imports no other planvm package and no heavy dependency.
+"""
+
+from vm.errors import (
+    BackendUnavailable,
+    ConditionError,
+    ExpressionError,
+    LimitExceeded,
+    LLMCallLimitExceeded,
+    LLMError,
+    LLMUnavailable,
+    NoFinalAnswer,
+    OutputMappingError,
+    PlanError,
+    PlanLoadError,
+    PlanValidationError,
+    PlanVMError,
+    Problem,
+    ReferencePathError,
+    RunError,
+    StepLimitExceeded,
+    TimeLimitExceeded,
+    ToolError,
+    ToolFailed,
+    ToolNotAllowed,
+    ToolNotFound,
+    ToolParamsInvalid,
+    ToolRegistrationError,
+    VariableUndefined,
+)
+from vm.jsontext import extract_json
+from vm.limits import Limits
+from vm.llm import LLM, Completion, split_reasoning
+from vm.machine import VM, RunResult, StepRecord
+from vm.plan import load_plan_data, plan_json_schema
+from vm.program import Program
+from vm.tooling import CallContext, ToolCatalog, ToolSpec
+from vm.validate import compile_plan, validate_plan
+
+__all__ = [
+    "LLM",
+    "VM",
+    "BackendUnavailable",
+    "CallContext",
+    "Completion",
+    "ConditionError",
+    "ExpressionError",
+    "LLMCallLimitExceeded",
+    "LLMError",
+    "LLMUnavailable",
+    "LimitExceeded",
+    "Limits",
+    "NoFinalAnswer",
+    "OutputMappingError",
+    "PlanError",
+    "PlanLoadError",
+    "PlanVMError",
+    "PlanValidationError",
+    "Problem",
+    "Program",
+    "ReferencePathError",
+    "RunError",
+    "RunResult",
+    "StepLimitExceeded",
+    "StepRecord",
+    "TimeLimitExceeded",
+    "ToolCatalog",
+    "ToolError",
+    "ToolFailed",
+    "ToolNotAllowed",
+    "ToolNotFound",
+    "ToolParamsInvalid",
+    "ToolRegistrationError",
+    "ToolSpec",
+    "VariableUndefined",
+    "compile_plan",
+    "extract_json",
+    "load_plan_data",
+    "plan_json_schema",
+    "split_reasoning",
+    "validate_plan",
+]

@@ -1,0 +1,266 @@
+"""Every error planvm raises, in one hierarchy.
+
+::
+
+    PlanVMError
+    ├── PlanError                      the plan cannot be run at all (nothing has executed)
+    │   ├── PlanLoadError              missing file, not JSON, not a JSON array
+    │   └── PlanValidationError        static problems; ``.problems`` lists all of them
+    ├── ToolRegistrationError          a tool cannot be registered (duplicate name, bad signature)
+    ├── LLMError                       an LLM backend failed or is not configured
+    ├── BackendUnavailable             a built-in tool's backend (e.g. a knowledge base) is not set up
+    └── RunError                       a step failed while the plan ran (``seq_no``, ``instruction_type``)
+        ├── VariableUndefined          ``${x}`` read before anything assigned ``x``
+        ├── ReferencePathError         ``${x.key}`` / ``${x[0]}`` reaches into something that is not there
+        ├── ExpressionError            arithmetic on a non-number, division by zero, a result too large
+        ├── ToolError                  (``tool_name``)
+        │   ├── ToolNotFound           no tool of that name in the registry
+        │   ├── ToolNotAllowed         the tool exists but the run's allow-list leaves it out
+        │   ├── ToolParamsInvalid      a missing or wrong-typed ``tool_params`` entry (``parameter``)
+        │   └── ToolFailed             the tool raised; the tool's exception is ``__cause__``
+        ├── OutputMappingError         a tool result that cannot be mapped onto ``output_vars``
+        ├── ConditionError             a ``jmp`` condition reply that is not ``{"result": bool, ...}``
+        ├── LLMUnavailable             a step needs an LLM and the run has none
+        ├── NoFinalAnswer              the plan ran off its end without assigning ``final_answer``
+        └── LimitExceeded              a run budget ran out (``limit``, ``value``)
+            ├── StepLimitExceeded
+            ├── TimeLimitExceeded
+            └── LLMCallLimitExceeded
+
+Every message says what went wrong and what to do about it. Exceptions carry the same facts as
+attributes, so callers never parse messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "BackendUnavailable",
+    "ConditionError",
+    "ExpressionError",
+    "LLMCallLimitExceeded",
+    "LLMError",
+    "LLMUnavailable",
+    "LimitExceeded",
+    "NoFinalAnswer",
+    "OutputMappingError",
+    "PlanError",
+    "PlanLoadError",
+    "PlanVMError",
+    "PlanValidationError",
+    "Problem",
+    "ReferencePathError",
+    "RunError",
+    "StepLimitExceeded",
+    "TimeLimitExceeded",
+    "ToolError",
+    "ToolFailed",
+    "ToolNotAllowed",
+    "ToolNotFound",
+    "ToolParamsInvalid",
+    "ToolRegistrationError",
+    "VariableUndefined",
+]
+
+
+class PlanVMError(Exception):
+    """Base of every error planvm raises on purpose."""
+
+
+# --- before anything runs -------------------------------------------------------------------
+
+
+class PlanError(PlanVMError):
+    """The plan cannot be run at all."""
+
+
+class PlanLoadError(PlanError):
+    """The plan file is missing, is not JSON, or is not a JSON array of instructions."""
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One static problem in a plan. ``seq_no`` is None when the problem is not tied to one step."""
+
+    seq_no: int | None
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        where = "plan" if self.seq_no is None else f"seq_no {self.seq_no}"
+        return f"{where}: {self.message}"
+
+
+class PlanValidationError(PlanError):
+    """Static validation found problems; ``problems`` holds every one of them, in plan order."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        n = len(self.problems)
+        super().__init__(f"the plan has {n} problem{'s' if n != 1 else ''}; fix them and run again:\n{lines}")
+
+
+class ToolRegistrationError(PlanVMError):
+    """A tool cannot be registered: a duplicate name, or a signature that cannot be described."""
+
+    def __init__(self, message: str, *, tool_name: str | None = None) -> None:
+        super().__init__(message)
+        self.tool_name = tool_name
+
+
+class LLMError(PlanVMError):
+    """An LLM backend failed (outside of a run step, or as the cause of one)."""
+
+
+class BackendUnavailable(PlanVMError):
+    """A built-in tool has no backend to serve it (a tool raising it fails its step)."""
+
+
+# --- while a plan runs ----------------------------------------------------------------------
+
+
+class RunError(PlanVMError):
+    """A step failed while the plan ran. ``seq_no`` and ``instruction_type`` name the step."""
+
+    def __init__(self, message: str, *, seq_no: int | None = None, instruction_type: str | None = None) -> None:
+        super().__init__(message)
+        self.seq_no = seq_no
+        self.instruction_type = instruction_type
+        self.detail = message
+
+    def locate(self, seq_no: int, instruction_type: str) -> RunError:
+        """Attach the step's position if it is not known yet (errors raised deep inside evaluation)."""
+        if self.seq_no is None:
+            self.seq_no = seq_no
+            self.instruction_type = instruction_type
+        return self
+
+    def __str__(self) -> str:
+        if self.seq_no is None:
+            return self.detail
+        return f"seq_no {self.seq_no} ({self.instruction_type}): {self.detail}"
+
+
+class VariableUndefined(RunError):
+    def __init__(self, variable: str, **where: Any) -> None:
+        super().__init__(
+            f"variable '{variable}' is used before any step assigned it; assign it in an earlier step "
+            f"(assign, or a calling step's output_vars) or fix the name",
+            **where,
+        )
+        self.variable = variable
+
+
+class ReferencePathError(RunError):
+    def __init__(self, reference: str, message: str, *, variable: str, **where: Any) -> None:
+        super().__init__(f"cannot resolve ${{{reference}}}: {message}", **where)
+        self.variable = variable
+        self.reference = reference
+
+
+class ExpressionError(RunError):
+    def __init__(self, expression: str, message: str, **where: Any) -> None:
+        super().__init__(f"cannot evaluate {expression!r}: {message}", **where)
+        self.expression = expression
+
+
+class ToolError(RunError):
+    def __init__(self, message: str, *, tool_name: str, **where: Any) -> None:
+        super().__init__(message, **where)
+        self.tool_name = tool_name
+
+
+class ToolNotFound(ToolError):
+    def __init__(self, tool_name: str, available: list[str], **where: Any) -> None:
+        names = ", ".join(sorted(available)) or "none"
+        super().__init__(
+            f"no tool named '{tool_name}' is registered (registered: {names}); register it or fix the name",
+            tool_name=tool_name,
+            **where,
+        )
+
+
+class ToolNotAllowed(ToolError):
+    def __init__(self, tool_name: str, allowed: list[str], **where: Any) -> None:
+        names = ", ".join(sorted(allowed)) or "none"
+        super().__init__(
+            f"tool '{tool_name}' is not in this run's allow-list ({names}); add it to the allow-list "
+            f"or change the plan",
+            tool_name=tool_name,
+            **where,
+        )
+
+
+class ToolParamsInvalid(ToolError):
+    def __init__(self, tool_name: str, parameter: str | None, message: str, **where: Any) -> None:
+        what = f"parameter '{parameter}'" if parameter else "its parameters"
+        super().__init__(f"tool '{tool_name}' rejected {what}: {message}", tool_name=tool_name, **where)
+        self.parameter = parameter
+
+
+class ToolFailed(ToolError):
+    def __init__(self, tool_name: str, cause: BaseException, **where: Any) -> None:
+        super().__init__(
+            f"tool '{tool_name}' raised {type(cause).__name__}: {cause}",
+            tool_name=tool_name,
+            **where,
+        )
+
+
+class OutputMappingError(RunError):
+    def __init__(self, message: str, *, variable: str | None = None, keys: list[str] | None = None, **where: Any) -> None:
+        super().__init__(message, **where)
+        self.variable = variable
+        self.keys = keys
+
+
+class ConditionError(RunError):
+    def __init__(self, message: str, *, reply: str, **where: Any) -> None:
+        super().__init__(message, **where)
+        self.reply = reply
+
+
+class LLMUnavailable(RunError):
+    def __init__(self, purpose: str, **where: Any) -> None:
+        super().__init__(
+            f"{purpose} needs an LLM and this run has none; pass one (VM(registry, llm=...)) or "
+            f"configure one for the command line",
+            **where,
+        )
+
+
+class NoFinalAnswer(RunError):
+    def __init__(self, **where: Any) -> None:
+        super().__init__(
+            "the plan ran past its last step without assigning 'final_answer'; make the last step "
+            "on every path assign final_answer",
+            **where,
+        )
+
+
+class LimitExceeded(RunError):
+    limit_name = "limit"
+
+    def __init__(self, value: float, message: str, **where: Any) -> None:
+        super().__init__(message, **where)
+        self.limit = self.limit_name
+        self.value = value
+
+
+class StepLimitExceeded(LimitExceeded):
+    limit_name = "max_steps"
+
+
+class TimeLimitExceeded(LimitExceeded):
+    limit_name = "max_seconds"
+
+
+class LLMCallLimitExceeded(LimitExceeded):
+    limit_name = "max_llm_calls"

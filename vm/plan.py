@@ -1,0 +1,245 @@
+"""The plan format: a JSON array of instructions, one Pydantic model per instruction type.
+
+This module is the single source of truth for the format. The JSON Schema that the CLI prints,
+the planner shows and constrained decoding compiles is generated from these models.
+
+An instruction is ``{"seq_no": int, "type": str, "parameters": {...}}``. Types: ``assign``,
+``calling``, ``jmp`` and ``reasoning`` (a no-op kept for plans that start with their reasoning).
+Parameter objects of ``calling`` and ``jmp`` reject unknown keys; an instruction-level
+``execution_objective`` (written by older planners) is kept as the instruction's ``note``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, field_validator, model_validator
+
+from vm.errors import PlanLoadError
+
+__all__ = [
+    "AssignInstruction",
+    "CallingInstruction",
+    "CallingParameters",
+    "Instruction",
+    "JmpInstruction",
+    "JmpParameters",
+    "ReasoningInstruction",
+    "ReasoningParameters",
+    "VARIABLE_NAME",
+    "load_plan_data",
+    "plan_json_schema",
+]
+
+#: What a variable name looks like: an identifier (``final_answer``, ``step2_result``).
+VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+_NOTE = Field(
+    default=None,
+    validation_alias=AliasChoices("note", "execution_objective"),
+    description="Free text describing the step's purpose; ignored by the VM.",
+)
+
+
+def _check_variable_name(name: str) -> str:
+    if not VARIABLE_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a valid variable name (use letters, digits and _, not starting with a digit)")
+    return name
+
+
+class _Instruction(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    seq_no: StrictInt = Field(description="Position of the instruction; unique within the plan. Jumps name it.")
+    note: str | None = _NOTE
+
+
+class AssignInstruction(_Instruction):
+    """Assign one or more variables. Every value sees the variables as they were before this step."""
+
+    type: Literal["assign"]
+    parameters: dict[str, Any] = Field(
+        description=(
+            "Variable name -> value. A value is a JSON literal, a reference \"${x}\", a template "
+            "\"text ${x}\", or arithmetic over references such as \"${a} + ${b} / 3\"."
+        ),
+        min_length=1,
+    )
+
+    @field_validator("parameters")
+    @classmethod
+    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            _check_variable_name(name)
+        return value
+
+
+class CallingParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tool_name: str = Field(min_length=1, description="Name of a registered tool.")
+    tool_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Arguments for the tool; values may contain references, resolved before the call.",
+    )
+    output_vars: str | list[str] | None = Field(
+        default=None,
+        description=(
+            "Where the result goes: one name (or a one-element list) stores the whole result; "
+            "several names store the same-named keys of a JSON object result."
+        ),
+    )
+
+    @field_validator("output_vars")
+    @classmethod
+    def _output_names(cls, value: str | list[str] | None) -> str | list[str] | None:
+        names = [value] if isinstance(value, str) else (value or [])
+        for name in names:
+            _check_variable_name(name)
+        if len(set(names)) != len(names):
+            raise ValueError("output_vars names a variable more than once")
+        return value
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        if self.output_vars is None:
+            return ()
+        if isinstance(self.output_vars, str):
+            return (self.output_vars,)
+        return tuple(self.output_vars)
+
+
+class CallingInstruction(_Instruction):
+    """Call a registered tool and store its result."""
+
+    type: Literal["calling"]
+    parameters: CallingParameters
+
+
+class JmpParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    condition_prompt: str | None = Field(
+        default=None, description="A yes/no question for the LLM; may contain references."
+    )
+    context: Any = Field(default=None, description="Extra text given to the LLM with the condition.")
+    jump_if_true: StrictInt | None = Field(default=None, description="seq_no to go to when the condition holds.")
+    jump_if_false: StrictInt | None = Field(
+        default=None, description="seq_no to go to when it does not; absent means the next instruction."
+    )
+    target_seq: StrictInt | None = Field(default=None, description="seq_no of an unconditional jump.")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> JmpParameters:
+        conditional = self.condition_prompt is not None
+        if conditional and self.target_seq is not None:
+            raise ValueError("a jmp has either condition_prompt (with jump_if_true) or target_seq, not both")
+        if conditional and self.jump_if_true is None:
+            raise ValueError("a conditional jmp needs jump_if_true")
+        if not conditional:
+            if self.target_seq is None:
+                raise ValueError("a jmp needs target_seq (unconditional) or condition_prompt with jump_if_true")
+            if self.jump_if_true is not None or self.jump_if_false is not None or self.context is not None:
+                raise ValueError("jump_if_true, jump_if_false and context belong to a conditional jmp (condition_prompt)")
+        return self
+
+    @property
+    def targets(self) -> tuple[int, ...]:
+        return tuple(t for t in (self.target_seq, self.jump_if_true, self.jump_if_false) if t is not None)
+
+
+class JmpInstruction(_Instruction):
+    """Jump: unconditionally to ``target_seq``, or where an LLM-evaluated condition says."""
+
+    type: Literal["jmp"]
+    parameters: JmpParameters
+
+
+class ReasoningParameters(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    chain_of_thoughts: Any = None
+    dependency_analysis: Any = None
+
+
+class ReasoningInstruction(_Instruction):
+    """The planner's reasoning, kept for older plans; executes as a no-op recorded in the trace."""
+
+    type: Literal["reasoning"]
+    parameters: ReasoningParameters = Field(default_factory=ReasoningParameters)
+
+
+Instruction = Annotated[
+    Union[AssignInstruction, CallingInstruction, JmpInstruction, ReasoningInstruction],
+    Field(discriminator="type"),
+]
+
+INSTRUCTION_ADAPTER: TypeAdapter[Any] = TypeAdapter(Instruction)
+PLAN_ADAPTER: TypeAdapter[list[Any]] = TypeAdapter(list[Instruction])
+
+
+@cache
+def _schema() -> str:
+    schema = PLAN_ADAPTER.json_schema()
+    schema["title"] = "planvm plan"
+    schema["description"] = "A plan: a JSON array of instructions executed in ascending seq_no."
+    return json.dumps(schema)
+
+
+def plan_json_schema() -> dict[str, Any]:
+    """The plan's JSON Schema, generated from the models above (a fresh copy each call)."""
+    return json.loads(_schema())
+
+
+def load_plan_data(source: str | Path | list[Any]) -> list[Any]:
+    """Read a plan as raw JSON data: from a path, a JSON string, or an already-parsed list.
+
+    Raises :class:`PlanLoadError` for a missing file, invalid JSON, or JSON that is not an array
+    (an object with a ``plan`` / ``best_plan`` array is accepted and unwrapped).
+    """
+    name = "plan"
+    if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith(("[", "{"))):
+        path = Path(source)
+        name = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise PlanLoadError(f"{path}: no such file; check the path", source=name) from None
+        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+            raise PlanLoadError(f"{path}: cannot read the plan ({exc})", source=name) from exc
+    elif isinstance(source, str):
+        text = source
+    else:
+        text = None
+        data: Any = source
+    if text is not None:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanLoadError(
+                f"{name}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); a plan is a JSON array "
+                f"of instructions",
+                source=name,
+            ) from exc
+    if isinstance(data, dict):
+        for key in ("plan", "best_plan"):
+            inner = data.get(key)
+            if isinstance(inner, str):
+                try:
+                    inner = json.loads(inner)
+                except json.JSONDecodeError:
+                    inner = None
+            if isinstance(inner, list):
+                return inner
+        raise PlanLoadError(
+            f"{name}: a plan is a JSON array of instructions, got an object (keys: {', '.join(map(str, data)) or 'none'}); "
+            f"wrap the instructions in [...]",
+            source=name,
+        )
+    if not isinstance(data, list):
+        raise PlanLoadError(f"{name}: a plan is a JSON array of instructions, got {type(data).__name__}", source=name)
+    return data

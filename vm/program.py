@@ -1,0 +1,168 @@
+"""A validated plan, compiled for execution: steps in ``seq_no`` order, values pre-parsed, jump
+targets turned into positions. Built by :func:`vm.validate.compile_plan`; run by :class:`vm.VM`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+from vm.plan import AssignInstruction, CallingInstruction, JmpInstruction, ReasoningInstruction
+from vm.values import DictValue, Value, compile_value
+
+__all__ = ["AssignStep", "CallingStep", "JmpStep", "Program", "ReasoningStep", "Step", "compile_instruction"]
+
+FINAL_ANSWER = "final_answer"
+
+
+@dataclass(slots=True)
+class AssignStep:
+    seq_no: int
+    values: tuple[tuple[str, Value], ...]
+    note: str | None = None
+    type: str = "assign"
+
+    @property
+    def reads(self) -> frozenset[str]:
+        return frozenset().union(*(v.refs for _, v in self.values))
+
+    @property
+    def writes(self) -> frozenset[str]:
+        return frozenset(name for name, _ in self.values)
+
+
+@dataclass(slots=True)
+class CallingStep:
+    seq_no: int
+    tool_name: str
+    params: DictValue
+    output_vars: tuple[str, ...]
+    note: str | None = None
+    type: str = "calling"
+
+    @property
+    def reads(self) -> frozenset[str]:
+        return self.params.refs
+
+    @property
+    def writes(self) -> frozenset[str]:
+        return frozenset(self.output_vars)
+
+
+@dataclass(slots=True)
+class JmpStep:
+    seq_no: int
+    condition: Value | None
+    context: Value | None
+    # seq_no targets as written; positions (pc) are filled in by Program.
+    target_seq: int | None
+    if_true_seq: int | None
+    if_false_seq: int | None
+    target: int = -1
+    if_true: int = -1
+    if_false: int = -1  # -1 with a condition: fall through
+    note: str | None = None
+    type: str = "jmp"
+
+    @property
+    def reads(self) -> frozenset[str]:
+        refs: frozenset[str] = frozenset()
+        for value in (self.condition, self.context):
+            if value is not None:
+                refs = refs | value.refs
+        return refs
+
+    @property
+    def writes(self) -> frozenset[str]:
+        return frozenset()
+
+
+@dataclass(slots=True)
+class ReasoningStep:
+    seq_no: int
+    parameters: dict[str, Any]
+    note: str | None = None
+    type: str = "reasoning"
+
+    @property
+    def reads(self) -> frozenset[str]:
+        return frozenset()
+
+    @property
+    def writes(self) -> frozenset[str]:
+        return frozenset()
+
+
+Step = AssignStep | CallingStep | JmpStep | ReasoningStep
+
+
+def _compile_assign(ins: AssignInstruction) -> AssignStep:
+    return AssignStep(
+        ins.seq_no, tuple((name, compile_value(v, arithmetic=True)) for name, v in ins.parameters.items()), ins.note
+    )
+
+
+def _compile_calling(ins: CallingInstruction) -> CallingStep:
+    p = ins.parameters
+    params = cast(DictValue, compile_value(p.tool_params))  # tool_params is a dict by the model
+    return CallingStep(ins.seq_no, p.tool_name, params, p.output_names, ins.note)
+
+
+def _compile_jmp(ins: JmpInstruction) -> JmpStep:
+    p = ins.parameters
+    condition = compile_value(p.condition_prompt) if p.condition_prompt is not None else None
+    context = compile_value(p.context) if p.context is not None else None
+    return JmpStep(ins.seq_no, condition, context, p.target_seq, p.jump_if_true, p.jump_if_false, note=ins.note)
+
+
+def _compile_reasoning(ins: ReasoningInstruction) -> ReasoningStep:
+    return ReasoningStep(ins.seq_no, ins.parameters.model_dump(exclude_none=True), ins.note)
+
+
+_COMPILERS = {
+    AssignInstruction: _compile_assign,
+    CallingInstruction: _compile_calling,
+    JmpInstruction: _compile_jmp,
+    ReasoningInstruction: _compile_reasoning,
+}
+
+
+def compile_instruction(ins: Any) -> Step:
+    """Compile one validated instruction model (raises ``ValueSyntaxError`` for a bad reference)."""
+    return _COMPILERS[type(ins)](ins)
+
+
+class Program:
+    """A plan ready to run: steps sorted by ``seq_no``, jump targets resolved to positions."""
+
+    __slots__ = ("instructions", "steps", "position")
+
+    def __init__(self, instructions: list[Any], steps: list[Step]) -> None:
+        order = sorted(range(len(steps)), key=lambda i: steps[i].seq_no)
+        self.instructions = [instructions[i] for i in order]
+        self.steps = [steps[i] for i in order]
+        self.position = {s.seq_no: pc for pc, s in enumerate(self.steps)}
+        for step in self.steps:
+            if isinstance(step, JmpStep):
+                if step.target_seq is not None:
+                    step.target = self.position[step.target_seq]
+                if step.if_true_seq is not None:
+                    step.if_true = self.position[step.if_true_seq]
+                if step.if_false_seq is not None:
+                    step.if_false = self.position[step.if_false_seq]
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def successors(self, pc: int) -> tuple[int, ...]:
+        """Positions control may reach from ``pc`` (``len(self)`` stands for the end of the plan)."""
+        step = self.steps[pc]
+        if isinstance(step, JmpStep):
+            if step.condition is None:
+                return (step.target,)
+            return (step.if_true, step.if_false if step.if_false >= 0 else pc + 1)
+        return (pc + 1,)
+
+    def to_data(self) -> list[dict[str, Any]]:
+        """The plan as JSON-ready data, in ``seq_no`` order."""
+        return [ins.model_dump(mode="json", exclude_none=True, by_alias=False) for ins in self.instructions]

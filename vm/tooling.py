@@ -1,0 +1,127 @@
+"""What the VM needs from tools, as Protocols (the ``tools`` package implements them).
+
+The VM never imports ``tools``: it sees a catalog of tool specs. A spec validates a call's
+parameters (``bind``) before the VM calls it (``call``): async tools are awaited, sync tools run
+in the VM's thread pool. A tool that declares a :class:`CallContext` parameter receives the
+step's context: its ``seq_no``, the ``output_vars`` the plan asked for, and the run's LLM (every
+call counted against the run's LLM budget and recorded in the step's trace).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from vm.errors import LLMCallLimitExceeded, LLMUnavailable
+from vm.llm import LLM, Completion, as_completion
+
+__all__ = ["CallContext", "RunLLM", "StepLLM", "ToolCatalog", "ToolSpec"]
+
+
+class ToolSpec(Protocol):
+    name: str
+    description: str
+    is_async: bool
+
+    @property
+    def parameter_names(self) -> frozenset[str]: ...
+
+    @property
+    def required_parameters(self) -> frozenset[str]: ...
+
+    def bind(self, params: dict[str, Any]) -> Any:
+        """Validate ``params``; raise ``ToolParamsInvalid`` naming the parameter when they are wrong."""
+        ...
+
+    def call(self, bound: Any, ctx: CallContext) -> Any:
+        """Run the tool on what ``bind`` returned (a coroutine when ``is_async``)."""
+        ...
+
+
+class ToolCatalog(Protocol):
+    def get(self, name: str) -> ToolSpec | None: ...
+
+    def names(self) -> list[str]: ...
+
+
+class RunLLM:
+    """The run's LLM with its call budget. Thread-safe: sync tools call it from worker threads."""
+
+    def __init__(self, llm: LLM | None, max_calls: int | None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.llm = llm
+        self.max_calls = max_calls
+        self.calls = 0
+        self._lock = threading.Lock()
+        self._loop = loop
+
+    @property
+    def available(self) -> bool:
+        return self.llm is not None
+
+    def _take(self, purpose: str) -> LLM:
+        if self.llm is None:
+            raise LLMUnavailable(purpose)
+        with self._lock:
+            if self.max_calls is not None and self.calls >= self.max_calls:
+                raise LLMCallLimitExceeded(
+                    self.max_calls,
+                    f"LLM-call budget of {self.max_calls} exhausted ({purpose}); raise Limits.max_llm_calls "
+                    f"or make the plan call the LLM less",
+                )
+            self.calls += 1
+        return self.llm
+
+    async def acomplete(self, prompt: str, *, purpose: str, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
+        llm = self._take(purpose)
+        acomplete = getattr(llm, "acomplete", None)
+        if acomplete is not None:
+            reply = await acomplete(prompt, system=system, json_schema=json_schema)
+        else:
+            reply = await asyncio.to_thread(llm.complete, prompt, system=system, json_schema=json_schema)
+        return as_completion(reply)
+
+    def complete(self, prompt: str, *, purpose: str, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
+        llm = self._take(purpose)
+        if hasattr(llm, "complete"):
+            return as_completion(llm.complete(prompt, system=system, json_schema=json_schema))
+        if self._loop is None:  # pragma: no cover - only reachable with an async-only LLM outside a run
+            raise LLMUnavailable(purpose)
+        future = asyncio.run_coroutine_threadsafe(llm.acomplete(prompt, system=system, json_schema=json_schema), self._loop)
+        return as_completion(future.result())
+
+
+class StepLLM:
+    """The run's LLM as one step sees it: every call is recorded in ``records``."""
+
+    def __init__(self, run_llm: RunLLM, purpose: str, records: list[dict[str, Any]]) -> None:
+        self._run_llm = run_llm
+        self._purpose = purpose
+        self.records = records
+
+    @property
+    def available(self) -> bool:
+        return self._run_llm.available
+
+    def _record(self, prompt: str, system: str | None, reply: Completion) -> Completion:
+        self.records.append({"prompt": prompt, "system": system, "text": reply.text, "reasoning": reply.reasoning})
+        return reply
+
+    def complete(self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
+        reply = self._run_llm.complete(prompt, purpose=self._purpose, system=system, json_schema=json_schema)
+        return self._record(prompt, system, reply)
+
+    async def acomplete(self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
+        reply = await self._run_llm.acomplete(prompt, purpose=self._purpose, system=system, json_schema=json_schema)
+        return self._record(prompt, system, reply)
+
+
+@dataclass(slots=True)
+class CallContext:
+    """What a tool may know about the step that calls it."""
+
+    seq_no: int
+    tool_name: str
+    output_vars: tuple[str, ...]
+    llm: StepLLM
