@@ -242,7 +242,7 @@ class _Run:
                 raise NoFinalAnswer(seq_no=last.seq_no, instruction_type=last.type)
             step = steps[pc]
             if len(trace) >= max_steps:
-                where = f" (loop {loop_edge[1]}→{loop_edge[0]})" if loop_edge else ""
+                where = f" (the jmp at seq_no {loop_edge[1]} loops back to seq_no {loop_edge[0]})" if loop_edge else ""
                 raise StepLimitExceeded(
                     max_steps,
                     f"step budget of {max_steps} exceeded{where}; a jump loop may never end: check its "

@@ -12,8 +12,9 @@ only evaluates the nodes against the variable store. The rules:
   parentheses and the operators ``+ - * / ** %``, with at least one operator, where every binary
   ``-`` and ``/`` has a space on each side (those two also join the parts of dates, phone numbers
   and fractions): ``"${a} + ${b} / 3"``, ``"-${x} * 2"``, ``"${n}**2"``. Operands must be numbers
-  or strings that are exactly a number (``"42"``, ``" 8.10 "``); the result is a number. Anything
-  else is text: ``"${y}-${m}-${d}"`` renders ``"2024-10-15"``, and literals such as
+  or strings that are exactly a number (``"42"``, ``" 8.10 "``); the result is a number. When an
+  operand is not a number, the value is rendered as a template instead (``"${title} - ${sub}"``
+  with text values gives ``"Intro - Part 1"``). Anything else is text: ``"${y}-${m}-${d}"`` renders ``"2024-10-15"``, and literals such as
   ``"2024-10-15"``, ``"555-1234"``, ``"10/15/2024"``, ``"8.10"`` or ``"v7.5.0"`` stay unchanged.
 
 Arithmetic is evaluated by simpleeval over a pre-parsed tree, with bounded powers and products:
@@ -150,28 +151,29 @@ class Template(Value):
 
 
 class Arithmetic(Value):
-    """A numeric expression over references, evaluated by simpleeval on a tree parsed once."""
+    """A numeric expression over references, evaluated by simpleeval on a tree parsed once.
 
-    __slots__ = ("expression", "operands", "tree", "_evaluator")
+    When an operand is not a number the value is text after all, rendered like a template.
+    """
 
-    def __init__(self, expression: str, operands: tuple[Ref, ...], tree: Any, evaluator: SimpleEval) -> None:
+    __slots__ = ("expression", "operands", "tree", "text", "_evaluator")
+
+    def __init__(self, expression: str, operands: tuple[Ref, ...], tree: Any, evaluator: SimpleEval, text: Template) -> None:
         self.expression = expression
+        self.text = text
         self.operands = operands
         self.tree = tree
         self._evaluator = evaluator
         self.refs = frozenset(r.name for r in operands)
 
-    def evaluate(self, store: dict[str, Any]) -> int | float:
+    def evaluate(self, store: dict[str, Any]) -> int | float | str:
         names = {}
         for i, ref in enumerate(self.operands):
             raw = ref.evaluate(store)
             number = to_number(raw)
             if number is None:
-                raise ExpressionError(
-                    self.expression,
-                    f"${{{ref.text}}} is {_preview(raw)}, not a number; arithmetic needs numbers "
-                    f"(to build text instead, write the operators without spaces around them)",
-                )
+                # "${title} - ${subtitle}" with text values: the value is text, as a template.
+                return self.text.evaluate(store)
             names[f"_v{i}"] = number
         evaluator = self._evaluator
         evaluator.names = names
@@ -229,11 +231,6 @@ def to_number(value: Any) -> int | float | None:
     if isinstance(value, str) and len(value) <= 400 and _NUMBER.fullmatch(value):
         return int(value) if _INT.fullmatch(value) else float(value)
     return None
-
-
-def _preview(value: Any, limit: int = 60) -> str:
-    text = repr(value) if isinstance(value, str) else render_text(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --- safe operators ---------------------------------------------------------------------------
@@ -343,7 +340,7 @@ def _arithmetic(text: str, parts: list[str | Ref]) -> Arithmetic | None:
         tree = evaluator.parse(expression.strip())
     except SyntaxError:
         return None  # "${a} + (": text
-    return Arithmetic(text, tuple(refs), tree, evaluator)
+    return Arithmetic(text, tuple(refs), tree, evaluator, Template(tuple(parts)))
 
 
 def compile_value(value: Any, *, arithmetic: bool = False) -> Value:

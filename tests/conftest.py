@@ -1,0 +1,104 @@
+"""Shared helpers. The only fake here is ScriptedLLM: an LLM at the edge whose replies a test
+scripts in advance (and which records the prompts it was given)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tools import ToolRegistry, tool
+from vm import VM, CallContext, Completion
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+class ScriptedLLM:
+    """Fake LLM: returns queued replies in order (a str, a Completion, or a callable of the prompt)."""
+
+    def __init__(self, *replies: str | Completion | Callable[[str], str], default: str | None = None) -> None:
+        self.replies = list(replies)
+        self.default = default  # served once the queue is empty
+        self.prompts: list[str] = []
+        self.schemas: list[dict[str, Any] | None] = []
+
+    def enqueue(self, *replies: str | Completion | Callable[[str], str]) -> ScriptedLLM:
+        self.replies.extend(replies)
+        return self
+
+    def complete(self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion | str:
+        self.prompts.append(prompt)
+        self.schemas.append(json_schema)
+        if not self.replies and self.default is not None:
+            return self.default
+        if not self.replies:
+            raise AssertionError(f"ScriptedLLM has no reply left for prompt: {prompt[:80]!r}")
+        reply = self.replies.pop(0)
+        return reply(prompt) if callable(reply) else reply
+
+
+@tool
+def echo(value: Any) -> Any:
+    """Return the value unchanged."""
+    return value
+
+
+@tool
+def add(a: float, b: float = 0.0) -> float:
+    """Add two numbers.
+
+    Args:
+        a: First number.
+        b: Second number.
+    """
+    return a + b
+
+
+@tool
+async def shout(text: str) -> str:
+    """Upper-case the text (an async tool)."""
+    return text.upper()
+
+
+@tool
+def fail(message: str) -> str:
+    """Raise ValueError with the message."""
+    raise ValueError(message)
+
+
+@tool
+def outputs_of(ctx: CallContext) -> dict[str, Any]:
+    """Return a dict keyed by the calling step's output_vars."""
+    return {name: f"value of {name}" for name in ctx.output_vars}
+
+
+def make_registry() -> ToolRegistry:
+    return ToolRegistry([echo, add, shout, fail, outputs_of])
+
+
+@pytest.fixture
+def registry() -> ToolRegistry:
+    return make_registry()
+
+
+@pytest.fixture
+def vm(registry: ToolRegistry) -> VM:
+    return VM(registry)
+
+
+def assign(seq: int, **values: Any) -> dict[str, Any]:
+    return {"seq_no": seq, "type": "assign", "parameters": values}
+
+
+def call(seq: int, tool_name: str, output_vars: Any = None, **params: Any) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"tool_name": tool_name, "tool_params": params}
+    if output_vars is not None:
+        parameters["output_vars"] = output_vars
+    return {"seq_no": seq, "type": "calling", "parameters": parameters}
+
+
+def jmp(seq: int, **parameters: Any) -> dict[str, Any]:
+    return {"seq_no": seq, "type": "jmp", "parameters": parameters}
