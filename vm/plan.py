@@ -5,8 +5,8 @@ the planner shows and constrained decoding compiles is generated from these mode
 
 An instruction is ``{"seq_no": int, "type": str, "parameters": {...}}``. Types: ``assign``,
 ``calling``, ``jmp`` and ``reasoning`` (a no-op kept for plans that start with their reasoning).
-Parameter objects of ``calling`` and ``jmp`` reject unknown keys; an instruction-level
-``execution_objective`` (written by older planners) is kept as the instruction's ``note``.
+Parameter objects of ``calling`` and ``jmp`` reject unknown keys; an instruction may carry a
+free-text ``note`` (older planners wrote ``execution_objective``; it is accepted and kept).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, field_validator, model_validator
 
 from vm.errors import PlanLoadError
 
@@ -38,11 +38,6 @@ __all__ = [
 #: What a variable name looks like: an identifier (``final_answer``, ``step2_result``).
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-_NOTE = Field(
-    default=None,
-    validation_alias=AliasChoices("note", "execution_objective"),
-    description="Free text describing the step's purpose; ignored by the VM.",
-)
 
 
 def _check_variable_name(name: str) -> str:
@@ -52,10 +47,18 @@ def _check_variable_name(name: str) -> str:
 
 
 class _Instruction(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid")
 
     seq_no: StrictInt = Field(description="Position of the instruction; unique within the plan. Jumps name it.")
-    note: str | None = _NOTE
+    note: str | None = Field(default=None, description="Free text on the step's purpose; the VM ignores it.")
+    execution_objective: str | None = Field(
+        default=None, description="Older plans' name for a note; kept as written, ignored by the VM."
+    )
+
+    @property
+    def purpose(self) -> str | None:
+        """The step's note, whichever key the plan used."""
+        return self.note or self.execution_objective
 
 
 class AssignInstruction(_Instruction):

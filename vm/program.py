@@ -98,25 +98,25 @@ Step = AssignStep | CallingStep | JmpStep | ReasoningStep
 
 def _compile_assign(ins: AssignInstruction) -> AssignStep:
     return AssignStep(
-        ins.seq_no, tuple((name, compile_value(v, arithmetic=True)) for name, v in ins.parameters.items()), ins.note
+        ins.seq_no, tuple((name, compile_value(v, arithmetic=True)) for name, v in ins.parameters.items()), ins.purpose
     )
 
 
 def _compile_calling(ins: CallingInstruction) -> CallingStep:
     p = ins.parameters
     params = cast(DictValue, compile_value(p.tool_params))  # tool_params is a dict by the model
-    return CallingStep(ins.seq_no, p.tool_name, params, p.output_names, ins.note)
+    return CallingStep(ins.seq_no, p.tool_name, params, p.output_names, ins.purpose)
 
 
 def _compile_jmp(ins: JmpInstruction) -> JmpStep:
     p = ins.parameters
     condition = compile_value(p.condition_prompt) if p.condition_prompt is not None else None
     context = compile_value(p.context) if p.context is not None else None
-    return JmpStep(ins.seq_no, condition, context, p.target_seq, p.jump_if_true, p.jump_if_false, note=ins.note)
+    return JmpStep(ins.seq_no, condition, context, p.target_seq, p.jump_if_true, p.jump_if_false, note=ins.purpose)
 
 
 def _compile_reasoning(ins: ReasoningInstruction) -> ReasoningStep:
-    return ReasoningStep(ins.seq_no, ins.parameters.model_dump(exclude_none=True), ins.note)
+    return ReasoningStep(ins.seq_no, ins.parameters.model_dump(exclude_none=True), ins.purpose)
 
 
 _COMPILERS = {

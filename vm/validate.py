@@ -54,7 +54,7 @@ def _schema_problems(index: int, raw: Any, exc: ValidationError) -> list[Problem
             msg = f"unknown instruction type {raw.get('type')!r}; use one of {_TYPES}"
         elif kind == "union_tag_not_found":
             msg = f"missing 'type'; use one of {_TYPES}"
-        elif kind == "model_type" and not loc:
+        elif kind in ("model_type", "model_attributes_type") and not loc:
             msg = f"an instruction is a JSON object, got {type(raw).__name__}"
         elif kind == "extra_forbidden":
             msg = f"unknown key '{where}'; remove it (see `planvm schema`)"
