@@ -40,13 +40,12 @@ from vm.tooling import CallContext, ToolCatalog, ToolSpec
 from vm.validate import compile_plan, validate_plan
 
 __all__ = [
-    "LLM",
-    "VM",
     "BackendUnavailable",
     "CallContext",
     "Completion",
     "ConditionError",
     "ExpressionError",
+    "LLM",
     "LLMCallLimitExceeded",
     "LLMError",
     "LLMUnavailable",
@@ -74,6 +73,7 @@ __all__ = [
     "ToolParamsInvalid",
     "ToolRegistrationError",
     "ToolSpec",
+    "VM",
     "VariableUndefined",
     "compile_plan",
     "extract_json",
