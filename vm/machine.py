@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 from vm.condition import evaluate_condition
@@ -44,31 +45,46 @@ from vm.values import render_text
 __all__ = ["VM", "RunResult", "StepRecord"]
 
 
-@dataclass(slots=True)
-class StepRecord:
-    """One executed instruction in a run's trace."""
+# Shared, read-only defaults: a step record allocates no container it does not fill, which keeps
+# the garbage collector's work per step small (see bench/vm_overhead.py).
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
 
-    seq_no: int
-    type: str
-    inputs: dict[str, Any] = field(default_factory=dict)
-    outputs: dict[str, Any] = field(default_factory=dict)
-    duration_s: float = 0.0
-    tool: str | None = None
-    next_seq: int | None = None
-    error: str | None = None
-    llm_calls: list[dict[str, Any]] = field(default_factory=list)
+
+class StepRecord:
+    """One executed instruction in a run's trace.
+
+    ``inputs``: resolved tool parameters (``calling``), the rendered condition (``jmp``) or the
+    reasoning text; ``outputs``: the variables the step set, or a jump's verdict; ``llm_calls``:
+    every LLM exchange the step made (prompt, text, reasoning); ``next_seq``: where a jump went.
+    """
+
+    __slots__ = ("seq_no", "type", "inputs", "outputs", "duration_s", "tool", "next_seq", "error", "llm_calls")
+
+    def __init__(self, seq_no: int, type: str) -> None:  # noqa: A002 - the plan's own field name
+        self.seq_no = seq_no
+        self.type = type
+        self.inputs: Mapping[str, Any] = _NOTHING
+        self.outputs: Mapping[str, Any] = _NOTHING
+        self.duration_s = 0.0
+        self.tool: str | None = None
+        self.next_seq: int | None = None
+        self.error: str | None = None
+        self.llm_calls: Sequence[dict[str, Any]] = ()
+
+    def __repr__(self) -> str:
+        return f"StepRecord(seq_no={self.seq_no}, type={self.type!r}, tool={self.tool!r}, error={self.error!r})"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "seq_no": self.seq_no,
             "type": self.type,
             "tool": self.tool,
-            "inputs": self.inputs,
-            "outputs": self.outputs,
+            "inputs": dict(self.inputs),
+            "outputs": dict(self.outputs),
             "next_seq": self.next_seq,
             "duration_s": self.duration_s,
             "error": self.error,
-            "llm_calls": self.llm_calls,
+            "llm_calls": list(self.llm_calls),
         }
 
 
@@ -219,12 +235,9 @@ class _Run:
         self.llm = llm
         self.deadline = deadline
         self.trace: list[StepRecord] = []
-        self._handlers = {
-            AssignStep: self._assign,
-            CallingStep: self._calling,
-            JmpStep: self._jmp,
-            ReasoningStep: self._reasoning,
-        }
+        # Steps that never wait run synchronously: no coroutine per assign (see bench/vm_overhead.py).
+        self._sync_handlers = {AssignStep: self._assign, ReasoningStep: self._reasoning}
+        self._async_handlers = {CallingStep: self._calling, JmpStep: self._jmp}
 
     async def execute(self) -> None:
         steps = self.program.steps
@@ -233,7 +246,8 @@ class _Run:
         on_step = self.vm.on_step
         deadline = self.deadline
         trace = self.trace
-        handlers = self._handlers
+        sync_handlers = self._sync_handlers
+        async_handlers = self._async_handlers
         loop_edge: tuple[int, int] | None = None
         pc = 0
         while True:
@@ -255,7 +269,11 @@ class _Run:
             record = StepRecord(step.seq_no, step.type)
             started = time.perf_counter()
             try:
-                nxt = await handlers[type(step)](step, pc, record)
+                handler = sync_handlers.get(type(step))
+                if handler is not None:
+                    nxt = handler(step, pc, record)
+                else:
+                    nxt = await async_handlers[type(step)](step, pc, record)
             except RunError as exc:
                 exc.locate(step.seq_no, step.type)
                 record.error = str(exc)
@@ -295,14 +313,14 @@ class _Run:
 
     # --- one handler per instruction type; each returns the next position -------------------
 
-    async def _assign(self, step: AssignStep, pc: int, record: StepRecord) -> int:
+    def _assign(self, step: AssignStep, pc: int, record: StepRecord) -> int:
         store = self.store
         new = {name: value.evaluate(store) for name, value in step.values}
         store.update(new)
         record.outputs = new
         return pc + 1
 
-    async def _reasoning(self, step: ReasoningStep, pc: int, record: StepRecord) -> int:
+    def _reasoning(self, step: ReasoningStep, pc: int, record: StepRecord) -> int:
         record.inputs = step.parameters
         return pc + 1
 
@@ -318,7 +336,8 @@ class _Run:
         params = step.params.evaluate(self.store)
         record.inputs = params
         bound = spec.bind(params)
-        ctx = CallContext(step.seq_no, name, step.output_vars, StepLLM(self.llm, f"tool '{name}'", record.llm_calls))
+        record.llm_calls = calls = []
+        ctx = CallContext(step.seq_no, name, step.output_vars, StepLLM(self.llm, f"tool '{name}'", calls))
         try:
             if spec.is_async:
                 result = await self._bounded(spec.call(bound, ctx), step)
@@ -342,7 +361,8 @@ class _Run:
             condition = render_text(step.condition.evaluate(self.store))
             context = render_text(step.context.evaluate(self.store)) if step.context is not None else None
             record.inputs = {"condition_prompt": condition, "context": context}
-            llm = StepLLM(self.llm, f"the jmp condition at seq_no {step.seq_no}", record.llm_calls)
+            record.llm_calls = calls = []
+            llm = StepLLM(self.llm, f"the jmp condition at seq_no {step.seq_no}", calls)
             result, explanation = await self._bounded(evaluate_condition(llm, condition, context), step)
             record.outputs = {"result": result, "explanation": explanation}
             if result:

@@ -89,39 +89,55 @@ def _tool_problems(step: CallingStep, catalog: ToolCatalog | None, allowed: Coll
 
 
 def _flow_problems(program: Program, predefined: Collection[str]) -> list[Problem]:
-    """May-assigned analysis: the variables some path from the start could have set at each step."""
+    """May-assigned analysis: the variables some path from the start could have set at each step.
+
+    Variable sets are bitmasks (Python ints, one bit per variable name), so a step costs a few
+    integer operations however many variables the plan has.
+    """
     n = len(program)
     if n == 0:
         return [Problem(None, "empty", "the plan has no instructions")]
     steps = program.steps
-    reach_in: list[frozenset[str] | None] = [None] * n
-    reach_in[0] = frozenset(predefined)
+    bit: dict[str, int] = {}
+
+    def mask(names: Iterable[str]) -> int:
+        m = 0
+        for name in names:
+            m |= bit.setdefault(name, 1 << len(bit))
+        return m
+
+    writes = [mask(s.writes) for s in steps]
+    reads = [mask(s.reads) for s in steps]
+    reach_in: list[int | None] = [None] * n
+    reach_in[0] = mask(predefined)
     work = [0]
     while work:
         pc = work.pop()
-        out = reach_in[pc] | steps[pc].writes  # type: ignore[operator]
+        out = reach_in[pc] | writes[pc]  # type: ignore[operator]
         for nxt in program.successors(pc):
             if nxt >= n:
                 continue
             current = reach_in[nxt]
-            if current is None or not out <= current:
+            if current is None or out & ~current:
                 reach_in[nxt] = out if current is None else current | out
                 work.append(nxt)
     problems = []
+    final_bit = bit.get(FINAL_ANSWER, 0)
     assigns_final = False
     for pc, step in enumerate(steps):
         seen = reach_in[pc]
         if seen is None:
             continue  # unreachable
-        assigns_final = assigns_final or FINAL_ANSWER in step.writes
-        for name in sorted(step.reads - seen):
-            problems.append(
-                Problem(
-                    step.seq_no,
-                    "undefined_variable",
-                    f"variable '{name}' is read here, but no step before it on any path assigns it",
+        assigns_final = assigns_final or bool(writes[pc] & final_bit)
+        if reads[pc] & ~seen:
+            for name in sorted(n for n in step.reads if not bit[n] & seen):
+                problems.append(
+                    Problem(
+                        step.seq_no,
+                        "undefined_variable",
+                        f"variable '{name}' is read here, but no step before it on any path assigns it",
+                    )
                 )
-            )
     if not assigns_final:
         problems.append(
             Problem(None, "no_final_answer", "no reachable step assigns 'final_answer'; the last step should assign it")

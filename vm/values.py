@@ -215,11 +215,23 @@ class DictValue(Value):
 # --- rendering and numbers --------------------------------------------------------------------
 
 
+# One encoder for every render (json.dumps with options builds a new encoder on each call).
+_JSON = json.JSONEncoder(ensure_ascii=False, default=pydantic_core.to_jsonable_python)
+_SCALARS = {True: "true", False: "false", None: "null"}
+
+
 def render_text(value: Any) -> str:
     """A value as text inside a template: strings as they are, everything else as JSON."""
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str:
         return value
-    return json.dumps(value, ensure_ascii=False, default=pydantic_core.to_jsonable_python)
+    if kind is int:
+        return str(value)
+    if kind is bool or value is None:
+        return _SCALARS[value]
+    if isinstance(value, str):
+        return str(value)
+    return _JSON.encode(value)
 
 
 def to_number(value: Any) -> int | float | None:
