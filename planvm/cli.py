@@ -138,19 +138,32 @@ def exec_(
         else:
             _echo_err(f"error: {exc}")
         sys.exit(EXIT_UNUSABLE)
+    code = 0 if result.ok else EXIT_FAILED
     if as_json:
         from pydantic_core import to_jsonable_python
 
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False, default=to_jsonable_python))
     elif result.ok:
         click.echo(_as_text(result.final_answer))
-    if not result.ok:
-        if not as_json:
-            _echo_err(f"error: {result.error}")
-            cause = result.error.__cause__ if result.error else None
-            if cause is not None:
-                _echo_err(f"  caused by {type(cause).__name__}: {cause}")
-        sys.exit(EXIT_FAILED)
+    if not result.ok and not as_json:
+        _echo_err(f"error: {result.error}")
+        cause = result.error.__cause__ if result.error else None
+        if cause is not None:
+            _echo_err(f"  caused by {type(cause).__name__}: {cause}")
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    """Exit, even if a sync tool cut off by the time budget is still running in its thread
+    (Python would otherwise wait for it at exit)."""
+    import os
+    import threading
+
+    if any(t.name.startswith("planvm-tool") and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def main() -> None:

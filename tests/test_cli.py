@@ -159,3 +159,49 @@ def test_step_budget_flag(tmp_path):
 def test_max_steps_must_be_positive(tmp_path):
     out = planvm("exec", write(tmp_path, [assign(0, final_answer=1)]), "--max-steps", "0")
     assert out.returncode == 2 and "max-steps" in out.stderr
+
+
+def test_time_budget_ends_the_process_even_if_a_sync_tool_hangs(tmp_path):
+    plugin = write(
+        tmp_path,
+        "import time\nfrom tools import tool\n\n@tool\ndef stuck() -> str:\n    \"\"\"Never returns in time.\"\"\"\n    time.sleep(60)\n    return 'late'\n",
+        "stuck.py",
+    )
+    plan = write(tmp_path, [call(0, "stuck", "final_answer")])
+    started = time.perf_counter()
+    out = planvm("exec", plan, "--plugin", plugin, "--max-seconds", "0.5", timeout=20)
+    assert time.perf_counter() - started < 10
+    assert out.returncode == 1
+    assert "wall-clock budget of 0.5 s exceeded" in out.stderr
+
+
+def test_progress_lines_go_to_a_terminal_stderr(tmp_path):
+    import os
+    import pty
+
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "planvm", "exec", str(EXAMPLES / "plans" / "budget.json")],
+            stdout=subprocess.PIPE, stderr=secondary, stdin=subprocess.DEVNULL, cwd=ROOT, timeout=30, text=True,
+        )
+        os.close(secondary)
+        secondary = None
+        chunks = []
+        while True:
+            try:
+                data = os.read(primary, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        if secondary is not None:
+            os.close(secondary)
+        os.close(primary)
+    progress = b"".join(chunks).decode()
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("Check-in")  # the answer stays on stdout
+    for seq in range(4):
+        assert f"seq_no   {seq}  assign" in progress

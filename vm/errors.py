@@ -208,7 +208,8 @@ class ToolParamsInvalid(ToolError):
 class ToolFailed(ToolError):
     def __init__(self, tool_name: str, cause: BaseException, **where: Any) -> None:
         super().__init__(
-            f"tool '{tool_name}' raised {type(cause).__name__}: {cause}",
+            f"tool '{tool_name}' raised {type(cause).__name__}: {cause} (check the parameters this step passed, "
+            f"shown in the trace, or the tool itself)",
             tool_name=tool_name,
             **where,
         )

@@ -190,7 +190,8 @@ class VM:
         limits = self.limits
         started = time.monotonic()
         deadline = started + limits.max_seconds if limits.max_seconds is not None else None
-        run = _Run(self, program, store, RunLLM(self.llm, limits.max_llm_calls, asyncio.get_running_loop()), deadline)
+        run_llm = RunLLM(self.llm, limits.max_llm_calls, asyncio.get_running_loop(), self._threads)
+        run = _Run(self, program, store, run_llm, deadline)
         error: RunError | None = None
         try:
             await run.execute()

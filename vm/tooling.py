@@ -10,7 +10,10 @@ call counted against the run's LLM budget and recorded in the step's trace).
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,12 +52,21 @@ class ToolCatalog(Protocol):
 class RunLLM:
     """The run's LLM with its call budget. Thread-safe: sync tools call it from worker threads."""
 
-    def __init__(self, llm: LLM | None, max_calls: int | None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        llm: LLM | None,
+        max_calls: int | None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        executor: Callable[[], Executor] | None = None,
+    ) -> None:
         self.llm = llm
         self.max_calls = max_calls
         self.calls = 0
         self._lock = threading.Lock()
         self._loop = loop
+        # Sync LLMs run in the VM's own pool, not asyncio's default one: asyncio.run() waits for
+        # its default pool at exit, so a hung call there would outlive the run's deadline.
+        self._executor = executor
 
     @property
     def available(self) -> bool:
@@ -79,7 +91,9 @@ class RunLLM:
         if acomplete is not None:
             reply = await acomplete(prompt, system=system, json_schema=json_schema)
         else:
-            reply = await asyncio.to_thread(llm.complete, prompt, system=system, json_schema=json_schema)
+            call = functools.partial(llm.complete, prompt, system=system, json_schema=json_schema)
+            pool = self._executor() if self._executor is not None else None
+            reply = await asyncio.get_running_loop().run_in_executor(pool, call)
         return as_completion(reply)
 
     def complete(self, prompt: str, *, purpose: str, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
