@@ -223,3 +223,15 @@ def test_helpers():
     assert to_number("1,000") is None
     assert to_number("1" * 5000) is None
     assert render_text({"a": 1}) == '{"a": 1}'
+
+
+def test_one_compiled_expression_evaluates_correctly_from_many_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    value = compile_value("${a} * ${b} + 1", arithmetic=True)
+
+    def work(i):
+        return [value.evaluate({"a": i, "b": k}) == i * k + 1 for k in range(300)]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(all(r) for r in pool.map(work, range(64)))
