@@ -68,6 +68,7 @@ def test_calling_stores_typed_result(vm):
     assert result.trace[1].inputs == {"value": {"items": [1, 2, 3]}}
     assert result.trace[1].tool == "echo"
     assert result.trace[1].outputs == {"copy": {"items": [1, 2, 3]}}
+    assert result.trace[1].result == {"items": [1, 2, 3]}  # the raw reply
 
 
 def test_async_and_sync_tools(vm):
@@ -278,7 +279,8 @@ def test_conditional_jump(reply, expected):
     assert "Is 7 even?" in llm.prompts[0] and "number is 7" in llm.prompts[0]
     assert llm.schemas[0]["required"] == ["result", "explanation"]
     jump = result.trace[1]
-    assert jump.outputs["result"] is (expected == "even")
+    assert jump.result["result"] is (expected == "even")
+    assert dict(jump.outputs) == {}  # a jump sets no variables
     assert jump.next_seq == (2 if expected == "even" else 3)
     assert len(jump.llm_calls) == 1
 

@@ -4,6 +4,11 @@ This package imports no other planvm package and no heavy dependency.
 """
 
 from vm.errors import (
+    ForkError,
+    ReplayError,
+    RunBusy,
+    RunNotFound,
+    StoreError,
     BackendUnavailable,
     ConditionError,
     ExpressionError,
@@ -33,7 +38,9 @@ from vm.errors import (
 from vm.jsontext import extract_json
 from vm.limits import Limits
 from vm.llm import LLM, Completion, split_reasoning
-from vm.machine import VM, RunResult, StepRecord
+from vm.machine import VM
+from vm.store import RunStore, StoredRun, StoredStep
+from vm.trace import RunResult, StepRecord
 from vm.plan import load_plan_data, plan_json_schema
 from vm.program import Program
 from vm.tooling import CallContext, ToolCatalog, ToolSpec
@@ -45,6 +52,7 @@ __all__ = [
     "Completion",
     "ConditionError",
     "ExpressionError",
+    "ForkError",
     "LLM",
     "LLMCallLimitExceeded",
     "LLMError",
@@ -60,10 +68,17 @@ __all__ = [
     "Problem",
     "Program",
     "ReferencePathError",
+    "ReplayError",
+    "RunBusy",
     "RunError",
+    "RunNotFound",
     "RunResult",
+    "RunStore",
     "StepLimitExceeded",
     "StepRecord",
+    "StoreError",
+    "StoredRun",
+    "StoredStep",
     "TimeLimitExceeded",
     "ToolCatalog",
     "ToolError",

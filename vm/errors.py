@@ -7,6 +7,11 @@
     │   ├── PlanLoadError              missing file, not JSON, not a JSON array
     │   └── PlanValidationError        static problems; ``.problems`` lists all of them
     ├── ToolRegistrationError          a tool cannot be registered (duplicate name, bad signature)
+    ├── StoreError                     the run store cannot be used (``path``)
+    │   ├── RunNotFound                no run with that id (``run_id``)
+    │   ├── RunBusy                    another live process is executing that run
+    │   └── ForkError                  a fork point the run never reached, or a plan that rewrites it
+    ├── ReplayError                    a record that cannot be replayed (its plan no longer matches)
     ├── LLMError                       an LLM backend failed or is not configured
     ├── BackendUnavailable             a built-in tool's backend (e.g. a knowledge base) is not set up
     └── RunError                       a step failed while the plan ran (``seq_no``, ``instruction_type``)
@@ -40,6 +45,7 @@ __all__ = [
     "BackendUnavailable",
     "ConditionError",
     "ExpressionError",
+    "ForkError",
     "LLMCallLimitExceeded",
     "LLMError",
     "LLMUnavailable",
@@ -52,8 +58,12 @@ __all__ = [
     "PlanValidationError",
     "Problem",
     "ReferencePathError",
+    "ReplayError",
+    "RunBusy",
     "RunError",
+    "RunNotFound",
     "StepLimitExceeded",
+    "StoreError",
     "TimeLimitExceeded",
     "ToolError",
     "ToolFailed",
@@ -113,6 +123,45 @@ class ToolRegistrationError(PlanVMError):
     def __init__(self, message: str, *, tool_name: str | None = None) -> None:
         super().__init__(message)
         self.tool_name = tool_name
+
+
+class StoreError(PlanVMError):
+    """The run store cannot be used: a corrupt or locked file, or a request it cannot serve."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class RunNotFound(StoreError):
+    def __init__(self, run_id: str, path: str | None = None) -> None:
+        super().__init__(f"no run with id '{run_id}' in the store {path}; list runs with `planvm runs list`", path=path)
+        self.run_id = run_id
+
+
+class RunBusy(StoreError):
+    def __init__(self, run_id: str, owner: str, path: str | None = None) -> None:
+        super().__init__(
+            f"run '{run_id}' is being executed by another live process ({owner}); wait for it to finish, "
+            f"or stop that process first",
+            path=path,
+        )
+        self.run_id = run_id
+        self.owner = owner
+
+
+class ForkError(StoreError):
+    """A fork that cannot start: the fork point was never reached, or the new plan rewrites steps
+    that were already executed before it."""
+
+
+class ReplayError(PlanVMError):
+    """A record cannot be replayed: its plan asks for a step or reply the record does not have."""
+
+    def __init__(self, message: str, *, seq_no: int | None = None, index: int | None = None) -> None:
+        super().__init__(message)
+        self.seq_no = seq_no
+        self.index = index
 
 
 class LLMError(PlanVMError):

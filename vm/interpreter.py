@@ -1,0 +1,286 @@
+"""The engine behind :class:`vm.VM`: one run's program counter, variables, trace and budgets.
+
+Semantics (each one tested in ``tests/``):
+
+* steps run in ascending ``seq_no``; a ``jmp`` moves the program counter to another ``seq_no``;
+* all values of one ``assign`` are computed from the variables as they were *before* the step,
+  then stored together (so ``{"a": "${b}", "b": "${a}"}`` swaps);
+* the run completes as soon as a step assigns the variable named exactly ``final_answer``;
+  running past the last step without it is :class:`~vm.errors.NoFinalAnswer`;
+* a tool's own exception is chained into :class:`~vm.errors.ToolFailed`, never turned into text;
+* the step, wall-clock and LLM-call budgets of :class:`~vm.limits.Limits` end a run with a
+  :class:`~vm.errors.LimitExceeded` error instead of letting it hang.
+
+Concurrency: inside a straight-line stretch of steps (no jump leaves or enters it), a step may
+start as soon as the steps that write what it reads have finished, so independent tool calls
+overlap. Results are still *committed* in ``seq_no`` order — variables, trace, store rows and
+``on_step`` calls — so what a caller observes equals sequential execution. If a step fails, the
+steps after it are cancelled and never committed (a tool already running cannot be un-run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections import ChainMap
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from vm.condition import evaluate_condition
+from vm.errors import (
+    NoFinalAnswer,
+    RunError,
+    StepLimitExceeded,
+    TimeLimitExceeded,
+    ToolFailed,
+    ToolNotAllowed,
+    ToolNotFound,
+)
+from vm.outputs import map_outputs
+from vm.program import FINAL_ANSWER, AssignStep, CallingStep, JmpStep, Program, ReasoningStep, Step
+from vm.tooling import CallContext, RunLLM, StepLLM
+from vm.trace import StepRecord
+from vm.values import render_text
+
+__all__ = ["Interpreter"]
+
+_DONE = -1  # "the run completed" from a block
+
+
+class Interpreter:
+    """Executes one run of ``program`` from position ``start_pc``, after the ``trace`` so far."""
+
+    def __init__(
+        self,
+        vm: Any,
+        program: Program,
+        variables: dict[str, Any],
+        llm: RunLLM,
+        deadline: float | None,
+        *,
+        trace: list[StepRecord] | None = None,
+        persist: Callable[[int, StepRecord], None] | None = None,
+    ) -> None:
+        self.vm = vm
+        self.program = program
+        self.store = variables
+        self.llm = llm
+        self.deadline = deadline
+        self.trace: list[StepRecord] = trace if trace is not None else []
+        self.persist = persist
+        self.concurrency = max(1, vm.concurrency)
+        self.calls_in_flight = asyncio.Semaphore(self.concurrency)
+        # Steps that never wait run synchronously: no coroutine per assign (see bench/vm_overhead.py).
+        self._sync_handlers = {AssignStep: self._assign, ReasoningStep: self._reasoning}
+        self._async_handlers = {CallingStep: self._calling, JmpStep: self._jmp}
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def execute(self, start_pc: int = 0) -> None:
+        steps = self.program.steps
+        block_end = self.program.block_end
+        n = len(steps)
+        max_steps = self.vm.limits.max_steps
+        deadline = self.deadline
+        trace = self.trace
+        parallel = self.concurrency > 1
+        loop_edge: tuple[int, int] | None = None
+        pc = start_pc
+        while True:
+            if pc >= n:
+                last = steps[-1]
+                raise NoFinalAnswer(seq_no=last.seq_no, instruction_type=last.type)
+            step = steps[pc]
+            if len(trace) >= max_steps:
+                where = f" (the jmp at seq_no {loop_edge[1]} loops back to seq_no {loop_edge[0]})" if loop_edge else ""
+                raise StepLimitExceeded(
+                    max_steps,
+                    f"step budget of {max_steps} exceeded{where}; a jump loop may never end: check its "
+                    f"condition, or raise Limits.max_steps / --max-steps",
+                    seq_no=step.seq_no,
+                    instruction_type=step.type,
+                )
+            if deadline is not None and time.monotonic() > deadline:
+                raise self._time_up(step)
+            if parallel and block_end[pc] - pc > 1 and self._worth_overlapping(pc, block_end[pc]):
+                nxt = await self._block(pc, block_end[pc])
+                if nxt == _DONE:
+                    return
+                pc = nxt
+                continue
+            handler = self._sync_handlers.get(type(step))
+            if handler is not None:
+                record, nxt, error = self._guard_sync(handler, step, pc, self.store)
+            else:
+                record, nxt, error = await self._guard(step, pc, self.store)
+            self._commit(record, error)
+            if FINAL_ANSWER in record.outputs:
+                return
+            if nxt <= pc:
+                loop_edge = (steps[nxt].seq_no, step.seq_no)
+            pc = nxt
+
+    def _commit(self, record: StepRecord, error: RunError | None) -> None:
+        """Make a finished step observable: variables, trace, store row, callback; raise its error."""
+        if error is None:
+            self.store.update(record.outputs)
+        index = len(self.trace)
+        self.trace.append(record)
+        if self.persist is not None:
+            self.persist(index, record)
+        if self.vm.on_step is not None:
+            self.vm.on_step(record)
+        if error is not None:
+            raise error
+
+    def _guard_sync(self, handler: Any, step: Step, pc: int, view: Mapping[str, Any]) -> tuple[StepRecord, int, RunError | None]:
+        record = StepRecord(step.seq_no, step.type)
+        started = time.perf_counter()
+        try:
+            nxt = handler(step, pc, record, view)
+        except RunError as exc:
+            return self._failed(record, exc, step, started)
+        record.duration_s = time.perf_counter() - started
+        return record, nxt, None
+
+    async def _guard(self, step: Step, pc: int, view: Mapping[str, Any]) -> tuple[StepRecord, int, RunError | None]:
+        handler = self._sync_handlers.get(type(step))
+        if handler is not None:
+            return self._guard_sync(handler, step, pc, view)
+        record = StepRecord(step.seq_no, step.type)
+        started = time.perf_counter()
+        try:
+            nxt = await self._async_handlers[type(step)](step, pc, record, view)
+        except RunError as exc:
+            return self._failed(record, exc, step, started)
+        record.duration_s = time.perf_counter() - started
+        return record, nxt, None
+
+    @staticmethod
+    def _failed(record: StepRecord, exc: RunError, step: Step, started: float) -> tuple[StepRecord, int, RunError]:
+        exc.locate(step.seq_no, step.type)
+        record.error = str(exc)
+        record.duration_s = time.perf_counter() - started
+        return record, -1, exc
+
+    # --- overlapping independent steps --------------------------------------------------------
+
+    def _worth_overlapping(self, start: int, end: int) -> bool:
+        steps = self.program.steps
+        return sum(1 for pc in range(start, end) if isinstance(steps[pc], CallingStep)) > 1
+
+    async def _block(self, start: int, end: int) -> int:
+        """Run steps ``start..end`` (no jump in or out) overlapping, and commit them in order."""
+        steps = self.program.steps
+        end = min(end, start + self.vm.limits.max_steps - len(self.trace))
+        tasks: list[asyncio.Task[Any]] = []
+        for pc in range(start, end):
+            reads = steps[pc].reads
+            deps = [tasks[i - start] for i in range(start, pc) if steps[i].writes & reads]
+            tasks.append(asyncio.ensure_future(self._after(deps, pc)))
+        try:
+            for pc, task in zip(range(start, end), tasks, strict=True):
+                record, nxt, error = await task
+                self._commit(record, error)
+                if FINAL_ANSWER in record.outputs:
+                    return _DONE
+            return end
+        finally:
+            pending = [t for t in tasks if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _after(self, deps: list[asyncio.Task[Any]], pc: int) -> tuple[StepRecord, int, RunError | None]:
+        """Wait for the steps whose outputs ``pc`` reads, then run it against them."""
+        overlay: dict[str, Any] = {}
+        for dep in deps:
+            record, _nxt, error = await dep
+            if error is not None:
+                # The dependency failed: the commit loop stops there, so this result is never used.
+                return record, -1, error
+            overlay.update(record.outputs)
+        view: Mapping[str, Any] = ChainMap(overlay, self.store) if overlay else self.store
+        return await self._guard(self.program.steps[pc], pc, view)
+
+    # --- budgets ------------------------------------------------------------------------------
+
+    def _time_up(self, step: Any) -> TimeLimitExceeded:
+        seconds = self.vm.limits.max_seconds
+        return TimeLimitExceeded(
+            seconds or 0.0,
+            f"wall-clock budget of {seconds:g} s exceeded; raise Limits.max_seconds or speed up the slow step",
+            seq_no=step.seq_no,
+            instruction_type=step.type,
+        )
+
+    async def _bounded(self, awaitable: Any, step: Any) -> Any:
+        """Await a tool or LLM call, but not past the run's deadline."""
+        if self.deadline is None:
+            return await awaitable
+        remaining = self.deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(awaitable, max(remaining, 0.0))
+        except TimeoutError:
+            raise self._time_up(step) from None
+
+    # --- one handler per instruction type; each fills the record and returns the next position --
+
+    def _assign(self, step: AssignStep, pc: int, record: StepRecord, view: Mapping[str, Any]) -> int:
+        record.outputs = {name: value.evaluate(view) for name, value in step.values}
+        return pc + 1
+
+    def _reasoning(self, step: ReasoningStep, pc: int, record: StepRecord, view: Mapping[str, Any]) -> int:
+        record.inputs = step.parameters
+        return pc + 1
+
+    async def _calling(self, step: CallingStep, pc: int, record: StepRecord, view: Mapping[str, Any]) -> int:
+        vm = self.vm
+        name = step.tool_name
+        record.tool = name
+        if vm.allowed_tools is not None and name not in vm.allowed_tools:
+            raise ToolNotAllowed(name, list(vm.allowed_tools))
+        spec = vm.registry.get(name) if vm.registry is not None else None
+        if spec is None:
+            raise ToolNotFound(name, vm.registry.names() if vm.registry is not None else [])
+        params = step.params.evaluate(view)
+        record.inputs = params
+        bound = spec.bind(params)
+        record.llm_calls = calls = []
+        ctx = CallContext(step.seq_no, name, step.output_vars, StepLLM(self.llm, f"tool '{name}'", calls))
+        try:
+            async with self.calls_in_flight:
+                if spec.is_async:
+                    result = await self._bounded(spec.call(bound, ctx), step)
+                else:
+                    loop = asyncio.get_running_loop()
+                    call = functools.partial(spec.call, bound, ctx)
+                    result = await self._bounded(loop.run_in_executor(vm._threads(), call), step)
+        except RunError:
+            raise
+        except Exception as exc:
+            raise ToolFailed(name, exc) from exc
+        record.result = result
+        record.outputs = map_outputs(result, step.output_vars, name)
+        return pc + 1
+
+    async def _jmp(self, step: JmpStep, pc: int, record: StepRecord, view: Mapping[str, Any]) -> int:
+        if step.condition is None:
+            nxt = step.target
+        else:
+            condition = render_text(step.condition.evaluate(view))
+            context = render_text(step.context.evaluate(view)) if step.context is not None else None
+            record.inputs = {"condition_prompt": condition, "context": context}
+            record.llm_calls = calls = []
+            llm = StepLLM(self.llm, f"the jmp condition at seq_no {step.seq_no}", calls)
+            result, explanation = await self._bounded(evaluate_condition(llm, condition, context), step)
+            record.result = {"result": result, "explanation": explanation}
+            if result:
+                nxt = step.if_true
+            else:
+                nxt = step.if_false if step.if_false >= 0 else pc + 1
+        steps = self.program.steps
+        record.next_seq = steps[nxt].seq_no if nxt < len(steps) else None
+        return nxt

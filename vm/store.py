@@ -1,0 +1,442 @@
+"""The run store: every run, step by step, in one SQLite file.
+
+Default location: ``$PLANVM_HOME/runs.sqlite``, or ``runs.sqlite`` in the user's data directory
+(``platformdirs.user_data_dir("planvm")``). The file uses WAL mode and writes one transaction
+per executed step, so a process killed at any moment (SIGKILL included) leaves every completed
+step on disk and nothing half-written. Synchronous mode is NORMAL: durable across process
+crashes; a power cut may lose the last steps, never the file's consistency.
+
+Steps are stored as deltas: each row holds what that step set (``outputs``), its resolved
+``inputs``, the raw tool reply (``result``) and LLM exchanges. The variables at any step are
+derived by replaying the deltas over the run's initial variables.
+
+Values are stored as JSON; a value JSON cannot hold (a Python object a tool returned) is stored
+as its JSON-able form (pydantic_core's ``to_jsonable_python``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+
+from vm.errors import RunBusy, RunNotFound, StoreError
+
+__all__ = ["RunStore", "StoredRun", "StoredStep", "default_store_path"]
+
+_APPLICATION_ID = 0x706C766D  # "plvm"
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id           TEXT PRIMARY KEY,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    status       TEXT NOT NULL,            -- running | completed | failed | interrupted
+    goal         TEXT,
+    metadata     TEXT,                     -- JSON
+    plan         TEXT NOT NULL,            -- JSON array
+    variables    TEXT NOT NULL,            -- JSON object: the variables the run started with
+    parent_id    TEXT REFERENCES runs(id),
+    fork_seq     INTEGER,                  -- the seq_no the fork continued from
+    final_answer TEXT,                     -- JSON
+    error        TEXT,
+    owner        TEXT,                     -- host:pid of the process executing it, while it runs
+    steps        INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id     TEXT NOT NULL REFERENCES runs(id),
+    idx        INTEGER NOT NULL,           -- 0-based position in the run's trace
+    seq_no     INTEGER NOT NULL,
+    type       TEXT NOT NULL,
+    tool       TEXT,
+    inputs     TEXT,                       -- JSON
+    outputs    TEXT,                       -- JSON object: the variables this step set
+    result     TEXT,                       -- JSON: raw tool reply, or a jump's verdict
+    llm_calls  TEXT,                       -- JSON array
+    next_seq   INTEGER,
+    duration_s REAL,
+    error      TEXT,
+    PRIMARY KEY (run_id, idx)
+);
+CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent_id);
+"""
+
+
+def default_store_path() -> Path:
+    home = os.environ.get("PLANVM_HOME")
+    if home:
+        return Path(home) / "runs.sqlite"
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("planvm")) / "runs.sqlite"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=to_jsonable_python)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+@dataclass(slots=True)
+class StoredStep:
+    index: int
+    seq_no: int
+    type: str
+    tool: str | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    llm_calls: list[dict[str, Any]] = field(default_factory=list)
+    next_seq: int | None = None
+    duration_s: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "seq_no": self.seq_no,
+            "type": self.type,
+            "tool": self.tool,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "result": self.result,
+            "llm_calls": self.llm_calls,
+            "next_seq": self.next_seq,
+            "duration_s": self.duration_s,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StoredStep:
+        return cls(
+            index=int(data["index"]),
+            seq_no=int(data["seq_no"]),
+            type=str(data["type"]),
+            tool=data.get("tool"),
+            inputs=data.get("inputs") or {},
+            outputs=data.get("outputs") or {},
+            result=data.get("result"),
+            llm_calls=data.get("llm_calls") or [],
+            next_seq=data.get("next_seq"),
+            duration_s=float(data.get("duration_s") or 0.0),
+            error=data.get("error"),
+        )
+
+
+@dataclass(slots=True)
+class StoredRun:
+    id: str
+    status: str
+    plan: list[Any]
+    variables: dict[str, Any]
+    steps: list[StoredStep]
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    goal: str | None = None
+    metadata: dict[str, Any] | None = None
+    parent_id: str | None = None
+    fork_seq: int | None = None
+    final_answer: Any = None
+    error: str | None = None
+    owner: str | None = None
+
+    def variables_at(self, step: int | None = None) -> dict[str, Any]:
+        """The variables before trace position ``step`` (None: after the last step)."""
+        state = dict(self.variables)
+        for s in self.steps[: step if step is not None else len(self.steps)]:
+            state.update(s.outputs)
+        return state
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run as one JSON-ready document (the format ``planvm runs export`` writes)."""
+        return {
+            "format": "planvm-run/1",
+            "run": {
+                "id": self.id,
+                "status": self.status,
+                "goal": self.goal,
+                "metadata": self.metadata,
+                "parent_id": self.parent_id,
+                "fork_seq": self.fork_seq,
+                "created_at": self.created_at,
+                "updated_at": self.updated_at,
+                "final_answer": self.final_answer,
+                "error": self.error,
+                "variables": self.variables,
+            },
+            "plan": self.plan,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StoredRun:
+        if not isinstance(data, dict) or data.get("format") != "planvm-run/1":
+            raise StoreError("not a planvm run export (expected a JSON object with \"format\": \"planvm-run/1\")")
+        run = data.get("run") or {}
+        return cls(
+            id=str(run.get("id") or "exported"),
+            status=str(run.get("status") or "unknown"),
+            plan=list(data.get("plan") or []),
+            variables=dict(run.get("variables") or {}),
+            steps=[StoredStep.from_dict(s) for s in data.get("steps") or []],
+            created_at=float(run.get("created_at") or 0.0),
+            updated_at=float(run.get("updated_at") or 0.0),
+            goal=run.get("goal"),
+            metadata=run.get("metadata"),
+            parent_id=run.get("parent_id"),
+            fork_seq=run.get("fork_seq"),
+            final_answer=run.get("final_answer"),
+            error=run.get("error"),
+        )
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_alive(owner: str) -> bool:
+    host, _, pid_text = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True  # another machine: assume alive (it clears the owner when it ends)
+    try:
+        pid = int(pid_text)
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunStore:
+    """Runs and their steps in one SQLite file. Safe to share between threads and processes."""
+
+    def __init__(self, path: str | Path | None = None, *, timeout: float = 10.0) -> None:
+        self.path = Path(path) if path is not None else default_store_path()
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the store's folder {self.path.parent}: {exc}", path=str(self.path)) from exc
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+            self._setup()
+        except sqlite3.DatabaseError as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: sqlite3.Error) -> StoreError:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return StoreError(
+                f"the run store {self.path} stayed locked by another process ({text}); try again when it is done",
+                path=str(self.path),
+            )
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            return StoreError(
+                f"{self.path} is not a usable planvm run store ({text}); move it away, or choose another "
+                f"location with PLANVM_HOME or --store",
+                path=str(self.path),
+            )
+        return StoreError(f"run store {self.path}: {text}", path=str(self.path))
+
+    def _setup(self) -> None:
+        conn = self._conn
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if tables and app_id != _APPLICATION_ID:
+            raise StoreError(
+                f"{self.path} is an SQLite file, but not a planvm run store; choose another location with "
+                f"PLANVM_HOME or --store",
+                path=str(self.path),
+            )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        if not tables:
+            with self._transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE), committed or rolled back whole."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._translate(exc) from exc
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._conn.execute("ROLLBACK")
+                raise self._translate(exc) from exc
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise self._translate(exc) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        plan: list[Any],
+        *,
+        variables: dict[str, Any] | None = None,
+        goal: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        parent_id: str | None = None,
+        fork_seq: int | None = None,
+        inherit_steps: int = 0,
+    ) -> str:
+        """Start a run owned by this process; a fork copies its parent's first ``inherit_steps`` steps."""
+        run_id = uuid.uuid4().hex[:16]
+        now = time.time()
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO runs (id, created_at, updated_at, status, goal, metadata, plan, variables, parent_id, "
+                "fork_seq, owner, steps) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, now, now, goal, _dumps(metadata) if metadata is not None else None, _dumps(plan),
+                 _dumps(variables or {}), parent_id, fork_seq, _owner(), inherit_steps),
+            )
+            if parent_id is not None and inherit_steps:
+                conn.execute(
+                    "INSERT INTO steps SELECT ?, idx, seq_no, type, tool, inputs, outputs, result, llm_calls, next_seq, "
+                    "duration_s, error FROM steps WHERE run_id = ? AND idx < ?",
+                    (run_id, parent_id, inherit_steps),
+                )
+        return run_id
+
+    def record_step(self, run_id: str, index: int, record: Any) -> None:
+        """Write one executed step (a :class:`vm.StepRecord`) in its own transaction."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO steps (run_id, idx, seq_no, type, tool, inputs, outputs, result, llm_calls, "
+                "next_seq, duration_s, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, index, record.seq_no, record.type, record.tool, _dumps(dict(record.inputs)),
+                 _dumps(dict(record.outputs)), _dumps(record.result), _dumps(list(record.llm_calls)),
+                 record.next_seq, record.duration_s, record.error),
+            )
+            conn.execute("UPDATE runs SET steps = ?, updated_at = ? WHERE id = ?", (index + 1, time.time(), run_id))
+
+    def finish(self, run_id: str, status: str, *, final_answer: Any = None, error: str | None = None) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE runs SET status = ?, final_answer = ?, error = ?, owner = NULL, updated_at = ? WHERE id = ?",
+                (status, _dumps(final_answer) if final_answer is not None else None, error, time.time(), run_id),
+            )
+
+    def claim(self, run_id: str) -> StoredRun:
+        """Take over a run to resume it: refused while another live process executes it.
+
+        Steps after the last completed one (a step that failed) are dropped: resuming runs them again.
+        """
+        with self._transaction() as conn:
+            row = conn.execute("SELECT status, owner FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(run_id, str(self.path))
+            status, owner = row
+            if owner is not None and _owner_alive(owner):
+                raise RunBusy(run_id, owner, str(self.path))
+            if status == "completed":
+                raise StoreError(
+                    f"run '{run_id}' already completed; nothing to resume (replay it, or fork it from a step)",
+                    path=str(self.path),
+                )
+            first_error = conn.execute(
+                "SELECT min(idx) FROM steps WHERE run_id = ? AND error IS NOT NULL", (run_id,)
+            ).fetchone()[0]
+            if first_error is not None:
+                conn.execute("DELETE FROM steps WHERE run_id = ? AND idx >= ?", (run_id, first_error))
+                conn.execute("UPDATE runs SET steps = ? WHERE id = ?", (first_error, run_id))
+            conn.execute(
+                "UPDATE runs SET owner = ?, status = 'running', error = NULL, updated_at = ? WHERE id = ?",
+                (_owner(), time.time(), run_id),
+            )
+        return self.get(run_id)
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def get(self, run_id: str) -> StoredRun:
+        rows = self._read(
+            "SELECT id, status, plan, variables, created_at, updated_at, goal, metadata, parent_id, fork_seq, "
+            "final_answer, error, owner FROM runs WHERE id = ?",
+            (run_id,),
+        )
+        if not rows:
+            raise RunNotFound(run_id, str(self.path))
+        r = rows[0]
+        steps = [
+            StoredStep(idx, seq, typ, tool, _loads(inputs) or {}, _loads(outputs) or {}, _loads(result),
+                       _loads(llm) or [], nxt, dur or 0.0, err)
+            for idx, seq, typ, tool, inputs, outputs, result, llm, nxt, dur, err in self._read(
+                "SELECT idx, seq_no, type, tool, inputs, outputs, result, llm_calls, next_seq, duration_s, error "
+                "FROM steps WHERE run_id = ? ORDER BY idx",
+                (run_id,),
+            )
+        ]
+        return StoredRun(
+            id=r[0], status=r[1], plan=_loads(r[2]), variables=_loads(r[3]), steps=steps, created_at=r[4],
+            updated_at=r[5], goal=r[6], metadata=_loads(r[7]), parent_id=r[8], fork_seq=r[9],
+            final_answer=_loads(r[10]), error=r[11], owner=r[12],
+        )
+
+    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first: id, status, created_at, steps, goal, parent_id."""
+        rows = self._read(
+            "SELECT id, status, created_at, steps, goal, parent_id, fork_seq FROM runs ORDER BY created_at DESC LIMIT ?",
+            (limit,),
+        )
+        keys = ("id", "status", "created_at", "steps", "goal", "parent_id", "fork_seq")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def children(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._read("SELECT id, status, fork_seq FROM runs WHERE parent_id = ? ORDER BY created_at", (run_id,))
+        return [{"id": i, "status": s, "fork_seq": f} for i, s, f in rows]
+
+    def lineage(self, run_id: str) -> list[str]:
+        """The run's ancestors, oldest first, ending with the run itself."""
+        chain = [run_id]
+        seen = {run_id}
+        while True:
+            rows = self._read("SELECT parent_id FROM runs WHERE id = ?", (chain[0],))
+            if not rows or rows[0][0] is None or rows[0][0] in seen:
+                return chain
+            chain.insert(0, rows[0][0])
+            seen.add(rows[0][0])
+
+    def size_bytes(self) -> int:
+        """Bytes on disk, the write-ahead log included."""
+        total = 0
+        for suffix in ("", "-wal"):
+            path = Path(str(self.path) + suffix)
+            if path.exists():
+                total += path.stat().st_size
+        return total

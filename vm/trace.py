@@ -1,0 +1,117 @@
+"""What a run leaves behind: a :class:`StepRecord` per executed instruction, and a :class:`RunResult`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal
+
+from vm.errors import RunError
+
+__all__ = ["RunResult", "StepRecord"]
+
+# Shared, read-only defaults: a step record allocates no container it does not fill, which keeps
+# the garbage collector's work per step small (see bench/vm_overhead.py).
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+
+
+class StepRecord:
+    """One executed instruction in a run's trace.
+
+    ``inputs``: resolved tool parameters (``calling``), the rendered condition (``jmp``) or the
+    reasoning text; ``outputs``: the variables the step set (only those: the state at any step is
+    the run's initial variables plus the outputs of the steps before it); ``result``: the raw tool
+    reply, or a jump's verdict ``{"result", "explanation"}``; ``llm_calls``: every LLM exchange
+    the step made (prompt, text, reasoning); ``next_seq``: where a jump went.
+    """
+
+    __slots__ = ("duration_s", "error", "inputs", "llm_calls", "next_seq", "outputs", "result", "seq_no", "tool", "type")
+
+    def __init__(self, seq_no: int, type: str) -> None:  # noqa: A002 - the plan's own field name
+        self.seq_no = seq_no
+        self.type = type
+        self.inputs: Mapping[str, Any] = _NOTHING
+        self.outputs: Mapping[str, Any] = _NOTHING
+        self.result: Any = None
+        self.duration_s = 0.0
+        self.tool: str | None = None
+        self.next_seq: int | None = None
+        self.error: str | None = None
+        self.llm_calls: Sequence[dict[str, Any]] = ()
+
+    def __repr__(self) -> str:
+        return f"StepRecord(seq_no={self.seq_no}, type={self.type!r}, tool={self.tool!r}, error={self.error!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq_no": self.seq_no,
+            "type": self.type,
+            "tool": self.tool,
+            "inputs": dict(self.inputs),
+            "outputs": dict(self.outputs),
+            "result": self.result,
+            "next_seq": self.next_seq,
+            "duration_s": self.duration_s,
+            "error": self.error,
+            "llm_calls": list(self.llm_calls),
+        }
+
+    @classmethod
+    def from_stored(cls, stored: Any) -> StepRecord:
+        """A record rebuilt from the run store (a :class:`vm.store.StoredStep`)."""
+        record = cls(stored.seq_no, stored.type)
+        record.inputs = stored.inputs
+        record.outputs = stored.outputs
+        record.result = stored.result
+        record.duration_s = stored.duration_s
+        record.tool = stored.tool
+        record.next_seq = stored.next_seq
+        record.error = stored.error
+        record.llm_calls = stored.llm_calls
+        return record
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What a run ended with. ``status`` is ``"completed"`` or ``"failed"`` (then ``error`` says why).
+
+    ``run_id`` names the run in the store (None when the VM has no store).
+    """
+
+    status: Literal["completed", "failed"]
+    final_answer: Any
+    variables: dict[str, Any]
+    trace: list[StepRecord]
+    error: RunError | None = None
+    llm_calls: int = 0
+    duration_s: float = 0.0
+    run_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def steps(self) -> int:
+        """Number of executed instructions (a loop counts every pass)."""
+        return len(self.trace)
+
+    def raise_for_error(self) -> RunResult:
+        """Raise the run's error, if it failed; return the result otherwise."""
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def to_dict(self, *, trace: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "run_id": self.run_id,
+            "status": self.status,
+            "final_answer": self.final_answer,
+            "variables": self.variables,
+            "steps": self.steps,
+            "error": str(self.error) if self.error else None,
+        }
+        if trace:
+            data["trace"] = [r.to_dict() for r in self.trace]
+        return data
