@@ -80,6 +80,7 @@ class Interpreter:
     async def execute(self, start_pc: int = 0) -> None:
         steps = self.program.steps
         block_end = self.program.block_end
+        block_calls = self.program.block_calls
         n = len(steps)
         max_steps = self.vm.limits.max_steps
         deadline = self.deadline
@@ -103,7 +104,7 @@ class Interpreter:
                 )
             if deadline is not None and time.monotonic() > deadline:
                 raise self._time_up(step)
-            if parallel and block_end[pc] - pc > 1 and self._worth_overlapping(pc, block_end[pc]):
+            if parallel and block_calls[pc] > 1:
                 nxt = await self._block(pc, block_end[pc])
                 if nxt == _DONE:
                     return
@@ -165,10 +166,6 @@ class Interpreter:
         return record, -1, exc
 
     # --- overlapping independent steps --------------------------------------------------------
-
-    def _worth_overlapping(self, start: int, end: int) -> bool:
-        steps = self.program.steps
-        return sum(1 for pc in range(start, end) if isinstance(steps[pc], CallingStep)) > 1
 
     async def _block(self, start: int, end: int) -> int:
         """Run steps ``start..end`` (no jump in or out) overlapping, and commit them in order."""

@@ -135,7 +135,7 @@ def compile_instruction(ins: Any) -> Step:
 class Program:
     """A plan ready to run: steps sorted by ``seq_no``, jump targets resolved to positions."""
 
-    __slots__ = ("block_end", "instructions", "position", "steps")
+    __slots__ = ("block_calls", "block_end", "instructions", "position", "steps")
 
     def __init__(self, instructions: list[Any], steps: list[Step]) -> None:
         order = sorted(range(len(steps)), key=lambda i: steps[i].seq_no)
@@ -150,27 +150,30 @@ class Program:
                     step.if_true = self.position[step.if_true_seq]
                 if step.if_false_seq is not None:
                     step.if_false = self.position[step.if_false_seq]
-        self.block_end = self._blocks()
+        self.block_end, self.block_calls = self._blocks()
 
-    def _blocks(self) -> list[int]:
+    def _blocks(self) -> tuple[list[int], list[int]]:
         """For each position, the end (exclusive) of the straight-line run of steps starting there.
 
         A run stops after a ``jmp`` or a step that assigns ``final_answer``, and before a ``jmp``
         or a jump target: inside it, control cannot leave or enter, so independent steps may
-        overlap (see ``VM(concurrency=...)``).
+        overlap (see ``VM(concurrency=...)``). Also, per position, how many ``calling`` steps that
+        run holds (overlapping is only worth it for two or more).
         """
         n = len(self.steps)
         targets = {t for s in self.steps if isinstance(s, JmpStep) for t in (s.target, s.if_true, s.if_false) if t >= 0}
         ends = [0] * n
+        calls = [0] * n
         for pc in range(n - 1, -1, -1):
             step = self.steps[pc]
             nxt = pc + 1
+            own = 1 if isinstance(step, CallingStep) else 0
             stops_here = isinstance(step, JmpStep) or FINAL_ANSWER in step.writes
             if stops_here or nxt >= n or nxt in targets or isinstance(self.steps[nxt], JmpStep):
-                ends[pc] = nxt
+                ends[pc], calls[pc] = nxt, own
             else:
-                ends[pc] = ends[nxt]
-        return ends
+                ends[pc], calls[pc] = ends[nxt], calls[nxt] + own
+        return ends, calls
 
     def __len__(self) -> int:
         return len(self.steps)
