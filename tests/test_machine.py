@@ -486,3 +486,16 @@ def test_trace_records_every_step(vm):
     assert all(r.duration_s >= 0 and r.error is None for r in result.trace)
     data = result.to_dict(trace=True)
     assert data["steps"] == 3 and data["trace"][2]["tool"] == "add"
+
+
+def test_llm_backend_exception_in_a_condition_is_a_run_error():
+    class Down:
+        def complete(self, prompt, *, system=None, json_schema=None):
+            raise ConnectionError("endpoint unreachable")
+
+    from vm import LLMCallFailed
+
+    result = VM(llm=Down()).run(_branch_plan())
+    assert isinstance(result.error, LLMCallFailed)
+    assert result.error.seq_no == 1 and isinstance(result.error.__cause__, ConnectionError)
+    assert "endpoint unreachable" in str(result.error)

@@ -4,6 +4,7 @@ This package imports no other planvm package and no heavy dependency.
 """
 
 from vm.errors import (
+    LLMCallFailed,
     ForkError,
     ReplayError,
     RunBusy,
@@ -39,6 +40,7 @@ from vm.jsontext import extract_json
 from vm.limits import Limits
 from vm.llm import LLM, Completion, split_reasoning
 from vm.machine import VM
+from vm.replay import ReplayReport, StepCheck, areplay, areplay_live, replay, replay_live
 from vm.store import RunStore, StoredRun, StoredStep
 from vm.trace import RunResult, StepRecord
 from vm.plan import load_plan_data, plan_json_schema
@@ -54,6 +56,7 @@ __all__ = [
     "ExpressionError",
     "ForkError",
     "LLM",
+    "LLMCallFailed",
     "LLMCallLimitExceeded",
     "LLMError",
     "LLMUnavailable",
@@ -69,11 +72,13 @@ __all__ = [
     "Program",
     "ReferencePathError",
     "ReplayError",
+    "ReplayReport",
     "RunBusy",
     "RunError",
     "RunNotFound",
     "RunResult",
     "RunStore",
+    "StepCheck",
     "StepLimitExceeded",
     "StepRecord",
     "StoreError",
@@ -90,10 +95,14 @@ __all__ = [
     "ToolSpec",
     "VM",
     "VariableUndefined",
+    "areplay",
+    "areplay_live",
     "compile_plan",
     "extract_json",
     "load_plan_data",
     "plan_json_schema",
+    "replay",
+    "replay_live",
     "split_reasoning",
     "validate_plan",
 ]

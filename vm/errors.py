@@ -26,6 +26,7 @@
         ├── OutputMappingError         a tool result that cannot be mapped onto ``output_vars``
         ├── ConditionError             a ``jmp`` condition reply that is not ``{"result": bool, ...}``
         ├── LLMUnavailable             a step needs an LLM and the run has none
+        ├── LLMCallFailed              the run's LLM raised; its exception is ``__cause__``
         ├── NoFinalAnswer              the plan ran off its end without assigning ``final_answer``
         └── LimitExceeded              a run budget ran out (``limit``, ``value``)
             ├── StepLimitExceeded
@@ -46,6 +47,7 @@ __all__ = [
     "ConditionError",
     "ExpressionError",
     "ForkError",
+    "LLMCallFailed",
     "LLMCallLimitExceeded",
     "LLMError",
     "LLMUnavailable",
@@ -282,6 +284,15 @@ class LLMUnavailable(RunError):
         super().__init__(
             f"{purpose} needs an LLM and this run has none; pass one (VM(registry, llm=...)) or "
             f"configure one for the command line",
+            **where,
+        )
+
+
+class LLMCallFailed(RunError):
+    def __init__(self, purpose: str, cause: BaseException, **where: Any) -> None:
+        super().__init__(
+            f"the LLM call for {purpose} failed: {type(cause).__name__}: {cause}; check the LLM backend "
+            f"(address, key, model) and try again",
             **where,
         )
 

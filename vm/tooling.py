@@ -17,7 +17,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from vm.errors import LLMCallLimitExceeded, LLMUnavailable
+from vm.errors import LLMCallFailed, LLMCallLimitExceeded, LLMUnavailable, RunError
 from vm.llm import LLM, Completion, as_completion
 
 __all__ = ["CallContext", "RunLLM", "StepLLM", "ToolCatalog", "ToolSpec"]
@@ -87,23 +87,33 @@ class RunLLM:
 
     async def acomplete(self, prompt: str, *, purpose: str, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
         llm = self._take(purpose)
-        acomplete = getattr(llm, "acomplete", None)
-        if acomplete is not None:
-            reply = await acomplete(prompt, system=system, json_schema=json_schema)
-        else:
-            call = functools.partial(llm.complete, prompt, system=system, json_schema=json_schema)
-            pool = self._executor() if self._executor is not None else None
-            reply = await asyncio.get_running_loop().run_in_executor(pool, call)
-        return as_completion(reply)
+        try:
+            acomplete = getattr(llm, "acomplete", None)
+            if acomplete is not None:
+                reply = await acomplete(prompt, system=system, json_schema=json_schema)
+            else:
+                call = functools.partial(llm.complete, prompt, system=system, json_schema=json_schema)
+                pool = self._executor() if self._executor is not None else None
+                reply = await asyncio.get_running_loop().run_in_executor(pool, call)
+            return as_completion(reply)
+        except (RunError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise LLMCallFailed(purpose, exc) from exc
 
     def complete(self, prompt: str, *, purpose: str, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
         llm = self._take(purpose)
-        if hasattr(llm, "complete"):
-            return as_completion(llm.complete(prompt, system=system, json_schema=json_schema))
-        if self._loop is None:  # pragma: no cover - only reachable with an async-only LLM outside a run
-            raise LLMUnavailable(purpose)
-        future = asyncio.run_coroutine_threadsafe(llm.acomplete(prompt, system=system, json_schema=json_schema), self._loop)
-        return as_completion(future.result())
+        try:
+            if hasattr(llm, "complete"):
+                return as_completion(llm.complete(prompt, system=system, json_schema=json_schema))
+            if self._loop is None:  # pragma: no cover - only reachable with an async-only LLM outside a run
+                raise LLMUnavailable(purpose)
+            future = asyncio.run_coroutine_threadsafe(llm.acomplete(prompt, system=system, json_schema=json_schema), self._loop)
+            return as_completion(future.result())
+        except RunError:
+            raise
+        except Exception as exc:
+            raise LLMCallFailed(purpose, exc) from exc
 
 
 class StepLLM:
