@@ -212,9 +212,7 @@ def _report(run: StoredRun, result: RunResult, mode: str) -> ReplayReport:
     checks = compare(run.steps, result.trace)
     if isinstance(cause, ReplayError) and result.trace:
         # Name the step that diverged even when its outputs could not be compared.
-        last = checks[len(result.trace) - 1]
-        if not last.differences:
-            last.differences.append(str(cause))
+        checks[len(result.trace) - 1].differences.append(str(cause))
     return ReplayReport(run.id, mode, checks, result, run.final_answer)
 
 
