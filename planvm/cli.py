@@ -1,52 +1,127 @@
-"""``planvm``: validate and execute plans from the command line.
+"""``planvm``: validate, execute, resume, fork and replay plans from the command line.
 
-Exit codes: 0 success; 1 the plan is invalid (``validate``) or the run failed (``exec``);
-2 unusable input (a missing file, text that is not JSON, a plan that cannot run, a bad plugin).
-Each subcommand imports what it needs when it runs, so ``planvm --help`` stays fast.
+Exit codes: 0 success; 1 the plan is invalid (``validate``), the run failed, or a replay did not
+reproduce its record; 2 unusable input (a missing file, text that is not JSON, a plan that cannot
+run, a bad plugin, an unusable run store or run id). Each subcommand imports what it needs when
+it runs, so ``planvm --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-EXIT_FAILED = 1
-EXIT_UNUSABLE = 2
+from planvm.render import EXIT_FAILED, EXIT_UNUSABLE, echo_err, exit_now, print_json, progress_printer, report_run
+
+# --- options shared by the commands that execute plans -------------------------------------------
 
 
-def _echo_err(message: str) -> None:
-    click.echo(message, err=True)
+def tool_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--no-builtins", is_flag=True, help="Leave out the built-in tools (a plugin may then define its own)."
+    )(fn)
+    return click.option(
+        "--plugin",
+        "plugins",
+        multiple=True,
+        type=click.Path(dir_okay=False),
+        help="A Python file whose @tool functions are registered (repeatable).",
+    )(fn)
 
 
-def _registry(plugins: tuple[str, ...], no_builtins: bool) -> Any:
+def store_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--store",
+        "store_path",
+        type=click.Path(dir_okay=False),
+        envvar="PLANVM_STORE",
+        help="Run store file (default: $PLANVM_HOME/runs.sqlite, or runs.sqlite in the user data folder).",
+    )(fn)
+
+
+def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Budgets, concurrency and output format for commands that execute a plan."""
+    for option in reversed(
+        [
+            click.option("--max-steps", type=click.IntRange(min=1), envvar="PLANVM_MAX_STEPS", help="Step budget (default 1000)."),
+            click.option(
+                "--max-seconds",
+                type=click.FloatRange(min=0, min_open=True),
+                envvar="PLANVM_MAX_SECONDS",
+                help="Wall-clock budget in seconds (default 600).",
+            ),
+            click.option("--allow-tool", "allow_tools", multiple=True, help="Limit the run to these tools (repeatable)."),
+            click.option(
+                "--concurrency",
+                type=click.IntRange(min=1),
+                default=8,
+                show_default=True,
+                envvar="PLANVM_CONCURRENCY",
+                help="Tool calls that may overlap when steps are independent (1: one step at a time).",
+            ),
+            click.option("--json", "as_json", is_flag=True, help="Print one JSON object: run_id, status, final_answer, variables, steps, error."),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def make_vm(options: dict[str, Any], *, record: bool = True) -> Any:
+    """Build the VM the command-line options describe (raises PlanVMError for unusable input)."""
     from tools import ToolRegistry, default_registry, load_plugin
+    from vm import VM, Limits, RunStore
 
-    registry = ToolRegistry() if no_builtins else default_registry()
-    for path in plugins:
+    registry = ToolRegistry() if options.get("no_builtins") else default_registry()
+    for path in options.get("plugins", ()):
         for t in load_plugin(path):
             registry.register(t)
-    return registry
+    budgets = {k: options[k] for k in ("max_steps", "max_seconds") if options.get(k) is not None}
+    store = RunStore(options.get("store_path")) if record else None
+    return VM(
+        registry,
+        limits=Limits(**budgets),
+        allowed_tools=options.get("allow_tools") or None,
+        on_step=progress_printer() if sys.stderr.isatty() else None,
+        store=store,
+        concurrency=options.get("concurrency") or 8,
+    )
 
 
-def _as_text(value: Any) -> str:
-    from vm.values import render_text
+def executes(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command that returns a RunResult; render it; turn planvm errors into exit code 2."""
 
-    return render_text(value)
+    @functools.wraps(fn)
+    def wrapper(**options: Any) -> None:
+        from vm import PlanValidationError, PlanVMError
+
+        as_json = options.get("as_json", False)
+        try:
+            result = fn(**options)
+        except PlanValidationError as exc:
+            if as_json:
+                print_json({"status": "invalid", "error": str(exc), "problems": [str(p) for p in exc.problems]})
+            else:
+                echo_err("error: the plan is not valid:")
+                for problem in exc.problems:
+                    echo_err(f"  {problem}")
+            sys.exit(EXIT_UNUSABLE)
+        except (PlanVMError, ValueError) as exc:
+            if as_json:
+                print_json({"status": "invalid", "error": str(exc)})
+            else:
+                echo_err(f"error: {exc}")
+            sys.exit(EXIT_UNUSABLE)
+        exit_now(report_run(result, as_json))
+
+    return wrapper
 
 
-plugin_option = click.option(
-    "--plugin",
-    "plugins",
-    multiple=True,
-    type=click.Path(dir_okay=False),
-    help="A Python file whose @tool functions are registered (repeatable).",
-)
-no_builtins_option = click.option(
-    "--no-builtins", is_flag=True, help="Leave out the built-in tools (a plugin may then define its own)."
-)
+# --- commands ----------------------------------------------------------------------------------
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,17 +140,16 @@ def schema() -> None:
 
 @cli.command()
 @click.argument("plan_file", type=click.Path(dir_okay=False))
-@plugin_option
-@no_builtins_option
+@tool_options
 def validate(plan_file: str, plugins: tuple[str, ...], no_builtins: bool) -> None:
     """Check PLAN_FILE without running it; list every problem, one per line."""
     from vm import PlanVMError, validate_plan
 
     try:
-        registry = _registry(plugins, no_builtins)
+        registry = make_vm({"plugins": plugins, "no_builtins": no_builtins}, record=False).registry
         _program, problems = validate_plan(plan_file, registry)
     except PlanVMError as exc:
-        _echo_err(f"error: {exc}")
+        echo_err(f"error: {exc}")
         sys.exit(EXIT_UNUSABLE)
     if problems:
         for problem in problems:
@@ -84,87 +158,48 @@ def validate(plan_file: str, plugins: tuple[str, ...], no_builtins: bool) -> Non
     click.echo("valid")
 
 
-def _progress_printer() -> Any:
-    from rich.console import Console
-
-    console = Console(stderr=True, highlight=False)
-
-    def show(record: Any) -> None:
-        tool = f" {record.tool}" if record.tool else ""
-        status = "[red]failed[/red]" if record.error else "[green]ok[/green]"
-        console.print(f"seq_no {record.seq_no:>3}  {record.type}{tool}  {record.duration_s * 1000:.1f} ms  {status}")
-
-    return show
-
-
 @cli.command(name="exec")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
-@plugin_option
-@no_builtins_option
-@click.option("--max-steps", type=click.IntRange(min=1), envvar="PLANVM_MAX_STEPS", help="Step budget (default 1000).")
-@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), envvar="PLANVM_MAX_SECONDS", help="Wall-clock budget in seconds (default 600).")
-@click.option("--allow-tool", "allow_tools", multiple=True, help="Limit the run to these tools (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: status, final_answer, variables, steps, error.")
-def exec_(
-    plan_file: str,
-    plugins: tuple[str, ...],
-    no_builtins: bool,
-    max_steps: int | None,
-    max_seconds: float | None,
-    allow_tools: tuple[str, ...],
-    as_json: bool,
-) -> None:
-    """Validate and run PLAN_FILE; print its final answer."""
-    from vm import VM, Limits, PlanValidationError, PlanVMError
-
-    overrides = {k: v for k, v in (("max_steps", max_steps), ("max_seconds", max_seconds)) if v is not None}
-    on_step = _progress_printer() if sys.stderr.isatty() else None
-    try:
-        registry = _registry(plugins, no_builtins)
-        vm = VM(registry, limits=Limits(**overrides), allowed_tools=allow_tools or None, on_step=on_step)
-        with vm:
-            result = vm.run(plan_file)
-    except PlanValidationError as exc:
-        if as_json:
-            click.echo(json.dumps({"status": "invalid", "error": str(exc), "problems": [str(p) for p in exc.problems]}))
-        else:
-            _echo_err("error: the plan is not valid:")
-            for problem in exc.problems:
-                _echo_err(f"  {problem}")
-        sys.exit(EXIT_UNUSABLE)
-    except PlanVMError as exc:
-        if as_json:
-            click.echo(json.dumps({"status": "invalid", "error": str(exc)}))
-        else:
-            _echo_err(f"error: {exc}")
-        sys.exit(EXIT_UNUSABLE)
-    code = 0 if result.ok else EXIT_FAILED
-    if as_json:
-        from pydantic_core import to_jsonable_python
-
-        click.echo(json.dumps(result.to_dict(), ensure_ascii=False, default=to_jsonable_python))
-    elif result.ok:
-        click.echo(_as_text(result.final_answer))
-    if not result.ok and not as_json:
-        _echo_err(f"error: {result.error}")
-        cause = result.error.__cause__ if result.error else None
-        if cause is not None:
-            _echo_err(f"  caused by {type(cause).__name__}: {cause}")
-    _exit(code)
+@tool_options
+@store_option
+@click.option("--no-store", is_flag=True, help="Do not record the run.")
+@run_options
+@executes
+def exec_(plan_file: str, no_store: bool, **options: Any) -> Any:
+    """Validate and run PLAN_FILE; print its final answer (and, on stderr, the run id)."""
+    with make_vm(options, record=not no_store) as vm:
+        return vm.run(plan_file)
 
 
-def _exit(code: int) -> None:
-    """Exit, even if a sync tool cut off by the time budget is still running in its thread
-    (Python would otherwise wait for it at exit)."""
-    import os
-    import threading
+@cli.command()
+@click.argument("run_id")
+@tool_options
+@store_option
+@run_options
+@executes
+def resume(run_id: str, **options: Any) -> Any:
+    """Continue RUN_ID (killed or failed) from its last completed step, with the same tools."""
+    with make_vm(options) as vm:
+        return vm.resume(run_id)
 
-    if any(t.name.startswith("planvm-tool") and t.is_alive() for t in threading.enumerate()):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--from", "from_seq", type=int, required=True, help="The seq_no the new run continues from.")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False), required=True, help="The new plan (JSON).")
+@tool_options
+@store_option
+@run_options
+@executes
+def fork(run_id: str, from_seq: int, plan_file: str, **options: Any) -> Any:
+    """Start a new run from RUN_ID's steps before --from, continuing with --plan."""
+    with make_vm(options) as vm:
+        return vm.fork(run_id, from_seq, plan_file)
 
 
 def main() -> None:
+    from planvm.runs_cli import replay, runs
+
+    cli.add_command(runs)
+    cli.add_command(replay)
     cli(prog_name="planvm")

@@ -79,6 +79,13 @@ def make_registry() -> ToolRegistry:
     return ToolRegistry([echo, add, shout, fail, outputs_of])
 
 
+@pytest.fixture(autouse=True)
+def _private_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test (and every subprocess it starts) records runs in its own folder."""
+    monkeypatch.setenv("PLANVM_HOME", str(tmp_path_factory.mktemp("planvm_home")))
+    monkeypatch.delenv("PLANVM_STORE", raising=False)
+
+
 @pytest.fixture
 def registry() -> ToolRegistry:
     return make_registry()

@@ -1,0 +1,191 @@
+"""``planvm runs …`` (list, show, export) and ``planvm replay``: reading the run store."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from planvm.cli import make_vm, store_option, tool_options
+from planvm.render import EXIT_FAILED, EXIT_UNUSABLE, as_text, echo_err, preview, print_json
+
+
+def _open_store(store_path: str | None) -> Any:
+    from vm import RunStore
+
+    return RunStore(store_path)
+
+
+def _guard(fn: Any) -> Any:
+    """Turn planvm errors into one line on stderr and exit code 2."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from vm import PlanVMError
+
+        try:
+            return fn(*args, **kwargs)
+        except PlanVMError as exc:
+            echo_err(f"error: {exc}")
+            sys.exit(EXIT_UNUSABLE)
+
+    return wrapper
+
+
+def _when(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group()
+def runs() -> None:
+    """List, show and export recorded runs."""
+
+
+@runs.command(name="list")
+@store_option
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_guard
+def list_(store_path: str | None, limit: int, as_json: bool) -> None:
+    """The newest runs: id, status, time, steps, goal, parent."""
+    rows = _open_store(store_path).list_runs(limit)
+    if as_json:
+        print_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("run_id", "status", "started", "steps", "goal", "parent")
+    for r in rows:
+        parent = f"{r['parent_id']} @ seq_no {r['fork_seq']}" if r["parent_id"] else ""
+        table.add_row(r["id"], r["status"], _when(r["created_at"]), str(r["steps"]), preview(r["goal"] or "", 40), parent)
+    Console().print(table)
+
+
+@runs.command()
+@click.argument("run_id")
+@store_option
+@click.option("--step", type=click.IntRange(min=0), help="Also show the variables after trace position STEP (the idx column).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@_guard
+def show(run_id: str, store_path: str | None, step: int | None, as_json: bool) -> None:
+    """One run: its steps, its branch tree, and (with --step) the variables at a step."""
+    store = _open_store(store_path)
+    run = store.get(run_id)
+    if step is not None and step >= len(run.steps):
+        raise click.BadParameter(f"the run has {len(run.steps)} steps (idx 0 to {len(run.steps) - 1})", param_hint="--step")
+    lineage = store.lineage(run_id)
+    children = store.children(run_id)
+    variables = run.variables_at(step + 1) if step is not None else None
+    if as_json:
+        data = run.to_dict()
+        data["lineage"] = lineage
+        data["children"] = children
+        if variables is not None:
+            data["variables_at_step"] = {"step": step, "variables": variables}
+        print_json(data)
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.tree import Tree
+
+    console = Console()
+    console.print(f"[bold]run {run.id}[/bold]  {run.status}  started {_when(run.created_at)}  {len(run.steps)} steps")
+    if run.goal:
+        console.print(f"goal: {run.goal}")
+    if run.status == "completed":
+        console.print(f"final_answer: {preview(run.final_answer, 200)}")
+    if run.error:
+        console.print(f"[red]error:[/red] {run.error}")
+    if len(lineage) > 1 or children:
+        tree = Tree(lineage[0] + (" (this run)" if lineage[0] == run_id else ""))
+        node = tree
+        for ancestor in lineage[1:]:
+            node = node.add(ancestor + (" (this run)" if ancestor == run_id else ""))
+        for child in children:
+            node.add(f"{child['id']}  forked at seq_no {child['fork_seq']}  {child['status']}")
+        console.print(tree)
+    table = Table("idx", "seq_no", "type", "tool", "ms", "set", "error")
+    for s in run.steps:
+        table.add_row(
+            str(s.index), str(s.seq_no), s.type, s.tool or "", f"{s.duration_s * 1000:.1f}",
+            preview(s.outputs, 50) if s.outputs else (f"→ {s.next_seq}" if s.next_seq is not None else ""),
+            preview(s.error or "", 40),
+        )
+    console.print(table)
+    if variables is not None:
+        vtable = Table("variable", f"value after idx {step}")
+        for name, value in variables.items():
+            vtable.add_row(name, preview(value, 100))
+        console.print(vtable)
+
+
+@runs.command()
+@click.argument("run_id")
+@store_option
+@click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+@_guard
+def export(run_id: str, store_path: str | None, out: str | None) -> None:
+    """One JSON document with the run, its plan and every step (replayable with `planvm replay`)."""
+    data = _open_store(store_path).get(run_id).to_dict()
+    text = json.dumps(data, ensure_ascii=False, indent=2, default=as_text)
+    if out:
+        Path(out).write_text(text + "\n", encoding="utf-8")
+    else:
+        click.echo(text)
+
+
+@click.command()
+@click.argument("source")
+@click.option("--live", is_flag=True, help="Run against the real tools and LLM and show what changed.")
+@tool_options
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_guard
+def replay(source: str, live: bool, plugins: tuple[str, ...], no_builtins: bool, store_path: str | None, as_json: bool) -> None:
+    """Re-execute a recorded run (RUN_ID, or a file from `planvm runs export`) and check each step.
+
+    Offline by default: every tool and LLM reply comes from the record. Exit code 1 when a step
+    did not reproduce its record.
+    """
+    from vm import StoredRun, StoreError
+    from vm import replay as replay_offline
+    from vm import replay_live
+
+    path = Path(source)
+    if path.suffix == ".json" or path.is_file():
+        try:
+            run = StoredRun.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise StoreError(f"{path}: no such file; pass a run id or a file written by `planvm runs export`") from None
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+    else:
+        run = _open_store(store_path).get(source)
+    if live:
+        with make_vm({"plugins": plugins, "no_builtins": no_builtins, "concurrency": 1}, record=False) as vm:
+            report = replay_live(run, vm)
+    else:
+        report = replay_offline(run)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("idx", "seq_no", "type", "reproduced", "differences")
+        for check in report.checks:
+            mark = "[green]yes[/green]" if check.matched else "[red]no[/red]"
+            table.add_row(str(check.index), str(check.seq_no), check.type or "", mark, "\n".join(check.differences))
+        console = Console()
+        console.print(table)
+        verdict = "every step reproduced its record" if report.ok else f"{len(report.mismatches)} step(s) differ"
+        if not report.final_answer_matches:
+            verdict += f"; final answer differs: {preview(report.recorded_final_answer)} -> {preview(report.result.final_answer)}"
+        console.print(f"{report.mode} replay of {run.id}: {verdict}")
+    sys.exit(0 if report.ok else EXIT_FAILED)
