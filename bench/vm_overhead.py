@@ -7,7 +7,9 @@ Plans:
 * ``mix``  — 10,000 ``assign`` steps cycling through a literal, a template with two references,
   and arithmetic over two references; once with 50 and once with 1,000 variables in the store;
 * ``loop`` — a counter loop: ``assign i = ${i} + 1`` then a conditional ``jmp`` back, answered
-  by an in-process LLM that replies instantly (so the figure is the VM's own cost).
+  by an in-process LLM that replies instantly (so the figure is the VM's own cost);
+* ``mix`` again with the run store on (a SQLite file in a temporary folder): the cost of
+  recording each step, and the bytes the store grows by per step with 50 and 1,000 variables.
 
 Prints microseconds per executed instruction (best of the repeats), compile time per
 instruction, and the ratio of the 1,000- to the 50-variable figure.
@@ -18,12 +20,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vm import VM, Completion, Limits  # noqa: E402
+from vm import VM, Completion, Limits, RunStore  # noqa: E402
 
 
 def mix_plan(n_instructions: int, n_vars: int) -> list[dict]:
@@ -98,6 +101,22 @@ def main() -> None:
     per_step, per_compile, steps = measure(loop_vm, loop_plan(n // 2), repeats)
     print(f"{'loop (assign + jmp)':<28}{steps:>8}{per_step:>10.2f}{per_compile:>18.2f}")
     print(f"ratio 1000/50 variables: {figures[1000] / figures[50]:.2f}x")
+    print()
+    print(f"{'with the run store':<28}{'steps':>8}{'us/step':>10}{'added ms/step':>15}{'bytes/step':>12}")
+    with tempfile.TemporaryDirectory() as folder:
+        for n_vars in (50, 1000):
+            store = RunStore(Path(folder) / f"runs{n_vars}.sqlite")
+            stored_vm = VM(limits=limits, store=store)
+            plan = mix_plan(n, n_vars)
+            stored_vm.run([{"seq_no": 0, "type": "assign", "parameters": {"final_answer": 1}}])  # warm the file up
+            store.checkpoint()
+            before = store.size_bytes()
+            per_step, _, steps = measure(stored_vm, plan, 1)
+            store.checkpoint()
+            grown = (store.size_bytes() - before) / steps
+            added_ms = (per_step - figures[n_vars]) / 1000
+            print(f"{f'mix, {n_vars} variables':<28}{steps:>8}{per_step:>10.2f}{added_ms:>15.3f}{grown:>12.0f}")
+            store.close()
 
 
 if __name__ == "__main__":

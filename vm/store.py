@@ -432,6 +432,10 @@ class RunStore:
             chain.insert(0, rows[0][0])
             seen.add(rows[0][0])
 
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the main file (SQLite also does this on its own)."""
+        self._read("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def size_bytes(self) -> int:
         """Bytes on disk, the write-ahead log included."""
         total = 0
