@@ -1,0 +1,84 @@
+"""FakeChatServer: a local HTTP server speaking the chat-completions protocol, with scripted
+replies (a fake at the edge: the real openai SDK and httpx talk to it over a real socket)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+def chat_reply(content: str, reasoning: str | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "test-model",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+class FakeChatServer:
+    """Serves queued actions in order: ``("json", status, body)``, ``("raw", status, text)``,
+    ``("sleep", seconds, body)``. Records every request body and its headers."""
+
+    def __init__(self) -> None:
+        self.actions: list[tuple[Any, ...]] = []
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, text: str, extra: dict[str, str] | None = None) -> None:
+                data = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                server.requests.append({"path": self.path, **body})
+                server.headers.append({k.lower(): v for k, v in self.headers.items()})
+                action = server.actions.pop(0) if server.actions else ("json", 500, {"error": {"message": "no scripted reply"}})
+                kind = action[0]
+                if kind == "sleep":
+                    time.sleep(action[1])
+                    self._send(200, json.dumps(action[2]))
+                elif kind == "raw":
+                    self._send(action[1], action[2])
+                else:
+                    extra = action[3] if len(action) > 3 else None
+                    self._send(action[1], json.dumps(action[2]), extra)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+
+    def __enter__(self) -> FakeChatServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def reply(self, content: str, reasoning: str | None = None) -> FakeChatServer:
+        self.actions.append(("json", 200, chat_reply(content, reasoning)))
+        return self

@@ -1,0 +1,105 @@
+"""The ``openai`` LLM backend: any OpenAI-compatible chat-completions endpoint.
+
+vLLM (serving the fine-tuned planner with its LoRA adapter), Ollama, OpenAI and DeepSeek all
+speak this protocol. Retries on 429, 5xx and timeouts are the SDK's own: exponential backoff with
+jitter, bounded by ``max_retries``, honouring ``Retry-After``. Errors name the endpoint, the model
+and the HTTP status, never the key. A reasoning model's thinking (a ``reasoning_content`` field,
+or a leading ``<think>`` block) is returned apart from the answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vm.errors import LLMError
+from vm.llm import Completion, split_reasoning
+
+__all__ = ["OpenAIChat"]
+
+
+class OpenAIChat:
+    """An LLM (``vm.LLM``) on an OpenAI-compatible endpoint."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        temperature: float = 0.0,
+        max_tokens: int | None = None,
+        json_mode: str = "schema",
+    ) -> None:
+        import openai
+
+        self.model = model
+        self.base_url = base_url or "https://api.openai.com/v1"
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.json_mode = json_mode
+        # Local servers (vLLM, Ollama) need no key, but the SDK insists on one.
+        key = api_key or "no-key"
+        # Sync client only: the VM calls it from its thread pool, so one client serves every run
+        # (an async client's connections would be tied to the event loop of the first run).
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=timeout, max_retries=max_retries)
+
+    def _request(self, prompt: str, system: str | None, json_schema: dict[str, Any] | None) -> dict[str, Any]:
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        request: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.temperature}
+        if self.max_tokens is not None:
+            request["max_tokens"] = self.max_tokens
+        if json_schema is not None and self.json_mode == "schema":
+            request["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": json_schema}}
+        elif json_schema is not None and self.json_mode == "object":
+            request["response_format"] = {"type": "json_object"}
+        return request
+
+    def _reply(self, response: Any) -> Completion:
+        choices = getattr(response, "choices", None)
+        if not choices:
+            raise LLMError(f"LLM endpoint {self.base_url} (model {self.model}) sent a reply with no choices")
+        message = choices[0].message
+        text = message.content or ""
+        thinking = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
+        if thinking:
+            return Completion(text=split_reasoning(text).text if "</think>" in text else text.strip(), reasoning=str(thinking))
+        return split_reasoning(text)
+
+    def _error(self, exc: Exception) -> LLMError:
+        import openai
+
+        where = f"LLM endpoint {self.base_url} (model {self.model})"
+        if isinstance(exc, openai.APIStatusError):
+            detail = _short(getattr(exc, "message", "") or str(exc))
+            hint = {
+                401: "check PLANVM_LLM_API_KEY / OPENAI_API_KEY",
+                403: "check the key's permissions",
+                404: "check PLANVM_LLM_MODEL and PLANVM_LLM_BASE_URL",
+                429: "rate limited; retries were exhausted, try again later",
+            }.get(exc.status_code, "see the server's log")
+            return LLMError(f"{where} answered HTTP {exc.status_code}: {detail}; {hint}")
+        if isinstance(exc, openai.APITimeoutError):
+            return LLMError(f"{where} did not answer in time (after retries); raise PLANVM_LLM_TIMEOUT or check the server")
+        if isinstance(exc, openai.APIConnectionError):
+            return LLMError(f"cannot reach {where}: {_short(str(exc.__cause__ or exc))}; is the server running at that address?")
+        return LLMError(f"{where} sent a reply that could not be read ({type(exc).__name__}: {_short(str(exc))})")
+
+    def complete(self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
+        try:
+            response = self._client.chat.completions.create(**self._request(prompt, system, json_schema))
+        except LLMError:
+            raise
+        except Exception as exc:
+            raise self._error(exc) from exc
+        return self._reply(response)
+
+    def __repr__(self) -> str:
+        return f"OpenAIChat(model={self.model!r}, base_url={self.base_url!r})"
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
