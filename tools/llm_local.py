@@ -1,0 +1,97 @@
+"""The ``local`` LLM backend: a transformers model in this process, optionally with a PEFT adapter.
+
+The model is loaded once per (model, adapter, device) and reused by every backend object and run.
+The tokenizer's chat template builds the prompt; generation is greedy unless a temperature is
+set. ``torch``, ``transformers`` and ``peft`` are imported only when a model is first used.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
+
+from vm.errors import LLMError
+from vm.llm import Completion, split_reasoning
+
+__all__ = ["LocalChat", "load_model"]
+
+
+@functools.lru_cache(maxsize=4)
+def load_model(model: str, adapter: str | None = None, device: str = "auto") -> tuple[Any, Any, str]:
+    """(model, tokenizer, device) for ``model`` with ``adapter`` applied; cached."""
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise LLMError("the local backend needs torch and transformers: pip install 'planvm[local]'") from exc
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        loaded = AutoModelForCausalLM.from_pretrained(model, dtype="auto")
+    except (OSError, ValueError) as exc:
+        raise LLMError(f"cannot load the local model {model!r}: {exc}; set PLANVM_LOCAL_MODEL to a model folder") from exc
+    if adapter:
+        try:
+            from peft import PeftModel
+        except ImportError as exc:
+            raise LLMError("a LoRA adapter needs peft: pip install 'planvm[local]'") from exc
+        try:
+            loaded = PeftModel.from_pretrained(loaded, adapter)
+        except (OSError, ValueError) as exc:
+            raise LLMError(f"cannot load the adapter {adapter!r} onto {model!r}: {exc}") from exc
+    loaded.to(device)
+    loaded.eval()
+    return loaded, tokenizer, device
+
+
+class LocalChat:
+    """An LLM (``vm.LLM``) running a transformers model in process."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        adapter: str | None = None,
+        device: str = "auto",
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+    ) -> None:
+        self.model_name = model
+        self.adapter = adapter
+        self.device = device
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self._lock = threading.Lock()  # one generate() at a time per process-wide model
+
+    def loaded(self) -> tuple[Any, Any, str]:
+        return load_model(self.model_name, self.adapter, self.device)
+
+    def prompt_ids(self, prompt: str, system: str | None = None) -> Any:
+        model, tokenizer, device = self.loaded()
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        return {k: v.to(device) for k, v in encoded.items()}
+
+    def generate_text(self, inputs: Any, **generate_kwargs: Any) -> str:
+        import torch
+
+        model, tokenizer, _device = self.loaded()
+        options: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.temperature > 0}
+        if self.temperature > 0:
+            options["temperature"] = self.temperature
+        if tokenizer.pad_token_id is not None:
+            options["pad_token_id"] = tokenizer.pad_token_id
+        options.update(generate_kwargs)
+        with self._lock, torch.no_grad():
+            output = model.generate(**inputs, **options)
+        new_tokens = output[0, inputs["input_ids"].shape[1] :]
+        return tokenizer.decode(new_tokens, skip_special_tokens=True)
+
+    def complete(self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
+        return split_reasoning(self.generate_text(self.prompt_ids(prompt, system)))
+
+    def __repr__(self) -> str:
+        return f"LocalChat(model={self.model_name!r}, adapter={self.adapter!r})"
