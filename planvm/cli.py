@@ -71,12 +71,38 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def kb_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--kb",
+        "kb_path",
+        type=click.Path(file_okay=False),
+        help="Knowledge-base folder (default: PLANVM_KB, planvm.toml, or $PLANVM_HOME/kb).",
+    )(fn)
+
+
+def load_settings(options: dict[str, Any]) -> Any:
+    """Settings from planvm.toml and PLANVM_* variables, with the command's flags on top."""
+    from pydantic import ValidationError
+
+    from tools.settings import Settings
+    from vm import BackendUnavailable
+
+    flags = {"kb": options["kb_path"]} if options.get("kb_path") else {}
+    try:
+        return Settings(**flags)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise BackendUnavailable(f"the settings (PLANVM_* variables or planvm.toml) are not valid: {problems}") from None
+
+
 def make_vm(options: dict[str, Any], *, record: bool = True) -> Any:
     """Build the VM the command-line options describe (raises PlanVMError for unusable input)."""
-    from tools import ToolRegistry, default_registry, load_plugin
+    from tools import ToolRegistry, load_plugin
+    from tools.backends import make_llm, make_registry
     from vm import VM, Limits, RunStore
 
-    registry = ToolRegistry() if options.get("no_builtins") else default_registry()
+    settings = load_settings(options)
+    registry = ToolRegistry() if options.get("no_builtins") else make_registry(settings)
     for path in options.get("plugins", ()):
         for t in load_plugin(path):
             registry.register(t)
@@ -84,6 +110,7 @@ def make_vm(options: dict[str, Any], *, record: bool = True) -> Any:
     store = RunStore(options.get("store_path")) if record else None
     return VM(
         registry,
+        llm=make_llm(settings),
         limits=Limits(**budgets),
         allowed_tools=options.get("allow_tools") or None,
         on_step=progress_printer() if sys.stderr.isatty() else None,
@@ -161,6 +188,7 @@ def validate(plan_file: str, plugins: tuple[str, ...], no_builtins: bool) -> Non
 @cli.command(name="exec")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @tool_options
+@kb_option
 @store_option
 @click.option("--no-store", is_flag=True, help="Do not record the run.")
 @run_options
@@ -174,6 +202,7 @@ def exec_(plan_file: str, no_store: bool, **options: Any) -> Any:
 @cli.command()
 @click.argument("run_id")
 @tool_options
+@kb_option
 @store_option
 @run_options
 @executes
@@ -188,6 +217,7 @@ def resume(run_id: str, **options: Any) -> Any:
 @click.option("--from", "from_seq", type=int, required=True, help="The seq_no the new run continues from.")
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), required=True, help="The new plan (JSON).")
 @tool_options
+@kb_option
 @store_option
 @run_options
 @executes
@@ -198,8 +228,9 @@ def fork(run_id: str, from_seq: int, plan_file: str, **options: Any) -> Any:
 
 
 def main() -> None:
+    from planvm.kb_cli import index, kg, search
     from planvm.runs_cli import replay, runs
 
-    cli.add_command(runs)
-    cli.add_command(replay)
+    for command in (runs, replay, index, kg, search):
+        cli.add_command(command)
     cli(prog_name="planvm")

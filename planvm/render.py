@@ -62,6 +62,10 @@ def report_run(result: Any, as_json: bool) -> int:
                 echo_err(f"  caused by {type(cause).__name__}: {cause}")
         if result.run_id:
             echo_err(f"run_id: {result.run_id}")
+    from tools.llm_extractive import NO_MODEL_NOTICE
+
+    if any(call.get("reasoning") == NO_MODEL_NOTICE for step in result.trace for call in step.llm_calls):
+        echo_err(f"note: {NO_MODEL_NOTICE}")
     return 0 if result.ok else EXIT_FAILED
 
 

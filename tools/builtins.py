@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from vm.errors import BackendUnavailable
@@ -53,10 +54,17 @@ async def llm_generate(prompt: str, ctx: CallContext, context: Any = None) -> An
         context: Material the answer should draw on, such as retrieved chunks or earlier results
             (text, or any value, which is given to the LLM as JSON).
     """
+    keys = ctx.output_vars
+    extract = getattr(ctx.llm.backend, "extract", None)
+    if extract is not None:  # the offline extractive baseline: no model, sentences from the context
+        from tools.llm_extractive import NO_MODEL_NOTICE
+
+        answer = await asyncio.to_thread(extract, prompt, context, keys)
+        ctx.llm.note(prompt, render_text(answer), NO_MODEL_NOTICE)
+        return answer
     if context is not None and not isinstance(context, str):
         context = render_text(context)  # retrieved chunks, a graph...: as JSON text
     text = prompt if not context else f"{context}\n\n{prompt}"
-    keys = ctx.output_vars
     if len(keys) > 1:
         text = f"{text}\n\n{_JSON_REPLY.format(keys=', '.join(keys))}"
         reply = await ctx.llm.acomplete(text, json_schema=_object_schema(keys))

@@ -128,6 +128,15 @@ class StepLLM:
     def available(self) -> bool:
         return self._run_llm.available
 
+    @property
+    def backend(self) -> Any:
+        """The LLM object the run was given (to check for optional abilities)."""
+        return self._run_llm.llm
+
+    def note(self, prompt: str, text: str, reasoning: str | None) -> None:
+        """Record an exchange that did not go through ``complete`` (an offline backend's answer)."""
+        self.records.append({"prompt": prompt, "system": None, "text": text, "reasoning": reasoning})
+
     def _record(self, prompt: str, system: str | None, reply: Completion) -> Completion:
         self.records.append({"prompt": prompt, "system": system, "text": reply.text, "reasoning": reply.reasoning})
         return reply

@@ -1,0 +1,91 @@
+"""Building the LLM and the knowledge base a :class:`~tools.settings.Settings` describes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tools.builtins import default_registry
+from tools.registry import ToolRegistry
+from tools.settings import Settings
+from vm.errors import BackendUnavailable
+
+__all__ = ["LazyKnowledgeBase", "make_knowledge_base", "make_llm", "make_registry"]
+
+
+def make_llm(settings: Settings) -> Any:
+    """The LLM backend: ``openai``, ``local`` or the offline ``extractive`` baseline."""
+    backend = settings.chosen_llm_backend()
+    if backend == "openai":
+        if not settings.llm_model:
+            raise BackendUnavailable("the openai backend needs a model name: set PLANVM_LLM_MODEL")
+        from tools.llm_openai import OpenAIChat
+
+        return OpenAIChat(
+            model=settings.llm_model,
+            base_url=settings.llm_base_url,
+            api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
+            timeout=settings.llm_timeout,
+            max_retries=settings.llm_max_retries,
+            temperature=settings.llm_temperature,
+            max_tokens=settings.llm_max_tokens,
+            json_mode=settings.llm_json_mode,
+        )
+    if backend == "local":
+        if not settings.local_model:
+            raise BackendUnavailable("the local backend needs a model: set PLANVM_LOCAL_MODEL to a model folder")
+        from tools.llm_local import LocalChat
+
+        return LocalChat(
+            settings.local_model,
+            adapter=settings.local_adapter,
+            device=settings.local_device,
+            max_new_tokens=settings.llm_max_tokens or 1024,
+            temperature=settings.llm_temperature,
+        )
+    from tools.kb.embedding import Embedder
+    from tools.llm_extractive import ExtractiveBackend
+
+    return ExtractiveBackend(Embedder(settings.embedding_model))
+
+
+class LazyKnowledgeBase:
+    """Opens the configured knowledge base on first use, so plans without retrieval never need one."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._kb: Any = None
+
+    def _open(self) -> Any:
+        if self._kb is None:
+            self._kb = make_knowledge_base(self.settings)
+        return self._kb
+
+    def search(self, query: str, top_k: int) -> list[dict[str, Any]]:
+        return self._open().search(query, top_k)
+
+    def graph(self, query: str) -> dict[str, Any]:
+        return self._open().graph(query)
+
+
+def make_knowledge_base(settings: Settings) -> Any:
+    if settings.kb_backend == "remote":
+        if not settings.remote_url:
+            raise BackendUnavailable("the remote knowledge base needs PLANVM_REMOTE_URL")
+        from tools.kb.remote import RemoteKnowledgeBase
+
+        return RemoteKnowledgeBase(
+            settings.remote_url,
+            token=settings.remote_token.get_secret_value() if settings.remote_token else None,
+            kb_id=settings.remote_kb_id,
+            chat_engine=settings.remote_chat_engine,
+            timeout=settings.remote_timeout,
+        )
+    from tools.kb.embedding import Embedder
+    from tools.kb.local import LocalKnowledgeBase
+
+    return LocalKnowledgeBase(settings.kb_path(), embedder=Embedder(settings.embedding_model) if settings.embedding_model else None)
+
+
+def make_registry(settings: Settings) -> ToolRegistry:
+    """The built-in tools, retrieval served by the configured knowledge base."""
+    return default_registry(LazyKnowledgeBase(settings))

@@ -1,0 +1,372 @@
+"""The embedded knowledge base: chunks, embeddings and a knowledge graph in one folder.
+
+Layout of ``KB/``::
+
+    CURRENT                 the name of the live version folder (replaced atomically)
+    v-<time>-<id>/          one complete version:
+        manifest.json       model, chunking, and per source file its hash and chunk rows
+        chunks.jsonl        {content, source_uri, heading, position} per chunk
+        embeddings.npy      float32 [chunks, dim], L2-normalised
+        graph_parts.json    the graph extracted from each file (reused when the file is unchanged)
+        graph.json          the merged graph {entities, relationships}
+        relationship_embeddings.npy
+
+A new version is written in a temporary folder, then ``CURRENT`` is switched with one atomic
+rename: a crash while indexing leaves the previous version live and intact. Re-indexing embeds
+and extracts only new or changed files.
+
+Search is exact: one matrix-vector product over all chunk vectors (see ``bench/retrieval.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from tools.kb.documents import DEFAULT_INCLUDE, Chunk, chunk_document, find_documents, read_document
+from tools.kb.embedding import Embedder
+from tools.kb.graph import CooccurrenceExtractor, Graph, GraphData
+from vm.errors import BackendUnavailable
+
+__all__ = ["IndexReport", "LocalKnowledgeBase", "import_graph", "index_folder"]
+
+log = logging.getLogger("planvm.kb")
+FORMAT = "planvm-kb/1"
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+@dataclass
+class IndexReport:
+    path: Path
+    files_indexed: int = 0
+    files_reused: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    chunks: int = 0
+    chunks_embedded: int = 0
+    entities: int = 0
+    relationships: int = 0
+    seconds: float = 0.0
+
+
+# --- versions on disk ------------------------------------------------------------------------------
+
+
+def _current(kb: Path) -> Path | None:
+    pointer = kb / "CURRENT"
+    if not pointer.is_file():
+        return None
+    version = kb / pointer.read_text(encoding="utf-8").strip()
+    return version if version.is_dir() else None
+
+
+def _publish(kb: Path, staged: Path) -> None:
+    """Make ``staged`` the live version (atomic), then remove older versions."""
+    final = kb / staged.name.removesuffix(".tmp")
+    staged.rename(final)
+    pointer_tmp = kb / f"CURRENT.{uuid.uuid4().hex}.tmp"
+    pointer_tmp.write_text(final.name, encoding="utf-8")
+    os.replace(pointer_tmp, kb / "CURRENT")
+    for old in kb.glob("v-*"):
+        if old.is_dir() and old.name != final.name and not old.name.endswith(".tmp"):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _stage(kb: Path) -> Path:
+    kb.mkdir(parents=True, exist_ok=True)
+    staged = kb / f"v-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}.tmp"
+    staged.mkdir()
+    return staged
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+@dataclass
+class _Version:
+    manifest: dict[str, Any]
+    chunks: list[dict[str, Any]]
+    embeddings: Any
+    parts: dict[str, dict[str, Any]]
+    graph: Graph
+    rel_embeddings: Any
+
+
+def _read_version(kb: Path, folder: Path) -> _Version:
+    import numpy as np
+
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"unknown format {manifest.get('format')!r}")
+        with (folder / "chunks.jsonl").open(encoding="utf-8") as f:
+            chunks = [json.loads(line) for line in f if line.strip()]
+        embeddings = np.load(folder / "embeddings.npy")
+        parts = json.loads((folder / "graph_parts.json").read_text(encoding="utf-8"))
+        graph = Graph()
+        graph.merge(GraphData.model_validate_json((folder / "graph.json").read_text(encoding="utf-8")))
+        rel_embeddings = np.load(folder / "relationship_embeddings.npy")
+        dim = int(manifest["dimension"])
+        if embeddings.shape != (len(chunks), dim) or rel_embeddings.shape != (len(graph.relationships), dim):
+            raise ValueError("the vectors do not match the chunks or relationships")
+    except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
+        raise BackendUnavailable(
+            f"the knowledge base at {kb} is damaged ({exc}); rebuild it with `planvm index DIR --kb {kb}`"
+        ) from exc
+    return _Version(manifest, chunks, embeddings, parts, graph, rel_embeddings)
+
+
+def _merge_graph(parts: dict[str, dict[str, Any]]) -> Graph:
+    graph = Graph()
+    for key in sorted(parts):
+        graph.merge(GraphData.model_validate(parts[key]))
+    return graph
+
+
+def _write_version(
+    kb: Path,
+    manifest: dict[str, Any],
+    chunks: list[dict[str, Any]],
+    embeddings: Any,
+    parts: dict[str, dict[str, Any]],
+    embedder: Embedder,
+    previous: _Version | None,
+) -> tuple[Graph, Path]:
+    import numpy as np
+
+    graph = _merge_graph(parts)
+    texts = graph.relationship_texts()
+    known: dict[str, Any] = {}
+    if previous is not None:
+        known = dict(zip(previous.graph.relationship_texts(), previous.rel_embeddings, strict=True))
+    missing = [t for t in texts if t not in known]
+    for text, vector in zip(missing, embedder.encode(missing), strict=True):
+        known[text] = vector
+    rel_embeddings = np.stack([known[t] for t in texts]) if texts else np.zeros((0, embedder.dimension), dtype=np.float32)
+    staged = _stage(kb)
+    try:
+        with (staged / "chunks.jsonl").open("w", encoding="utf-8") as f:
+            for chunk in chunks:
+                f.write(json.dumps(chunk, ensure_ascii=False) + "\n")
+        np.save(staged / "embeddings.npy", np.ascontiguousarray(embeddings, dtype=np.float32))
+        _write_json(staged / "graph_parts.json", parts)
+        (staged / "graph.json").write_text(graph.to_data().model_dump_json(), encoding="utf-8")
+        np.save(staged / "relationship_embeddings.npy", np.ascontiguousarray(rel_embeddings, dtype=np.float32))
+        _write_json(staged / "manifest.json", manifest)  # last: a version without it is incomplete
+        _publish(kb, staged)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return graph, kb / staged.name.removesuffix(".tmp")
+
+
+# --- building -----------------------------------------------------------------------------------------
+
+
+def index_folder(
+    source: str | Path,
+    kb: str | Path,
+    *,
+    embedder: Embedder | None = None,
+    include: tuple[str, ...] = DEFAULT_INCLUDE,
+    exclude: tuple[str, ...] = (),
+    chunk_size: int = 1000,
+    overlap: int = 150,
+    extractor: Any = "cooccurrence",
+    progress: Progress | None = None,
+) -> IndexReport:
+    """Index the documents under ``source`` into the knowledge base folder ``kb``.
+
+    ``extractor``: ``"cooccurrence"``, ``None`` (no graph), or an object with
+    ``extract(text, source) -> GraphData`` (e.g. ``LLMExtractor(llm)``).
+    """
+    import numpy as np
+
+    started = time.monotonic()
+    source, kb = Path(source), Path(kb)
+    if not source.is_dir():
+        raise BackendUnavailable(f"{source} is not a folder; pass the folder of documents to index")
+    embedder = embedder or Embedder()
+    report = IndexReport(path=kb)
+    paths = find_documents(source, include, exclude)
+    if not paths:
+        raise BackendUnavailable(
+            f"no documents in {source} match {', '.join(include)}"
+            + (f" (excluding {', '.join(exclude)})" if exclude else "")
+            + "; check the folder or the --include / --exclude globs"
+        )
+    extractor_name = "none" if extractor is None else (extractor if isinstance(extractor, str) else type(extractor).__name__)
+    graph_extractor = CooccurrenceExtractor() if extractor == "cooccurrence" else extractor
+    previous: _Version | None = None
+    current = _current(kb)
+    if current is not None:
+        try:
+            previous = _read_version(kb, current)
+        except BackendUnavailable as exc:
+            log.warning("%s; indexing everything again", exc)
+    same_setup = previous is not None and all(
+        previous.manifest.get(k) == v
+        for k, v in (("model", embedder.model_name), ("chunk_size", chunk_size), ("overlap", overlap), ("graph_extractor", extractor_name))
+    )
+    old_files = previous.manifest.get("files", {}) if previous is not None and same_setup else {}
+
+    chunks: list[dict[str, Any]] = []
+    rows: list[Any] = []  # per chunk: an old embedding row, or None (to embed)
+    parts: dict[str, dict[str, Any]] = {k: v for k, v in (previous.parts.items() if previous and same_setup else []) if k.startswith("import:")}
+    files: dict[str, dict[str, Any]] = {}
+    for done, path in enumerate(paths, 1):
+        rel = path.relative_to(source).as_posix()
+        try:
+            doc = read_document(path, rel)
+        except (ValueError, OSError) as exc:
+            report.skipped.append((rel, str(exc)))
+            log.warning("skipped %s: %s", rel, exc)
+            continue
+        old = old_files.get(rel)
+        if old is not None and old["sha256"] == doc.sha256 and previous is not None:
+            first, count = old["first"], old["count"]
+            files[rel] = {"sha256": doc.sha256, "first": len(chunks), "count": count}
+            chunks.extend(previous.chunks[first : first + count])
+            rows.extend(previous.embeddings[first : first + count])
+            if rel in previous.parts:
+                parts[rel] = previous.parts[rel]
+            report.files_reused += 1
+        else:
+            pieces: list[Chunk] = chunk_document(doc, chunk_size, overlap)
+            files[rel] = {"sha256": doc.sha256, "first": len(chunks), "count": len(pieces)}
+            chunks.extend({"content": c.content, "source_uri": c.source_uri, "heading": c.heading, "position": c.position} for c in pieces)
+            rows.extend([None] * len(pieces))
+            if graph_extractor is not None:
+                part = Graph()
+                for c in pieces:
+                    part.merge(graph_extractor.extract(c.content, c.source_uri))
+                parts[rel] = part.to_data().model_dump()
+            report.files_indexed += 1
+        if progress:
+            progress("files", done, len(paths))
+    if not chunks:
+        raise BackendUnavailable(f"none of the files in {source} could be read (skipped: {len(report.skipped)}); nothing to index")
+
+    todo = [i for i, r in enumerate(rows) if r is None]
+    vectors = np.zeros((len(chunks), embedder.dimension), dtype=np.float32)
+    for i, r in enumerate(rows):
+        if r is not None:
+            vectors[i] = r
+    too_long = 0
+    batch = 256
+    for start in range(0, len(todo), batch):
+        ids = todo[start : start + batch]
+        texts = [chunks[i]["content"] for i in ids]
+        too_long += sum(1 for t in texts if len(t) > embedder.window * 3 and embedder.token_count(t) > embedder.window)
+        vectors[ids] = embedder.encode(texts)
+        if progress:
+            progress("chunks", min(start + batch, len(todo)), len(todo))
+    if too_long:
+        log.warning("%d chunks are longer than the embedding model's window of %d tokens; they were embedded from their start (use a smaller --chunk-size)", too_long, embedder.window)
+    manifest = {
+        "format": FORMAT,
+        "model": embedder.model_name,
+        "dimension": embedder.dimension,
+        "chunk_size": chunk_size,
+        "overlap": overlap,
+        "graph_extractor": extractor_name,
+        "source": str(source.resolve()),
+        "created_at": time.time(),
+        "files": files,
+    }
+    graph, _folder = _write_version(kb, manifest, chunks, vectors, parts, embedder, previous if same_setup else None)
+    report.chunks = len(chunks)
+    report.chunks_embedded = len(todo)
+    report.entities = len(graph.names)
+    report.relationships = len(graph.relationships)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def import_graph(kb: str | Path, file: str | Path, *, embedder: Embedder | None = None) -> IndexReport:
+    """Add the graph in ``file`` (``{entities, relationships}`` JSON) to the knowledge base."""
+    import numpy as np
+
+    kb, file = Path(kb), Path(file)
+    try:
+        data = GraphData.model_validate_json(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BackendUnavailable(f"{file}: no such file") from None
+    except (ValidationError, UnicodeDecodeError) as exc:
+        raise BackendUnavailable(
+            f"{file} is not a graph: expected {{\"entities\": [{{name, description}}], \"relationships\": "
+            f"[{{source_entity, target_entity, relationship}}]}} ({str(exc).splitlines()[0]})"
+        ) from exc
+    current = _current(kb)
+    previous = _read_version(kb, current) if current is not None else None
+    embedder = embedder or Embedder(previous.manifest["model"] if previous else None)
+    if previous is not None:
+        manifest, chunks, vectors, parts = dict(previous.manifest), previous.chunks, previous.embeddings, dict(previous.parts)
+    else:
+        manifest = {"format": FORMAT, "model": embedder.model_name, "dimension": embedder.dimension, "chunk_size": None,
+                    "overlap": None, "graph_extractor": "none", "source": None, "created_at": time.time(), "files": {}}
+        chunks, vectors, parts = [], np.zeros((0, embedder.dimension), dtype=np.float32), {}
+    parts[f"import:{file.name}"] = data.model_dump()
+    graph, _ = _write_version(kb, manifest, chunks, vectors, parts, embedder, previous)
+    return IndexReport(path=kb, chunks=len(chunks), entities=len(graph.names), relationships=len(graph.relationships))
+
+
+# --- searching ----------------------------------------------------------------------------------------
+
+
+class LocalKnowledgeBase:
+    """``search`` and ``graph`` over a knowledge-base folder (a ``tools.KnowledgeBase``)."""
+
+    def __init__(self, path: str | Path, *, embedder: Embedder | None = None) -> None:
+        self.path = Path(path)
+        current = _current(self.path)
+        if current is None:
+            raise BackendUnavailable(
+                f"no knowledge base at {self.path}; build one with `planvm index DIR --kb {self.path}`"
+            )
+        self._version = _read_version(self.path, current)
+        model = self._version.manifest["model"]
+        self.embedder = embedder or Embedder(model)
+        if embedder is not None and embedder.model_name != model:
+            raise BackendUnavailable(f"the knowledge base at {self.path} was indexed with {model!r}, not {embedder.model_name!r}")
+
+    @property
+    def size(self) -> int:
+        return len(self._version.chunks)
+
+    def search(self, query: str, top_k: int = 10) -> list[dict[str, Any]]:
+        import numpy as np
+
+        if not query.strip():
+            raise ValueError("the query is empty; say what to look for")
+        vectors = self._version.embeddings
+        if len(vectors) == 0 or top_k <= 0:
+            return []
+        scores = vectors @ self.embedder.encode_query(query)
+        k = min(top_k, len(scores))
+        best = np.argpartition(-scores, k - 1)[:k]
+        best = best[np.argsort(-scores[best])]
+        chunks = self._version.chunks
+        return [{"content": chunks[i]["content"], "source_uri": chunks[i]["source_uri"], "score": round(float(scores[i]), 4)} for i in best]
+
+    def graph(self, query: str) -> dict[str, Any]:
+        import numpy as np
+
+        if not query.strip():
+            raise ValueError("the query is empty; say what to look for")
+        graph = self._version.graph
+        if not graph.relationships:
+            return {"entities": [], "relationships": []}
+        scores = self._version.rel_embeddings @ self.embedder.encode_query(query)
+        ranked = [int(i) for i in np.argsort(-scores)[:200]]
+        return graph.neighbourhood(ranked)
