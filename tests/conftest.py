@@ -81,9 +81,14 @@ def make_registry() -> ToolRegistry:
 
 @pytest.fixture(autouse=True)
 def _private_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test (and every subprocess it starts) records runs in its own folder."""
+    """Every test (and every subprocess it starts) sees no PLANVM_* settings from the machine and
+    keeps its runs and knowledge base in its own folder."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("PLANVM_") or name == "OPENAI_API_KEY":
+            monkeypatch.delenv(name)
     monkeypatch.setenv("PLANVM_HOME", str(tmp_path_factory.mktemp("planvm_home")))
-    monkeypatch.delenv("PLANVM_STORE", raising=False)
 
 
 @pytest.fixture
