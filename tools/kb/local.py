@@ -352,9 +352,9 @@ class LocalKnowledgeBase:
         vectors = self._version.embeddings
         if len(vectors) == 0 or top_k <= 0:
             return []
-        scores = vectors @ self.embedder.encode_query(query)
+        scores = vectors @ self.embedder.encode_query(query)  # exact cosine: rows and query are unit vectors
         k = min(top_k, len(scores))
-        best = np.argpartition(-scores, k - 1)[:k]
+        best = np.argpartition(scores, len(scores) - k)[len(scores) - k :]
         best = best[np.argsort(-scores[best])]
         chunks = self._version.chunks
         return [{"content": chunks[i]["content"], "source_uri": chunks[i]["source_uri"], "score": round(float(scores[i]), 4)} for i in best]
