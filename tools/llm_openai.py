@@ -18,7 +18,13 @@ __all__ = ["OpenAIChat"]
 
 
 class OpenAIChat:
-    """An LLM (``vm.LLM``) on an OpenAI-compatible endpoint."""
+    """An LLM (``vm.LLM``) on an OpenAI-compatible endpoint.
+
+    ``plan_schema`` (from the planner) is sent as a structured-output request for an object
+    ``{"plan": [...]}``, which servers such as vLLM enforce while decoding.
+    """
+
+    supports_plan_schema = True
 
     def __init__(
         self,
@@ -87,7 +93,13 @@ class OpenAIChat:
             return LLMError(f"cannot reach {where}: {_short(str(exc.__cause__ or exc))}; is the server running at that address?")
         return LLMError(f"{where} sent a reply that could not be read ({type(exc).__name__}: {_short(str(exc))})")
 
-    def complete(self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
+    def complete(
+        self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None, plan_schema: dict[str, Any] | None = None
+    ) -> Completion:
+        if plan_schema is not None and self.json_mode != "off":
+            defs = plan_schema.get("$defs", {})
+            array = {k: v for k, v in plan_schema.items() if k != "$defs"}
+            json_schema = {"type": "object", "properties": {"plan": array}, "required": ["plan"], "$defs": defs}
         try:
             response = self._client.chat.completions.create(**self._request(prompt, system, json_schema))
         except LLMError:

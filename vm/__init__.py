@@ -4,6 +4,7 @@ This package imports no other planvm package and no heavy dependency.
 """
 
 from vm.errors import (
+    PlanningError,
     LLMCallFailed,
     ForkError,
     ReplayError,
@@ -68,6 +69,7 @@ __all__ = [
     "PlanLoadError",
     "PlanVMError",
     "PlanValidationError",
+    "PlanningError",
     "Problem",
     "Program",
     "ReferencePathError",

@@ -12,6 +12,7 @@
     │   ├── RunBusy                    another live process is executing that run
     │   └── ForkError                  a fork point the run never reached, or a plan that rewrites it
     ├── ReplayError                    a record that cannot be replayed (its plan no longer matches)
+    ├── PlanningError                  the planner produced no valid plan (``attempts``)
     ├── LLMError                       an LLM backend failed or is not configured
     ├── BackendUnavailable             a built-in tool's backend (e.g. a knowledge base) is not set up
     └── RunError                       a step failed while the plan ran (``seq_no``, ``instruction_type``)
@@ -58,6 +59,7 @@ __all__ = [
     "PlanLoadError",
     "PlanVMError",
     "PlanValidationError",
+    "PlanningError",
     "Problem",
     "ReferencePathError",
     "ReplayError",
@@ -164,6 +166,17 @@ class ReplayError(PlanVMError):
         super().__init__(message)
         self.seq_no = seq_no
         self.index = index
+
+
+class PlanningError(PlanVMError):
+    """The planner gave up: no reply parsed into a plan that validates, within its attempts.
+
+    ``attempts`` keeps every try (prompt, reply, problems) for inspection.
+    """
+
+    def __init__(self, message: str, *, attempts: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.attempts = list(attempts or [])
 
 
 class LLMError(PlanVMError):

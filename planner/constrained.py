@@ -1,0 +1,132 @@
+"""Constrained decoding: a local model writes its reasoning freely, then a plan that fits the schema.
+
+:class:`ConstrainedLocal` wraps a :class:`tools.llm_local.LocalChat`. Generation runs in two
+phases: the reasoning, unconstrained, until ``</think>`` (or a token budget); then, after
+``</think>`` and an opening ```` ```json ```` fence, the plan under an xgrammar grammar compiled from
+the plan's JSON Schema (generated from the VM's models). The grammar bounds every string, list and
+object (see :func:`decoding_schema`), so even a model that has learned nothing ends with a
+schema-valid plan within the token budget.
+
+xgrammar is imported only here (install it with ``pip install --no-deps xgrammar`` beside the
+``local`` extra).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import lru_cache
+from typing import Any
+
+from vm.errors import LLMError
+from vm.llm import Completion
+from vm.plan import plan_json_schema
+
+__all__ = ["ConstrainedLocal", "decoding_schema"]
+
+_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]{0,39}$"
+
+
+def _scalar(max_text: int) -> dict[str, Any]:
+    return {"anyOf": [{"type": "string", "maxLength": max_text}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}, {"type": "null"}]}
+
+
+def _value(max_text: int) -> dict[str, Any]:
+    """A bounded JSON value: a scalar, a short list of scalars, or a small object of scalars."""
+    scalar = _scalar(max_text)
+    return {
+        "anyOf": [
+            *scalar["anyOf"],
+            {"type": "array", "items": scalar, "maxItems": 8},
+            {"type": "object", "additionalProperties": scalar, "maxProperties": 6, "propertyNames": {"type": "string", "pattern": _NAME_PATTERN}},
+        ]
+    }
+
+
+def decoding_schema(schema: dict[str, Any] | None = None, max_steps: int = 24, max_text: int = 600) -> dict[str, Any]:
+    """A plan schema (default: the VM's) with every string, list and open object bounded, for
+    decoding. Anything this schema accepts, the plan's own schema accepts too.
+    """
+    schema = copy.deepcopy(schema if schema is not None else plan_json_schema())
+
+    def bound(node: Any) -> Any:
+        if isinstance(node, list):
+            return [bound(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        node = {k: bound(v) for k, v in node.items() if k not in ("discriminator", "title", "description", "default")}
+        if node == {}:
+            return _value(max_text)
+        if node.get("type") == "string":
+            node.setdefault("maxLength", max_text)
+        if node.get("type") == "array":
+            node.setdefault("maxItems", 8)
+        if node.get("type") == "object" and node.get("additionalProperties") is True:
+            node["additionalProperties"] = _value(max_text)
+            node["propertyNames"] = {"type": "string", "pattern": _NAME_PATTERN}
+            node.setdefault("maxProperties", 8)
+        return node
+
+    schema = bound(schema)
+    schema["minItems"] = 1
+    schema["maxItems"] = max_steps
+    return schema
+
+
+class ConstrainedLocal:
+    """A ``vm.LLM`` over a local model whose plans are constrained to the plan schema."""
+
+    supports_plan_schema = True
+
+    def __init__(self, local: Any, *, max_think_tokens: int = 512, max_plan_tokens: int = 4096, max_steps: int = 24, max_text: int = 600) -> None:
+        self.local = local
+        self.max_think_tokens = max_think_tokens
+        self.max_plan_tokens = max_plan_tokens
+        self.max_steps = max_steps
+        self.max_text = max_text
+
+    def complete(self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None, plan_schema: dict[str, Any] | None = None) -> Completion:
+        if plan_schema is None:
+            return self.local.complete(prompt, system=system, json_schema=json_schema)
+        _model, tokenizer, device = self.local.loaded()
+        inputs = self.local.prompt_ids(prompt, system)
+        # Phase 1: free reasoning, up to </think>.
+        thinking = self.local.generate_text(inputs, max_new_tokens=self.max_think_tokens, stop_strings=["</think>"], tokenizer=tokenizer)
+        reasoning = thinking.split("</think>")[0].replace("<think>", "").strip()
+        # Phase 2: the plan, under the grammar, after a fixed "</think>\n```json\n".
+        head = tokenizer.decode(inputs["input_ids"][0]) + (thinking.split("</think>")[0] if "</think>" in thinking else thinking)
+        ids = tokenizer(head + "</think>\n```json\n", return_tensors="pt", add_special_tokens=False)
+        ids = {k: v.to(device) for k, v in ids.items()}
+        grammar_schema = json.dumps(decoding_schema(plan_schema, self.max_steps, self.max_text), sort_keys=True)
+        processor = _processor(self.local.model_name, self.local.adapter, self.local.device, grammar_schema)
+        plan_text = self.local.generate_text(ids, max_new_tokens=self.max_plan_tokens, logits_processor=[_fresh(processor)])
+        try:
+            json.loads(plan_text)
+        except json.JSONDecodeError as exc:
+            raise LLMError(
+                f"constrained decoding ran out of its {self.max_plan_tokens}-token budget before the plan was complete; "
+                f"raise max_plan_tokens or lower max_steps"
+            ) from exc
+        return Completion(text=f"```json\n{plan_text}\n```", reasoning=reasoning)
+
+
+@lru_cache(maxsize=8)
+def _processor(model: str, adapter: str | None, device: str, schema: str) -> Any:
+    """The compiled grammar for a model's tokenizer (compiling takes a moment; done once)."""
+    try:
+        import xgrammar as xgr
+    except ImportError as exc:
+        raise LLMError("constrained decoding needs xgrammar: pip install --no-deps xgrammar apache-tvm-ffi") from exc
+    from tools.llm_local import load_model
+
+    loaded, tokenizer, _device = load_model(model, adapter, device)
+    vocab_size = loaded.get_output_embeddings().weight.shape[0]
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+    return xgr.GrammarCompiler(info).compile_json_schema(schema, any_whitespace=False)
+
+
+def _fresh(compiled: Any) -> Any:
+    """A new logits processor (it keeps the matcher's state, so one per generation)."""
+    import xgrammar as xgr
+
+    return xgr.contrib.hf.LogitsProcessor(compiled)
