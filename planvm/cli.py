@@ -215,22 +215,34 @@ def resume(run_id: str, **options: Any) -> Any:
 @cli.command()
 @click.argument("run_id")
 @click.option("--from", "from_seq", type=int, required=True, help="The seq_no the new run continues from.")
-@click.option("--plan", "plan_file", type=click.Path(dir_okay=False), required=True, help="The new plan (JSON).")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="The new plan (JSON).")
+@click.option("--suggestion", help="Instead of --plan: ask the planner (the configured LLM) to change the plan from --from on.")
 @tool_options
 @kb_option
 @store_option
 @run_options
 @executes
-def fork(run_id: str, from_seq: int, plan_file: str, **options: Any) -> Any:
-    """Start a new run from RUN_ID's steps before --from, continuing with --plan."""
+def fork(run_id: str, from_seq: int, plan_file: str | None, suggestion: str | None, **options: Any) -> Any:
+    """Start a new run from RUN_ID's steps before --from, continuing with --plan (or a re-plan)."""
+    if (plan_file is None) == (suggestion is None):
+        raise ValueError("give either --plan FILE or --suggestion TEXT")
     with make_vm(options) as vm:
+        if suggestion is not None:
+            from planner import Planner
+
+            if load_settings(options).chosen_llm_backend() == "extractive":
+                raise ValueError("--suggestion needs an LLM to re-plan: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL")
+            stored = vm.store.get(run_id)
+            replanned = Planner(vm.llm, vm.registry).update(stored.plan, stored, from_seq, suggestion)
+            return vm.fork(run_id, from_seq, replanned.plan)
         return vm.fork(run_id, from_seq, plan_file)
 
 
 def main() -> None:
     from planvm.kb_cli import index, kg, search
+    from planvm.plan_cli import plan, run
     from planvm.runs_cli import replay, runs
 
-    for command in (runs, replay, index, kg, search):
+    for command in (plan, run, runs, replay, index, kg, search):
         cli.add_command(command)
     cli(prog_name="planvm")

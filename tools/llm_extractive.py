@@ -22,7 +22,7 @@ NO_MODEL_NOTICE = (
     "set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL for an OpenAI-compatible endpoint, or PLANVM_LOCAL_MODEL "
     "for a local model"
 )
-_SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
+_SENTENCE = re.compile(r"[^\n]+?(?:[.!?](?=\s|$)|$)", re.MULTILINE)  # "PLAN.json" is not a sentence end
 
 
 def _passages(context: Any, source: str = "") -> list[tuple[str, str, float]]:
@@ -89,8 +89,11 @@ class ExtractiveBackend:
 
         embedder = self.embedder or Embedder()
         vectors = embedder.encode([c[0] for c in candidates])
-        # Similarity to the prompt, plus half the retrieval score of the chunk the sentence came from.
-        scores = vectors @ embedder.encode_query(query) + 0.5 * np.array([c[2] for c in candidates], dtype=np.float32)
+        # Similarity to the closest line of the prompt (an instruction line and the question line
+        # are judged apart), plus half the retrieval score of the chunk the sentence came from.
+        lines = [ln.strip() for ln in query.splitlines() if ln.strip()][:6] or [query]
+        queries = embedder.encode(lines)
+        scores = (vectors @ queries.T).max(axis=1) + 0.5 * np.array([c[2] for c in candidates], dtype=np.float32)
         order = sorted(range(len(candidates)), key=lambda i: -float(scores[i]))[: self.sentences]
         order.sort()  # keep the context's own order for readability
         return " ".join(f"{candidates[i][0]} [{candidates[i][1]}]" if candidates[i][1] else candidates[i][0] for i in order)
