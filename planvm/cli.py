@@ -233,7 +233,8 @@ def fork(run_id: str, from_seq: int, plan_file: str | None, suggestion: str | No
             if load_settings(options).chosen_llm_backend() == "extractive":
                 raise ValueError("--suggestion needs an LLM to re-plan: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL")
             stored = vm.store.get(run_id)
-            replanned = Planner(vm.llm, vm.registry).update(stored.plan, stored, from_seq, suggestion)
+            goal = stored.goal or f"Revise the plan as suggested: {suggestion}"  # runs of `exec` record no goal
+            replanned = Planner(vm.llm, vm.registry).update(stored.plan, stored, from_seq, suggestion, goal=goal)
             return vm.fork(run_id, from_seq, replanned.plan)
         return vm.fork(run_id, from_seq, plan_file)
 

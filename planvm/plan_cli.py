@@ -30,6 +30,8 @@ def make_planner(kind: str, settings: Any, vm: Any) -> Any:
     from planner import Planner, TemplatePlanner
 
     has_model = settings.chosen_llm_backend() != "extractive"
+    if kind == "llm" and not has_model:
+        raise ValueError("--planner llm needs an LLM: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL, or PLANVM_LOCAL_MODEL")
     if kind == "template" or (kind == "auto" and not has_model):
         if kind == "auto":
             echo_err("note: no LLM is configured, so the template planner writes the plan (set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL to plan with a model)")
