@@ -37,13 +37,15 @@ def preview(value: Any, limit: int = 60) -> str:
 
 def progress_printer() -> Any:
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(stderr=True, highlight=False)
 
     def show(record: Any) -> None:
         tool = f" {record.tool}" if record.tool else ""
         status = "[red]failed[/red]" if record.error else "[green]ok[/green]"
-        console.print(f"seq_no {record.seq_no:>3}  {record.type}{tool}  {record.duration_s * 1000:.1f} ms  {status}")
+        shown = escape(preview(dict(record.outputs), 60)) if record.outputs else ""
+        console.print(f"seq_no {record.seq_no:>3}  {record.type}{tool}  {record.duration_s * 1000:.1f} ms  {status}  {shown}")
 
     return show
 

@@ -205,3 +205,4 @@ def test_progress_lines_go_to_a_terminal_stderr(tmp_path):
     assert proc.stdout.startswith("Check-in")  # the answer stays on stdout
     for seq in range(4):
         assert f"seq_no   {seq}  assign" in progress
+    assert '{"total": 369.0}' in progress  # a preview of what the step set
