@@ -99,7 +99,8 @@ class ConstrainedLocal:
         ids = {k: v.to(device) for k, v in ids.items()}
         grammar_schema = json.dumps(decoding_schema(plan_schema, self.max_steps, self.max_text), sort_keys=True)
         processor = _processor(self.local.model_name, self.local.adapter, self.local.device, grammar_schema)
-        plan_text = self.local.generate_text(ids, max_new_tokens=self.max_plan_tokens, logits_processor=[_fresh(processor)])
+        closing = _ClosingBias(_fresh(processor), _closing_weights(self.local.model_name, self.local.adapter, self.local.device), ids["input_ids"].shape[1], self.max_plan_tokens)
+        plan_text = self.local.generate_text(ids, max_new_tokens=self.max_plan_tokens, logits_processor=[closing])
         try:
             json.loads(plan_text)
         except json.JSONDecodeError as exc:
@@ -123,6 +124,45 @@ def _processor(model: str, adapter: str | None, device: str, schema: str) -> Any
     vocab_size = loaded.get_output_embeddings().weight.shape[0]
     info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
     return xgr.GrammarCompiler(info).compile_json_schema(schema, any_whitespace=False)
+
+
+@lru_cache(maxsize=4)
+def _closing_weights(model: str, adapter: str | None, device: str) -> Any:
+    """Per token: 2 when it only closes (a string, list or object), 1 when it closes or separates
+    without opening anything, else 0. ("}, {" closes one object and opens the next: 0.)"""
+    import torch
+
+    from tools.llm_local import load_model
+
+    loaded, tokenizer, _device = load_model(model, adapter, device)
+    size = loaded.get_output_embeddings().weight.shape[0]
+    weights = torch.zeros(size)
+    for token_id in range(min(size, len(tokenizer))):
+        text = tokenizer.decode([token_id])
+        if not text.strip() or any(c in text for c in "[{"):
+            continue
+        if all(c in '"]} \n' for c in text):
+            weights[token_id] = 2.0
+        elif all(c in '"]}, \n' for c in text):
+            weights[token_id] = 1.0
+    return weights
+
+
+class _ClosingBias:
+    """The grammar's mask, and near the end of the token budget a strong preference for tokens that
+    close what is open, so the plan always ends inside the budget. (Lists and objects are bounded
+    by the schema, so closing first and adding items second ends every structure quickly.)"""
+
+    def __init__(self, grammar: Any, weights: Any, prompt_length: int, budget: int) -> None:
+        self.grammar = grammar
+        self.weights = weights
+        self.start_closing = prompt_length + budget - min(512, budget // 3)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        scores = self.grammar(input_ids, scores)
+        if input_ids.shape[1] >= self.start_closing:
+            scores = scores + 1e4 * self.weights.to(scores.device, scores.dtype)[: scores.shape[-1]]
+        return scores
 
 
 def _fresh(compiled: Any) -> Any:

@@ -243,7 +243,8 @@ def main() -> None:
     from planvm.kb_cli import index, kg, search
     from planvm.plan_cli import plan, run
     from planvm.runs_cli import replay, runs
+    from planvm.train_cli import datagen, eval_, train
 
-    for command in (plan, run, runs, replay, index, kg, search):
+    for command in (plan, run, runs, replay, index, kg, search, train, eval_, datagen):
         cli.add_command(command)
     cli(prog_name="planvm")

@@ -18,7 +18,24 @@ CORPUS = [
 ]
 
 
-def build_tiny_model(folder: Path, *, seed: int = 0) -> Path:
+def planner_corpus() -> list[str]:
+    """Prompts and completions like the ones the tiny model sees, so its BPE merges fit them."""
+    import json
+
+    from planner.prompt import build_prompt, format_completion
+    from tools import default_registry
+
+    texts = []
+    train = Path(__file__).resolve().parent.parent / "examples" / "train" / "train.jsonl"
+    for line in train.read_text(encoding="utf-8").splitlines()[:20]:
+        row = json.loads(line)
+        plan = row["best_plan"] if isinstance(row["best_plan"], list) else json.loads(row["best_plan"])
+        texts.append(format_completion(row["reasoning"], plan))
+    texts.append(build_prompt("What is planvm?", None, default_registry()))
+    return texts
+
+
+def build_tiny_model(folder: Path, *, seed: int = 0, vocab_size: int = 400, corpus: list[str] | None = None) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -28,11 +45,11 @@ def build_tiny_model(folder: Path, *, seed: int = 0) -> Path:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=vocab_size,
         special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    bpe.train_from_iterator(CORPUS * 5, trainer)
+    bpe.train_from_iterator((corpus or []) + CORPUS * 5, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tokenizer.add_tokens(["<think>", "</think>"])  # ordinary added tokens, kept when decoding
     tokenizer.chat_template = CHAT_TEMPLATE

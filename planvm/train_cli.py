@@ -1,0 +1,151 @@
+"""``planvm train``, ``planvm eval`` and ``planvm datagen``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from planvm.cli import kb_option, load_settings
+from planvm.render import EXIT_UNUSABLE, echo_err
+
+
+def _guarded(fn: Any) -> Any:
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from vm import PlanVMError
+
+        logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
+        try:
+            return fn(*args, **kwargs)
+        except (PlanVMError, ValueError) as exc:
+            echo_err(f"error: {exc}")
+            sys.exit(EXIT_UNUSABLE)
+
+    return wrapper
+
+
+@click.command(name="train")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML or YAML training config.")
+@click.option("--data", help="Training rows (JSON, JSONL, or a datasets name/folder).")
+@click.option("--eval-data", help="Held-out rows for the eval loss.")
+@click.option("--base-model", help="Base model name or folder.")
+@click.option("--output", "output_dir", help="Output folder.")
+@click.option("--max-steps", type=int, help="Optimizer updates in all.")
+@click.option("--merge", is_flag=True, default=None, help="Also save merged full weights.")
+@_guarded
+def train(config_file: str | None, **flags: Any) -> None:
+    """Fine-tune the planner with LoRA (unsloth on a CUDA GPU, transformers + peft + trl otherwise)."""
+    from training.config import TrainConfig
+    from training.sft import train as run_training
+
+    config = TrainConfig.from_file(config_file, **flags) if config_file else TrainConfig.build(**{k: v for k, v in flags.items() if v is not None})
+    result = run_training(config)
+    m = result.metrics
+    click.echo(
+        f"trained {m['steps']} steps on {m['train_rows']} rows ({len(m['dropped_rows'])} dropped) with {m['backend']} on {m['device']} "
+        f"in {m['seconds']} s; loss {m['first_loss']:.4f} -> {m['last_loss']:.4f}"
+        + (f", eval loss {m['eval_loss']:.4f}" if m.get("eval_loss") is not None else "")
+        + f"\nadapter, config, metrics.json and loss.png in {result.output_dir}"
+    )
+
+
+def _adapter_base(adapter: str) -> str:
+    for name, key in (("training_config.json", "base_model"), ("adapter_config.json", "base_model_name_or_path")):
+        path = Path(adapter) / name
+        if path.is_file():
+            value = json.loads(path.read_text(encoding="utf-8")).get(key)
+            if value:
+                return str(value)
+    raise ValueError(f"{adapter} holds no training_config.json or adapter_config.json naming the base model; pass --base-model")
+
+
+@click.command(name="eval")
+@click.option("--adapter", type=click.Path(file_okay=False), help="The LoRA adapter folder to judge.")
+@click.option("--base-model", help="Base model (default: the one the adapter was trained on).")
+@click.option("--data", default="examples/train/held_out.jsonl", show_default=True, help="Held-out rows.")
+@click.option("--constrained/--free", default=True, show_default=True, help="Constrain decoding to the plan schema (needs xgrammar).")
+@click.option("--compare-base/--no-compare-base", default=True, show_default=True, help="Also judge the base model without the adapter.")
+@click.option("--max-new-tokens", type=int, default=1024, show_default=True)
+@click.option("--out", "out_file", default="eval_report.json", show_default=True, help="Where to write the JSON report.")
+@_guarded
+def eval_(adapter: str | None, base_model: str | None, data: str, constrained: bool, compare_base: bool, max_new_tokens: int, out_file: str) -> None:
+    """Score an adapter's plans on held-out goals, against the template baseline and the base model."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from planner import TemplatePlanner
+    from tools import default_registry
+    from tools.llm_local import LocalChat
+    from training.data import load_rows
+    from training.evaluate import METRICS, evaluate, write_report
+
+    if not adapter and not base_model:
+        raise ValueError("pass --adapter (and/or --base-model)")
+    base = base_model or _adapter_base(adapter)  # type: ignore[arg-type]
+    registry = default_registry()
+    rows = load_rows(data, registry).rows
+
+    def llm(adapter_dir: str | None) -> Any:
+        local = LocalChat(base, adapter=adapter_dir, max_new_tokens=max_new_tokens)
+        if constrained:
+            from planner.constrained import ConstrainedLocal
+
+            return ConstrainedLocal(local, max_plan_tokens=max_new_tokens * 4)
+        return local
+
+    reports = []
+    if adapter:
+        reports.append(evaluate(llm(adapter), rows, registry, name="adapter"))
+    if compare_base or not adapter:
+        reports.append(evaluate(llm(None), rows, registry, name="base model"))
+    reports.append(evaluate(TemplatePlanner(registry), rows, registry, name="template"))
+    write_report(reports, out_file)
+    headers = {"parsed": "parsed", "schema_valid": "schema", "statically_valid": "valid", "executable": "runs", "tool_sequence_match": "tools", "dataflow_similarity": "flow"}
+    table = Table("planner", *(headers[m] for m in METRICS), caption="share of goals; flow: data-flow similarity to the gold plan")
+    for report in reports:
+        summary = report.summary()
+        table.add_row(report.name, *(f"{summary[m]:.2f}" for m in METRICS))
+    Console().print(table)
+    click.echo(f"{len(rows)} goals; report in {out_file}")
+
+
+@click.command()
+@kb_option
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="JSONL file the rows are appended to.")
+@click.option("--max-rows", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--questions-per-chunk", type=click.IntRange(min=1), default=2, show_default=True)
+@_guarded
+def datagen(kb_path: str | None, out_file: str, max_rows: int, questions_per_chunk: int) -> None:
+    """Make training rows: chunks -> questions -> plans -> runs, keeping the runs that complete (resumable)."""
+    from rich.progress import Progress
+
+    from planner import Planner
+    from tools.backends import make_llm, make_registry
+    from tools.kb import LocalKnowledgeBase
+    from training.datagen import generate_rows
+    from vm import VM
+
+    settings = load_settings({"kb_path": kb_path})
+    if settings.chosen_llm_backend() == "extractive":
+        raise ValueError("datagen needs a teacher LLM: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL (or PLANVM_LOCAL_MODEL)")
+    teacher = make_llm(settings)
+    registry = make_registry(settings)
+    kb = LocalKnowledgeBase(settings.kb_path())
+    chunks = kb._version.chunks
+    with VM(registry, llm=teacher) as vm, Progress(disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("chunks", total=len(chunks))
+        report = generate_rows(
+            chunks, teacher, Planner(teacher, registry), vm, out_file, questions_per_chunk=questions_per_chunk,
+            max_rows=max_rows, progress=lambda done, total: bar.update(task, completed=done),
+        )
+    click.echo(
+        f"kept {report.kept} rows ({report.rejected} rejected) from {report.questions} questions over "
+        f"{report.chunks_seen} chunks ({report.chunks_skipped} already done) -> {out_file}"
+    )
