@@ -11,10 +11,13 @@ given so the JSON is well-formed by construction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import ValidationError
 
 from planner.prompt import build_prompt, render
 from vm.errors import PlanError, PlanningError
@@ -202,10 +205,8 @@ def _key(ins: dict[str, Any]) -> str:
     """An instruction in a canonical form (as the plan models dump it), for comparing plans."""
     from vm.plan import INSTRUCTION_ADAPTER
 
-    try:
+    with contextlib.suppress(ValidationError):  # an invalid instruction compares as written
         ins = INSTRUCTION_ADAPTER.validate_python(ins).model_dump(mode="json", exclude_none=True)
-    except Exception:  # an invalid instruction compares as written
-        pass
     return json.dumps(ins, sort_keys=True, ensure_ascii=False)
 
 

@@ -86,8 +86,8 @@ def test_parallel_equals_sequential_and_overlaps():
     probes = {}
     for concurrency in (1, 8):
         probe = Probe()
-        seen = []
-        vm = VM(registry(probe), concurrency=concurrency, on_step=lambda r: seen.append(r.seq_no))
+        seen: list[int] = []
+        vm = VM(registry(probe), concurrency=concurrency, on_step=lambda r, seen=seen: seen.append(r.seq_no))
         results[concurrency] = (vm.run(three_questions()), seen)
         probes[concurrency] = probe
     (seq_result, seq_seen), (par_result, par_seen) = results[1], results[8]

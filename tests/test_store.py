@@ -366,4 +366,3 @@ def test_default_location_follows_planvm_home(tmp_path, monkeypatch):
     monkeypatch.setenv("PLANVM_HOME", str(tmp_path / "home"))
     store = RunStore()
     assert store.path == Path(tmp_path / "home" / "runs.sqlite") and store.path.exists()
-3

@@ -177,8 +177,8 @@ class Interpreter:
             deps = [tasks[i - start] for i in range(start, pc) if steps[i].writes & reads]
             tasks.append(asyncio.ensure_future(self._after(deps, pc)))
         try:
-            for pc, task in zip(range(start, end), tasks, strict=True):
-                record, nxt, error = await task
+            for task in tasks:
+                record, _nxt, error = await task
                 self._commit(record, error)
                 if FINAL_ANSWER in record.outputs:
                     return _DONE
