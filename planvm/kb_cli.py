@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
 
 import click
 
 from planvm.cli import kb_option, load_settings
-from planvm.render import EXIT_UNUSABLE, echo_err, preview, print_json
-
-
-def _guarded(fn: Any) -> Any:
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from vm import PlanVMError
-
-        logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
-        try:
-            return fn(*args, **kwargs)
-        except (PlanVMError, ValueError) as exc:
-            echo_err(f"error: {exc}")
-            sys.exit(EXIT_UNUSABLE)
-
-    return wrapper
+from planvm.render import echo_err, guarded, preview, print_json
 
 
 @click.command()
@@ -45,7 +27,7 @@ def _guarded(fn: Any) -> Any:
     help="How the knowledge graph is extracted: by the configured LLM, by term co-occurrence, or not at all (auto: LLM when one is configured).",
 )
 @click.option("--model", help="sentence-transformers model name or folder (default: the bundled all-MiniLM-L6-v2).")
-@_guarded
+@guarded
 def index(folder: str, kb_path: str | None, include: tuple[str, ...], exclude: tuple[str, ...], chunk_size: int, overlap: int, graph_mode: str, model: str | None) -> None:
     """Index the documents under FOLDER into the knowledge base (only new or changed files are embedded)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -92,7 +74,7 @@ def kg() -> None:
 @kg.command(name="import")
 @click.argument("file", type=click.Path(dir_okay=False))
 @kb_option
-@_guarded
+@guarded
 def import_(file: str, kb_path: str | None) -> None:
     """Add the graph in FILE ({entities, relationships} JSON) to the knowledge base."""
     from tools.kb import import_graph
@@ -108,7 +90,7 @@ def import_(file: str, kb_path: str | None) -> None:
 @click.option("--graph", "use_graph", is_flag=True, help="Search the knowledge graph instead of the chunks.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="How many chunks.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@_guarded
+@guarded
 def search(query: str, kb_path: str | None, use_graph: bool, top_k: int, as_json: bool) -> None:
     """Search the knowledge base for QUERY (chunks, or with --graph entities and relationships)."""
     from rich.console import Console

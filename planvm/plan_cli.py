@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import click
 
 from planvm.cli import kb_option, load_settings, make_vm, run_options, store_option, tool_options
-from planvm.render import EXIT_FAILED, EXIT_UNUSABLE, echo_err, exit_now, print_json, report_run
+from planvm.render import EXIT_FAILED, echo_err, exit_now, guarded, print_json, report_run
 
 planner_option = click.option(
     "--planner",
@@ -78,25 +77,6 @@ def _plan(goal: str, metadata: str | None, kind: str, options: dict[str, Any], v
         raise  # pragma: no cover - exit_now does not return
 
 
-def _guard(fn: Any) -> Any:
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(**options: Any) -> None:
-        from vm import PlanVMError
-
-        try:
-            fn(**options)
-        except (PlanVMError, ValueError) as exc:
-            if options.get("as_json"):
-                print_json({"status": "invalid", "error": str(exc)})
-            else:
-                echo_err(f"error: {exc}")
-            sys.exit(EXIT_UNUSABLE)
-
-    return wrapper
-
-
 @click.command()
 @click.argument("goal")
 @metadata_option
@@ -105,7 +85,7 @@ def _guard(fn: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print {reasoning, plan, planner, attempts} as JSON.")
 @tool_options
 @kb_option
-@_guard
+@guarded
 def plan(goal: str, metadata: str | None, planner_kind: str, out: str | None, as_json: bool, **options: Any) -> None:
     """Write a plan for GOAL and print the planner's reasoning and the plan."""
     with make_vm(options, record=False) as vm:
@@ -128,7 +108,7 @@ def plan(goal: str, metadata: str | None, planner_kind: str, out: str | None, as
 @kb_option
 @store_option
 @run_options
-@_guard
+@guarded
 def run(goal: str, metadata: str | None, planner_kind: str, **options: Any) -> None:
     """Plan GOAL, run the plan, and print the answer (the plan and run are stored for replay)."""
     with make_vm(options) as vm:

@@ -71,6 +71,29 @@ def report_run(result: Any, as_json: bool) -> int:
     return 0 if result.ok else EXIT_FAILED
 
 
+def guarded(fn: Any) -> Any:
+    """Turn planvm errors (and ValueError from bad options) into one line on stderr and exit code 2;
+    with ``--json`` the line is ``{"status": "invalid", "error": ...}`` on stdout."""
+    import functools
+    import logging
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from vm import PlanVMError
+
+        logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
+        try:
+            return fn(*args, **kwargs)
+        except (PlanVMError, ValueError) as exc:
+            if kwargs.get("as_json"):
+                print_json({"status": "invalid", "error": str(exc)})
+            else:
+                echo_err(f"error: {exc}")
+            sys.exit(EXIT_UNUSABLE)
+
+    return wrapper
+
+
 def exit_now(code: int) -> None:
     """Exit, even if a sync tool cut off by the time budget is still running in its thread
     (Python would otherwise wait for it at exit)."""

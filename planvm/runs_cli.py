@@ -11,30 +11,13 @@ from typing import Any
 import click
 
 from planvm.cli import make_vm, store_option, tool_options
-from planvm.render import EXIT_FAILED, EXIT_UNUSABLE, as_text, echo_err, preview, print_json
+from planvm.render import EXIT_FAILED, as_text, guarded, preview, print_json
 
 
 def _open_store(store_path: str | None) -> Any:
     from vm import RunStore
 
     return RunStore(store_path)
-
-
-def _guard(fn: Any) -> Any:
-    """Turn planvm errors into one line on stderr and exit code 2."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from vm import PlanVMError
-
-        try:
-            return fn(*args, **kwargs)
-        except PlanVMError as exc:
-            echo_err(f"error: {exc}")
-            sys.exit(EXIT_UNUSABLE)
-
-    return wrapper
 
 
 def _when(timestamp: float) -> str:
@@ -50,7 +33,7 @@ def runs() -> None:
 @store_option
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@_guard
+@guarded
 def list_(store_path: str | None, limit: int, as_json: bool) -> None:
     """The newest runs: id, status, time, steps, goal, parent."""
     rows = _open_store(store_path).list_runs(limit)
@@ -72,7 +55,7 @@ def list_(store_path: str | None, limit: int, as_json: bool) -> None:
 @store_option
 @click.option("--step", type=click.IntRange(min=0), help="Also show the variables after trace position STEP (the idx column).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-@_guard
+@guarded
 def show(run_id: str, store_path: str | None, step: int | None, as_json: bool) -> None:
     """One run: its steps, its branch tree, and (with --step) the variables at a step."""
     store = _open_store(store_path)
@@ -129,7 +112,7 @@ def show(run_id: str, store_path: str | None, step: int | None, as_json: bool) -
 @click.argument("run_id")
 @store_option
 @click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
-@_guard
+@guarded
 def export(run_id: str, store_path: str | None, out: str | None) -> None:
     """One JSON document with the run, its plan and every step (replayable with `planvm replay`)."""
     data = _open_store(store_path).get(run_id).to_dict()
@@ -146,7 +129,7 @@ def export(run_id: str, store_path: str | None, out: str | None) -> None:
 @tool_options
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@_guard
+@guarded
 def replay(source: str, live: bool, plugins: tuple[str, ...], no_builtins: bool, store_path: str | None, as_json: bool) -> None:
     """Re-execute a recorded run (RUN_ID, or a file from `planvm runs export`) and check each step.
 

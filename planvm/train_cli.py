@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,24 +10,7 @@ from typing import Any
 import click
 
 from planvm.cli import kb_option, load_settings
-from planvm.render import EXIT_UNUSABLE, echo_err
-
-
-def _guarded(fn: Any) -> Any:
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from vm import PlanVMError
-
-        logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
-        try:
-            return fn(*args, **kwargs)
-        except (PlanVMError, ValueError) as exc:
-            echo_err(f"error: {exc}")
-            sys.exit(EXIT_UNUSABLE)
-
-    return wrapper
+from planvm.render import guarded
 
 
 @click.command(name="train")
@@ -39,7 +21,7 @@ def _guarded(fn: Any) -> Any:
 @click.option("--output", "output_dir", help="Output folder.")
 @click.option("--max-steps", type=int, help="Optimizer updates in all.")
 @click.option("--merge", is_flag=True, default=None, help="Also save merged full weights.")
-@_guarded
+@guarded
 def train(config_file: str | None, **flags: Any) -> None:
     """Fine-tune the planner with LoRA (unsloth on a CUDA GPU, transformers + peft + trl otherwise)."""
     from training.config import TrainConfig
@@ -74,7 +56,7 @@ def _adapter_base(adapter: str) -> str:
 @click.option("--compare-base/--no-compare-base", default=True, show_default=True, help="Also judge the base model without the adapter.")
 @click.option("--max-new-tokens", type=int, default=1024, show_default=True)
 @click.option("--out", "out_file", default="eval_report.json", show_default=True, help="Where to write the JSON report.")
-@_guarded
+@guarded
 def eval_(adapter: str | None, base_model: str | None, data: str, constrained: bool, compare_base: bool, max_new_tokens: int, out_file: str) -> None:
     """Score an adapter's plans on held-out goals, against the template baseline and the base model."""
     from rich.console import Console
@@ -121,7 +103,7 @@ def eval_(adapter: str | None, base_model: str | None, data: str, constrained: b
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="JSONL file the rows are appended to.")
 @click.option("--max-rows", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--questions-per-chunk", type=click.IntRange(min=1), default=2, show_default=True)
-@_guarded
+@guarded
 def datagen(kb_path: str | None, out_file: str, max_rows: int, questions_per_chunk: int) -> None:
     """Make training rows: chunks -> questions -> plans -> runs, keeping the runs that complete (resumable)."""
     from rich.progress import Progress
