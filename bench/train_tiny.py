@@ -24,6 +24,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--hidden", type=int, default=64, help="hidden size of the tiny model")
+    parser.add_argument("--keep", help="keep the model and adapter in this folder")
     args = parser.parse_args()
 
     from tiny_model import build_tiny_model, planner_corpus
@@ -37,8 +39,9 @@ def main() -> None:
 
     registry = default_registry()
     held = load_rows(ROOT / "examples" / "train" / "held_out.jsonl", registry).rows
-    with tempfile.TemporaryDirectory() as tmp:
-        base = build_tiny_model(Path(tmp) / "base", vocab_size=1500, corpus=planner_corpus())
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or scratch
+        base = build_tiny_model(Path(tmp) / "base", vocab_size=1500, corpus=planner_corpus(), hidden_size=args.hidden)
         started = time.monotonic()
         result = train(
             TrainConfig.build(
@@ -51,8 +54,12 @@ def main() -> None:
         print(f"{'model':<12}" + "".join(f"{m:>22}" for m in METRICS))
         for name, adapter in (("untrained", None), ("trained", str(result.output_dir))):
             llm = ConstrainedLocal(LocalChat(str(base), adapter=adapter, max_new_tokens=400), max_think_tokens=200, max_plan_tokens=1600)
-            summary = evaluate(llm, held, registry, name=name).summary()
+            report = evaluate(llm, held, registry, name=name)
+            summary = report.summary()
             print(f"{name:<12}" + "".join(f"{summary[m]:>22.2f}" for m in METRICS), flush=True)
+            for row in report.rows:
+                if row["reply"]:
+                    print(f"  no plan for {row['task_id']}: {row['reply'][:200]}")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,9 @@ def decoding_schema(schema: dict[str, Any] | None = None, max_steps: int = 24, m
             return _value(max_text)
         if node.get("type") == "string":
             node.setdefault("maxLength", max_text)
+        if node.get("type") == "integer":  # seq_no and jump targets: no endless digits
+            node.setdefault("minimum", 0)
+            node.setdefault("maximum", 9999)
         if node.get("type") == "array":
             node.setdefault("maxItems", 8)
         if node.get("type") == "object" and node.get("additionalProperties") is True:
@@ -102,13 +105,14 @@ class ConstrainedLocal:
         closing = _ClosingBias(_fresh(processor), _closing_weights(self.local.model_name, self.local.adapter, self.local.device), ids["input_ids"].shape[1], self.max_plan_tokens)
         plan_text = self.local.generate_text(ids, max_new_tokens=self.max_plan_tokens, logits_processor=[closing])
         try:
-            json.loads(plan_text)
+            # strict=False: the grammar lets control characters into strings; re-serialising escapes them.
+            plan = json.loads(plan_text, strict=False)
         except json.JSONDecodeError as exc:
             raise LLMError(
                 f"constrained decoding ran out of its {self.max_plan_tokens}-token budget before the plan was complete; "
                 f"raise max_plan_tokens or lower max_steps"
             ) from exc
-        return Completion(text=f"```json\n{plan_text}\n```", reasoning=reasoning)
+        return Completion(text=f"```json\n{json.dumps(plan, ensure_ascii=False)}\n```", reasoning=reasoning)
 
 
 @lru_cache(maxsize=8)

@@ -35,7 +35,9 @@ def planner_corpus() -> list[str]:
     return texts
 
 
-def build_tiny_model(folder: Path, *, seed: int = 0, vocab_size: int = 400, corpus: list[str] | None = None) -> Path:
+def build_tiny_model(
+    folder: Path, *, seed: int = 0, vocab_size: int = 400, corpus: list[str] | None = None, hidden_size: int = 32, layers: int = 2
+) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -55,9 +57,9 @@ def build_tiny_model(folder: Path, *, seed: int = 0, vocab_size: int = 400, corp
     tokenizer.chat_template = CHAT_TEMPLATE
     config = Qwen2Config(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=8192,
