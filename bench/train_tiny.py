@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--hidden", type=int, default=64, help="hidden size of the tiny model")
     parser.add_argument("--keep", help="keep the model and adapter in this folder")
+    parser.add_argument("--train-head", action="store_true", help="also train lm_head (the tiny base was never trained)")
     args = parser.parse_args()
 
     from tiny_model import build_tiny_model, planner_corpus
@@ -47,7 +48,7 @@ def main() -> None:
             TrainConfig.build(
                 base_model=str(base), output_dir=str(Path(tmp) / "adapter"), max_steps=args.steps, per_device_train_batch_size=2,
                 gradient_accumulation_steps=1, learning_rate=args.lr, warmup_steps=5, max_length=6000, lora_r=16, lora_alpha=32,
-                eval_data=None,
+                eval_data=None, modules_to_save=["lm_head"] if args.train_head else [],
             )
         )
         print(f"trained {args.steps} steps in {time.monotonic() - started:.0f} s: loss {result.metrics['first_loss']:.3f} -> {result.metrics['last_loss']:.3f}")

@@ -152,8 +152,12 @@ def build_prompt(goal: str, metadata: Any, registry: Any, examples: list[dict[st
 
 
 def format_completion(reasoning: str, plan: list[Any]) -> str:
-    """What the planner writes: its reasoning in <think>, then the plan in a fenced JSON block."""
-    return f"<think>\n{reasoning.strip()}\n</think>\n```json\n{json.dumps(plan, ensure_ascii=False, indent=2)}\n```"
+    """What the planner writes: its reasoning in <think>, then the plan in a fenced JSON block.
+
+    The JSON is on one line with ``", "`` and ``": "`` separators: exactly the form constrained
+    decoding produces, so a trained model meets at inference the text it learned from.
+    """
+    return f"<think>\n{reasoning.strip()}\n</think>\n```json\n{json.dumps(plan, ensure_ascii=False)}\n```"
 
 
 def build_training_example(goal: str, metadata: Any, reasoning: str, plan: list[Any], registry: Any) -> dict[str, str]:

@@ -35,6 +35,10 @@ class TrainConfig(BaseModel):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Modules that get LoRA adapters.",
     )
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="Modules trained in full and saved with the adapter (e.g. lm_head for a base model that was never trained).",
+    )
     load_in_4bit: bool = Field(False, description="Load the base model in 4 bits (unsloth, GPU only).")
     gradient_checkpointing: bool = Field(True, description="Trade compute for memory (GPU).")
 

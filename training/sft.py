@@ -168,6 +168,7 @@ def train(config: TrainConfig) -> TrainResult:
         peft_config = LoraConfig(
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
             target_modules=config.target_modules, bias="none", task_type="CAUSAL_LM",
+            modules_to_save=config.modules_to_save or None,
         )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, peft_config=peft_config)
     started = time.monotonic()
