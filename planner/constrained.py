@@ -100,7 +100,8 @@ class ConstrainedLocal:
         head = tokenizer.decode(inputs["input_ids"][0]) + (thinking.split("</think>")[0] if "</think>" in thinking else thinking)
         ids = tokenizer(head + "</think>\n```json\n", return_tensors="pt", add_special_tokens=False)
         ids = {k: v.to(device) for k, v in ids.items()}
-        grammar_schema = json.dumps(decoding_schema(plan_schema, self.max_steps, self.max_text), sort_keys=True)
+        # Key order matters: the grammar emits object properties in the order the schema lists them.
+        grammar_schema = json.dumps(decoding_schema(plan_schema, self.max_steps, self.max_text))
         processor = _processor(self.local.model_name, self.local.adapter, self.local.device, grammar_schema)
         closing = _ClosingBias(_fresh(processor), _closing_weights(self.local.model_name, self.local.adapter, self.local.device), ids["input_ids"].shape[1], self.max_plan_tokens)
         plan_text = self.local.generate_text(ids, max_new_tokens=self.max_plan_tokens, logits_processor=[closing])
