@@ -88,6 +88,12 @@ class ConstrainedLocal:
         self.max_steps = max_steps
         self.max_text = max_text
 
+    def grammar(self, plan_schema: dict[str, Any]) -> Any:
+        """The compiled grammar for ``plan_schema`` (bounded), for this model's tokenizer."""
+        # Key order matters: the grammar emits object properties in the order the schema lists them.
+        schema = json.dumps(decoding_schema(plan_schema, self.max_steps, self.max_text))
+        return _processor(self.local.model_name, self.local.adapter, self.local.device, schema)
+
     def complete(self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None, plan_schema: dict[str, Any] | None = None) -> Completion:
         if plan_schema is None:
             return self.local.complete(prompt, system=system, json_schema=json_schema)
@@ -100,10 +106,7 @@ class ConstrainedLocal:
         head = tokenizer.decode(inputs["input_ids"][0]) + (thinking.split("</think>")[0] if "</think>" in thinking else thinking)
         ids = tokenizer(head + "</think>\n```json\n", return_tensors="pt", add_special_tokens=False)
         ids = {k: v.to(device) for k, v in ids.items()}
-        # Key order matters: the grammar emits object properties in the order the schema lists them.
-        grammar_schema = json.dumps(decoding_schema(plan_schema, self.max_steps, self.max_text))
-        processor = _processor(self.local.model_name, self.local.adapter, self.local.device, grammar_schema)
-        closing = _ClosingBias(_fresh(processor), _closing_weights(self.local.model_name, self.local.adapter, self.local.device), ids["input_ids"].shape[1], self.max_plan_tokens)
+        closing = _ClosingBias(_fresh(self.grammar(plan_schema)), _closing_weights(self.local.model_name, self.local.adapter, self.local.device), ids["input_ids"].shape[1], self.max_plan_tokens)
         plan_text = self.local.generate_text(ids, max_new_tokens=self.max_plan_tokens, logits_processor=[closing])
         try:
             # strict=False: the grammar lets control characters into strings; re-serialising escapes them.

@@ -260,3 +260,21 @@ def test_example_scripts():
     assert runpy.run_path(str(EXAMPLES / "custom_tool.py"))["main"]() == "3 nights cost 332.58 EUR."
     answer, reproduced = runpy.run_path(str(EXAMPLES / "embed_vm.py"))["main"]()
     assert answer.startswith("Refunds are paid within 14 days") and reproduced
+
+
+def test_grammar_accepts_plans_in_the_form_training_writes_them(tiny):
+    """The grammar must accept, token for token, the one-line JSON a trained planner learned."""
+    import xgrammar as xgr
+
+    from planner.constrained import ConstrainedLocal
+    from planner.planner import plan_schema_for
+    from tools.llm_local import LocalChat
+    from vm import compile_plan
+
+    registry = default_registry()
+    compiled = ConstrainedLocal(LocalChat(str(tiny))).grammar(plan_schema_for(registry))
+    plan_text = format_completion("r", compile_plan(GOOD, registry).to_data()).split("```json\n")[1].split("\n```")[0]
+    assert plan_text.startswith('[{"seq_no": 0, "type": "calling", "parameters": {"tool_name": "vector_search"')
+    assert xgr.GrammarMatcher(compiled).accept_string(plan_text)
+    reordered = plan_text.replace('{"seq_no": 0, "type": "calling", ', '{"type": "calling", "seq_no": 0, ', 1)
+    assert not xgr.GrammarMatcher(compiled).accept_string(reordered)
