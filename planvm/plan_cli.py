@@ -62,7 +62,7 @@ def _keep_attempts(exc: Any) -> Path | None:
         return None
 
 
-def _plan(goal: str, metadata: str | None, kind: str, options: dict[str, Any], vm: Any) -> Any:
+def _plan(goal: str, metadata: str | None, kind: str, options: dict[str, Any], vm: Any, *, as_json: bool = False) -> Any:
     from planner.prompt import parse_metadata
     from vm import PlanningError
 
@@ -72,7 +72,10 @@ def _plan(goal: str, metadata: str | None, kind: str, options: dict[str, Any], v
         return planner.plan(goal, parsed), parsed
     except PlanningError as exc:
         kept = _keep_attempts(exc)
-        echo_err(f"error: {exc}" + (f"\n  the attempts are in {kept}" if kept else ""))
+        if as_json:
+            print_json({"status": "planning_failed", "error": str(exc), "attempts_file": str(kept) if kept else None})
+        else:
+            echo_err(f"error: {exc}" + (f"\n  the attempts are in {kept}" if kept else ""))
         exit_now(EXIT_FAILED)
         raise  # pragma: no cover - exit_now does not return
 
@@ -89,7 +92,7 @@ def _plan(goal: str, metadata: str | None, kind: str, options: dict[str, Any], v
 def plan(goal: str, metadata: str | None, planner_kind: str, out: str | None, as_json: bool, **options: Any) -> None:
     """Write a plan for GOAL and print the planner's reasoning and the plan."""
     with make_vm(options, record=False) as vm:
-        result, _ = _plan(goal, metadata, planner_kind, options, vm)
+        result, _ = _plan(goal, metadata, planner_kind, options, vm, as_json=as_json)
     text = json.dumps(result.plan, ensure_ascii=False, indent=2)
     if out:
         Path(out).write_text(text + "\n", encoding="utf-8")
@@ -112,7 +115,7 @@ def plan(goal: str, metadata: str | None, planner_kind: str, out: str | None, as
 def run(goal: str, metadata: str | None, planner_kind: str, **options: Any) -> None:
     """Plan GOAL, run the plan, and print the answer (the plan and run are stored for replay)."""
     with make_vm(options) as vm:
-        result, parsed = _plan(goal, metadata, planner_kind, options, vm)
+        result, parsed = _plan(goal, metadata, planner_kind, options, vm, as_json=options.get("as_json", False))
         if not options.get("as_json"):
             echo_err(f"plan ({result.planner} planner): {len(result.plan)} steps")
         outcome = vm.run(result.program, goal=goal, metadata=parsed or None)

@@ -63,8 +63,21 @@ def test_planning_failure_keeps_the_attempts(tmp_path, monkeypatch):
     assert out.returncode == 1
     assert "no valid plan in 3 attempt(s)" in out.stderr
     kept = out.stderr.split("the attempts are in ")[1].strip()
-    attempts = json.loads(open(kept).read())
+    with open(kept) as f:
+        attempts = json.load(f)
     assert [a["reply"] for a in attempts] == ["I would rather not write JSON."] * 3
+
+
+def test_planning_failure_as_json(monkeypatch):
+    with FakeChatServer() as server:
+        for _ in range(3):
+            server.reply("no plan here")
+        monkeypatch.setenv("PLANVM_LLM_BASE_URL", server.url)
+        monkeypatch.setenv("PLANVM_LLM_MODEL", "planner")
+        out = planvm("run", "Anything", "--json")
+    assert out.returncode == 1
+    data = json.loads(out.stdout)
+    assert data["status"] == "planning_failed" and "no valid plan in 3 attempt(s)" in data["error"] and data["attempts_file"]
 
 
 def test_bad_goal_input():
