@@ -11,19 +11,16 @@ given so the JSON is well-formed by construction.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from planner.prompt import build_prompt, render
 from vm.errors import PlanError, PlanningError
 from vm.jsontext import extract_json
 from vm.llm import as_completion
-from vm.plan import load_plan_data
+from vm.plan import canonical_instruction, load_plan_data
 from vm.program import Program
 from vm.validate import validate_plan
 
@@ -202,12 +199,8 @@ def _seq(ins: dict[str, Any]) -> int | None:
 
 
 def _key(ins: dict[str, Any]) -> str:
-    """An instruction in a canonical form (as the plan models dump it), for comparing plans."""
-    from vm.plan import INSTRUCTION_ADAPTER
-
-    with contextlib.suppress(ValidationError):  # an invalid instruction compares as written
-        ins = INSTRUCTION_ADAPTER.validate_python(ins).model_dump(mode="json", exclude_none=True)
-    return json.dumps(ins, sort_keys=True, ensure_ascii=False)
+    """An instruction as a comparable string (canonical form, keys sorted)."""
+    return json.dumps(canonical_instruction(ins), sort_keys=True, ensure_ascii=False)
 
 
 def _variables_before(run: Any, from_seq: int) -> dict[str, Any]:

@@ -366,3 +366,22 @@ def test_default_location_follows_planvm_home(tmp_path, monkeypatch):
     monkeypatch.setenv("PLANVM_HOME", str(tmp_path / "home"))
     store = RunStore()
     assert store.path == Path(tmp_path / "home" / "runs.sqlite") and store.path.exists()
+
+
+def test_fork_compares_instructions_by_meaning_not_spelling(store):
+    vm = VM(make_registry(), store=store)
+    parent = vm.run([assign(0, a=1), assign(1, final_answer="${a}")])
+    respelled = [
+        {"parameters": {"a": 1}, "type": "assign", "seq_no": 0, "note": None},  # other key order, a null note
+        assign(1, final_answer="${a} + 1"),
+    ]
+    assert vm.fork(parent.run_id, 1, respelled).final_answer == 2
+
+
+def test_canonical_instruction():
+    from vm.plan import canonical_instruction
+
+    assert canonical_instruction({"type": "jmp", "seq_no": 3, "parameters": {"target_seq": 0, "context": None}}) == {
+        "seq_no": 3, "type": "jmp", "parameters": {"target_seq": 0},
+    }
+    assert canonical_instruction({"type": "teleport"}) == {"type": "teleport"}  # invalid: as given

@@ -15,7 +15,7 @@ from vm.errors import ForkError, Problem, RunError
 from vm.interpreter import Interpreter
 from vm.limits import Limits
 from vm.llm import LLM
-from vm.plan import load_plan_data
+from vm.plan import canonical_instruction, load_plan_data
 from vm.program import FINAL_ANSWER, Program
 from vm.store import RunStore, StoredRun
 from vm.tooling import RunLLM, ToolCatalog
@@ -157,11 +157,10 @@ class VM:
         program = self.compile(plan, variables=parent.variables)
         if from_seq not in program.position:
             raise ForkError(f"the new plan has no seq_no {from_seq} to continue from; add it or fork from another step")
-        old = {ins["seq_no"]: ins for ins in load_plan_data(parent.plan) if isinstance(ins, dict)}
-        new = {ins.seq_no: ins.model_dump(mode="json", exclude_none=True) for ins in program.instructions}
+        old = {ins["seq_no"]: canonical_instruction(ins) for ins in load_plan_data(parent.plan) if isinstance(ins, dict)}
+        new = {ins["seq_no"]: ins for ins in program.to_data()}
         for seq in sorted({s.seq_no for s in parent.steps[:prefix]}):
-            before = _normalised(old.get(seq))
-            if new.get(seq) != before:
+            if new.get(seq) != old.get(seq):
                 raise ForkError(
                     f"the new plan changes seq_no {seq}, which the run already executed before seq_no {from_seq}; "
                     f"keep it as it was, or fork from seq_no {seq} or earlier"
@@ -256,15 +255,6 @@ def _next_position(program: Program, stored: StoredRun) -> int:
     if last.type == "jmp":
         return program.position[last.next_seq] if last.next_seq is not None else len(program)
     return program.position[last.seq_no] + 1
-
-
-def _normalised(instruction: Any) -> Any:
-    """An instruction as the plan models dump it, for comparing two plans."""
-    if instruction is None:
-        return None
-    from vm.plan import INSTRUCTION_ADAPTER
-
-    return INSTRUCTION_ADAPTER.validate_python(instruction).model_dump(mode="json", exclude_none=True)
 
 
 def _ranges(numbers: list[int]) -> str:

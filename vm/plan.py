@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError, field_validator, model_validator
 
 from vm.errors import PlanLoadError
 
@@ -31,6 +31,7 @@ __all__ = [
     "ReasoningInstruction",
     "ReasoningParameters",
     "VARIABLE_NAME",
+    "canonical_instruction",
     "load_plan_data",
     "plan_json_schema",
 ]
@@ -196,6 +197,15 @@ def _schema() -> str:
 def plan_json_schema() -> dict[str, Any]:
     """The plan's JSON Schema, generated from the models above (a fresh copy each call)."""
     return json.loads(_schema())
+
+
+def canonical_instruction(instruction: Any) -> Any:
+    """An instruction as the plan models dump it (keys in model order, absent fields left out),
+    so two plans compare by meaning, not spelling; an invalid instruction is returned as given."""
+    try:
+        return INSTRUCTION_ADAPTER.validate_python(instruction).model_dump(mode="json", exclude_none=True)
+    except ValidationError:
+        return instruction
 
 
 def load_plan_data(source: str | Path | list[Any]) -> list[Any]:
