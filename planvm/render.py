@@ -31,8 +31,9 @@ def print_json(data: Any) -> None:
 
 
 def preview(value: Any, limit: int = 60) -> str:
-    text = as_text(value).replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    from vm.values import shorten
+
+    return shorten(value, limit)
 
 
 def progress_printer() -> Any:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from vm import ExpressionError, ReferencePathError, VariableUndefined
-from vm.values import ValueSyntaxError, compile_value, render_text, to_number
+from vm.values import ValueSyntaxError, compile_value, render_text, shorten, to_number
 
 STORE = {
     "a": 5,
@@ -223,6 +223,9 @@ def test_helpers():
     assert to_number("1,000") is None
     assert to_number("1" * 5000) is None
     assert render_text({"a": 1}) == '{"a": 1}'
+    assert shorten("a\n  b") == "a b"
+    assert shorten({"k": "v" * 50}, 20) == '{"k": "vvvvvvvvvvvv…'
+    assert len(shorten("x" * 500, 200)) == 200
 
 
 def test_one_compiled_expression_evaluates_correctly_from_many_threads():

@@ -13,6 +13,7 @@ from typing import Any
 
 from vm.errors import LLMError
 from vm.llm import Completion, split_reasoning
+from vm.values import shorten
 
 __all__ = ["OpenAIChat"]
 
@@ -79,7 +80,7 @@ class OpenAIChat:
 
         where = f"LLM endpoint {self.base_url} (model {self.model})"
         if isinstance(exc, openai.APIStatusError):
-            detail = _short(getattr(exc, "message", "") or str(exc))
+            detail = shorten(getattr(exc, "message", "") or str(exc))
             hint = {
                 401: "check PLANVM_LLM_API_KEY / OPENAI_API_KEY",
                 403: "check the key's permissions",
@@ -90,8 +91,8 @@ class OpenAIChat:
         if isinstance(exc, openai.APITimeoutError):
             return LLMError(f"{where} did not answer in time (after retries); raise PLANVM_LLM_TIMEOUT or check the server")
         if isinstance(exc, openai.APIConnectionError):
-            return LLMError(f"cannot reach {where}: {_short(str(exc.__cause__ or exc))}; is the server running at that address?")
-        return LLMError(f"{where} sent a reply that could not be read ({type(exc).__name__}: {_short(str(exc))})")
+            return LLMError(f"cannot reach {where}: {shorten(str(exc.__cause__ or exc))}; is the server running at that address?")
+        return LLMError(f"{where} sent a reply that could not be read ({type(exc).__name__}: {shorten(str(exc))})")
 
     def complete(
         self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None, plan_schema: dict[str, Any] | None = None
@@ -110,8 +111,3 @@ class OpenAIChat:
 
     def __repr__(self) -> str:
         return f"OpenAIChat(model={self.model!r}, base_url={self.base_url!r})"
-
-
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

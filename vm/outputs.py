@@ -13,12 +13,9 @@ from typing import Any
 
 from vm.errors import OutputMappingError
 from vm.jsontext import extract_json
+from vm.values import shorten
 
 __all__ = ["map_outputs"]
-
-
-def _preview(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def map_outputs(result: Any, names: tuple[str, ...], tool_name: str) -> dict[str, Any]:
@@ -35,7 +32,7 @@ def map_outputs(result: Any, names: tuple[str, ...], tool_name: str) -> dict[str
             raise OutputMappingError(
                 f"tool '{tool_name}' returned text with no JSON object in it, so it cannot fill output_vars "
                 f"[{wanted}]; ask the tool for a JSON object with those keys, or use one output var. "
-                f"The text began: {_preview(result)!r}",
+                f"The text began: {shorten(result)!r}",
             ) from None
     if not isinstance(obj, dict):
         raise OutputMappingError(

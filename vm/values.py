@@ -47,6 +47,7 @@ __all__ = [
     "ValueSyntaxError",
     "compile_value",
     "render_text",
+    "shorten",
     "to_number",
 ]
 
@@ -234,6 +235,12 @@ def render_text(value: Any) -> str:
     if isinstance(value, str):
         return str(value)
     return _JSON.encode(value)
+
+
+def shorten(value: Any, limit: int = 200) -> str:
+    """A value as one line of text (whitespace collapsed), cut to ``limit`` characters with "…"."""
+    text = " ".join(render_text(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def to_number(value: Any) -> int | float | None:
