@@ -95,17 +95,25 @@ def load_settings(options: dict[str, Any]) -> Any:
         raise BackendUnavailable(f"the settings (PLANVM_* variables or planvm.toml) are not valid: {problems}") from None
 
 
-def make_vm(options: dict[str, Any], *, record: bool = True) -> Any:
-    """Build the VM the command-line options describe (raises PlanVMError for unusable input)."""
+def make_registry_for(options: dict[str, Any], settings: Any) -> Any:
+    """The built-in tools (unless --no-builtins) plus every --plugin's tools."""
     from tools import ToolRegistry, load_plugin
-    from tools.backends import make_llm, make_registry
-    from vm import VM, Limits, RunStore
+    from tools.backends import make_registry
 
-    settings = load_settings(options)
     registry = ToolRegistry() if options.get("no_builtins") else make_registry(settings)
     for path in options.get("plugins", ()):
         for t in load_plugin(path):
             registry.register(t)
+    return registry
+
+
+def make_vm(options: dict[str, Any], *, record: bool = True) -> Any:
+    """Build the VM the command-line options describe (raises PlanVMError for unusable input)."""
+    from tools.backends import make_llm
+    from vm import VM, Limits, RunStore
+
+    settings = load_settings(options)
+    registry = make_registry_for(options, settings)
     budgets = {k: options[k] for k in ("max_steps", "max_seconds") if options.get(k) is not None}
     store = RunStore(options.get("store_path")) if record else None
     return VM(
@@ -173,8 +181,8 @@ def validate(plan_file: str, plugins: tuple[str, ...], no_builtins: bool) -> Non
     from vm import PlanVMError, validate_plan
 
     try:
-        registry = make_vm({"plugins": plugins, "no_builtins": no_builtins}, record=False).registry
-        _program, problems = validate_plan(plan_file, registry)
+        options = {"plugins": plugins, "no_builtins": no_builtins}
+        _program, problems = validate_plan(plan_file, make_registry_for(options, load_settings(options)))
     except PlanVMError as exc:
         echo_err(f"error: {exc}")
         sys.exit(EXIT_UNUSABLE)
