@@ -244,3 +244,19 @@ def test_datagen_keeps_completed_runs_and_resumes(tmp_path):
     again = generate_rows(chunks + [{"content": "more", "source_uri": "c.md"}], teacher, Planner(planner_llm, registry), VM(registry, llm=run_llm), out, max_rows=10)
     assert again.chunks_skipped == 2 and again.chunks_seen == 1 and again.kept == 1
     assert len(load_rows(out, registry).rows) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--base-model", "/no/such/model"], "is not a model folder"),
+        (["train", "--config", "missing.toml"], "no such config file"),
+        (["eval"], "pass --adapter"),
+        (["eval", "--adapter", "."], "naming the base model"),
+        (["datagen", "--out", "rows.jsonl"], "needs a teacher LLM"),
+    ],
+)
+def test_training_commands_reject_bad_input(args, message, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "planvm", *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 2, out.stderr[-500:]
+    assert message in out.stderr and "Traceback" not in out.stderr
