@@ -101,7 +101,7 @@ def test_resume_a_killed_exec(tmp_path, monkeypatch):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if (sqlite3.connect(db).execute("SELECT max(steps) FROM runs").fetchone()[0] or 0) >= 2:
+            if (sqlite3.connect(db).execute("SELECT count(*) FROM steps").fetchone()[0] or 0) >= 2:
                 break
         except sqlite3.OperationalError:
             pass

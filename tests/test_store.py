@@ -178,7 +178,7 @@ KILLABLE = textwrap.dedent(
 
 def _steps_written(db: Path) -> int:
     try:
-        row = sqlite3.connect(db).execute("SELECT max(steps) FROM runs").fetchone()
+        row = sqlite3.connect(db).execute("SELECT count(*) FROM steps").fetchone()
     except sqlite3.OperationalError:  # not created yet
         return 0
     return row[0] or 0

@@ -29,10 +29,12 @@
         ├── LLMUnavailable             a step needs an LLM and the run has none
         ├── LLMCallFailed              the run's LLM raised; its exception is ``__cause__``
         ├── NoFinalAnswer              the plan ran off its end without assigning ``final_answer``
+        ├── UnstorableValue            a value with no JSON form (an object, bytes, a 5,000-digit integer)
         └── LimitExceeded              a run budget ran out (``limit``, ``value``)
             ├── StepLimitExceeded
             ├── TimeLimitExceeded
-            └── LLMCallLimitExceeded
+            ├── LLMCallLimitExceeded
+            └── ValueTooLarge          a value over max_value_bytes or max_depth
 
 Every message says what went wrong and what to do about it. Exceptions carry the same facts as
 attributes, so callers never parse messages.
@@ -69,6 +71,8 @@ __all__ = [
     "StepLimitExceeded",
     "StoreError",
     "TimeLimitExceeded",
+    "UnstorableValue",
+    "ValueTooLarge",
     "ToolError",
     "ToolFailed",
     "ToolNotAllowed",
@@ -338,3 +342,17 @@ class TimeLimitExceeded(LimitExceeded):
 
 class LLMCallLimitExceeded(LimitExceeded):
     limit_name = "max_llm_calls"
+
+
+class ValueTooLarge(LimitExceeded):
+    """A value over ``Limits.max_value_bytes`` or deeper than ``Limits.max_depth`` (``limit`` says which)."""
+
+    limit_name = "max_value_bytes"
+
+    def __init__(self, value: float, message: str, *, limit: str = "max_value_bytes", **where: Any) -> None:
+        super().__init__(value, message, **where)
+        self.limit = limit
+
+
+class UnstorableValue(RunError):
+    """A value with no JSON form: the run could not record it, so the step fails."""

@@ -37,11 +37,13 @@ from vm.errors import (
     ToolNotAllowed,
     ToolNotFound,
 )
+from vm.errors import UnstorableValue, ValueTooLarge
+from vm.jsonsafe import ValueLimitError, storable
 from vm.outputs import map_outputs
 from vm.program import FINAL_ANSWER, AssignStep, CallingStep, JmpStep, Program, ReasoningStep, Step
 from vm.tooling import CallContext, RunLLM, StepLLM
 from vm.trace import StepRecord
-from vm.values import render_text
+from vm.values import TEXT_LIMIT, render_text
 
 __all__ = ["Interpreter"]
 
@@ -78,6 +80,24 @@ class Interpreter:
     # --- the loop -----------------------------------------------------------------------------
 
     async def execute(self, start_pc: int = 0) -> None:
+        token = TEXT_LIMIT.set(self.vm.limits.max_value_bytes)
+        try:
+            await self._execute(start_pc)
+        finally:
+            TEXT_LIMIT.reset(token)
+
+    def keep(self, value: Any, what: str) -> Any:
+        """``value`` as the run may keep it: JSON-storable, within max_value_bytes and max_depth."""
+        limits = self.vm.limits
+        try:
+            return storable(value, max_bytes=limits.max_value_bytes, max_depth=limits.max_depth)
+        except ValueLimitError as exc:
+            if exc.limit == "json":
+                raise UnstorableValue(f"{what} cannot be recorded: {exc}") from None
+            bound = limits.max_value_bytes if exc.limit == "max_value_bytes" else limits.max_depth
+            raise ValueTooLarge(bound, f"{what}: {exc}", limit=exc.limit) from None
+
+    async def _execute(self, start_pc: int) -> None:
         steps = self.program.steps
         block_end = self.program.block_end
         block_calls = self.program.block_calls
@@ -226,7 +246,7 @@ class Interpreter:
     # --- one handler per instruction type; each fills the record and returns the next position --
 
     def _assign(self, step: AssignStep, pc: int, record: StepRecord, view: Mapping[str, Any]) -> int:
-        record.outputs = {name: value.evaluate(view) for name, value in step.values}
+        record.outputs = {name: self.keep(value.evaluate(view), f"the value of '{name}'") for name, value in step.values}
         return pc + 1
 
     def _reasoning(self, step: ReasoningStep, pc: int, record: StepRecord, view: Mapping[str, Any]) -> int:
@@ -259,6 +279,9 @@ class Interpreter:
             raise
         except Exception as exc:
             raise ToolFailed(name, exc) from exc
+        except SystemExit as exc:  # sys.exit() inside a tool ends the step, not the program
+            raise ToolFailed(name, RuntimeError(f"the tool called sys.exit({exc.code!r})")) from exc
+        result = self.keep(result, f"the result of tool '{name}'")
         record.result = result
         record.outputs = map_outputs(result, step.output_vars, name)
         return pc + 1

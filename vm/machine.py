@@ -6,12 +6,13 @@ The interpreter itself is in :mod:`vm.interpreter`; the run store in :mod:`vm.st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from vm.errors import ForkError, Problem, RunError
+from vm.errors import ForkError, Problem, RunError, StoreError
 from vm.interpreter import Interpreter
 from vm.limits import Limits
 from vm.llm import LLM
@@ -69,13 +70,13 @@ class VM:
 
     def validate(self, plan: Any, *, variables: Iterable[str] = ()) -> list[Problem]:
         """Every static problem of ``plan`` against this VM's tools (empty when it is valid)."""
-        return validate_plan(plan, self.registry, allowed_tools=self.allowed_tools, predefined=variables)[1]
+        return validate_plan(plan, self.registry, allowed_tools=self.allowed_tools, predefined=variables, limits=self.limits)[1]
 
     def compile(self, plan: Any, *, variables: Iterable[str] = ()) -> Program:
         """Validate and compile ``plan`` (raises ``PlanValidationError``); reuse it across runs."""
         if isinstance(plan, Program):
             return plan
-        return compile_plan(plan, self.registry, allowed_tools=self.allowed_tools, predefined=variables)
+        return compile_plan(plan, self.registry, allowed_tools=self.allowed_tools, predefined=variables, limits=self.limits)
 
     # --- running ------------------------------------------------------------------------------
 
@@ -185,7 +186,9 @@ class VM:
         limits = self.limits
         started = time.monotonic()
         deadline = started + limits.max_seconds if limits.max_seconds is not None else None
-        run_llm = RunLLM(self.llm, limits.max_llm_calls, asyncio.get_running_loop(), self._threads)
+        run_llm = RunLLM(
+            self.llm, limits.max_llm_calls, asyncio.get_running_loop(), self._threads, max_reply_bytes=limits.max_value_bytes
+        )
         store = self.store if run_id is not None else None
         persist = (lambda index, record: store.record_step(run_id, index, record)) if store is not None else None
         run = Interpreter(self, program, state, run_llm, deadline, trace=trace, persist=persist)
@@ -194,9 +197,12 @@ class VM:
             await run.execute(start_pc)
         except RunError as exc:
             error = exc
-        except BaseException:
+        except BaseException as exc:
             if store is not None and run_id is not None:
-                store.finish(run_id, "interrupted", error="interrupted before it ended")
+                # A store that failed to record a step may fail again here: its first error is the one to see.
+                status, why = ("failed", str(exc)) if isinstance(exc, StoreError) else ("interrupted", "interrupted before it ended")
+                with contextlib.suppress(StoreError):
+                    store.finish(run_id, status, error=why)
             raise
         done = error is None
         final = state.get(FINAL_ANSWER) if done else None

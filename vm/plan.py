@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -38,6 +39,8 @@ __all__ = [
 
 #: What a variable name looks like: an identifier (``final_answer``, ``step2_result``).
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: seq_no and jump targets are 64-bit integers (as every database stores them).
+SEQ_NO_BOUND = 2**63
 
 
 
@@ -50,7 +53,11 @@ def _check_variable_name(name: str) -> str:
 class _Instruction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seq_no: StrictInt = Field(description="Position of the instruction; unique within the plan. Jumps name it.")
+    seq_no: StrictInt = Field(
+        ge=-SEQ_NO_BOUND,
+        lt=SEQ_NO_BOUND,
+        description="Position of the instruction; unique within the plan. Jumps name it.",
+    )
     note: str | None = Field(default=None, description="Free text on the step's purpose; the VM ignores it.")
     execution_objective: str | None = Field(
         default=None, description="Older plans' name for a note; kept as written, ignored by the VM."
@@ -208,51 +215,126 @@ def canonical_instruction(instruction: Any) -> Any:
         return instruction
 
 
-def load_plan_data(source: str | Path | list[Any]) -> list[Any]:
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (write a number or text instead)")
+
+
+def _read_plan_file(path: Path, max_bytes: int) -> str:
+    """The text of a plan file: a regular file (not a device or pipe), at most ``max_bytes``."""
+    name = str(path)
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise PlanLoadError(f"{path}: not a regular file; a plan is a JSON file", source=name)
+        if info.st_size > max_bytes:
+            raise PlanLoadError(
+                f"{path}: {info.st_size:,} bytes is more than max_plan_bytes ({max_bytes:,}); raise "
+                f"Limits.max_plan_bytes / --max-plan-bytes if the plan is really that large",
+                source=name,
+            )
+        with path.open("rb") as handle:
+            raw = handle.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise PlanLoadError(f"{path}: no such file; check the path", source=name) from None
+    except OSError as exc:
+        raise PlanLoadError(f"{path}: cannot read the plan ({exc.strerror or exc})", source=name) from None
+    if len(raw) > max_bytes:
+        raise PlanLoadError(f"{path}: more than max_plan_bytes ({max_bytes:,}) bytes", source=name)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanLoadError(f"{path}: not UTF-8 text (byte {exc.start}); save the plan as UTF-8", source=name) from None
+
+
+def _parse_json(text: str, name: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise PlanLoadError(
+            f"{name}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); a plan is a JSON array "
+            f"of instructions",
+            source=name,
+        ) from None
+    except RecursionError:
+        raise PlanLoadError(f"{name}: JSON nested too deeply to read; a plan is at most a few levels deep", source=name) from None
+    except ValueError as exc:  # NaN / Infinity, or an integer of over 4,300 digits
+        raise PlanLoadError(f"{name}: {exc}", source=name) from None
+
+
+def _looks_like_path(text: str) -> bool:
+    return len(text) < 4096 and "\n" not in text and not text.lstrip().startswith(("[", "{"))
+
+
+def load_plan_data(
+    source: str | Path | list[Any], *, max_bytes: int | None = None, max_depth: int | None = None
+) -> list[Any]:
     """Read a plan as raw JSON data: from a path, a JSON string, or an already-parsed list.
 
-    Raises :class:`PlanLoadError` for a missing file, invalid JSON, or JSON that is not an array
-    (an object with a ``plan`` / ``best_plan`` array is accepted and unwrapped).
+    Raises :class:`PlanLoadError` for a missing or unreadable file, a file or text over
+    ``max_bytes``, invalid JSON (``NaN`` and ``Infinity`` included), JSON that is not an array
+    (an object with a ``plan`` / ``best_plan`` array is accepted and unwrapped), and data nested
+    deeper than ``max_depth`` or holding values JSON cannot (bounds default to :class:`vm.Limits`).
+    A string is read as a path when it looks like one and such a file exists; otherwise as JSON.
     """
+    from vm.jsonsafe import ValueLimitError, storable
+    from vm.limits import Limits
+
+    defaults = Limits()
+    max_bytes = max_bytes if max_bytes is not None else defaults.max_plan_bytes
+    max_depth = max_depth if max_depth is not None else defaults.max_depth
     name = "plan"
-    if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith(("[", "{"))):
-        path = Path(source)
-        name = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise PlanLoadError(f"{path}: no such file; check the path", source=name) from None
-        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-            raise PlanLoadError(f"{path}: cannot read the plan ({exc})", source=name) from exc
+    if isinstance(source, Path):
+        name = str(source)
+        data = _parse_json(_read_plan_file(source, max_bytes), name)
     elif isinstance(source, str):
-        text = source
+        if len(source) > max_bytes:
+            raise PlanLoadError(f"the plan text is more than max_plan_bytes ({max_bytes:,}) characters", source=name)
+        if _looks_like_path(source):
+            path = Path(source)
+            try:
+                exists = path.exists() or path.is_symlink()
+            except OSError:
+                exists = True  # a name too long, a loop...: reading it reports why
+            if exists or not source.strip():
+                name = source
+                data = _parse_json(_read_plan_file(path, max_bytes), name)
+            else:
+                try:
+                    data = json.loads(source, parse_constant=_reject_constant)
+                except (ValueError, RecursionError):
+                    raise PlanLoadError(
+                        f"{source}: no such file, and not a JSON plan either; check the path", source=source
+                    ) from None
+        else:
+            data = _parse_json(source, name)
     else:
-        text = None
-        data: Any = source
-    if text is not None:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PlanLoadError(
-                f"{name}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); a plan is a JSON array "
-                f"of instructions",
-                source=name,
-            ) from exc
+        data = source
     if isinstance(data, dict):
         for key in ("plan", "best_plan"):
             inner = data.get(key)
             if isinstance(inner, str):
                 try:
-                    inner = json.loads(inner)
-                except json.JSONDecodeError:
+                    inner = json.loads(inner, parse_constant=_reject_constant)
+                except (ValueError, RecursionError):
                     inner = None
             if isinstance(inner, list):
-                return inner
-        raise PlanLoadError(
-            f"{name}: a plan is a JSON array of instructions, got an object (keys: {', '.join(map(str, data)) or 'none'}); "
-            f"wrap the instructions in [...]",
-            source=name,
-        )
+                data = inner
+                break
+        else:
+            raise PlanLoadError(
+                f"{name}: a plan is a JSON array of instructions, got an object (keys: "
+                f"{', '.join(map(str, data)) or 'none'}); wrap the instructions in [...]",
+                source=name,
+            )
     if not isinstance(data, list):
         raise PlanLoadError(f"{name}: a plan is a JSON array of instructions, got {type(data).__name__}", source=name)
-    return data
+    try:
+        return storable(data, max_depth=max_depth)
+    except ValueLimitError as exc:
+        if exc.limit == "max_depth":
+            raise PlanLoadError(
+                f"{name}: nested deeper than max_depth ({max_depth} levels); flatten the values, or raise "
+                f"Limits.max_depth",
+                source=name,
+            ) from None
+        raise PlanLoadError(f"{name}: {exc}", source=name) from None

@@ -32,6 +32,7 @@ from typing import Any
 from pydantic_core import to_jsonable_python
 
 from vm.errors import RunBusy, RunNotFound, StoreError
+from vm.jsonsafe import clean_text
 
 __all__ = ["RunStore", "StoredRun", "StoredStep", "default_store_path"]
 
@@ -83,7 +84,9 @@ def default_store_path() -> Path:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=to_jsonable_python)
+    # Values reach the store through vm.jsonsafe.storable; this is the last guard for the rest
+    # (LLM exchanges, inputs): no NaN, no text SQLite cannot encode.
+    return clean_text(json.dumps(value, ensure_ascii=False, default=to_jsonable_python))
 
 
 def _loads(text: str | None) -> Any:
@@ -224,21 +227,75 @@ def _owner_alive(owner: str) -> bool:
 class RunStore:
     """Runs and their steps in one SQLite file. Safe to share between threads and processes."""
 
-    def __init__(self, path: str | Path | None = None, *, timeout: float = 10.0) -> None:
+    def __init__(self, path: str | Path | None = None, *, timeout: float = 10.0, readonly: bool = False) -> None:
+        """Open (creating it if needed) the store at ``path``; ``readonly`` opens an existing store
+        only to read it, which works in a folder or on a file this process may not write."""
         self.path = Path(path) if path is not None else default_store_path()
+        self.readonly = readonly
         self._lock = threading.RLock()
+        if readonly:
+            self._conn = self._open_readonly(timeout)
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create the store's folder {self.path.parent}: {exc}", path=str(self.path)) from exc
+            raise StoreError(
+                f"cannot create the run store's folder {self.path.parent} ({exc.strerror or exc}); choose another "
+                f"location with --store or PLANVM_HOME",
+                path=str(self.path),
+            ) from None
         try:
             self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
             self._setup()
-        except sqlite3.DatabaseError as exc:
-            raise self._translate(exc) from exc
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from None
+
+    def _open_readonly(self, timeout: float) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise StoreError(
+                f"no run store at {self.path} yet (nothing has been recorded there); run a plan first, or pass "
+                f"--store",
+                path=str(self.path),
+            )
+        uri = self.path.resolve().as_uri()
+        last: sqlite3.Error | None = None
+        # mode=ro reads a store another process may be writing; a folder this process cannot write
+        # (so no shared-memory file can be made) falls back to reading the file as it is.
+        for query in ("mode=ro", "mode=ro&immutable=1"):
+            conn = None
+            try:
+                conn = sqlite3.connect(f"{uri}?{query}", uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+                app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+                if app_id != _APPLICATION_ID:
+                    conn.close()
+                    raise StoreError(
+                        f"{self.path} is not a planvm run store; choose another with --store or PLANVM_HOME",
+                        path=str(self.path),
+                    )
+                conn.execute("SELECT count(*) FROM runs").fetchone()
+                return conn
+            except sqlite3.Error as exc:
+                if conn is not None:
+                    conn.close()
+                last = exc
+        assert last is not None
+        raise self._translate(last) from None
 
     def _translate(self, exc: sqlite3.Error) -> StoreError:
         text = str(exc)
+        where = str(self.path)
+        if "full" in text:
+            return StoreError(
+                f"the disk holding the run store {where} is full ({text}); free some space, or move the store with "
+                f"--store or PLANVM_HOME",
+                path=where,
+            )
+        if "readonly" in text or "read-only" in text or "unable to open" in text or "disk I/O" in text:
+            return StoreError(
+                f"cannot write the run store {where} ({text}); check that the file and its folder are writable, or "
+                f"choose another location with --store or PLANVM_HOME",
+                path=where,
+            )
         if "locked" in text or "busy" in text:
             return StoreError(
                 f"the run store {self.path} stayed locked by another process ({text}); try again when it is done",
@@ -276,28 +333,34 @@ class RunStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken at once (BEGIN IMMEDIATE), committed or rolled back whole."""
+        if self.readonly:
+            raise StoreError(f"the run store {self.path} was opened to read only", path=str(self.path))
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise self._translate(exc) from exc
+                raise self._translate(exc) from None
             try:
                 yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            try:
                 self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._conn.execute("ROLLBACK")
-                raise self._translate(exc) from exc
+            except BaseException as exc:
+                # SQLite may already have rolled back (a full disk does): roll back only what is open,
+                # so the first error is the one reported.
+                if self._conn.in_transaction:
+                    try:
+                        self._conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                if isinstance(exc, sqlite3.Error):
+                    raise self._translate(exc) from None
+                raise
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 return self._conn.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
-                raise self._translate(exc) from exc
+                raise self._translate(exc) from None
 
     def close(self) -> None:
         with self._lock:
@@ -323,7 +386,7 @@ class RunStore:
             conn.execute(
                 "INSERT INTO runs (id, created_at, updated_at, status, goal, metadata, plan, variables, parent_id, "
                 "fork_seq, owner, steps) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, now, now, goal, _dumps(metadata) if metadata is not None else None, _dumps(plan),
+                (run_id, now, now, clean_text(goal) if goal else goal, _dumps(metadata) if metadata is not None else None, _dumps(plan),
                  _dumps(variables or {}), parent_id, fork_seq, _owner(), inherit_steps),
             )
             if parent_id is not None and inherit_steps:
@@ -342,15 +405,17 @@ class RunStore:
                 "next_seq, duration_s, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, index, record.seq_no, record.type, record.tool, _dumps(dict(record.inputs)),
                  _dumps(dict(record.outputs)), _dumps(record.result), _dumps(list(record.llm_calls)),
-                 record.next_seq, record.duration_s, record.error),
+                 record.next_seq, record.duration_s, clean_text(record.error) if record.error else None),
             )
-            conn.execute("UPDATE runs SET steps = ?, updated_at = ? WHERE id = ?", (index + 1, time.time(), run_id))
+            # No UPDATE of the runs row here: it holds the plan, and rewriting it per step would make
+            # recording cost grow with the plan's size. Step counts are read from the steps table.
 
     def finish(self, run_id: str, status: str, *, final_answer: Any = None, error: str | None = None) -> None:
         with self._transaction() as conn:
             conn.execute(
                 "UPDATE runs SET status = ?, final_answer = ?, error = ?, owner = NULL, updated_at = ? WHERE id = ?",
-                (status, _dumps(final_answer) if final_answer is not None else None, error, time.time(), run_id),
+                (status, _dumps(final_answer) if final_answer is not None else None, clean_text(error) if error else None,
+                 time.time(), run_id),
             )
 
     def claim(self, run_id: str) -> StoredRun:
@@ -411,7 +476,8 @@ class RunStore:
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         """Newest first: id, status, created_at, steps, goal, parent_id."""
         rows = self._read(
-            "SELECT id, status, created_at, steps, goal, parent_id, fork_seq FROM runs ORDER BY created_at DESC LIMIT ?",
+            "SELECT id, status, created_at, (SELECT count(*) FROM steps WHERE steps.run_id = runs.id), goal, parent_id, "
+            "fork_seq FROM runs ORDER BY created_at DESC LIMIT ?",
             (limit,),
         )
         keys = ("id", "status", "created_at", "steps", "goal", "parent_id", "fork_seq")

@@ -17,7 +17,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from vm.errors import LLMCallFailed, LLMCallLimitExceeded, LLMUnavailable, RunError
+from vm.errors import LLMCallFailed, LLMCallLimitExceeded, LLMUnavailable, RunError, ValueTooLarge
+from vm.jsonsafe import text_size
 from vm.llm import LLM, Completion, as_completion
 
 __all__ = ["CallContext", "RunLLM", "StepLLM", "ToolCatalog", "ToolSpec"]
@@ -58,9 +59,12 @@ class RunLLM:
         max_calls: int | None,
         loop: asyncio.AbstractEventLoop | None = None,
         executor: Callable[[], Executor] | None = None,
+        *,
+        max_reply_bytes: int | None = None,
     ) -> None:
         self.llm = llm
         self.max_calls = max_calls
+        self.max_reply_bytes = max_reply_bytes
         self.calls = 0
         self._lock = threading.Lock()
         self._loop = loop
@@ -85,6 +89,19 @@ class RunLLM:
             self.calls += 1
         return self.llm
 
+    def _bounded(self, reply: Completion, purpose: str) -> Completion:
+        """The reply, unless it is larger than a value may be (max_value_bytes)."""
+        limit = self.max_reply_bytes
+        if limit is not None:
+            size = sum(text_size(part) for part in (reply.text, reply.reasoning or ""))
+            if size > limit:
+                raise ValueTooLarge(
+                    limit,
+                    f"the LLM reply for {purpose} is {size:,} bytes, more than max_value_bytes ({limit:,}); "
+                    f"ask for a shorter answer (e.g. max tokens) or raise Limits.max_value_bytes",
+                )
+        return reply
+
     async def acomplete(self, prompt: str, *, purpose: str, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
         llm = self._take(purpose)
         try:
@@ -95,7 +112,7 @@ class RunLLM:
                 call = functools.partial(llm.complete, prompt, system=system, json_schema=json_schema)
                 pool = self._executor() if self._executor is not None else None
                 reply = await asyncio.get_running_loop().run_in_executor(pool, call)
-            return as_completion(reply)
+            return self._bounded(as_completion(reply), purpose)
         except (RunError, asyncio.CancelledError):
             raise
         except Exception as exc:
@@ -105,11 +122,11 @@ class RunLLM:
         llm = self._take(purpose)
         try:
             if hasattr(llm, "complete"):
-                return as_completion(llm.complete(prompt, system=system, json_schema=json_schema))
+                return self._bounded(as_completion(llm.complete(prompt, system=system, json_schema=json_schema)), purpose)
             if self._loop is None:  # pragma: no cover - only reachable with an async-only LLM outside a run
                 raise LLMUnavailable(purpose)
             future = asyncio.run_coroutine_threadsafe(llm.acomplete(prompt, system=system, json_schema=json_schema), self._loop)
-            return as_completion(future.result())
+            return self._bounded(as_completion(future.result()), purpose)
         except RunError:
             raise
         except Exception as exc:

@@ -18,13 +18,15 @@ and jump checks passed.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from vm.errors import PlanValidationError, Problem
-from vm.plan import INSTRUCTION_ADAPTER, load_plan_data
-from vm.program import FINAL_ANSWER, CallingStep, JmpStep, Program, Step, compile_instruction
+from vm.limits import Limits
+from vm.plan import INSTRUCTION_ADAPTER, AssignInstruction, CallingInstruction, load_plan_data
+from vm.program import FINAL_ANSWER, CallingStep, JmpStep, Program, compile_instruction
 from vm.tooling import ToolCatalog
 from vm.values import ValueSyntaxError
 
@@ -88,56 +90,108 @@ def _tool_problems(step: CallingStep, catalog: ToolCatalog | None, allowed: Coll
     return problems
 
 
+@dataclass(slots=True)
+class _Opaque:
+    """A step that did not compile (a bad reference), kept for the data-flow check: it still
+    assigns its names, so the steps after it are checked without false alarms."""
+
+    seq_no: int
+    type: str
+    writes: frozenset[str]
+    reads: frozenset[str] = frozenset()
+
+
+def _opaque(ins: Any) -> _Opaque:
+    if isinstance(ins, AssignInstruction):
+        return _Opaque(ins.seq_no, ins.type, frozenset(ins.parameters))
+    if isinstance(ins, CallingInstruction):
+        return _Opaque(ins.seq_no, ins.type, frozenset(ins.parameters.output_names))
+    return _Opaque(ins.seq_no, ins.type, frozenset())
+
+
 def _flow_problems(program: Program, predefined: Collection[str]) -> list[Problem]:
     """May-assigned analysis: the variables some path from the start could have set at each step.
 
-    Variable sets are bitmasks (Python ints, one bit per variable name), so a step costs a few
-    integer operations however many variables the plan has.
+    The fixed point is computed over straight-line blocks (a block starts at the first step, a
+    jump target, or after a jmp), with one bitmask per block over the variables that are read
+    somewhere; inside a block one flag array is updated step by step. Memory is blocks x
+    variables bits plus the plan itself: a 100,000-step chain is one block.
     """
     n = len(program)
     if n == 0:
         return [Problem(None, "empty", "the plan has no instructions")]
     steps = program.steps
-    bit: dict[str, int] = {}
+    reads = [s.reads for s in steps]
+    writes = [s.writes for s in steps]
+    bit = {name: i for i, name in enumerate(sorted(set().union(*reads)))}
+    width = len(bit)
+    successors = [program.successors(pc) for pc in range(n)]
+    leaders = {0}
+    for pc, step in enumerate(steps):
+        if isinstance(step, JmpStep):
+            leaders.update(t for t in successors[pc] if t < n)
+            if pc + 1 < n:
+                leaders.add(pc + 1)
+    starts = sorted(leaders)
+    block_of = {start: b for b, start in enumerate(starts)}
+    bounds = list(zip(starts, starts[1:] + [n], strict=True))
 
-    def mask(names: Iterable[str]) -> int:
-        m = 0
-        for name in names:
-            m |= bit.setdefault(name, 1 << len(bit))
-        return m
+    def as_mask(flags: bytearray) -> int:
+        return int(flags[::-1].decode() or "0", 2)
 
-    writes = [mask(s.writes) for s in steps]
-    reads = [mask(s.reads) for s in steps]
-    reach_in: list[int | None] = [None] * n
-    reach_in[0] = mask(predefined)
+    def flags_of(mask: int) -> bytearray:
+        flags = bytearray(b"0" * width)
+        digits = bin(mask)[2:][::-1].encode()
+        flags[: len(digits)] = digits
+        return flags
+
+    gen = []
+    for first, last in bounds:
+        flags = bytearray(b"0" * width)
+        for pc in range(first, last):
+            for name in writes[pc]:
+                if name in bit:
+                    flags[bit[name]] = 49
+        gen.append(as_mask(flags))
+    entry = bytearray(b"0" * width)
+    for name in predefined:
+        if name in bit:
+            entry[bit[name]] = 49
+    reach_in: list[int | None] = [None] * len(bounds)
+    reach_in[0] = as_mask(entry)
     work = [0]
     while work:
-        pc = work.pop()
-        out = reach_in[pc] | writes[pc]  # type: ignore[operator]
-        for nxt in program.successors(pc):
+        b = work.pop()
+        out = reach_in[b] | gen[b]  # type: ignore[operator]
+        for nxt in successors[bounds[b][1] - 1]:
             if nxt >= n:
                 continue
-            current = reach_in[nxt]
+            target = block_of[nxt]
+            current = reach_in[target]
             if current is None or out & ~current:
-                reach_in[nxt] = out if current is None else current | out
-                work.append(nxt)
+                reach_in[target] = out if current is None else current | out
+                work.append(target)
     problems = []
-    final_bit = bit.get(FINAL_ANSWER, 0)
     assigns_final = False
-    for pc, step in enumerate(steps):
-        seen = reach_in[pc]
+    for b, (first, last) in enumerate(bounds):
+        seen = reach_in[b]
         if seen is None:
             continue  # unreachable
-        assigns_final = assigns_final or bool(writes[pc] & final_bit)
-        if reads[pc] & ~seen:
-            for name in sorted(n for n in step.reads if not bit[n] & seen):
-                problems.append(
-                    Problem(
-                        step.seq_no,
-                        "undefined_variable",
-                        f"variable '{name}' is read here, but no step before it on any path assigns it",
+        flags = flags_of(seen)
+        for pc in range(first, last):
+            for name in sorted(reads[pc]):
+                if flags[bit[name]] != 49:
+                    problems.append(
+                        Problem(
+                            steps[pc].seq_no,
+                            "undefined_variable",
+                            f"variable '{name}' is read here, but no step before it on any path assigns it",
+                        )
                     )
-                )
+            for name in writes[pc]:
+                if name in bit:
+                    flags[bit[name]] = 49
+            assigns_final = assigns_final or FINAL_ANSWER in writes[pc]
     if not assigns_final:
         problems.append(
             Problem(None, "no_final_answer", "no reachable step assigns 'final_answer'; the last step should assign it")
@@ -151,20 +205,31 @@ def validate_plan(
     *,
     allowed_tools: Iterable[str] | None = None,
     predefined: Iterable[str] = (),
+    limits: Limits | None = None,
 ) -> tuple[Program | None, list[Problem]]:
     """Check a plan; return the compiled program (None when there are problems) and every problem.
 
     ``plan`` is a path, a JSON string or parsed data (see :func:`vm.plan.load_plan_data`, which
     raises ``PlanLoadError`` for input that is not a plan at all). ``catalog`` enables the tool
-    checks; ``predefined`` names variables the caller provides before the run.
+    checks; ``predefined`` names variables the caller provides before the run; ``limits``
+    bounds the plan's size and nesting (default :class:`vm.Limits`).
     """
-    data = load_plan_data(plan)
+    limits = limits or Limits()
+    data = load_plan_data(plan, max_bytes=limits.max_plan_bytes, max_depth=limits.max_depth)
     allowed = frozenset(allowed_tools) if allowed_tools is not None else None
     problems: list[Problem] = []
     instructions: list[Any] = []
-    steps: list[Step] = []
+    steps: list[Any] = []
     seen_seq: dict[int, int] = {}
-    for index, raw in enumerate(data):
+    compiled_ok = schema_ok = True
+    kept: set[int] = set()
+    # Parsed here from a file or text, the raw data is ours: each instruction's dicts are let go
+    # once its model is built, so a large plan is not held twice.
+    owned = not isinstance(plan, list) and data is not plan
+    for index in range(len(data)):
+        raw = data[index]
+        if owned:
+            data[index] = None
         seq = _seq_of(raw)
         if seq is not None:
             seen_seq[seq] = seen_seq.get(seq, 0) + 1
@@ -172,31 +237,37 @@ def validate_plan(
             ins = INSTRUCTION_ADAPTER.validate_python(raw)
         except ValidationError as exc:
             problems.extend(_schema_problems(index, raw, exc))
+            schema_ok = False
             continue
         try:
-            step = compile_instruction(ins)
+            step: Any = compile_instruction(ins)
         except ValueSyntaxError as exc:
             problems.append(Problem(ins.seq_no, "bad_reference", str(exc)))
-            continue
+            compiled_ok = False
+            step = _opaque(ins)
+        if ins.seq_no in kept:
+            continue  # a duplicate seq_no, reported below: the first one stands for the data-flow check
+        kept.add(ins.seq_no)
         instructions.append(ins)
         steps.append(step)
-    structural_ok = not problems
     for seq, count in sorted(seen_seq.items()):
         if count > 1:
-            structural_ok = False
+            compiled_ok = False
             problems.append(Problem(seq, "duplicate_seq_no", f"seq_no {seq} is used by {count} instructions; seq_no must be unique"))
     for step in steps:
         if isinstance(step, JmpStep):
             for target in (step.target_seq, step.if_true_seq, step.if_false_seq):
                 if target is not None and target not in seen_seq:
-                    structural_ok = False
+                    schema_ok = False
                     problems.append(Problem(step.seq_no, "bad_jump_target", f"jumps to seq_no {target}, which does not exist"))
         elif isinstance(step, CallingStep):
             problems.extend(_tool_problems(step, catalog, allowed))
     program = None
-    if structural_ok:
+    if schema_ok:  # every instruction is known and every jump lands: the data flow can be checked
         program = Program(instructions, steps)
         problems.extend(_flow_problems(program, frozenset(predefined)))
+        if not compiled_ok:
+            program = None
     problems.sort(key=lambda p: (p.seq_no is None, p.seq_no if p.seq_no is not None else 0))
     return (program if not problems else None), problems
 
@@ -207,9 +278,10 @@ def compile_plan(
     *,
     allowed_tools: Iterable[str] | None = None,
     predefined: Iterable[str] = (),
+    limits: Limits | None = None,
 ) -> Program:
     """Validate and compile a plan; raise :class:`PlanValidationError` listing every problem."""
-    program, problems = validate_plan(plan, catalog, allowed_tools=allowed_tools, predefined=predefined)
+    program, problems = validate_plan(plan, catalog, allowed_tools=allowed_tools, predefined=predefined, limits=limits)
     if problems or program is None:
         raise PlanValidationError(problems)
     return program

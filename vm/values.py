@@ -24,17 +24,19 @@ a result over ~3,300 bits (about 1,000 decimal digits) is an error, raised befor
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import operator
 import re
 import threading
+from contextvars import ContextVar
 from typing import Any
 
 import pydantic_core
 from simpleeval import InvalidExpression, SimpleEval
 
-from vm.errors import ExpressionError, ReferencePathError, VariableUndefined
+from vm.errors import ExpressionError, ReferencePathError, ValueTooLarge, VariableUndefined
 
 __all__ = [
     "Arithmetic",
@@ -42,6 +44,7 @@ __all__ = [
     "DictValue",
     "ListValue",
     "Ref",
+    "TEXT_LIMIT",
     "Template",
     "Value",
     "ValueSyntaxError",
@@ -53,6 +56,11 @@ __all__ = [
 
 # Largest integer result, in bits, that arithmetic may produce (2**3322 ~ 10**1000).
 MAX_RESULT_BITS = 3322
+#: Operators and parentheses one arithmetic value may hold (deeper trees are refused, not recursed).
+MAX_ARITHMETIC_TOKENS = 200
+#: Longest text a template may render, in characters (set by the run from Limits.max_value_bytes),
+#: checked while rendering so that "${s}${s}${s}..." stops at the limit instead of building it.
+TEXT_LIMIT: ContextVar[int | None] = ContextVar("planvm_text_limit", default=None)
 
 _REF = re.compile(r"\$\{([^{}]*)\}")
 _REF_INNER = re.compile(
@@ -62,7 +70,8 @@ _PATH_STEP = re.compile(r"\.([\w-]+)|\[\s*(-?\d+)\s*\]|\[\s*'([^']*)'\s*\]|\[\s*
 _NUMBER = re.compile(r"\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*")
 _INT = re.compile(r"\s*[-+]?\d+\s*")
 # Tokens of an arithmetic candidate after references were replaced by \x00<index>\x00 markers.
-_TOKEN = re.compile(r"(?P<ref>\x00\d+\x00)|(?P<num>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)|(?P<op>\*\*|[-+*/%])|(?P<lp>\()|(?P<rp>\))|(?P<ws>\s+)")
+_TOKEN = re.compile(r"(?P<ref>\x00\d+\x00)|(?P<num>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)|(?P<op>\*\*|[-+*/%])|(?P<lp>\()|(?P<rp>\))|(?P<ws>[ \t]+)")
+_ASCII_INT = re.compile(r"-?[0-9]+")
 
 
 # Binary operators that also separate the parts of dates, phone numbers and fractions: they are
@@ -123,7 +132,7 @@ class Ref(Value):
             keys = ", ".join(map(str, list(value)[:20])) or "none"
             raise ReferencePathError(self.text, f"no key {key!r} (keys: {keys})", variable=self.name)
         if isinstance(value, (list, tuple)):
-            if isinstance(step, str) and not step.lstrip("-").isdigit():
+            if isinstance(step, str) and not _ASCII_INT.fullmatch(step):
                 raise ReferencePathError(
                     self.text, f"{step!r} is a key, but the value there is a list; use [index]", variable=self.name
                 )
@@ -148,10 +157,27 @@ class Template(Value):
 
     def __init__(self, parts: tuple[str | Ref, ...]) -> None:
         self.parts = parts
-        self.refs = frozenset(p.name for p in parts if isinstance(p, Ref))
+        refs = [p for p in parts if isinstance(p, Ref)]
+        # One reference (the common case): share its set instead of building another.
+        self.refs = refs[0].refs if len(refs) == 1 else frozenset(r.name for r in refs)
 
     def evaluate(self, store: dict[str, Any]) -> str:
-        return "".join(p if type(p) is str else render_text(p.evaluate(store)) for p in self.parts)
+        limit = TEXT_LIMIT.get()
+        if limit is None:
+            return "".join(p if type(p) is str else render_text(p.evaluate(store)) for p in self.parts)
+        pieces = []
+        size = 0
+        for p in self.parts:
+            piece = p if type(p) is str else render_text(p.evaluate(store))
+            size += len(piece)
+            if size > limit:
+                raise ValueTooLarge(
+                    limit,
+                    f"a template renders to more than max_value_bytes ({limit:,}); produce less text, or raise "
+                    f"Limits.max_value_bytes / --max-value-bytes",
+                )
+            pieces.append(piece)
+        return "".join(pieces)
 
 
 class Arithmetic(Value):
@@ -167,7 +193,7 @@ class Arithmetic(Value):
         self.text = text
         self.operands = operands
         self.tree = tree
-        self.refs = frozenset(r.name for r in operands)
+        self.refs = text.refs
 
     def evaluate(self, store: dict[str, Any]) -> int | float | str:
         names = {}
@@ -316,8 +342,15 @@ def _parse_ref(inner: str, whole: str) -> Ref:
         dotted, index, single, double = step.groups()
         if index is not None:
             path.append(int(index))
+        elif dotted is not None:
+            if not (_ASCII_INT.fullmatch(dotted) or dotted[0].isalpha() or dotted[0] == "_"):
+                raise ValueSyntaxError(
+                    f"'{whole}' is not a valid reference: '.{dotted}' is neither a key (starting with a letter "
+                    f"or _) nor an index (.0, .-1); for any other key write ${{{name}['{dotted}']}}"
+                )
+            path.append(dotted)
         else:
-            path.append(next(s for s in (dotted, single, double) if s is not None))
+            path.append(single if single is not None else double)
     return Ref(inner.strip(), name, tuple(path))
 
 
@@ -331,6 +364,12 @@ def _split(text: str) -> list[str | Ref]:
         pos = match.end()
     if pos < len(text):
         parts.append(text[pos:])
+    for part in parts:
+        if type(part) is str and "${" in part:
+            start = part.index("${")
+            raise ValueSyntaxError(
+                f"'{shorten(part[start:], 40)}' opens a reference with ${{ but never closes it; write ${{name}}"
+            )
     return parts
 
 
@@ -346,6 +385,11 @@ def _arithmetic(text: str, parts: list[str | Ref]) -> Arithmetic | None:
             return None  # a letter, a comma, a second dot...: text
         tokens.append((match.lastgroup or "", match.group()))
         pos = match.end()
+    if sum(kind in ("op", "lp", "rp") for kind, _ in tokens) > MAX_ARITHMETIC_TOKENS:
+        raise ValueSyntaxError(
+            f"arithmetic with more than {MAX_ARITHMETIC_TOKENS} operators and parentheses; split it over "
+            f"several assign steps"
+        )
     has_operator = False
     previous = ""  # kind of the previous non-space token
     for i, (kind, tok) in enumerate(tokens):
@@ -365,10 +409,17 @@ def _arithmetic(text: str, parts: list[str | Ref]) -> Arithmetic | None:
         return None
     expression = "".join(f"_v{tok.strip(chr(0))}" if kind == "ref" else tok for kind, tok in tokens)
     try:
-        tree = _evaluator().parse(expression.strip())
+        tree = _parse_expression(expression.strip())
     except SyntaxError:
         return None  # "${a} + (": text
     return Arithmetic(text, tuple(refs), tree, Template(tuple(parts)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_expression(expression: str) -> Any:
+    """The syntax tree of an arithmetic expression over ``_v0``, ``_v1``…; plans repeat the same
+    shapes ("${a} + 1" and "${b} + 1" are both "_v0 + 1"), so trees are shared, never modified."""
+    return _evaluator().parse(expression)
 
 
 def compile_value(value: Any, *, arithmetic: bool = False) -> Value:
