@@ -20,7 +20,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def main() -> None:
@@ -32,7 +31,7 @@ def main() -> None:
     parser.add_argument("--lora-only", action="store_true", help="train only the LoRA adapters, not lm_head")
     args = parser.parse_args()
 
-    from tiny_model import build_tiny_model, planner_corpus
+    from training.tiny import build_tiny_model, planner_corpus
 
     from planner.constrained import ConstrainedLocal
     from tools import default_registry

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -130,8 +132,30 @@ def _processor(model: str, adapter: str | None, device: str, schema: str) -> Any
 
     loaded, tokenizer, _device = load_model(model, adapter, device)
     vocab_size = loaded.get_output_embeddings().weight.shape[0]
-    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
-    return xgr.GrammarCompiler(info).compile_json_schema(schema, any_whitespace=False)
+    with _native_stderr_silenced():  # xgrammar's C++ side prints notes on tokenizers straight to fd 2
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        return xgr.GrammarCompiler(info).compile_json_schema(schema, any_whitespace=False)
+
+
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 to /dev/null for the duration."""
+    import os
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (e.g. captured): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @lru_cache(maxsize=4)

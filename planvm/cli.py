@@ -16,7 +16,16 @@ from typing import Any
 
 import click
 
-from planvm.render import EXIT_FAILED, EXIT_UNUSABLE, echo_err, exit_now, print_json, progress_printer, report_run
+from planvm.render import (
+    EXIT_FAILED,
+    EXIT_UNUSABLE,
+    announce_run,
+    echo_err,
+    exit_now,
+    print_json,
+    progress_printer,
+    report_run,
+)
 
 # --- options shared by the commands that execute plans -------------------------------------------
 
@@ -122,6 +131,7 @@ def make_vm(options: dict[str, Any], *, record: bool = True) -> Any:
         limits=Limits(**budgets),
         allowed_tools=options.get("allow_tools") or None,
         on_step=progress_printer() if sys.stderr.isatty() else None,
+        on_start=announce_run,
         store=store,
         concurrency=options.get("concurrency") or 8,
     )
@@ -159,7 +169,7 @@ def executes(fn: Callable[..., Any]) -> Callable[..., Any]:
 # --- commands ----------------------------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120, "terminal_width": 120})
 @click.version_option(package_name="planvm")
 def cli() -> None:
     """planvm: plan with an LLM, execute the plan in a validated VM."""
@@ -204,7 +214,7 @@ def validate(plan_file: str, plugins: tuple[str, ...], no_builtins: bool) -> Non
 def exec_(plan_file: str, no_store: bool, **options: Any) -> Any:
     """Validate and run PLAN_FILE; print its final answer (and, on stderr, the run id)."""
     with make_vm(options, record=not no_store) as vm:
-        return vm.run(plan_file)
+        return vm.run(plan_file, metadata={"plan_file": plan_file})
 
 
 @cli.command()
@@ -247,12 +257,25 @@ def fork(run_id: str, from_seq: int, plan_file: str | None, suggestion: str | No
         return vm.fork(run_id, from_seq, plan_file)
 
 
+def _quiet_third_parties() -> None:
+    """planvm's output is planvm's: other libraries' deprecation notices and info logs stay out."""
+    import os
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(?!vm|tools|planner|training|planvm)")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 def main() -> None:
+    _quiet_third_parties()
     from planvm.kb_cli import index, kg, search
     from planvm.plan_cli import plan, run
     from planvm.runs_cli import replay, runs
-    from planvm.train_cli import datagen, eval_, train
+    from planvm.train_cli import datagen, eval_, tiny_model, train
 
-    for command in (plan, run, runs, replay, index, kg, search, train, eval_, datagen):
+    for command in (plan, run, runs, replay, index, kg, search, train, eval_, datagen, tiny_model):
         cli.add_command(command)
     cli(prog_name="planvm")

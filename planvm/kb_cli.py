@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from planvm.cli import kb_option, load_settings
-from planvm.render import echo_err, guarded, preview, print_json
+from planvm.render import guarded, preview, print_json
 
 
 @click.command()
@@ -27,8 +27,19 @@ from planvm.render import echo_err, guarded, preview, print_json
     help="How the knowledge graph is extracted: by the configured LLM, by term co-occurrence, or not at all (auto: LLM when one is configured).",
 )
 @click.option("--model", help="sentence-transformers model name or folder (default: the bundled all-MiniLM-L6-v2).")
+@click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links to files and folders (never to devices or pipes).")
+@click.option(
+    "--max-file-bytes",
+    type=click.IntRange(min=1),
+    default=20 * 1024 * 1024,
+    show_default=True,
+    help="Skip (with a warning) files larger than this.",
+)
 @guarded
-def index(folder: str, kb_path: str | None, include: tuple[str, ...], exclude: tuple[str, ...], chunk_size: int, overlap: int, graph_mode: str, model: str | None) -> None:
+def index(
+    folder: str, kb_path: str | None, include: tuple[str, ...], exclude: tuple[str, ...], chunk_size: int, overlap: int,
+    graph_mode: str, model: str | None, follow_symlinks: bool, max_file_bytes: int,
+) -> None:
     """Index the documents under FOLDER into the knowledge base (only new or changed files are embedded)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -56,14 +67,14 @@ def index(folder: str, kb_path: str | None, include: tuple[str, ...], exclude: t
         report = index_folder(
             folder, settings.kb_path(), embedder=embedder, include=include or DEFAULT_INCLUDE, exclude=exclude,
             chunk_size=chunk_size, overlap=overlap, extractor=extractor, progress=progress,
+            follow_symlinks=follow_symlinks, max_file_bytes=max_file_bytes,
         )
     click.echo(
         f"indexed {report.files_indexed} file(s), reused {report.files_reused} unchanged, skipped {len(report.skipped)}; "
         f"{report.chunks} chunks ({report.chunks_embedded} embedded now), {report.entities} entities, "
         f"{report.relationships} relationships in {report.seconds:.1f} s -> {report.path}"
     )
-    for name, reason in report.skipped:
-        echo_err(f"skipped {name}: {reason}")
+    # Each skipped file was already named once, as a warning, while indexing.
 
 
 @click.group()

@@ -114,8 +114,17 @@ def plan(goal: str, metadata: str | None, planner_kind: str, out: str | None, as
 @guarded
 def run(goal: str, metadata: str | None, planner_kind: str, **options: Any) -> None:
     """Plan GOAL, run the plan, and print the answer (the plan and run are stored for replay)."""
+    from tools.backends import RETRIEVAL_TOOLS, knowledge_base_missing
+
+    settings = load_settings(options)
+    missing = None if options.get("no_builtins") else knowledge_base_missing(settings)
+    template = planner_kind == "template" or (planner_kind == "auto" and settings.chosen_llm_backend() == "extractive")
+    if missing and template:  # the template plan always retrieves: say so before planning
+        raise ValueError(missing)
     with make_vm(options) as vm:
         result, parsed = _plan(goal, metadata, planner_kind, options, vm, as_json=options.get("as_json", False))
+        if missing and any(ins.get("parameters", {}).get("tool_name") in RETRIEVAL_TOOLS for ins in result.plan):
+            raise ValueError(f"the plan retrieves from the knowledge base, but there is {missing}")
         if not options.get("as_json"):
             echo_err(f"plan ({result.planner} planner): {len(result.plan)} steps")
         outcome = vm.run(result.program, goal=goal, metadata=parsed or None)

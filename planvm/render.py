@@ -15,7 +15,10 @@ EXIT_UNUSABLE = 2
 
 
 def echo_err(message: str) -> None:
-    click.echo(message, err=True)
+    """One line on stderr, with credentials masked (see vm.redact)."""
+    from vm.redact import redact
+
+    click.echo(redact(message), err=True)
 
 
 def as_text(value: Any) -> str:
@@ -25,15 +28,33 @@ def as_text(value: Any) -> str:
 
 
 def print_json(data: Any) -> None:
-    from pydantic_core import to_jsonable_python
+    """One JSON document on stdout: always valid JSON (NaN and infinities are written as text)."""
+    from vm.jsonsafe import ValueLimitError, storable
 
-    click.echo(json.dumps(data, ensure_ascii=False, default=to_jsonable_python))
+    from vm.redact import redact
+
+    try:
+        data = storable(data)
+    except ValueLimitError:
+        pass  # an object with no JSON form: written with str() below
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        data = {**data, "error": redact(data["error"])}
+    click.echo(json.dumps(data, ensure_ascii=False, default=str))
 
 
 def preview(value: Any, limit: int = 60) -> str:
     from vm.values import shorten
 
     return shorten(value, limit)
+
+
+_announced: set[str] = set()
+
+
+def announce_run(run_id: str) -> None:
+    """Print a run's id on stderr when it starts, so a killed run can be resumed without a search."""
+    _announced.add(run_id)
+    echo_err(f"run_id: {run_id}")
 
 
 def progress_printer() -> Any:
@@ -52,22 +73,32 @@ def progress_printer() -> Any:
 
 
 def report_run(result: Any, as_json: bool) -> int:
-    """Print a run's outcome; return the exit code."""
+    """Print a run's outcome; return the exit code.
+
+    Answers of the extractive baseline say so: in ``--json``, ``"model_used": false`` and
+    ``"answer_found"`` (false when the knowledge base held nothing close to the question).
+    """
+    from tools.llm_extractive import NO_MODEL_NOTICE
+
+    extracted = [call for step in result.trace for call in step.llm_calls if call.get("reasoning") == NO_MODEL_NOTICE]
     if as_json:
-        print_json(result.to_dict())
+        data = result.to_dict()
+        if extracted:
+            data["model_used"] = False
+            data["answer_found"] = all(call.get("found", True) for call in extracted)
+            data["notice"] = NO_MODEL_NOTICE
+        print_json(data)
     else:
         if result.ok:
             click.echo(as_text(result.final_answer))
         else:
             echo_err(f"error: {result.error}")
             cause = result.error.__cause__ if result.error else None
-            if cause is not None:
+            if cause is not None and str(cause) not in str(result.error):
                 echo_err(f"  caused by {type(cause).__name__}: {cause}")
-        if result.run_id:
+        if result.run_id and result.run_id not in _announced:
             echo_err(f"run_id: {result.run_id}")
-    from tools.llm_extractive import NO_MODEL_NOTICE
-
-    if any(call.get("reasoning") == NO_MODEL_NOTICE for step in result.trace for call in step.llm_calls):
+    if extracted:
         echo_err(f"note: {NO_MODEL_NOTICE}")
     return 0 if result.ok else EXIT_FAILED
 
@@ -96,9 +127,10 @@ def guarded(fn: Any) -> Any:
 
 
 def exit_now(code: int) -> None:
-    """Exit, even if a sync tool cut off by the time budget is still running in its thread
-    (Python would otherwise wait for it at exit)."""
-    if any(t.name.startswith("planvm-tool") and t.is_alive() for t in threading.enumerate()):
+    """Exit when the run has ended, even if a thread is still running: a sync tool cut off by the
+    time budget, or a thread a tool started and left behind (Python would wait for it at exit)."""
+    main = threading.main_thread()
+    if any(t is not main and t.is_alive() and (not t.daemon or t.name.startswith("planvm-tool")) for t in threading.enumerate()):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

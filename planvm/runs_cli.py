@@ -15,9 +15,10 @@ from planvm.render import EXIT_FAILED, as_text, guarded, preview, print_json
 
 
 def _open_store(store_path: str | None) -> Any:
+    """The run store, opened only to read (so a store in a read-only folder can still be listed)."""
     from vm import RunStore
 
-    return RunStore(store_path)
+    return RunStore(store_path, readonly=True)
 
 
 def _when(timestamp: float) -> str:
@@ -36,18 +37,30 @@ def runs() -> None:
 @guarded
 def list_(store_path: str | None, limit: int, as_json: bool) -> None:
     """The newest runs: id, status, time, steps, goal, parent."""
-    rows = _open_store(store_path).list_runs(limit)
+    from vm.store import default_store_path
+
+    if not Path(store_path or default_store_path()).exists():
+        rows: list[dict[str, Any]] = []  # nothing recorded yet
+    else:
+        rows = _open_store(store_path).list_runs(limit)
     if as_json:
         print_json(rows)
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("run_id", "status", "started", "steps", "goal", "parent")
+    from rich.table import Column
+
+    # Ids are never cut (any unique prefix of one is accepted wherever a run id is taken).
+    table = Table(
+        Column("run_id", no_wrap=True, min_width=16), "status", Column("started", no_wrap=True), "steps",
+        "goal (or plan file)", Column("parent", no_wrap=True),
+    )
     for r in rows:
         parent = f"{r['parent_id']} @ seq_no {r['fork_seq']}" if r["parent_id"] else ""
-        table.add_row(r["id"], r["status"], _when(r["created_at"]), str(r["steps"]), preview(r["goal"] or "", 40), parent)
-    Console().print(table)
+        what = r["goal"] or (f"[plan] {r['plan_file']}" if r.get("plan_file") else "")
+        table.add_row(r["id"], r["status"], _when(r["created_at"]), str(r["steps"]), preview(what, 40), parent)
+    Console(width=max(Console().width, 120)).print(table)
 
 
 @runs.command()
@@ -62,6 +75,7 @@ def show(run_id: str, store_path: str | None, step: int | None, as_json: bool) -
     run = store.get(run_id)
     if step is not None and step >= len(run.steps):
         raise click.BadParameter(f"the run has {len(run.steps)} steps (idx 0 to {len(run.steps) - 1})", param_hint="--step")
+    run_id = run.id  # the full id, when a prefix was given
     lineage = store.lineage(run_id)
     children = store.children(run_id)
     variables = run.variables_at(step + 1) if step is not None else None
@@ -147,7 +161,9 @@ def replay(source: str, live: bool, plugins: tuple[str, ...], no_builtins: bool,
         except FileNotFoundError:
             raise StoreError(f"{path}: no such file; pass a run id or a file written by `planvm runs export`") from None
         except json.JSONDecodeError as exc:
-            raise StoreError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+            raise StoreError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        except (OSError, UnicodeDecodeError, RecursionError) as exc:
+            raise StoreError(f"{path}: cannot read this run export ({exc})") from None
     else:
         run = _open_store(store_path).get(source)
     if live:

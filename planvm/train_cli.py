@@ -10,7 +10,23 @@ from typing import Any
 import click
 
 from planvm.cli import kb_option, load_settings
-from planvm.render import guarded
+from planvm.render import EXIT_FAILED, echo_err, guarded
+
+
+@click.command(name="tiny-model")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--data", type=click.Path(dir_okay=False), help="Training rows whose text the tokenizer learns (default: the project's examples/train/train.jsonl).")
+@click.option("--hidden-size", type=click.IntRange(min=8), default=64, show_default=True, help="Width of the model (a multiple of 4).")
+@click.option("--vocab-size", type=click.IntRange(min=300), default=1500, show_default=True, help="Tokens in the tokenizer.")
+@guarded
+def tiny_model(folder: str, data: str | None, hidden_size: int, vocab_size: int) -> None:
+    """Write a tiny random base model (2-layer Qwen2, tokenizer trained here) to try training offline."""
+    from training.tiny import build_tiny_model, planner_corpus
+
+    if data is not None and not Path(data).is_file():
+        raise ValueError(f"{data}: no such file; pass training rows (JSONL) with --data")
+    path = build_tiny_model(folder, vocab_size=vocab_size, corpus=planner_corpus(data), hidden_size=hidden_size)
+    click.echo(f"tiny base model in {path}; train it with: planvm train --config examples/train/train.toml --base-model {path} --max-steps 30")
 
 
 @click.command(name="train")
@@ -19,7 +35,7 @@ from planvm.render import guarded
 @click.option("--eval-data", help="Held-out rows for the eval loss.")
 @click.option("--base-model", help="Base model name or folder.")
 @click.option("--output", "output_dir", help="Output folder.")
-@click.option("--max-steps", type=int, help="Optimizer updates in all.")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Optimizer updates in all.")
 @click.option("--merge", is_flag=True, default=None, help="Also save merged full weights.")
 @guarded
 def train(config_file: str | None, **flags: Any) -> None:
@@ -48,16 +64,24 @@ def _adapter_base(adapter: str) -> str:
     raise ValueError(f"{adapter} holds no training_config.json or adapter_config.json naming the base model; pass --base-model")
 
 
+def _default_held_out() -> str | None:
+    from training.tiny import default_rows_file
+
+    rows = default_rows_file()
+    held_out = rows.with_name("held_out.jsonl") if rows is not None else None
+    return str(held_out) if held_out is not None and held_out.is_file() else None
+
+
 @click.command(name="eval")
-@click.option("--adapter", type=click.Path(file_okay=False), help="The LoRA adapter folder to judge.")
+@click.option("--adapter", type=click.Path(file_okay=False), help="The LoRA adapter folder to judge (required unless --base-model is given).")
 @click.option("--base-model", help="Base model (default: the one the adapter was trained on).")
-@click.option("--data", default="examples/train/held_out.jsonl", show_default=True, help="Held-out rows.")
+@click.option("--data", help="Held-out rows (JSON, JSONL or a datasets name; default: the project's examples/train/held_out.jsonl).")
 @click.option("--constrained/--free", default=True, show_default=True, help="Constrain decoding to the plan schema (needs xgrammar).")
 @click.option("--compare-base/--no-compare-base", default=True, show_default=True, help="Also judge the base model without the adapter.")
-@click.option("--max-new-tokens", type=int, default=1024, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=1024, show_default=True, help="Most tokens the model may write per goal.")
 @click.option("--out", "out_file", default="eval_report.json", show_default=True, help="Where to write the JSON report.")
 @guarded
-def eval_(adapter: str | None, base_model: str | None, data: str, constrained: bool, compare_base: bool, max_new_tokens: int, out_file: str) -> None:
+def eval_(adapter: str | None, base_model: str | None, data: str | None, constrained: bool, compare_base: bool, max_new_tokens: int, out_file: str) -> None:
     """Score an adapter's plans on held-out goals, against the template baseline and the base model."""
     from rich.console import Console
     from rich.table import Table
@@ -70,6 +94,9 @@ def eval_(adapter: str | None, base_model: str | None, data: str, constrained: b
 
     if not adapter and not base_model:
         raise ValueError("pass --adapter (and/or --base-model)")
+    data = data or _default_held_out()
+    if data is None:
+        raise ValueError("pass --data with the held-out rows to judge on")
     base = base_model or _adapter_base(adapter)  # type: ignore[arg-type]
     registry = default_registry()
     rows = load_rows(data, registry).rows
@@ -101,8 +128,8 @@ def eval_(adapter: str | None, base_model: str | None, data: str, constrained: b
 @click.command()
 @kb_option
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="JSONL file the rows are appended to.")
-@click.option("--max-rows", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--questions-per-chunk", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--max-rows", type=click.IntRange(min=1), default=100, show_default=True, help="Stop once the file holds this many rows.")
+@click.option("--questions-per-chunk", type=click.IntRange(min=1), default=2, show_default=True, help="Questions the teacher writes per chunk.")
 @guarded
 def datagen(kb_path: str | None, out_file: str, max_rows: int, questions_per_chunk: int) -> None:
     """Make training rows: chunks -> questions -> plans -> runs, keeping the runs that complete (resumable)."""
@@ -131,3 +158,9 @@ def datagen(kb_path: str | None, out_file: str, max_rows: int, questions_per_chu
         f"kept {report.kept} rows ({report.rejected} rejected) from {report.questions} questions over "
         f"{report.chunks_seen} chunks ({report.chunks_skipped} already done) -> {out_file}"
     )
+    if report.kept == 0 and report.chunks_seen:
+        echo_err(
+            "error: no row was kept: the teacher wrote no usable questions, or no plan ran to an answer "
+            "(see the warnings above); check the teacher LLM and the knowledge base"
+        )
+        sys.exit(EXIT_FAILED)

@@ -9,7 +9,10 @@ from tools.registry import ToolRegistry
 from tools.settings import Settings
 from vm.errors import BackendUnavailable
 
-__all__ = ["LazyKnowledgeBase", "make_knowledge_base", "make_llm", "make_registry"]
+__all__ = ["LazyKnowledgeBase", "knowledge_base_missing", "make_knowledge_base", "make_llm", "make_registry"]
+
+#: The built-in tools that read the knowledge base.
+RETRIEVAL_TOOLS = frozenset({"vector_search", "retrieve_knowledge_graph"})
 
 
 def make_llm(settings: Settings) -> Any:
@@ -84,6 +87,19 @@ def make_knowledge_base(settings: Settings) -> Any:
     from tools.kb.local import LocalKnowledgeBase
 
     return LocalKnowledgeBase(settings.kb_path(), embedder=Embedder(settings.embedding_model) if settings.embedding_model else None)
+
+
+def knowledge_base_missing(settings: Settings) -> str | None:
+    """Why the configured embedded knowledge base cannot be opened (None when it can, or when it
+    is remote): said before a run starts, instead of by its first retrieval step."""
+    if settings.kb_backend == "remote":
+        return None
+    from tools.kb.local import has_version
+
+    path = settings.kb_path()
+    if has_version(path):
+        return None
+    return f"no knowledge base at {path}; build one with `planvm index DIR` (or pass --kb FOLDER, or set PLANVM_KB)"
 
 
 def make_registry(settings: Settings) -> ToolRegistry:

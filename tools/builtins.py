@@ -55,12 +55,12 @@ async def llm_generate(prompt: str, ctx: CallContext, context: Any = None) -> An
             (text, or any value, which is given to the LLM as JSON).
     """
     keys = ctx.output_vars
-    extract = getattr(ctx.llm.backend, "extract", None)
+    extract = getattr(ctx.llm.backend, "extract_found", None)
     if extract is not None:  # the offline extractive baseline: no model, sentences from the context
         from tools.llm_extractive import NO_MODEL_NOTICE
 
-        answer = await asyncio.to_thread(extract, prompt, context, keys)
-        ctx.llm.note(prompt, render_text(answer), NO_MODEL_NOTICE)
+        answer, found = await asyncio.to_thread(extract, prompt, context, keys)
+        ctx.llm.note(prompt, render_text(answer), NO_MODEL_NOTICE, found=found)
         return answer
     if context is not None and not isinstance(context, str):
         context = render_text(context)  # retrieved chunks, a graph...: as JSON text

@@ -205,6 +205,11 @@ def load_plugin(path: str | Path) -> list[Tool]:
     except Exception as exc:
         sys.modules.pop(module_name, None)
         raise ToolRegistrationError(f"plugin {path}: importing it raised {type(exc).__name__}: {exc}") from exc
+    except SystemExit as exc:  # a plugin that calls sys.exit() while loading does not end the program
+        sys.modules.pop(module_name, None)
+        raise ToolRegistrationError(
+            f"plugin {path}: importing it called sys.exit({exc.code!r}); a plugin only defines tools"
+        ) from None
     found = [v for v in vars(module).values() if isinstance(v, Tool) and getattr(v.fn, "__module__", None) == module_name]
     if not found:
         raise ToolRegistrationError(f"plugin {path}: defines no tools; decorate its functions with @tool (from tools import tool)")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -80,6 +80,14 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=_config_file()))
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Keys and tokens never reach a printed line or a stored error (see vm.redact).
+        from vm.redact import register_secret
+
+        for secret in (self.llm_api_key, self.remote_token):
+            if secret is not None:
+                register_secret(secret.get_secret_value())
 
     def kb_path(self) -> Path:
         if self.kb is not None:

@@ -65,7 +65,42 @@ def _check(config: TrainConfig) -> tuple[str, bool]:
     looks_local = config.base_model.startswith((".", "/", "~")) or base.exists()
     if looks_local and not (base / "config.json").is_file():
         raise ValueError(f"base model {config.base_model!r} is not a model folder (no config.json there)")
+    if not looks_local:
+        _check_hub_model(config.base_model)
     return backend, use_cpu
+
+
+_TRY_OFFLINE = (
+    "pass --base-model with a model folder; to try training with no download, build a tiny one: "
+    "`planvm tiny-model tiny-base`, then --base-model tiny-base"
+)
+
+
+def _check_hub_model(name: str) -> None:
+    """Fail within seconds, naming --base-model, when a hub model can be neither found in the
+    local cache nor downloaded (instead of the hub client's minute of retries)."""
+    import os
+
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid repository id
+        raise ValueError(f"base model {name!r} is neither a model folder nor a model name; {_TRY_OFFLINE}") from None
+    if isinstance(cached, str):
+        return
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        raise ValueError(f"base model {name!r} is not in the local model cache and HF_HUB_OFFLINE is set; {_TRY_OFFLINE}")
+    import httpx
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        httpx.head(endpoint, timeout=5.0)
+    except httpx.HTTPError as exc:
+        raise ValueError(
+            f"base model {name!r} is not in the local model cache and the model hub ({endpoint}) cannot be reached "
+            f"({type(exc).__name__}); {_TRY_OFFLINE}"
+        ) from None
 
 
 def _load_hf(config: TrainConfig) -> tuple[Any, Any]:

@@ -14,6 +14,7 @@
     ├── ReplayError                    a record that cannot be replayed (its plan no longer matches)
     ├── PlanningError                  the planner produced no valid plan (``attempts``)
     ├── LLMError                       an LLM backend failed or is not configured
+    │   └── LLMNotConfigured           the backend is no model (the offline extractive baseline)
     ├── BackendUnavailable             a built-in tool's backend (e.g. a knowledge base) is not set up
     └── RunError                       a step failed while the plan ran (``seq_no``, ``instruction_type``)
         ├── VariableUndefined          ``${x}`` read before anything assigned ``x``
@@ -53,6 +54,7 @@ __all__ = [
     "LLMCallFailed",
     "LLMCallLimitExceeded",
     "LLMError",
+    "LLMNotConfigured",
     "LLMUnavailable",
     "LimitExceeded",
     "NoFinalAnswer",
@@ -187,6 +189,11 @@ class LLMError(PlanVMError):
     """An LLM backend failed (outside of a run step, or as the cause of one)."""
 
 
+class LLMNotConfigured(LLMError):
+    """The configured backend is not a language model (the offline extractive baseline): a step
+    that needs judgement fails with :class:`LLMUnavailable`, saying once how to configure one."""
+
+
 class BackendUnavailable(PlanVMError):
     """A built-in tool has no backend to serve it (a tool raising it fails its step)."""
 
@@ -275,12 +282,14 @@ class ToolParamsInvalid(ToolError):
 
 class ToolFailed(ToolError):
     def __init__(self, tool_name: str, cause: BaseException, **where: Any) -> None:
-        super().__init__(
-            f"tool '{tool_name}' raised {type(cause).__name__}: {cause} (check the parameters this step passed, "
-            f"shown in the trace, or the tool itself)",
-            tool_name=tool_name,
-            **where,
-        )
+        if isinstance(cause, BackendUnavailable):  # not the call's fault: the message says what to set up
+            message = f"tool '{tool_name}' cannot run: {cause}"
+        else:
+            message = (
+                f"tool '{tool_name}' raised {type(cause).__name__}: {cause} (check the parameters this step passed, "
+                f"shown in the trace, or the tool itself)"
+            )
+        super().__init__(message, tool_name=tool_name, **where)
 
 
 class OutputMappingError(RunError):
@@ -297,10 +306,10 @@ class ConditionError(RunError):
 
 
 class LLMUnavailable(RunError):
-    def __init__(self, purpose: str, **where: Any) -> None:
+    def __init__(self, purpose: str, hint: str | None = None, **where: Any) -> None:
         super().__init__(
-            f"{purpose} needs an LLM and this run has none; pass one (VM(registry, llm=...)) or "
-            f"configure one for the command line",
+            f"{purpose} needs an LLM and this run has none; "
+            + (hint or "pass one (VM(registry, llm=...)) or configure one for the command line"),
             **where,
         )
 

@@ -48,9 +48,10 @@ def extract_json(text: str, kinds: tuple[type, ...] = (dict, list)) -> Any:
     for candidate in _candidates(text, kinds):
         try:
             value, _end = _DECODER.raw_decode(candidate)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, a 5,000-digit number, nesting too deep to read
             continue
         if isinstance(value, kinds):
             return value
-    wanted = " or ".join("a JSON object" if k is dict else "a JSON array" for k in kinds)
-    raise ValueError(f"no {wanted} found in the text")
+    names = ["JSON object" if k is dict else "JSON array" for k in kinds]
+    wanted = f"neither a {names[0]} nor a {names[1]}" if len(names) == 2 else f"no {names[0]}"
+    raise ValueError(f"found {wanted} in the text")

@@ -36,7 +36,8 @@ class VM:
     >>> result.final_answer, result.run_id                                              # doctest: +SKIP
 
     ``allowed_tools`` limits the run to those tool names (checked statically and again before
-    every call). ``on_step`` is called with each :class:`StepRecord` as it is committed.
+    every call). ``on_step`` is called with each :class:`StepRecord` as it is committed;
+    ``on_start`` with the run id as soon as a recorded run is created, resumed or forked.
     ``store`` records every run step by step (needed by :meth:`resume` and :meth:`fork`).
     ``concurrency`` is how many tool calls may overlap when steps are independent (1: strictly
     one step at a time); results are committed in ``seq_no`` order either way.
@@ -50,6 +51,7 @@ class VM:
         *,
         allowed_tools: Iterable[str] | None = None,
         on_step: Callable[[StepRecord], None] | None = None,
+        on_start: Callable[[str], None] | None = None,
         store: RunStore | None = None,
         concurrency: int = 8,
         max_threads: int = 8,
@@ -61,6 +63,7 @@ class VM:
         self.limits = limits or Limits()
         self.allowed_tools = frozenset(allowed_tools) if allowed_tools is not None else None
         self.on_step = on_step
+        self.on_start = on_start
         self.store = store
         self.concurrency = concurrency
         self._max_threads = max_threads
@@ -123,6 +126,7 @@ class VM:
     async def aresume(self, run_id: str) -> RunResult:
         store = self._need_store("resume")
         stored = store.claim(run_id)
+        run_id = stored.id  # the full id, when a prefix was given
         try:
             program = self.compile(stored.plan, variables=stored.variables)
         except BaseException:
@@ -146,6 +150,7 @@ class VM:
     async def afork(self, run_id: str, from_seq: int, plan: Any) -> RunResult:
         store = self._need_store("fork")
         parent = store.get(run_id)
+        run_id = parent.id  # the full id, when a prefix was given
         reached = [i for i, s in enumerate(parent.steps) if s.seq_no == from_seq]
         if not reached:
             executed = sorted({s.seq_no for s in parent.steps})
@@ -183,6 +188,8 @@ class VM:
         trace: list[StepRecord] | None = None,
         start_pc: int = 0,
     ) -> RunResult:
+        if run_id is not None and self.on_start is not None:
+            self.on_start(run_id)
         limits = self.limits
         started = time.monotonic()
         deadline = started + limits.max_seconds if limits.max_seconds is not None else None

@@ -53,15 +53,19 @@ def _check_variable_name(name: str) -> str:
 class _Instruction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seq_no: StrictInt = Field(
-        ge=-SEQ_NO_BOUND,
-        lt=SEQ_NO_BOUND,
-        description="Position of the instruction; unique within the plan. Jumps name it.",
-    )
+    seq_no: StrictInt = Field(description="Position of the instruction; unique within the plan. Jumps name it.")
     note: str | None = Field(default=None, description="Free text on the step's purpose; the VM ignores it.")
     execution_objective: str | None = Field(
         default=None, description="Older plans' name for a note; kept as written, ignored by the VM."
     )
+
+    @field_validator("seq_no")
+    @classmethod
+    def _bounded(cls, value: int) -> int:
+        # Checked here rather than in the schema, which constrained decoding compiles as it is.
+        if not -SEQ_NO_BOUND <= value < SEQ_NO_BOUND:
+            raise ValueError(f"seq_no {value} is out of range; use a number between 0 and {SEQ_NO_BOUND - 1}")
+        return value
 
     @property
     def purpose(self) -> str | None:

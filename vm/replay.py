@@ -187,20 +187,29 @@ class _RecordedCatalog:
 
 
 class _RecordedLLM:
-    """Answers jump conditions with the LLM replies recorded for them, in order."""
+    """Answers jump conditions with the LLM replies recorded for them, in order.
+
+    A jump that failed in the record (its LLM unreachable, the run's LLM budget spent) fails
+    again at the same call, so the replay reproduces the failure instead of asking for more.
+    """
 
     def __init__(self, run: StoredRun) -> None:
-        self._replies = deque(
-            Completion(call.get("text") or "", call.get("reasoning"))
-            for step in run.steps
-            if step.type == "jmp"
-            for call in step.llm_calls
-        )
+        self._replies: deque[Completion | str] = deque()
+        for step in run.steps:
+            if step.type != "jmp":
+                continue
+            for call in step.llm_calls:
+                self._replies.append(Completion(str(call.get("text") or ""), call.get("reasoning")))
+            if step.error is not None:
+                self._replies.append(step.error)
 
     async def acomplete(self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
         if not self._replies:
             raise ReplayError("a jump condition asks the LLM more often than the record holds; the plan no longer matches the run")
-        return self._replies.popleft()
+        reply = self._replies.popleft()
+        if isinstance(reply, str):
+            raise RuntimeError(f"(recorded failure) {reply}")
+        return reply
 
     def complete(self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
         raise ReplayError("offline replay answers jump conditions only")  # pragma: no cover - acomplete is preferred
@@ -220,7 +229,14 @@ async def areplay(run: StoredRun, *, limits: Limits | None = None) -> ReplayRepo
     """Re-execute ``run`` offline, serving every tool and LLM reply from its record."""
     from vm.machine import VM  # the VM imports this module's neighbours; import it late
 
-    vm = VM(_RecordedCatalog(run), llm=_RecordedLLM(run), limits=limits or Limits(max_steps=max(1000, len(run.steps) + 1)), concurrency=1)
+    if limits is None:
+        # The replay re-executes exactly the recorded steps: a run its budget stopped stops at the
+        # same step, and replies come from the record, so no other budget applies.
+        limits = Limits(
+            max_steps=max(1, len(run.steps)), max_seconds=None, max_llm_calls=None, max_value_bytes=2**40,
+            max_plan_bytes=2**40, max_depth=400,
+        )
+    vm = VM(_RecordedCatalog(run), llm=_RecordedLLM(run), limits=limits, concurrency=1)
     result = await vm.arun(run.plan, variables=dict(run.variables))
     return _report(run, result, "offline")
 

@@ -33,6 +33,7 @@ from pydantic_core import to_jsonable_python
 
 from vm.errors import RunBusy, RunNotFound, StoreError
 from vm.jsonsafe import clean_text
+from vm.redact import redact
 
 __all__ = ["RunStore", "StoredRun", "StoredStep", "default_store_path"]
 
@@ -124,18 +125,36 @@ class StoredStep:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StoredStep:
+        """A step from an export; raises ``ValueError`` naming the field that is not as written."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a step is a JSON object, got {type(data).__name__}")
+
+        def field_of(name: str, kind: type, default: Any) -> Any:
+            value = data.get(name)
+            if value is None:
+                return default
+            if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+                raise ValueError(f"'{name}' should be {kind.__name__}, got {type(value).__name__}")
+            return value
+
+        for name in ("index", "seq_no", "type"):
+            if name not in data:
+                raise ValueError(f"'{name}' is missing")
+        calls = field_of("llm_calls", list, [])
+        if not all(isinstance(c, dict) for c in calls):
+            raise ValueError("'llm_calls' should be a list of objects")
         return cls(
-            index=int(data["index"]),
-            seq_no=int(data["seq_no"]),
-            type=str(data["type"]),
-            tool=data.get("tool"),
-            inputs=data.get("inputs") or {},
-            outputs=data.get("outputs") or {},
+            index=field_of("index", int, 0),
+            seq_no=field_of("seq_no", int, 0),
+            type=field_of("type", str, ""),
+            tool=field_of("tool", str, None),
+            inputs=field_of("inputs", dict, {}),
+            outputs=field_of("outputs", dict, {}),
             result=data.get("result"),
-            llm_calls=data.get("llm_calls") or [],
-            next_seq=data.get("next_seq"),
-            duration_s=float(data.get("duration_s") or 0.0),
-            error=data.get("error"),
+            llm_calls=calls,
+            next_seq=field_of("next_seq", int, None),
+            duration_s=float(field_of("duration_s", (int, float), 0.0)),  # type: ignore[arg-type]
+            error=field_of("error", str, None),
         )
 
 
@@ -186,23 +205,63 @@ class StoredRun:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StoredRun:
+        """A run from an export (``planvm runs export``); raises ``StoreError`` naming what is wrong."""
         if not isinstance(data, dict) or data.get("format") != "planvm-run/1":
             raise StoreError("not a planvm run export (expected a JSON object with \"format\": \"planvm-run/1\")")
+
+        def bad(what: str) -> StoreError:
+            return StoreError(f"not a usable planvm run export: {what}; export the run again with `planvm runs export`")
+
         run = data.get("run") or {}
+        if not isinstance(run, dict):
+            raise bad(f"'run' should be an object, got {type(run).__name__}")
+        plan = data.get("plan") or []
+        if isinstance(plan, str):
+            try:
+                plan = json.loads(plan)
+            except (ValueError, RecursionError):
+                raise bad("'plan' is text that is not a JSON array") from None
+        if not isinstance(plan, list):
+            raise bad(f"'plan' should be an array of instructions, got {type(plan).__name__}")
+        variables = run.get("variables") or {}
+        if not isinstance(variables, dict):
+            raise bad(f"'run.variables' should be an object, got {type(variables).__name__}")
+        metadata = run.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise bad(f"'run.metadata' should be an object, got {type(metadata).__name__}")
+        raw_steps = data.get("steps") or []
+        if not isinstance(raw_steps, list):
+            raise bad(f"'steps' should be an array, got {type(raw_steps).__name__}")
+        steps = []
+        for i, raw in enumerate(raw_steps):
+            try:
+                steps.append(StoredStep.from_dict(raw))
+            except (ValueError, TypeError) as exc:
+                raise bad(f"steps[{i}]: {exc}") from None
+
+        def text(name: str) -> str | None:
+            value = run.get(name)
+            return value if isinstance(value, str) else None
+
+        def number(name: str) -> float:
+            value = run.get(name)
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+        fork_seq = run.get("fork_seq")
         return cls(
-            id=str(run.get("id") or "exported"),
-            status=str(run.get("status") or "unknown"),
-            plan=list(data.get("plan") or []),
-            variables=dict(run.get("variables") or {}),
-            steps=[StoredStep.from_dict(s) for s in data.get("steps") or []],
-            created_at=float(run.get("created_at") or 0.0),
-            updated_at=float(run.get("updated_at") or 0.0),
-            goal=run.get("goal"),
-            metadata=run.get("metadata"),
-            parent_id=run.get("parent_id"),
-            fork_seq=run.get("fork_seq"),
+            id=text("id") or "exported",
+            status=text("status") or "unknown",
+            plan=plan,
+            variables=variables,
+            steps=steps,
+            created_at=number("created_at"),
+            updated_at=number("updated_at"),
+            goal=text("goal"),
+            metadata=metadata,
+            parent_id=text("parent_id"),
+            fork_seq=fork_seq if isinstance(fork_seq, int) and not isinstance(fork_seq, bool) else None,
             final_answer=run.get("final_answer"),
-            error=run.get("error"),
+            error=text("error"),
         )
 
 
@@ -405,7 +464,7 @@ class RunStore:
                 "next_seq, duration_s, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, index, record.seq_no, record.type, record.tool, _dumps(dict(record.inputs)),
                  _dumps(dict(record.outputs)), _dumps(record.result), _dumps(list(record.llm_calls)),
-                 record.next_seq, record.duration_s, clean_text(record.error) if record.error else None),
+                 record.next_seq, record.duration_s, redact(clean_text(record.error)) if record.error else None),
             )
             # No UPDATE of the runs row here: it holds the plan, and rewriting it per step would make
             # recording cost grow with the plan's size. Step counts are read from the steps table.
@@ -414,15 +473,32 @@ class RunStore:
         with self._transaction() as conn:
             conn.execute(
                 "UPDATE runs SET status = ?, final_answer = ?, error = ?, owner = NULL, updated_at = ? WHERE id = ?",
-                (status, _dumps(final_answer) if final_answer is not None else None, clean_text(error) if error else None,
+                (status, _dumps(final_answer) if final_answer is not None else None, redact(clean_text(error)) if error else None,
                  time.time(), run_id),
             )
+
+    def resolve(self, run_id: str) -> str:
+        """The full id of the run ``run_id`` names: the id itself, or a unique prefix of one."""
+        rows = self._read("SELECT id FROM runs WHERE id = ?", (run_id,))
+        if rows:
+            return rows[0][0]
+        if run_id and all(c in "0123456789abcdef" for c in run_id):
+            rows = self._read("SELECT id FROM runs WHERE id >= ? AND id < ? ORDER BY id LIMIT 2", (run_id, run_id + "g"))
+            if len(rows) == 1:
+                return rows[0][0]
+            if len(rows) > 1:
+                raise StoreError(
+                    f"'{run_id}' is the start of several run ids ({rows[0][0]}, {rows[1][0]}…); give more of the id",
+                    path=str(self.path),
+                )
+        raise RunNotFound(run_id, str(self.path))
 
     def claim(self, run_id: str) -> StoredRun:
         """Take over a run to resume it: refused while another live process executes it.
 
         Steps after the last completed one (a step that failed) are dropped: resuming runs them again.
         """
+        run_id = self.resolve(run_id)
         with self._transaction() as conn:
             row = conn.execute("SELECT status, owner FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
@@ -450,6 +526,8 @@ class RunStore:
     # --- reading --------------------------------------------------------------------------------
 
     def get(self, run_id: str) -> StoredRun:
+        """The run ``run_id`` (its full id or a unique prefix), with its steps."""
+        run_id = self.resolve(run_id)
         rows = self._read(
             "SELECT id, status, plan, variables, created_at, updated_at, goal, metadata, parent_id, fork_seq, "
             "final_answer, error, owner FROM runs WHERE id = ?",
@@ -474,14 +552,21 @@ class RunStore:
         )
 
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
-        """Newest first: id, status, created_at, steps, goal, parent_id."""
+        """Newest first: id, status, created_at, steps, goal, parent_id, fork_seq, plan_file (for runs of a plan file)."""
         rows = self._read(
             "SELECT id, status, created_at, (SELECT count(*) FROM steps WHERE steps.run_id = runs.id), goal, parent_id, "
-            "fork_seq FROM runs ORDER BY created_at DESC LIMIT ?",
+            "fork_seq, metadata FROM runs ORDER BY created_at DESC LIMIT ?",
             (limit,),
         )
         keys = ("id", "status", "created_at", "steps", "goal", "parent_id", "fork_seq")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        runs = []
+        for row in rows:
+            run = dict(zip(keys, row[:-1], strict=True))
+            metadata = _loads(row[-1])
+            plan_file = metadata.get("plan_file") if isinstance(metadata, dict) else None
+            run["plan_file"] = plan_file if isinstance(plan_file, str) else None
+            runs.append(run)
+        return runs
 
     def children(self, run_id: str) -> list[dict[str, Any]]:
         rows = self._read("SELECT id, status, fork_seq FROM runs WHERE parent_id = ? ORDER BY created_at", (run_id,))

@@ -17,7 +17,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from vm.errors import LLMCallFailed, LLMCallLimitExceeded, LLMUnavailable, RunError, ValueTooLarge
+from vm.errors import LLMCallFailed, LLMCallLimitExceeded, LLMNotConfigured, LLMUnavailable, RunError, ValueTooLarge
 from vm.jsonsafe import text_size
 from vm.llm import LLM, Completion, as_completion
 
@@ -115,6 +115,8 @@ class RunLLM:
             return self._bounded(as_completion(reply), purpose)
         except (RunError, asyncio.CancelledError):
             raise
+        except LLMNotConfigured as exc:
+            raise LLMUnavailable(purpose, str(exc)) from None
         except Exception as exc:
             raise LLMCallFailed(purpose, exc) from exc
 
@@ -129,6 +131,8 @@ class RunLLM:
             return self._bounded(as_completion(future.result()), purpose)
         except RunError:
             raise
+        except LLMNotConfigured as exc:
+            raise LLMUnavailable(purpose, str(exc)) from None
         except Exception as exc:
             raise LLMCallFailed(purpose, exc) from exc
 
@@ -150,9 +154,10 @@ class StepLLM:
         """The LLM object the run was given (to check for optional abilities)."""
         return self._run_llm.llm
 
-    def note(self, prompt: str, text: str, reasoning: str | None) -> None:
-        """Record an exchange that did not go through ``complete`` (an offline backend's answer)."""
-        self.records.append({"prompt": prompt, "system": None, "text": text, "reasoning": reasoning})
+    def note(self, prompt: str, text: str, reasoning: str | None, **extra: Any) -> None:
+        """Record an exchange that did not go through ``complete`` (an offline backend's answer);
+        ``extra`` facts about it (e.g. ``found=False``) are kept in the record too."""
+        self.records.append({"prompt": prompt, "system": None, "text": text, "reasoning": reasoning, **extra})
 
     def _record(self, prompt: str, system: str | None, reply: Completion) -> Completion:
         self.records.append({"prompt": prompt, "system": system, "text": reply.text, "reasoning": reply.reasoning})

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import os
 import re
+import stat
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-__all__ = ["Chunk", "Document", "chunk_document", "find_documents", "read_document"]
+__all__ = ["DEFAULT_MAX_FILE_BYTES", "Chunk", "Document", "chunk_document", "find_documents", "read_document"]
 
 DEFAULT_INCLUDE = ("*.md", "*.markdown", "*.txt", "*.rst", "*.html", "*.htm")
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
@@ -76,18 +78,88 @@ def _matches(path: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(name, p) for p in patterns)
 
 
-def find_documents(folder: Path, include: tuple[str, ...] = DEFAULT_INCLUDE, exclude: tuple[str, ...] = ()) -> list[Path]:
-    """Files under ``folder`` (recursively) that match an include glob and no exclude glob."""
-    found = []
-    for path in sorted(folder.rglob("*")):
-        if not path.is_file():
+#: Files larger than this are skipped with a warning (``--max-file-bytes``).
+DEFAULT_MAX_FILE_BYTES = 20 * 1024 * 1024
+
+
+def find_documents(
+    folder: Path,
+    include: tuple[str, ...] = DEFAULT_INCLUDE,
+    exclude: tuple[str, ...] = (),
+    *,
+    follow_symlinks: bool = False,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    skipped: list[tuple[str, str]] | None = None,
+) -> list[Path]:
+    """Regular files under ``folder`` (at any depth) that match an include glob and no exclude glob.
+
+    Symbolic links are not followed unless ``follow_symlinks`` (then never into a folder already
+    visited, and only to regular files: never a device, pipe or socket). Files whose name is not
+    valid UTF-8, and files over ``max_file_bytes``, are left out; with ``skipped``, each file left
+    out is appended there as ``(name, reason)``. The walk is iterative: any depth of folders works.
+    """
+    folder = Path(folder)
+    found: list[Path] = []
+    notes = skipped if skipped is not None else []
+    seen_dirs = {folder.resolve()}
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as entries:
+                listing = sorted(entries, key=lambda e: e.name)
+        except OSError as exc:
+            notes.append((_display(current, folder), f"cannot list the folder ({exc.strerror or exc})"))
             continue
-        rel = path.relative_to(folder).as_posix()
-        if any(part.startswith(".") for part in rel.split("/")):
-            continue  # hidden files and folders (.git, .venv...)
-        if _matches(rel, include or DEFAULT_INCLUDE) and not _matches(rel, exclude):
+        for entry in listing:
+            if entry.name.startswith("."):
+                continue  # hidden files and folders (.git, .venv...)
+            path = Path(entry.path)
+            rel = _display(path, folder)
+            try:
+                entry.name.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = os.fsencode(rel).decode("utf-8", "backslashreplace")
+                notes.append((shown, "the file name is not valid UTF-8; rename it"))
+                continue
+            try:
+                if entry.is_symlink():
+                    if not follow_symlinks:
+                        if entry.is_dir() or (entry.is_file() and _matches(rel, include or DEFAULT_INCLUDE)):
+                            notes.append((rel, "a symbolic link (not followed; use --follow-symlinks)"))
+                        continue
+                    info = path.stat()
+                    if stat.S_ISDIR(info.st_mode):
+                        real = path.resolve()
+                        if real in seen_dirs:
+                            continue
+                        seen_dirs.add(real)
+                        pending.append(path)
+                        continue
+                else:
+                    info = entry.stat(follow_symlinks=False)
+                    if stat.S_ISDIR(info.st_mode):
+                        pending.append(path)
+                        continue
+            except OSError as exc:
+                notes.append((rel, f"cannot read it ({exc.strerror or exc})"))
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                continue  # devices, pipes, sockets
+            if not _matches(rel, include or DEFAULT_INCLUDE) or _matches(rel, exclude):
+                continue
+            if info.st_size > max_file_bytes:
+                notes.append((rel, f"{info.st_size:,} bytes is over the limit of {max_file_bytes:,} (--max-file-bytes)"))
+                continue
             found.append(path)
-    return found
+    return sorted(found, key=lambda p: _display(p, folder))
+
+
+def _display(path: Path, folder: Path) -> str:
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def read_document(path: Path, rel: str) -> Document:

@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tools.kb.documents import DEFAULT_INCLUDE, Chunk, chunk_document, find_documents, read_document
+from tools.kb.documents import DEFAULT_INCLUDE, DEFAULT_MAX_FILE_BYTES, Chunk, chunk_document, find_documents, read_document
 from tools.kb.embedding import Embedder
 from tools.kb.graph import CooccurrenceExtractor, Graph, GraphData
 from vm.errors import BackendUnavailable
@@ -69,6 +69,11 @@ def _current(kb: Path) -> Path | None:
     return version if version.is_dir() else None
 
 
+def has_version(kb: Path) -> bool:
+    """Whether ``kb`` holds a published knowledge base."""
+    return _current(Path(kb)) is not None
+
+
 def _publish(kb: Path, staged: Path) -> None:
     """Make ``staged`` the live version (atomic), then remove older versions."""
     final = kb / staged.name.removesuffix(".tmp")
@@ -81,8 +86,27 @@ def _publish(kb: Path, staged: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+#: A staging folder this old belongs to an indexing that was killed (writing one takes seconds).
+_STALE_SECONDS = 15 * 60
+
+
+def _remove_stale(kb: Path) -> None:
+    """Remove what killed indexings left: ``v-*.tmp`` folders and ``CURRENT.*.tmp`` files."""
+    cutoff = time.time() - _STALE_SECONDS
+    for leftover in [*kb.glob("v-*.tmp"), *kb.glob("CURRENT.*.tmp")]:
+        try:
+            if leftover.stat().st_mtime < cutoff:
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+        except OSError:
+            continue
+
+
 def _stage(kb: Path) -> Path:
     kb.mkdir(parents=True, exist_ok=True)
+    _remove_stale(kb)
     staged = kb / f"v-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}.tmp"
     staged.mkdir()
     return staged
@@ -184,8 +208,14 @@ def index_folder(
     overlap: int = 150,
     extractor: Any = "cooccurrence",
     progress: Progress | None = None,
+    follow_symlinks: bool = False,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> IndexReport:
     """Index the documents under ``source`` into the knowledge base folder ``kb``.
+
+    Files are found by :func:`tools.kb.documents.find_documents` (no symbolic links unless
+    ``follow_symlinks``; files over ``max_file_bytes`` or with names that are not UTF-8 are
+    skipped, each logged once as a warning and listed in ``report.skipped``).
 
     ``extractor``: ``"cooccurrence"``, ``None`` (no graph), or an object with
     ``extract(text, source) -> GraphData`` (e.g. ``LLMExtractor(llm)``).
@@ -198,7 +228,11 @@ def index_folder(
         raise BackendUnavailable(f"{source} is not a folder; pass the folder of documents to index")
     embedder = embedder or Embedder()
     report = IndexReport(path=kb)
-    paths = find_documents(source, include, exclude)
+    paths = find_documents(
+        source, include, exclude, follow_symlinks=follow_symlinks, max_file_bytes=max_file_bytes, skipped=report.skipped
+    )
+    for rel, reason in report.skipped:
+        log.warning("skipped %s: %s", rel, reason)
     if not paths:
         raise BackendUnavailable(
             f"no documents in {source} match {', '.join(include)}"
@@ -298,15 +332,23 @@ def import_graph(kb: str | Path, file: str | Path, *, embedder: Embedder | None 
     import numpy as np
 
     kb, file = Path(kb), Path(file)
+    expected = (
+            'expected {"entities": [{name, description}], "relationships": [{source_entity, target_entity, '
+            'relationship}]}'
+    )
     try:
         data = GraphData.model_validate_json(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BackendUnavailable(f"{file}: no such file") from None
-    except (ValidationError, UnicodeDecodeError) as exc:
-        raise BackendUnavailable(
-            f"{file} is not a graph: expected {{\"entities\": [{{name, description}}], \"relationships\": "
-            f"[{{source_entity, target_entity, relationship}}]}} ({str(exc).splitlines()[0]})"
-        ) from exc
+    except OSError as exc:
+        raise BackendUnavailable(f"{file}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise BackendUnavailable(f"{file} is not UTF-8 text; {expected}") from None
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(map(str, first["loc"])) or "the document"
+        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+        raise BackendUnavailable(f"{file} is not a graph: {where}: {first['msg']}{more}; {expected}") from None
     current = _current(kb)
     previous = _read_version(kb, current) if current is not None else None
     embedder = embedder or Embedder(previous.manifest["model"] if previous else None)

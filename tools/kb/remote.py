@@ -77,11 +77,22 @@ class RemoteKnowledgeBase:
         if not isinstance(data, list):
             raise BackendUnavailable(f"the retrieval service at {self.url} sent {type(data).__name__}, expected a list of chunks")
         chunks = []
-        for item in data:
-            node = item.get("node") or {}
-            meta = node.get("metadata") or {}
+        for position, item in enumerate(data):
+            node = item.get("node") if isinstance(item, dict) else None
+            if not isinstance(node, dict):
+                raise BackendUnavailable(
+                    f"the retrieval service at {self.url} sent an unexpected chunk at position {position} "
+                    f"({type(item).__name__}); each should be {{node: {{text, metadata}}, score}} — is "
+                    f"PLANVM_REMOTE_URL an autoflow-style retrieval service?"
+                )
+            meta = node.get("metadata") if isinstance(node.get("metadata"), dict) else {}
             source = meta.get("source_uri") or meta.get("uri") or meta.get("source") or meta.get("document_id") or ""
-            chunks.append({"content": node.get("text") or "", "source_uri": str(source), "score": float(item.get("score") or 0.0)})
+            score = item.get("score")
+            chunks.append({
+                "content": str(node.get("text") or ""),
+                "source_uri": str(source),
+                "score": float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else 0.0,
+            })
         chunks.sort(key=lambda c: -c["score"])
         return chunks[:top_k]
 
@@ -95,6 +106,8 @@ class RemoteKnowledgeBase:
         if not isinstance(data, dict):
             raise BackendUnavailable(f"the retrieval service at {self.url} sent {type(data).__name__}, expected {{entities, relationships}}")
         entities = data.get("entities") or []
+        if not isinstance(entities, list):
+            entities = []
         names = {e.get("id"): e.get("name", "") for e in entities if isinstance(e, dict)}
 
         def name_of(rel: dict[str, Any], side: str) -> str:
@@ -113,7 +126,7 @@ class RemoteKnowledgeBase:
                     "target_entity": name_of(r, "target"),
                     "relationship": str(r.get("relationship") or r.get("description") or ""),
                 }
-                for r in data.get("relationships") or []
+                for r in (data.get("relationships") if isinstance(data.get("relationships"), list) else [])
                 if isinstance(r, dict)
             ],
         }
