@@ -15,7 +15,7 @@ from tools.kb.remote import RemoteKnowledgeBase
 from tools.llm_extractive import ExtractiveBackend
 from tools.llm_openai import OpenAIChat
 from tools.settings import Settings
-from vm import VM, BackendUnavailable, LLMCallFailed, ToolFailed
+from vm import VM, BackendUnavailable, LLMUnavailable, ToolFailed
 
 # --- settings ------------------------------------------------------------------------------------
 
@@ -97,8 +97,11 @@ def test_extractive_multi_key_output(example_kb):
 def test_extractive_refuses_conditions_naming_the_settings():
     plan = [jmp(0, condition_prompt="ok?", jump_if_true=1), assign(1, final_answer=1)]
     result = VM(llm=ExtractiveBackend()).run(plan)
-    assert isinstance(result.error, LLMCallFailed)
+    assert isinstance(result.error, LLMUnavailable)
     assert "PLANVM_LLM_BASE_URL" in str(result.error) and "PLANVM_LLM_MODEL" in str(result.error)
+    # said once, and without advice about an address or key nobody configured
+    assert str(result.error).count("PLANVM_LLM_MODEL") == 1 and "check the LLM backend" not in str(result.error)
+    assert result.error.__cause__ is None
 
 
 def test_extractive_needs_context():

@@ -385,3 +385,47 @@ def test_canonical_instruction():
         "seq_no": 3, "type": "jmp", "parameters": {"target_seq": 0},
     }
     assert canonical_instruction({"type": "teleport"}) == {"type": "teleport"}  # invalid: as given
+
+
+# The schema of store version 1, as planvm 0.1 wrote it.
+V1_SCHEMA = """
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY, created_at REAL NOT NULL, updated_at REAL NOT NULL, status TEXT NOT NULL, goal TEXT,
+    metadata TEXT, plan TEXT NOT NULL, variables TEXT NOT NULL, parent_id TEXT REFERENCES runs(id),
+    fork_seq INTEGER, final_answer TEXT, error TEXT, owner TEXT, steps INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE steps (
+    run_id TEXT NOT NULL REFERENCES runs(id), idx INTEGER NOT NULL, seq_no INTEGER NOT NULL, type TEXT NOT NULL,
+    tool TEXT, inputs TEXT, outputs TEXT, result TEXT, llm_calls TEXT, next_seq INTEGER, duration_s REAL,
+    error TEXT, PRIMARY KEY (run_id, idx)
+);
+CREATE INDEX runs_parent ON runs(parent_id);
+"""
+
+
+def test_a_version_1_store_is_upgraded_without_losing_a_run(tmp_path):
+    """A store written before runs kept their limits opens, keeps its runs, and replays them."""
+    from vm import replay
+
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_SCHEMA)
+    conn.execute("PRAGMA application_id = 1886156397")
+    conn.execute("PRAGMA user_version = 1")
+    plan = '[{"seq_no": 0, "type": "assign", "parameters": {"final_answer": 42}}]'
+    conn.execute(
+        "INSERT INTO runs (id, created_at, updated_at, status, plan, variables, final_answer, steps) "
+        "VALUES ('0123456789abcdef', 1, 2, 'completed', ?, '{}', '42', 1)",
+        (plan,),
+    )
+    conn.execute(
+        "INSERT INTO steps (run_id, idx, seq_no, type, inputs, outputs, result, llm_calls, duration_s) "
+        "VALUES ('0123456789abcdef', 0, 0, 'assign', '{}', '{\"final_answer\": 42}', 'null', '[]', 0.0)"
+    )
+    conn.commit()
+    conn.close()
+    store = RunStore(path)
+    run = store.get("0123")  # a prefix of the id
+    assert run.final_answer == 42 and run.limits is None and len(run.steps) == 1
+    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert replay(run).ok

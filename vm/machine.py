@@ -112,7 +112,9 @@ class VM:
         program = self.compile(plan, variables=state)
         run_id = None
         if self.store is not None:
-            run_id = self.store.create_run(program.to_data(), variables=state, goal=goal, metadata=metadata)
+            run_id = self.store.create_run(
+                program.to_data(), variables=state, goal=goal, metadata=metadata, limits=self.limits.model_dump()
+            )
         return await self._execute(program, state, run_id=run_id)
 
     def resume(self, run_id: str) -> RunResult:
@@ -173,7 +175,7 @@ class VM:
                 )
         fork_id = store.create_run(
             program.to_data(), variables=parent.variables, goal=parent.goal, metadata=parent.metadata,
-            parent_id=run_id, fork_seq=from_seq, inherit_steps=prefix,
+            parent_id=run_id, fork_seq=from_seq, inherit_steps=prefix, limits=self.limits.model_dump(),
         )
         trace = [StepRecord.from_stored(s) for s in parent.steps[:prefix]]
         state = parent.variables_at(prefix)

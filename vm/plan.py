@@ -266,7 +266,7 @@ def _parse_json(text: str, name: str) -> Any:
 
 
 def _looks_like_path(text: str) -> bool:
-    return len(text) < 4096 and "\n" not in text and not text.lstrip().startswith(("[", "{"))
+    return "\n" not in text and not text.lstrip().startswith(("[", "{"))
 
 
 def load_plan_data(

@@ -19,6 +19,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
 from vm.errors import ReplayError, ToolFailed
@@ -230,12 +231,14 @@ async def areplay(run: StoredRun, *, limits: Limits | None = None) -> ReplayRepo
     from vm.machine import VM  # the VM imports this module's neighbours; import it late
 
     if limits is None:
-        # The replay re-executes exactly the recorded steps: a run its budget stopped stops at the
-        # same step, and replies come from the record, so no other budget applies.
-        limits = Limits(
-            max_steps=max(1, len(run.steps)), max_seconds=None, max_llm_calls=None, max_value_bytes=2**40,
-            max_plan_bytes=2**40, max_depth=400,
-        )
+        # The replay re-executes exactly the recorded steps, with the run's own bounds on values: a
+        # run its budget stopped stops at the same step, and replies come from the record, so no
+        # time or LLM budget applies.
+        try:
+            recorded = Limits.model_validate(run.limits) if isinstance(run.limits, dict) else Limits()
+        except ValidationError as exc:
+            raise ReplayError(f"the record's limits are not valid ({exc.errors()[0]['msg']}); export the run again") from None
+        limits = recorded.model_copy(update={"max_steps": max(1, len(run.steps)), "max_seconds": None, "max_llm_calls": None})
     vm = VM(_RecordedCatalog(run), llm=_RecordedLLM(run), limits=limits, concurrency=1)
     result = await vm.arun(run.plan, variables=dict(run.variables))
     return _report(run, result, "offline")

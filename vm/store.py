@@ -38,7 +38,11 @@ from vm.redact import redact
 __all__ = ["RunStore", "StoredRun", "StoredStep", "default_store_path"]
 
 _APPLICATION_ID = 0x706C766D  # "plvm"
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
+# Each step from version N to N+1, applied in order to a store made by older code.
+_MIGRATIONS = {
+    2: ["ALTER TABLE runs ADD COLUMN limits TEXT"],  # the run's Limits, so a replay keeps them
+}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id           TEXT PRIMARY KEY,
@@ -54,7 +58,8 @@ CREATE TABLE IF NOT EXISTS runs (
     final_answer TEXT,                     -- JSON
     error        TEXT,
     owner        TEXT,                     -- host:pid of the process executing it, while it runs
-    steps        INTEGER NOT NULL DEFAULT 0
+    steps        INTEGER NOT NULL DEFAULT 0,
+    limits       TEXT                      -- JSON: the Limits the run was started with
 );
 CREATE TABLE IF NOT EXISTS steps (
     run_id     TEXT NOT NULL REFERENCES runs(id),
@@ -174,6 +179,7 @@ class StoredRun:
     final_answer: Any = None
     error: str | None = None
     owner: str | None = None
+    limits: dict[str, Any] | None = None  # the run's Limits (None in runs recorded before they were kept)
 
     def variables_at(self, step: int | None = None) -> dict[str, Any]:
         """The variables before trace position ``step`` (None: after the last step)."""
@@ -198,6 +204,7 @@ class StoredRun:
                 "final_answer": self.final_answer,
                 "error": self.error,
                 "variables": self.variables,
+                "limits": self.limits,
             },
             "plan": self.plan,
             "steps": [s.to_dict() for s in self.steps],
@@ -248,6 +255,9 @@ class StoredRun:
             return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
         fork_seq = run.get("fork_seq")
+        limits = run.get("limits")
+        if limits is not None and not isinstance(limits, dict):
+            raise bad(f"'run.limits' should be an object, got {type(limits).__name__}")
         return cls(
             id=text("id") or "exported",
             status=text("status") or "unknown",
@@ -262,6 +272,7 @@ class StoredRun:
             fork_seq=fork_seq if isinstance(fork_seq, int) and not isinstance(fork_seq, bool) else None,
             final_answer=run.get("final_answer"),
             error=text("error"),
+            limits=limits,
         )
 
 
@@ -388,6 +399,19 @@ class RunStore:
                         conn.execute(statement)
                 conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            return
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > _SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} was written by a newer planvm (store version {version}); upgrade planvm to use it",
+                path=str(self.path),
+            )
+        if version < _SCHEMA_VERSION:
+            with self._transaction():
+                for step in range(version + 1, _SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[step]:
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -437,6 +461,7 @@ class RunStore:
         parent_id: str | None = None,
         fork_seq: int | None = None,
         inherit_steps: int = 0,
+        limits: dict[str, Any] | None = None,
     ) -> str:
         """Start a run owned by this process; a fork copies its parent's first ``inherit_steps`` steps."""
         run_id = uuid.uuid4().hex[:16]
@@ -444,9 +469,10 @@ class RunStore:
         with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO runs (id, created_at, updated_at, status, goal, metadata, plan, variables, parent_id, "
-                "fork_seq, owner, steps) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+                "fork_seq, owner, steps, limits) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, now, now, clean_text(goal) if goal else goal, _dumps(metadata) if metadata is not None else None, _dumps(plan),
-                 _dumps(variables or {}), parent_id, fork_seq, _owner(), inherit_steps),
+                 _dumps(variables or {}), parent_id, fork_seq, _owner(), inherit_steps,
+                 _dumps(limits) if limits is not None else None),
             )
             if parent_id is not None and inherit_steps:
                 conn.execute(
@@ -530,7 +556,7 @@ class RunStore:
         run_id = self.resolve(run_id)
         rows = self._read(
             "SELECT id, status, plan, variables, created_at, updated_at, goal, metadata, parent_id, fork_seq, "
-            "final_answer, error, owner FROM runs WHERE id = ?",
+            "final_answer, error, owner, limits FROM runs WHERE id = ?",
             (run_id,),
         )
         if not rows:
@@ -548,7 +574,7 @@ class RunStore:
         return StoredRun(
             id=r[0], status=r[1], plan=_loads(r[2]), variables=_loads(r[3]), steps=steps, created_at=r[4],
             updated_at=r[5], goal=r[6], metadata=_loads(r[7]), parent_id=r[8], fork_seq=r[9],
-            final_answer=_loads(r[10]), error=r[11], owner=r[12],
+            final_answer=_loads(r[10]), error=r[11], owner=r[12], limits=_loads(r[13]),
         )
 
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
