@@ -64,6 +64,18 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 envvar="PLANVM_MAX_SECONDS",
                 help="Wall-clock budget in seconds (default 600).",
             ),
+            click.option(
+                "--max-value-bytes",
+                type=click.IntRange(min=1024),
+                envvar="PLANVM_MAX_VALUE_BYTES",
+                help="Largest value a step may produce, as JSON text (default 4 MiB).",
+            ),
+            click.option(
+                "--max-plan-bytes",
+                type=click.IntRange(min=1024),
+                envvar="PLANVM_MAX_PLAN_BYTES",
+                help="Largest plan file (default 32 MiB).",
+            ),
             click.option("--allow-tool", "allow_tools", multiple=True, help="Limit the run to these tools (repeatable)."),
             click.option(
                 "--concurrency",
@@ -123,7 +135,9 @@ def make_vm(options: dict[str, Any], *, record: bool = True) -> Any:
 
     settings = load_settings(options)
     registry = make_registry_for(options, settings)
-    budgets = {k: options[k] for k in ("max_steps", "max_seconds") if options.get(k) is not None}
+    budgets = {
+        k: options[k] for k in ("max_steps", "max_seconds", "max_value_bytes", "max_plan_bytes") if options.get(k) is not None
+    }
     store = RunStore(options.get("store_path")) if record else None
     return VM(
         registry,

@@ -49,6 +49,7 @@ def list_(store_path: str | None, limit: int, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from rich.markup import escape
     from rich.table import Column
 
     # Ids are never cut (any unique prefix of one is accepted wherever a run id is taken).
@@ -58,8 +59,8 @@ def list_(store_path: str | None, limit: int, as_json: bool) -> None:
     )
     for r in rows:
         parent = f"{r['parent_id']} @ seq_no {r['fork_seq']}" if r["parent_id"] else ""
-        what = r["goal"] or (f"[plan] {r['plan_file']}" if r.get("plan_file") else "")
-        table.add_row(r["id"], r["status"], _when(r["created_at"]), str(r["steps"]), preview(what, 40), parent)
+        what = r["goal"] or (f"plan file {Path(r['plan_file']).name}" if r.get("plan_file") else "")
+        table.add_row(r["id"], r["status"], _when(r["created_at"]), str(r["steps"]), escape(preview(what, 40)), parent)
     Console(width=max(Console().width, 120)).print(table)
 
 
