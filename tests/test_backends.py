@@ -210,6 +210,18 @@ def test_remote_errors(server):
         RemoteKnowledgeBase("http://127.0.0.1:9", max_retries=0).search("q")
 
 
+@pytest.mark.parametrize("reply", [[1, 2], ["text"], [{"node": "x"}], [None]])
+def test_remote_replies_of_the_wrong_shape_are_named(server, reply):
+    server.queue.append((200, reply))
+    with pytest.raises(BackendUnavailable, match="unexpected chunk at position 0"):
+        remote(server).search("q")
+
+
+def test_remote_graph_of_the_wrong_shape_is_empty_not_a_crash(server):
+    server.queue.append((200, {"entities": "x", "relationships": 5}))
+    assert remote(server).graph("q") == {"entities": [], "relationships": []}
+
+
 def test_remote_in_a_run(server):
     server.queue.append((200, [{"node": {"text": "TiDB 8.5 is the latest.", "metadata": {"source_uri": "u"}}, "score": 1}]))
     settings = Settings(kb_backend="remote", remote_url=server.url, remote_kb_id=1)
