@@ -94,6 +94,26 @@ def test_extractive_multi_key_output(example_kb):
     assert result.ok and result.variables["summary"] and result.variables["pitfall"]
 
 
+CONTEXT = [
+    {"content": "## Resuming runs\n\nA killed run continues from its last completed step with planvm resume.", "source_uri": "cli.md", "score": 0.8},
+    {"content": "# Knowledge base\n\nThe knowledge base is built by planvm index from a folder of documents.", "source_uri": "kb.md", "score": 0.5},
+]
+
+
+def test_extractive_answers_only_what_the_context_holds():
+    backend = ExtractiveBackend()
+    answer, found = backend.extract_found("Answer from the documents.\nGoal: How does a killed run continue?", CONTEXT)
+    assert found and answer.startswith("A killed run continues") and "[cli.md]" in answer
+    assert "Resuming runs" not in answer  # a heading is not a sentence
+    answer, found = backend.extract_found("Answer from the documents.\nGoal: What is the capital of France?", CONTEXT)
+    assert not found and answer == "The knowledge base does not contain an answer to this question."
+
+
+def test_extractive_answers_each_key_from_its_name():
+    answers = ExtractiveBackend().extract("Goal: explain the tools", CONTEXT, ("resuming_a_run", "building_the_knowledge_base"))
+    assert "resume" in answers["resuming_a_run"] and "planvm index" in answers["building_the_knowledge_base"]
+
+
 def test_extractive_refuses_conditions_naming_the_settings():
     plan = [jmp(0, condition_prompt="ok?", jump_if_true=1), assign(1, final_answer=1)]
     result = VM(llm=ExtractiveBackend()).run(plan)

@@ -277,7 +277,23 @@ def test_credentials_are_never_printed_or_stored(tmp_path):
 # --- knowledge base ---------------------------------------------------------------------------------------
 
 
+def remove_deep_tree(top: str, depth: int) -> None:
+    """Remove a chain of folders deeper than Python's recursion limit (shutil.rmtree recurses)."""
+    for level in range(depth, 0, -1):
+        folder = top + "/d" * level
+        for name in os.listdir(folder):
+            os.unlink(os.path.join(folder, name))
+        os.rmdir(folder)
+
+
 def test_indexing_refuses_links_special_files_and_bad_names(tmp_path):
+    try:
+        check_indexing(tmp_path)
+    finally:
+        remove_deep_tree(str(tmp_path / "docs"), 1100)
+
+
+def check_indexing(tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "guide.md").write_text("# Guide\n\nThe lighthouse keeper rings the brass bell at dawn every day.\n")

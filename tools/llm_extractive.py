@@ -123,14 +123,17 @@ class ExtractiveBackend:
         # Similarity to the closest line of the prompt (an instruction line and the question line
         # are judged apart); the retrieval score of the sentence's chunk breaks near-ties.
         lines = _question_lines(prompt)
-        relevance = (vectors @ embedder.encode(lines).T).max(axis=1)
+        # With several keys, each key's name is part of the question too.
+        key_phrases = [key.replace("_", " ") for key in keys] if len(keys) > 1 else []
+        asked = embedder.encode(lines + key_phrases)
+        relevance = (vectors @ asked.T).max(axis=1)
         retrieval = np.array([c[2] for c in candidates], dtype=np.float32)
         relevant = relevance >= max(RELEVANCE_THRESHOLD, float(relevance.max()) - RELEVANCE_MARGIN)
-        if not relevant.any():
+        if float(relevance.max()) < RELEVANCE_THRESHOLD:
             return ({key: NOT_FOUND for key in keys} if len(keys) > 1 else NOT_FOUND), False
         if len(keys) <= 1:
             return self._pick(candidates, relevance + 0.25 * retrieval, relevant, self.sentences), True
-        key_vectors = embedder.encode([key.replace("_", " ") for key in keys])
+        key_vectors = asked[len(lines) :]
         answers: dict[str, str] = {}
         used = np.zeros(len(candidates), dtype=bool)
         for key, key_vector in zip(keys, key_vectors, strict=True):
