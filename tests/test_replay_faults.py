@@ -72,6 +72,8 @@ def test_a_run_whose_condition_reply_was_unreadable_replays(store):
         (lambda d: d["steps"][0].update(outputs=[1]), "'outputs'"),
         (lambda d: d["steps"][0].pop("seq_no"), "'seq_no' is missing"),
         (lambda d: d["steps"][0].update(llm_calls=["x"]), "llm_calls"),
+        (lambda d: d["steps"][0].update(duration_s="slow"), "'duration_s' should be int or float"),
+        (lambda d: d["run"].update(limits=[1]), "run.limits"),
     ],
 )
 def test_hostile_exports_are_refused_with_one_clear_error(store, mutate, words):

@@ -24,7 +24,7 @@ import math
 import re
 from typing import Any
 
-__all__ = ["MAX_INT_DIGITS", "ValueLimitError", "clean_text", "json_ready", "storable", "text_size"]
+__all__ = ["MAX_INT_DIGITS", "ValueLimitError", "clean_text", "storable", "text_size"]
 
 #: Python refuses to turn larger integers into text (``sys.get_int_max_str_digits``).
 MAX_INT_DIGITS = 4300
@@ -144,7 +144,6 @@ def storable(value: Any, *, max_bytes: int | None = None, max_depth: int | None 
     # Each entry: (container, its depth). Containers are rebuilt only when something inside changed.
     stack: list[tuple[Any, int]] = [(root, 1)]
     replacements: dict[int, Any] = {}
-    order: list[Any] = []
     while stack:
         container, depth = stack.pop()
         if depth > depth_limit:
@@ -153,7 +152,6 @@ def storable(value: Any, *, max_bytes: int | None = None, max_depth: int | None 
                 f"the value is nested deeper than max_depth ({max_depth} levels), or contains itself; "
                 f"flatten it or raise Limits.max_depth",
             )
-        order.append(container)
         spend(2)
         items = container.items() if isinstance(container, dict) else enumerate(container)
         for key, item in items:
@@ -178,10 +176,10 @@ def storable(value: Any, *, max_bytes: int | None = None, max_depth: int | None 
             stack.append((inner, depth + 1))
     if not changed:
         return value
-    return json_ready(root, replacements)
+    return _json_ready(root, replacements)
 
 
-def json_ready(value: Any, replacements: dict[int, Any] | None = None) -> Any:
+def _json_ready(value: Any, replacements: dict[int, Any] | None = None) -> Any:
     """A converted copy of a value already checked by :func:`storable` (iterative, no recursion)."""
     replacements = replacements or {}
 

@@ -134,12 +134,14 @@ class StoredStep:
         if not isinstance(data, dict):
             raise ValueError(f"a step is a JSON object, got {type(data).__name__}")
 
-        def field_of(name: str, kind: type, default: Any) -> Any:
+        def field_of(name: str, kind: type | tuple[type, ...], default: Any) -> Any:
             value = data.get(name)
             if value is None:
                 return default
-            if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-                raise ValueError(f"'{name}' should be {kind.__name__}, got {type(value).__name__}")
+            if not isinstance(value, kind) or isinstance(value, bool):  # no field of a step is a bool
+                kinds = kind if isinstance(kind, tuple) else (kind,)
+                wanted = " or ".join(k.__name__ for k in kinds)
+                raise ValueError(f"'{name}' should be {wanted}, got {type(value).__name__}")
             return value
 
         for name in ("index", "seq_no", "type"):
@@ -158,7 +160,7 @@ class StoredStep:
             result=data.get("result"),
             llm_calls=calls,
             next_seq=field_of("next_seq", int, None),
-            duration_s=float(field_of("duration_s", (int, float), 0.0)),  # type: ignore[arg-type]
+            duration_s=float(field_of("duration_s", (int, float), 0.0)),
             error=field_of("error", str, None),
         )
 

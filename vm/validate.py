@@ -33,6 +33,7 @@ from vm.values import ValueSyntaxError
 __all__ = ["compile_plan", "validate_plan"]
 
 _TYPES = "assign, calling, jmp, reasoning"
+_SET = ord("1")
 
 
 def _seq_of(raw: Any) -> int | None:
@@ -136,6 +137,8 @@ def _flow_problems(program: Program, predefined: Collection[str]) -> list[Proble
     block_of = {start: b for b, start in enumerate(starts)}
     bounds = list(zip(starts, starts[1:] + [n], strict=True))
 
+    # Inside a block, variables are flags in a bytearray of ASCII digits ("0" unset, "1" set), which
+    # converts to and from the block-level integer bitmask in one call each way.
     def as_mask(flags: bytearray) -> int:
         return int(flags[::-1].decode() or "0", 2)
 
@@ -151,12 +154,12 @@ def _flow_problems(program: Program, predefined: Collection[str]) -> list[Proble
         for pc in range(first, last):
             for name in writes[pc]:
                 if name in bit:
-                    flags[bit[name]] = 49
+                    flags[bit[name]] = _SET
         gen.append(as_mask(flags))
     entry = bytearray(b"0" * width)
     for name in predefined:
         if name in bit:
-            entry[bit[name]] = 49
+            entry[bit[name]] = _SET
     reach_in: list[int | None] = [None] * len(bounds)
     reach_in[0] = as_mask(entry)
     work = [0]
@@ -180,7 +183,7 @@ def _flow_problems(program: Program, predefined: Collection[str]) -> list[Proble
         flags = flags_of(seen)
         for pc in range(first, last):
             for name in sorted(reads[pc]):
-                if flags[bit[name]] != 49:
+                if flags[bit[name]] != _SET:
                     problems.append(
                         Problem(
                             steps[pc].seq_no,
@@ -190,7 +193,7 @@ def _flow_problems(program: Program, predefined: Collection[str]) -> list[Proble
                     )
             for name in writes[pc]:
                 if name in bit:
-                    flags[bit[name]] = 49
+                    flags[bit[name]] = _SET
             assigns_final = assigns_final or FINAL_ANSWER in writes[pc]
     if not assigns_final:
         problems.append(
