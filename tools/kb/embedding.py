@@ -75,7 +75,7 @@ class Embedder:
         return int(self.model.max_seq_length)
 
     def token_count(self, text: str) -> int:
-        return len(self.model.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return len(self.model.tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
 
     def encode(self, texts: list[str]) -> Any:
         """float32 array ``[len(texts), dimension]``, rows L2-normalised."""

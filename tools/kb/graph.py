@@ -95,8 +95,41 @@ class Graph:
         )
 
     def relationship_texts(self) -> list[str]:
-        """What is embedded for each relationship: both names and the relation."""
+        """Each relationship as one line of text: both names and the relation (its identity in
+        the embedding cache of :func:`relationship_vectors`)."""
         return [f"{self.names[s]} — {self.names[t]}: {text}" for s, t, text in self.relationships]
+
+    def relationship_vectors(self, encode: Any, known: dict[str, Any] | None = None, context: dict[str, Any] | None = None) -> Any:
+        """A unit vector per relationship: the vector of its relation text plus half of each of
+        its two entities' name vectors, normalised.
+
+        The relation text's vector is taken from ``context`` when it is there (the co-occurrence
+        extractor relates the named terms of a sentence with that sentence, so the vector of the
+        chunk holding the sentence stands for it: no second pass over the corpus), and embedded
+        otherwise (LLM-written or imported relations), each distinct text and name once. ``known``
+        maps :meth:`relationship_texts` entries to vectors a previous build made; those are reused.
+        """
+        import numpy as np
+
+        keys = self.relationship_texts()
+        known = known or {}
+        context = context or {}
+        todo = [i for i, key in enumerate(keys) if key not in known]
+        texts = sorted({self.relationships[i][2] for i in todo} - context.keys())
+        names = sorted({self.names[k] for i in todo for k in self.relationships[i][:2]})
+        vectors = encode(texts + names)
+        text_vec = {**context, **dict(zip(texts, vectors[: len(texts)], strict=True))}
+        name_vec = dict(zip(names, vectors[len(texts) :], strict=True))
+        dimension = vectors.shape[1]
+        out = np.zeros((len(keys), dimension), dtype=np.float32)
+        for i, key in enumerate(keys):
+            if key in known:
+                out[i] = known[key]
+                continue
+            s, t, text = self.relationships[i]
+            v = text_vec[text] + 0.5 * (name_vec[self.names[s]] + name_vec[self.names[t]])
+            out[i] = v / max(float(np.linalg.norm(v)), 1e-12)
+        return out
 
     def neighbourhood(self, ranked: list[int], *, seeds: int = 8, max_relationships: int = 20, max_entities: int = 30) -> dict[str, Any]:
         """The ``seeds`` best relationships plus one hop from their entities, bounded in size.

@@ -165,18 +165,18 @@ def _write_version(
     parts: dict[str, dict[str, Any]],
     embedder: Embedder,
     previous: _Version | None,
+    context: dict[str, Any] | None = None,
 ) -> tuple[Graph, Path]:
     import numpy as np
 
     graph = _merge_graph(parts)
-    texts = graph.relationship_texts()
     known: dict[str, Any] = {}
     if previous is not None:
         known = dict(zip(previous.graph.relationship_texts(), previous.rel_embeddings, strict=True))
-    missing = [t for t in texts if t not in known]
-    for text, vector in zip(missing, embedder.encode(missing), strict=True):
-        known[text] = vector
-    rel_embeddings = np.stack([known[t] for t in texts]) if texts else np.zeros((0, embedder.dimension), dtype=np.float32)
+    if graph.relationships:
+        rel_embeddings = graph.relationship_vectors(embedder.encode, known, context)
+    else:
+        rel_embeddings = np.zeros((0, embedder.dimension), dtype=np.float32)
     staged = _stage(kb)
     try:
         with (staged / "chunks.jsonl").open("w", encoding="utf-8") as f:
@@ -241,6 +241,8 @@ def index_folder(
         )
     extractor_name = "none" if extractor is None else (extractor if isinstance(extractor, str) else type(extractor).__name__)
     graph_extractor = CooccurrenceExtractor() if extractor == "cooccurrence" else extractor
+    sentences_from_text = isinstance(graph_extractor, CooccurrenceExtractor)
+    sentence_chunk: dict[str, int] = {}  # relation sentence -> the chunk it was read from
     previous: _Version | None = None
     current = _current(kb)
     if current is not None:
@@ -282,8 +284,13 @@ def index_folder(
             rows.extend([None] * len(pieces))
             if graph_extractor is not None:
                 part = Graph()
-                for c in pieces:
-                    part.merge(graph_extractor.extract(c.content, c.source_uri))
+                first_chunk = len(chunks) - len(pieces)
+                for offset, c in enumerate(pieces):
+                    data = graph_extractor.extract(c.content, c.source_uri)
+                    if sentences_from_text:  # the relation is a sentence of this chunk
+                        for r in data.relationships:
+                            sentence_chunk.setdefault(" ".join(r.relationship.split()), first_chunk + offset)
+                    part.merge(data)
                 parts[rel] = part.to_data().model_dump()
             report.files_indexed += 1
         if progress:
@@ -318,7 +325,8 @@ def index_folder(
         "created_at": time.time(),
         "files": files,
     }
-    graph, _folder = _write_version(kb, manifest, chunks, vectors, parts, embedder, previous if same_setup else None)
+    context = {sentence: vectors[i] for sentence, i in sentence_chunk.items()}
+    graph, _folder = _write_version(kb, manifest, chunks, vectors, parts, embedder, previous if same_setup else None, context)
     report.chunks = len(chunks)
     report.chunks_embedded = len(todo)
     report.entities = len(graph.names)
