@@ -9,7 +9,7 @@ from tools.registry import ToolRegistry
 from tools.settings import Settings
 from vm.errors import BackendUnavailable
 
-__all__ = ["LazyKnowledgeBase", "knowledge_base_missing", "make_knowledge_base", "make_llm", "make_registry"]
+__all__ = ["LazyKnowledgeBase", "knowledge_base_missing", "make_knowledge_base", "make_llm", "make_registry", "query_embedder"]
 
 #: The built-in tools that read the knowledge base.
 RETRIEVAL_TOOLS = frozenset({"vector_search", "retrieve_knowledge_graph"})
@@ -45,10 +45,23 @@ def make_llm(settings: Settings) -> Any:
             max_new_tokens=settings.llm_max_tokens or 1024,
             temperature=settings.llm_temperature,
         )
-    from tools.kb.embedding import Embedder
     from tools.llm_extractive import ExtractiveBackend
 
-    return ExtractiveBackend(Embedder(settings.embedding_model))
+    return ExtractiveBackend(query_embedder(settings))
+
+
+def query_embedder(settings: Settings) -> Any:
+    """The embedder for queries and extracted answers: the knowledge base's ONNX export when it
+    has one (loads in a fraction of a second, no torch), else the sentence-transformers model."""
+    from tools.kb.embedding import Embedder
+
+    if settings.kb_backend == "local":
+        from tools.kb.onnx_embedding import load_exported
+
+        exported = load_exported(settings.kb_path(), settings.embedding_model)
+        if exported is not None:
+            return exported
+    return Embedder(settings.embedding_model)
 
 
 class LazyKnowledgeBase:

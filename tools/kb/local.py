@@ -6,7 +6,9 @@ Layout of ``KB/``::
     v-<time>-<id>/          one complete version:
         manifest.json       model, chunking, and per source file its hash and chunk rows
         chunks.jsonl        {content, source_uri, heading, position} per chunk
-        embeddings.npy      float32 [chunks, dim], L2-normalised
+        chunks.offsets.npy  where each line of chunks.jsonl starts (chunks are read on demand)
+        embeddings.npy      float32 [chunks, dim], L2-normalised (memory-mapped when searching)
+        ann.usearch         above ann_threshold chunks: an HNSW index of the embeddings
         graph_parts.json    the graph extracted from each file (reused when the file is unchanged)
         graph.json          the merged graph {entities, relationships}
         relationship_embeddings.npy
@@ -15,7 +17,10 @@ A new version is written in a temporary folder, then ``CURRENT`` is switched wit
 rename: a crash while indexing leaves the previous version live and intact. Re-indexing embeds
 and extracts only new or changed files.
 
-Search is exact: one matrix-vector product over all chunk vectors (see ``bench/retrieval.py``).
+    embedder/               the embedding model exported to ONNX, for queries without torch
+
+Search is exact below ``ann_threshold`` chunks (one matrix-vector product over all chunk vectors)
+and approximate (HNSW, usearch) above it; see ``bench/retrieval.py`` and :mod:`tools.kb.store`.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from pydantic import ValidationError
 from tools.kb.documents import DEFAULT_INCLUDE, DEFAULT_MAX_FILE_BYTES, Chunk, chunk_document, find_documents, read_document
 from tools.kb.embedding import Embedder
 from tools.kb.graph import CooccurrenceExtractor, Graph, GraphData
+from tools.kb.onnx_embedding import export_onnx, load_exported
+from tools.kb.store import ANN_FILE, DEFAULT_ANN_THRESHOLD, AnnIndex, ChunkFile, build_ann, write_chunks
 from vm.errors import BackendUnavailable
 
 __all__ = ["IndexReport", "LocalKnowledgeBase", "import_graph", "index_folder"]
@@ -119,11 +126,12 @@ def _write_json(path: Path, data: Any) -> None:
 @dataclass
 class _Version:
     manifest: dict[str, Any]
-    chunks: list[dict[str, Any]]
+    chunks: Any  # a ChunkFile: a sequence of chunk dicts read on demand
     embeddings: Any
     parts: dict[str, dict[str, Any]]
     graph: Graph
     rel_embeddings: Any
+    folder: Path
 
 
 def _read_version(kb: Path, folder: Path) -> _Version:
@@ -133,13 +141,12 @@ def _read_version(kb: Path, folder: Path) -> _Version:
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
         if manifest.get("format") != FORMAT:
             raise ValueError(f"unknown format {manifest.get('format')!r}")
-        with (folder / "chunks.jsonl").open(encoding="utf-8") as f:
-            chunks = [json.loads(line) for line in f if line.strip()]
-        embeddings = np.load(folder / "embeddings.npy")
+        chunks = ChunkFile(folder)
+        embeddings = np.load(folder / "embeddings.npy", mmap_mode="r")
         parts = json.loads((folder / "graph_parts.json").read_text(encoding="utf-8"))
         graph = Graph()
         graph.merge(GraphData.model_validate_json((folder / "graph.json").read_text(encoding="utf-8")))
-        rel_embeddings = np.load(folder / "relationship_embeddings.npy")
+        rel_embeddings = np.load(folder / "relationship_embeddings.npy", mmap_mode="r")
         dim = int(manifest["dimension"])
         if embeddings.shape != (len(chunks), dim) or rel_embeddings.shape != (len(graph.relationships), dim):
             raise ValueError("the vectors do not match the chunks or relationships")
@@ -147,7 +154,7 @@ def _read_version(kb: Path, folder: Path) -> _Version:
         raise BackendUnavailable(
             f"the knowledge base at {kb} is damaged ({exc}); rebuild it with `planvm index DIR --kb {kb}`"
         ) from exc
-    return _Version(manifest, chunks, embeddings, parts, graph, rel_embeddings)
+    return _Version(manifest, chunks, embeddings, parts, graph, rel_embeddings, folder)
 
 
 def _merge_graph(parts: dict[str, dict[str, Any]]) -> Graph:
@@ -166,6 +173,7 @@ def _write_version(
     embedder: Embedder,
     previous: _Version | None,
     context: dict[str, Any] | None = None,
+    ann_threshold: int | None = DEFAULT_ANN_THRESHOLD,
 ) -> tuple[Graph, Path]:
     import numpy as np
 
@@ -179,10 +187,10 @@ def _write_version(
         rel_embeddings = np.zeros((0, embedder.dimension), dtype=np.float32)
     staged = _stage(kb)
     try:
-        with (staged / "chunks.jsonl").open("w", encoding="utf-8") as f:
-            for chunk in chunks:
-                f.write(json.dumps(chunk, ensure_ascii=False) + "\n")
+        write_chunks(staged, chunks)
         np.save(staged / "embeddings.npy", np.ascontiguousarray(embeddings, dtype=np.float32))
+        if ann_threshold is not None and len(chunks) >= ann_threshold:
+            build_ann(embeddings, staged / ANN_FILE)
         _write_json(staged / "graph_parts.json", parts)
         (staged / "graph.json").write_text(graph.to_data().model_dump_json(), encoding="utf-8")
         np.save(staged / "relationship_embeddings.npy", np.ascontiguousarray(rel_embeddings, dtype=np.float32))
@@ -210,8 +218,12 @@ def index_folder(
     progress: Progress | None = None,
     follow_symlinks: bool = False,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    ann_threshold: int | None = DEFAULT_ANN_THRESHOLD,
 ) -> IndexReport:
     """Index the documents under ``source`` into the knowledge base folder ``kb``.
+
+    With ``ann_threshold`` chunks or more (None: never), an approximate (HNSW) index is built
+    too, and searches use it.
 
     Files are found by :func:`tools.kb.documents.find_documents` (no symbolic links unless
     ``follow_symlinks``; files over ``max_file_bytes`` or with names that are not UTF-8 are
@@ -324,9 +336,14 @@ def index_folder(
         "source": str(source.resolve()),
         "created_at": time.time(),
         "files": files,
+        "ann_threshold": ann_threshold,
     }
     context = {sentence: vectors[i] for sentence, i in sentence_chunk.items()}
-    graph, _folder = _write_version(kb, manifest, chunks, vectors, parts, embedder, previous if same_setup else None, context)
+    graph, _folder = _write_version(
+        kb, manifest, chunks, vectors, parts, embedder, previous if same_setup else None, context, ann_threshold
+    )
+    if isinstance(embedder, Embedder):
+        export_onnx(embedder, kb)
     report.chunks = len(chunks)
     report.chunks_embedded = len(todo)
     report.entities = len(graph.names)
@@ -367,7 +384,8 @@ def import_graph(kb: str | Path, file: str | Path, *, embedder: Embedder | None 
                     "overlap": None, "graph_extractor": "none", "source": None, "created_at": time.time(), "files": {}}
         chunks, vectors, parts = [], np.zeros((0, embedder.dimension), dtype=np.float32), {}
     parts[f"import:{file.name}"] = data.model_dump()
-    graph, _ = _write_version(kb, manifest, chunks, vectors, parts, embedder, previous)
+    threshold = manifest.get("ann_threshold", DEFAULT_ANN_THRESHOLD)
+    graph, _ = _write_version(kb, manifest, chunks, vectors, parts, embedder, previous, ann_threshold=threshold)
     return IndexReport(path=kb, chunks=len(chunks), entities=len(graph.names), relationships=len(graph.relationships))
 
 
@@ -386,9 +404,21 @@ class LocalKnowledgeBase:
             )
         self._version = _read_version(self.path, current)
         model = self._version.manifest["model"]
-        self.embedder = embedder or Embedder(model)
+        # Queries are embedded by the ONNX export made when indexing (no torch import), if there is one.
+        self.embedder = embedder or load_exported(self.path, model) or Embedder(model)
         if embedder is not None and embedder.model_name != model:
             raise BackendUnavailable(f"the knowledge base at {self.path} was indexed with {model!r}, not {embedder.model_name!r}")
+        self._ann = self._open_ann(self._version.folder / ANN_FILE)
+
+    def _open_ann(self, path: Path) -> AnnIndex | None:
+        if not path.is_file():
+            return None
+        try:
+            return AnnIndex(path)
+        except ImportError:
+            log.warning("the knowledge base at %s has an approximate index, but usearch is not installed; searching "
+                        "exactly (pip install 'planvm[kb]')", self.path)
+            return None
 
     @property
     def size(self) -> int:
@@ -402,12 +432,21 @@ class LocalKnowledgeBase:
         vectors = self._version.embeddings
         if len(vectors) == 0 or top_k <= 0:
             return []
-        scores = vectors @ self.embedder.encode_query(query)  # exact cosine: rows and query are unit vectors
-        k = min(top_k, len(scores))
-        best = np.argpartition(scores, len(scores) - k)[len(scores) - k :]
-        best = best[np.argsort(-scores[best])]
+        query_vector = self.embedder.encode_query(query)
+        k = min(top_k, len(vectors))
+        if self._ann is not None:
+            best, best_scores = self._ann.search(query_vector, k)
+        else:
+            scores = vectors @ query_vector  # exact cosine: rows and query are unit vectors
+            best = np.argpartition(scores, len(scores) - k)[len(scores) - k :]
+            best = best[np.argsort(-scores[best])]
+            best_scores = scores[best]
         chunks = self._version.chunks
-        return [{"content": chunks[i]["content"], "source_uri": chunks[i]["source_uri"], "score": round(float(scores[i]), 4)} for i in best]
+        hits = []
+        for i, score in zip(best, best_scores, strict=True):
+            chunk = chunks[int(i)]
+            hits.append({"content": chunk["content"], "source_uri": chunk["source_uri"], "score": round(float(score), 4)})
+        return hits
 
     def graph(self, query: str) -> dict[str, Any]:
         import numpy as np

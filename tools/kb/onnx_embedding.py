@@ -1,0 +1,199 @@
+"""Embeddings without torch: the indexing model, exported to ONNX, run by ONNX Runtime.
+
+Importing sentence-transformers (and with it torch and transformers) takes seconds and hundreds
+of megabytes; a query needs one forward pass of a small model. So ``planvm index`` exports the
+model it embedded with, once, into the knowledge base (``KB/embedder/``: ``model.onnx``, the
+fast tokenizer's ``tokenizer.json``, and ``embedder.json`` describing pooling and the window),
+and searching loads that with ``onnxruntime`` and ``tokenizers`` only. The pooling is the
+model's own (mean over the tokens, then L2 normalisation), so the vectors equal the indexing
+model's (cosine ≥ 0.9999, tested). Models that do not pool that way are not exported; their
+knowledge bases embed queries with sentence-transformers, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EXPORT_FOLDER", "OnnxEmbedder", "export_onnx", "load_exported"]
+
+EXPORT_FOLDER = "embedder"
+_FORMAT = "planvm-onnx-embedder/1"
+log = logging.getLogger("planvm.kb")
+
+
+def export_onnx(embedder: Any, kb: Path) -> bool:
+    """Export ``embedder``'s model (a :class:`tools.kb.Embedder`) to ``kb/embedder/``, unless an
+    export of that model is already there. Returns whether one is there afterwards; a model that
+    cannot be exported is logged and left to sentence-transformers."""
+    target = Path(kb) / EXPORT_FOLDER
+    described = _describe(target)
+    if described is not None and described.get("model") == embedder.model_name:
+        return True
+    try:
+        import torch
+
+        model = embedder.model
+        modules = [type(m).__name__ for m in model]
+        pooling = model[1].get_config_dict().get("pooling_mode") if len(modules) > 1 else None
+        if modules[:2] != ["Transformer", "Pooling"] or pooling != "mean" or modules[2:] not in ([], ["Normalize"]):
+            log.info("the embedding model %s is not exported to ONNX (modules %s, pooling %s)", embedder.model_name, modules, pooling)
+            return False
+        inner = model[0].auto_model.eval()
+        tokenizer = model.tokenizer
+        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names else [])
+
+        class Encoder(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, *inputs: Any) -> Any:
+                return self.inner(**dict(zip(names, inputs, strict=True))).last_hidden_state
+
+        staged = Path(kb) / f"{EXPORT_FOLDER}.{uuid.uuid4().hex[:8]}.tmp"
+        staged.mkdir(parents=True)
+        try:
+            example = tuple(torch.ones((1, 8), dtype=torch.long) for _ in names)
+            axes = {name: {0: "batch", 1: "tokens"} for name in [*names, "last_hidden_state"]}
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the tracer's notes on the model's Python code
+                torch.onnx.export(
+                    Encoder(), example, str(staged / "model.onnx"), input_names=names, output_names=["last_hidden_state"],
+                    dynamic_axes=axes, opset_version=17, dynamo=False,
+                )
+            tokenizer.backend_tokenizer.save(str(staged / "tokenizer.json"))
+            description = {
+                "format": _FORMAT,
+                "model": embedder.model_name,
+                "dimension": embedder.dimension,
+                "window": embedder.window,
+                "inputs": names,
+                "pad_id": tokenizer.pad_token_id or 0,
+                "pad_token": tokenizer.pad_token or "[PAD]",
+                "normalize": True,
+            }
+            (staged / "embedder.json").write_text(json.dumps(description), encoding="utf-8")  # last: marks it complete
+            if target.exists():
+                shutil.rmtree(target, ignore_errors=True)
+            os.replace(staged, target)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+    except Exception as exc:  # an exporter that fails leaves queries to sentence-transformers
+        log.warning("could not export the embedding model to ONNX (%s: %s); queries will load sentence-transformers",
+                    type(exc).__name__, str(exc)[:200])
+        return False
+    return True
+
+
+def _describe(folder: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((folder / "embedder.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != _FORMAT or not (folder / "model.onnx").is_file():
+        return None
+    return data
+
+
+def load_exported(kb: Path, model_name: str | None = None) -> OnnxEmbedder | None:
+    """The knowledge base's exported embedder (for ``model_name``, when given), or None when
+    there is none (or ONNX Runtime is not installed)."""
+    folder = Path(kb) / EXPORT_FOLDER
+    description = _describe(folder)
+    if description is None or (model_name is not None and description.get("model") != model_name):
+        return None
+    try:
+        import onnxruntime  # noqa: F401
+        import tokenizers  # noqa: F401
+    except ImportError:
+        return None
+    key = (str(folder.resolve()), json.dumps(description, sort_keys=True))
+    with _CACHE_LOCK:  # one session per export in a process: search and answers share it
+        if key not in _CACHE:
+            _CACHE[key] = OnnxEmbedder(folder, description)
+        return _CACHE[key]
+
+
+_CACHE: dict[tuple[str, str], OnnxEmbedder] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+class OnnxEmbedder:
+    """The same interface as :class:`tools.kb.Embedder`, on an exported model (thread-safe)."""
+
+    def __init__(self, folder: Path, description: dict[str, Any], *, batch_size: int = 32) -> None:
+        from tokenizers import Tokenizer
+
+        self.folder = Path(folder)
+        self.model_name = str(description["model"])
+        self.dimension = int(description["dimension"])
+        self.window = int(description["window"])
+        self.batch_size = batch_size
+        self._inputs = list(description["inputs"])
+        self._tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        self._tokenizer.enable_truncation(max_length=self.window)  # special tokens kept, as the model had them
+        self._tokenizer.no_padding()
+        self._session: Any = None
+        self._lock = threading.Lock()
+        self._pad_id = int(description["pad_id"])
+
+    def _run(self, batch: list[Any]) -> Any:
+        import numpy as np
+
+        if self._session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = min(4, os.cpu_count() or 1)
+            options.log_severity_level = 3
+            options.enable_cpu_mem_arena = False  # a query's few tensors: no arena kept around
+            self._session = ort.InferenceSession(str(self.folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        width = max(len(e.ids) for e in batch)
+        ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        types = np.zeros((len(batch), width), dtype=np.int64)
+        for row, encoding in enumerate(batch):
+            n = len(encoding.ids)
+            ids[row, :n] = encoding.ids
+            mask[row, :n] = 1
+            types[row, :n] = encoding.type_ids
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        hidden = self._session.run(None, {name: feeds[name] for name in self._inputs})[0]
+        weights = mask[..., None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+
+    def encode(self, texts: list[str]) -> Any:
+        """float32 array ``[len(texts), dimension]``, rows L2-normalised (texts batched by length)."""
+        import numpy as np
+
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        if not texts:
+            return out
+        encodings = self._tokenizer.encode_batch(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        with self._lock:
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                out[rows] = self._run([encodings[i] for i in rows])
+        return out
+
+    def encode_query(self, query: str) -> Any:
+        """One query vector; a query longer than the window is embedded from its start, with a warning."""
+        if self._tokenizer.encode(query).overflowing:
+            log.warning(
+                "the query has more than %d tokens; the embedding model reads only the first %d, so the rest does "
+                "not count for the search (shorten the query)",
+                self.window,
+                self.window,
+            )
+        return self.encode([query])[0]
