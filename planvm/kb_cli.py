@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
 from planvm.cli import kb_option, load_settings
-from planvm.render import guarded, preview, print_json
+from planvm.render import echo_err, guarded, preview, print_json
 
 
 @click.command()
@@ -35,14 +37,19 @@ from planvm.render import guarded, preview, print_json
     show_default=True,
     help="Skip (with a warning) files larger than this.",
 )
+@click.option(
+    "--ann-threshold",
+    type=click.IntRange(min=0),
+    default=200_000,
+    show_default=True,
+    help="From this many chunks on, also build an approximate (HNSW) index and search with it (0: never).",
+)
 @guarded
 def index(
     folder: str, kb_path: str | None, include: tuple[str, ...], exclude: tuple[str, ...], chunk_size: int, overlap: int,
-    graph_mode: str, model: str | None, follow_symlinks: bool, max_file_bytes: int,
+    graph_mode: str, model: str | None, follow_symlinks: bool, max_file_bytes: int, ann_threshold: int,
 ) -> None:
     """Index the documents under FOLDER into the knowledge base (only new or changed files are embedded)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from tools.backends import make_llm
     from tools.kb import Embedder, index_folder
     from tools.kb.documents import DEFAULT_INCLUDE
@@ -55,19 +62,12 @@ def index(
         if settings.chosen_llm_backend() == "extractive":
             raise click.UsageError("--graph llm needs an LLM: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL, or PLANVM_LOCAL_MODEL")
     embedder = Embedder(model or settings.embedding_model)
-    columns = (TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=None, transient=False, disable=not sys.stderr.isatty()) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                tasks[what] = bar.add_task(what, total=total)
-            bar.update(tasks[what], completed=done, total=total)
-
+    with _index_progress() as progress:
         report = index_folder(
             folder, settings.kb_path(), embedder=embedder, include=include or DEFAULT_INCLUDE, exclude=exclude,
             chunk_size=chunk_size, overlap=overlap, extractor=extractor, progress=progress,
             follow_symlinks=follow_symlinks, max_file_bytes=max_file_bytes,
+            ann_threshold=ann_threshold if ann_threshold > 0 else None,
         )
     click.echo(
         f"indexed {report.files_indexed} file(s), reused {report.files_reused} unchanged, skipped {len(report.skipped)}; "
@@ -75,6 +75,42 @@ def index(
         f"{report.relationships} relationships in {report.seconds:.1f} s -> {report.path}"
     )
     # Each skipped file was already named once, as a warning, while indexing.
+
+
+@contextlib.contextmanager
+def _index_progress(every: float = 5.0) -> Iterator[Any]:
+    """Progress of an indexing: on a terminal, bars for files and chunks with an ETA; otherwise
+    one line on stderr every ``every`` seconds (and when a stage finishes)."""
+    import time
+
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        columns = (TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn())
+        with Progress(*columns, transient=False) as bar:
+            tasks: dict[str, Any] = {}
+
+            def show(what: str, done: int, total: int) -> None:
+                if what not in tasks:
+                    tasks[what] = bar.add_task(what, total=total)
+                bar.update(tasks[what], completed=done, total=total)
+
+            yield show
+        return
+    started = time.monotonic()
+    last = [started]
+
+    def line(what: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < every and done < total:
+            return
+        last[0] = now
+        elapsed = now - started
+        eta = f", about {elapsed / done * (total - done):.0f} s left" if 0 < done < total else ""
+        echo_err(f"indexing: {what} {done}/{total} after {elapsed:.0f} s{eta}")
+
+    yield line
 
 
 @click.group()
