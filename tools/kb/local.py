@@ -239,6 +239,9 @@ def index_folder(
     if not source.is_dir():
         raise BackendUnavailable(f"{source} is not a folder; pass the folder of documents to index")
     embedder = embedder or Embedder()
+    if isinstance(embedder, Embedder) and export_onnx(embedder, kb):
+        # Embed with the ONNX export (the same vectors, and faster on short texts); queries use it too.
+        embedder = load_exported(kb, embedder.model_name) or embedder
     report = IndexReport(path=kb)
     paths = find_documents(
         source, include, exclude, follow_symlinks=follow_symlinks, max_file_bytes=max_file_bytes, skipped=report.skipped
@@ -342,8 +345,6 @@ def index_folder(
     graph, _folder = _write_version(
         kb, manifest, chunks, vectors, parts, embedder, previous if same_setup else None, context, ann_threshold
     )
-    if isinstance(embedder, Embedder):
-        export_onnx(embedder, kb)
     report.chunks = len(chunks)
     report.chunks_embedded = len(todo)
     report.entities = len(graph.names)

@@ -142,6 +142,9 @@ class OnnxEmbedder:
         self._tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
         self._tokenizer.enable_truncation(max_length=self.window)  # special tokens kept, as the model had them
         self._tokenizer.no_padding()
+        self._counter = Tokenizer.from_file(str(self.folder / "tokenizer.json"))  # untruncated, to count
+        self._counter.no_truncation()
+        self._counter.no_padding()
         self._session: Any = None
         self._lock = threading.Lock()
         self._pad_id = int(description["pad_id"])
@@ -187,13 +190,17 @@ class OnnxEmbedder:
                 out[rows] = self._run([encodings[i] for i in rows])
         return out
 
+    def token_count(self, text: str) -> int:
+        return len(self._counter.encode(text).ids)
+
     def encode_query(self, query: str) -> Any:
         """One query vector; a query longer than the window is embedded from its start, with a warning."""
-        if self._tokenizer.encode(query).overflowing:
+        tokens = self.token_count(query)
+        if tokens > self.window:
             log.warning(
-                "the query has more than %d tokens; the embedding model reads only the first %d, so the rest does "
-                "not count for the search (shorten the query)",
-                self.window,
+                "the query has %d tokens; the embedding model reads only the first %d, so the rest does not count "
+                "for the search (shorten the query)",
+                tokens,
                 self.window,
             )
         return self.encode([query])[0]
