@@ -119,7 +119,7 @@ def test_hnsw_recall_at_10_is_at_least_095(tmp_path):
         keys, scores = index.search(q, 10)
         exact = np.argpartition(-(vectors @ q), 10)[:10]
         found += len(set(keys.tolist()) & set(exact.tolist()))
-        assert np.allclose(scores, vectors[keys] @ q, atol=1e-4)  # scores are inner products
+        assert np.allclose(scores, vectors[keys] @ q, atol=2e-3)  # inner products (of half-precision copies)
     assert found / 1000 >= 0.95
 
 

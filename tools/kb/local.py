@@ -436,7 +436,11 @@ class LocalKnowledgeBase:
         query_vector = self.embedder.encode_query(query)
         k = min(top_k, len(vectors))
         if self._ann is not None:
-            best, best_scores = self._ann.search(query_vector, k)
+            # The graph's half-precision scores pick candidates; the stored vectors score them exactly.
+            candidates, _approximate = self._ann.search(query_vector, min(len(vectors), 2 * k))
+            exact = np.asarray(vectors[np.sort(candidates)]) @ query_vector
+            order = np.argsort(-exact)[:k]
+            best, best_scores = np.sort(candidates)[order], exact[order]
         else:
             scores = vectors @ query_vector  # exact cosine: rows and query are unit vectors
             best = np.argpartition(scores, len(scores) - k)[len(scores) - k :]
