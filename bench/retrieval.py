@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _measure import peak_mb  # noqa: E402
 
 
 def unit_vectors(n: int, dim: int, seed: int = 0):
@@ -59,15 +61,6 @@ def queries(vectors, count: int, seed: int = 1):
     noise = rng.standard_normal((count, dim), dtype=np.float32) * np.float32(0.3 / np.sqrt(dim))
     picked = vectors[rng.integers(0, len(vectors), count)] + noise
     return (picked / np.linalg.norm(picked, axis=1, keepdims=True)).astype(np.float32)  # as an embedder returns
-
-
-def peak_mb() -> float:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the
-    process that started it)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Fixed:

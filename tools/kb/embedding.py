@@ -14,7 +14,7 @@ from typing import Any
 
 from vm.errors import BackendUnavailable
 
-__all__ = ["DEFAULT_MODEL", "Embedder"]
+__all__ = ["DEFAULT_MODEL", "Embedder", "QueryEncoding"]
 
 DEFAULT_MODEL = "bundled:all-MiniLM-L6-v2"
 log = logging.getLogger("planvm.kb")
@@ -50,7 +50,32 @@ def _load(model: str, device: str) -> Any:
         raise BackendUnavailable(f"cannot load the embedding model {model!r}: {exc}") from exc
 
 
-class Embedder:
+class QueryEncoding:
+    """``encode_query`` for an embedder with ``encode``, ``token_count`` and ``window``."""
+
+    window: int
+
+    def encode(self, texts: list[str]) -> Any:  # pragma: no cover - provided by the embedder
+        raise NotImplementedError
+
+    def token_count(self, text: str) -> int:  # pragma: no cover - provided by the embedder
+        raise NotImplementedError
+
+    def encode_query(self, query: str) -> Any:
+        """One query vector. A query longer than the model's window is embedded from its start,
+        with a warning: only that part of it counts for the match."""
+        tokens = self.token_count(query)
+        if tokens > self.window:
+            log.warning(
+                "the query has %d tokens; the embedding model reads only the first %d, so the rest does not count "
+                "for the search (shorten the query)",
+                tokens,
+                self.window,
+            )
+        return self.encode([query])[0]
+
+
+class Embedder(QueryEncoding):
     """Embeds texts; the model is loaded on first use and shared by every Embedder of that name."""
 
     def __init__(self, model: str | None = None, *, device: str = "cpu", batch_size: int = 64) -> None:
@@ -88,16 +113,3 @@ class Embedder:
                 texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
             )
         return np.ascontiguousarray(vectors, dtype=np.float32)
-
-    def encode_query(self, query: str) -> Any:
-        """One query vector. A query longer than the model's window is embedded from its start,
-        with a warning: only that part of it counts for the match."""
-        tokens = self.token_count(query)
-        if tokens > self.window:
-            log.warning(
-                "the query has %d tokens; the embedding model reads only the first %d, so the rest does not count "
-                "for the search (shorten the query)",
-                tokens,
-                self.window,
-            )
-        return self.encode([query])[0]

@@ -22,6 +22,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from tools.kb.embedding import QueryEncoding
+
 __all__ = ["EXPORT_FOLDER", "OnnxEmbedder", "export_onnx", "load_exported"]
 
 EXPORT_FOLDER = "embedder"
@@ -127,7 +129,7 @@ _CACHE: dict[tuple[str, str], OnnxEmbedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(QueryEncoding):
     """The same interface as :class:`tools.kb.Embedder`, on an exported model (thread-safe)."""
 
     def __init__(self, folder: Path, description: dict[str, Any], *, batch_size: int = 32) -> None:
@@ -192,15 +194,3 @@ class OnnxEmbedder:
 
     def token_count(self, text: str) -> int:
         return len(self._counter.encode(text).ids)
-
-    def encode_query(self, query: str) -> Any:
-        """One query vector; a query longer than the window is embedded from its start, with a warning."""
-        tokens = self.token_count(query)
-        if tokens > self.window:
-            log.warning(
-                "the query has %d tokens; the embedding model reads only the first %d, so the rest does not count "
-                "for the search (shorten the query)",
-                tokens,
-                self.window,
-            )
-        return self.encode([query])[0]
