@@ -445,7 +445,7 @@ class LocalKnowledgeBase:
         if not path.is_file():
             return None
         try:
-            return AnnIndex(path)
+            return AnnIndex(path, self._version.embeddings)
         except ImportError:
             log.warning("the knowledge base at %s has an approximate index, but usearch is not installed; searching "
                         "exactly (pip install 'planvm[kb]')", self.path)
@@ -466,12 +466,7 @@ class LocalKnowledgeBase:
         query_vector = self.embedder.encode_query(query)
         k = min(top_k, len(vectors))
         if self._ann is not None:
-            # The graph's half-precision scores pick candidates; the stored vectors score them exactly.
-            candidates, _approximate = self._ann.search(query_vector, min(len(vectors), 2 * k))
-            rows = np.sort(candidates)  # ascending positions: one pass over the memory-mapped file
-            exact = np.asarray(vectors[rows]) @ query_vector
-            order = np.argsort(-exact)[:k]
-            best, best_scores = rows[order], exact[order]
+            best, best_scores = self._ann.search(query_vector, k)
         else:
             scores = vectors @ query_vector  # exact cosine: rows and query are unit vectors
             best = np.argpartition(scores, len(scores) - k)[len(scores) - k :]
