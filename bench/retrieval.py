@@ -134,7 +134,7 @@ def search_large(folder: str, count: int, top_k: int) -> None:
     for q in asked:  # one untimed pass: a service searches with its index pages already in memory
         kb.embedder.next = q
         kb.search("q", top_k)
-    for breadth in (EXPANSION_SEARCH, 64, 96, 160):
+    for breadth in (EXPANSION_SEARCH, 64, 96, 128):
         kb._ann._index.expansion_search = breadth
         times, found = [], []
         for q in asked:

@@ -26,7 +26,7 @@ DEFAULT_ANN_THRESHOLD = 200_000
 #: compare; the search re-scores its candidates with the stored float32 vectors).
 CONNECTIVITY = 16
 EXPANSION_ADD = 128
-EXPANSION_SEARCH = 128
+EXPANSION_SEARCH = 160
 
 
 def write_chunks(folder: Path, chunks: Sequence[dict[str, Any]]) -> None:
