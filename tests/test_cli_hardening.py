@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -419,4 +418,10 @@ def test_datagen_that_keeps_nothing_exits_1(tmp_path, example_kb):
     assert out.returncode == EXIT_FAILED, out
     assert "no row was kept" in out.stderr and "found no JSON object" in out.stderr
     assert "no a JSON" not in out.stderr
-    assert shutil.which("sh")
+
+
+def test_tiny_model_refuses_missing_rows_and_bad_sizes(tmp_path):
+    out = planvm("tiny-model", str(tmp_path / "m"), "--data", str(tmp_path / "missing.jsonl"))
+    assert out.returncode == EXIT_UNUSABLE and "no such file" in out.stderr and not (tmp_path / "m").exists()
+    odd = planvm("tiny-model", str(tmp_path / "m"), "--hidden-size", "18")
+    assert odd.returncode == EXIT_UNUSABLE and "multiple of 4" in odd.stderr

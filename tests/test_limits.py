@@ -7,7 +7,6 @@ import dataclasses
 import datetime
 import json
 import math
-import sqlite3
 
 import pytest
 from conftest import assign, call, jmp, make_registry
@@ -340,7 +339,6 @@ def test_a_corrupted_store_is_reported_naming_the_file(tmp_path):
     with pytest.raises(StoreError, match=str(path)):
         store = RunStore(path)
         store.list_runs()
-    assert sqlite3.sqlite_version
 
 
 def test_storable_keeps_plain_values_as_they_are():

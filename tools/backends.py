@@ -56,11 +56,9 @@ def query_embedder(settings: Settings) -> Any:
     from tools.kb.embedding import Embedder
 
     if settings.kb_backend == "local":
-        from tools.kb.onnx_embedding import load_exported
+        from tools.kb.onnx_embedding import embedder_for
 
-        exported = load_exported(settings.kb_path(), settings.embedding_model)
-        if exported is not None:
-            return exported
+        return embedder_for(settings.kb_path(), settings.embedding_model)
     return Embedder(settings.embedding_model)
 
 

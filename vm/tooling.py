@@ -89,7 +89,7 @@ class RunLLM:
             self.calls += 1
         return self.llm
 
-    def _bounded(self, reply: Completion, purpose: str) -> Completion:
+    def _within_size(self, reply: Completion, purpose: str) -> Completion:
         """The reply, unless it is larger than a value may be (max_value_bytes)."""
         limit = self.max_reply_bytes
         if limit is not None:
@@ -112,7 +112,7 @@ class RunLLM:
                 call = functools.partial(llm.complete, prompt, system=system, json_schema=json_schema)
                 pool = self._executor() if self._executor is not None else None
                 reply = await asyncio.get_running_loop().run_in_executor(pool, call)
-            return self._bounded(as_completion(reply), purpose)
+            return self._within_size(as_completion(reply), purpose)
         except (RunError, asyncio.CancelledError):
             raise
         except LLMNotConfigured as exc:
@@ -124,11 +124,11 @@ class RunLLM:
         llm = self._take(purpose)
         try:
             if hasattr(llm, "complete"):
-                return self._bounded(as_completion(llm.complete(prompt, system=system, json_schema=json_schema)), purpose)
+                return self._within_size(as_completion(llm.complete(prompt, system=system, json_schema=json_schema)), purpose)
             if self._loop is None:  # pragma: no cover - only reachable with an async-only LLM outside a run
                 raise LLMUnavailable(purpose)
             future = asyncio.run_coroutine_threadsafe(llm.acomplete(prompt, system=system, json_schema=json_schema), self._loop)
-            return self._bounded(as_completion(future.result()), purpose)
+            return self._within_size(as_completion(future.result()), purpose)
         except RunError:
             raise
         except LLMNotConfigured as exc:

@@ -41,7 +41,7 @@ from pydantic import ValidationError
 from tools.kb.documents import DEFAULT_INCLUDE, DEFAULT_MAX_FILE_BYTES, Chunk, chunk_document, find_documents, read_document
 from tools.kb.embedding import Embedder
 from tools.kb.graph import CooccurrenceExtractor, Graph, GraphData
-from tools.kb.onnx_embedding import export_onnx, load_exported
+from tools.kb.onnx_embedding import embedder_for, export_onnx, load_exported
 from tools.kb.store import ANN_FILE, DEFAULT_ANN_THRESHOLD, AnnIndex, ChunkFile, build_ann, write_chunks
 from vm.errors import BackendUnavailable
 
@@ -436,7 +436,7 @@ class LocalKnowledgeBase:
         self._version = _read_version(self.path, current)
         model = self._version.manifest["model"]
         # Queries are embedded by the ONNX export made when indexing (no torch import), if there is one.
-        self.embedder = embedder or load_exported(self.path, model) or Embedder(model)
+        self.embedder = embedder or embedder_for(self.path, model)
         if embedder is not None and embedder.model_name != model:
             raise BackendUnavailable(f"the knowledge base at {self.path} was indexed with {model!r}, not {embedder.model_name!r}")
         self._ann = self._open_ann(self._version.folder / ANN_FILE)

@@ -24,7 +24,7 @@ from typing import Any
 
 from tools.kb.embedding import QueryEncoding
 
-__all__ = ["EXPORT_FOLDER", "OnnxEmbedder", "export_onnx", "load_exported"]
+__all__ = ["EXPORT_FOLDER", "OnnxEmbedder", "embedder_for", "export_onnx", "load_exported"]
 
 EXPORT_FOLDER = "embedder"
 _FORMAT = "planvm-onnx-embedder/1"
@@ -123,6 +123,15 @@ def load_exported(kb: Path, model_name: str | None = None) -> OnnxEmbedder | Non
         if key not in _CACHE:
             _CACHE[key] = OnnxEmbedder(folder, description)
         return _CACHE[key]
+
+
+def embedder_for(kb: Path, model_name: str | None) -> Any:
+    """The embedder for queries on the knowledge base ``kb``: its ONNX export when it has one
+    (for ``model_name``, when given), else the sentence-transformers model (the default one when
+    ``model_name`` is None)."""
+    from tools.kb.embedding import Embedder
+
+    return load_exported(kb, model_name) or Embedder(model_name)
 
 
 _CACHE: dict[tuple[str, str], OnnxEmbedder] = {}
