@@ -90,6 +90,10 @@ class ConstrainedLocal:
         self.max_steps = max_steps
         self.max_text = max_text
 
+    @property
+    def model(self) -> str:
+        return self.local.model
+
     def grammar(self, plan_schema: dict[str, Any]) -> Any:
         """The compiled grammar for ``plan_schema`` (bounded), for this model's tokenizer."""
         # Key order matters: the grammar emits object properties in the order the schema lists them.
@@ -102,14 +106,16 @@ class ConstrainedLocal:
         _model, tokenizer, device = self.local.loaded()
         inputs = self.local.prompt_ids(prompt, system)
         # Phase 1: free reasoning, up to </think>.
-        thinking = self.local.generate_text(inputs, max_new_tokens=self.max_think_tokens, stop_strings=["</think>"], tokenizer=tokenizer)
+        thinking, prompt_tokens, think_tokens = self.local.generate(
+            inputs, max_new_tokens=self.max_think_tokens, stop_strings=["</think>"], tokenizer=tokenizer
+        )
         reasoning = thinking.split("</think>")[0].replace("<think>", "").strip()
         # Phase 2: the plan, under the grammar, after a fixed "</think>\n```json\n".
         head = tokenizer.decode(inputs["input_ids"][0]) + (thinking.split("</think>")[0] if "</think>" in thinking else thinking)
         ids = tokenizer(head + "</think>\n```json\n", return_tensors="pt", add_special_tokens=False)
         ids = {k: v.to(device) for k, v in ids.items()}
         closing = _ClosingBias(_fresh(self.grammar(plan_schema)), _closing_weights(self.local.model_name, self.local.adapter, self.local.device), ids["input_ids"].shape[1], self.max_plan_tokens)
-        plan_text = self.local.generate_text(ids, max_new_tokens=self.max_plan_tokens, logits_processor=[closing])
+        plan_text, _, plan_tokens = self.local.generate(ids, max_new_tokens=self.max_plan_tokens, logits_processor=[closing])
         try:
             # strict=False: the grammar lets control characters into strings; re-serialising escapes them.
             plan = json.loads(plan_text, strict=False)
@@ -118,7 +124,10 @@ class ConstrainedLocal:
                 f"constrained decoding ran out of its {self.max_plan_tokens}-token budget before the plan was complete; "
                 f"raise max_plan_tokens or lower max_steps"
             ) from exc
-        return Completion(text=f"```json\n{json.dumps(plan, ensure_ascii=False)}\n```", reasoning=reasoning)
+        return Completion(
+            text=f"```json\n{json.dumps(plan, ensure_ascii=False)}\n```", reasoning=reasoning, model=self.local.model,
+            prompt_tokens=prompt_tokens, completion_tokens=think_tokens + plan_tokens,
+        )
 
 
 @lru_cache(maxsize=8)

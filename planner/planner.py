@@ -36,9 +36,15 @@ class Attempt:
     reasoning: str | None = None
     plan: list[Any] | None = None
     problems: list[str] = field(default_factory=list)
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "reply": self.reply, "reasoning": self.reasoning, "plan": self.plan, "problems": self.problems}
+        return {
+            "prompt": self.prompt, "reply": self.reply, "reasoning": self.reasoning, "plan": self.plan, "problems": self.problems,
+            "model": self.model, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+        }
 
 
 @dataclass(slots=True)
@@ -48,6 +54,18 @@ class PlanResult:
     reasoning: str
     attempts: list[Attempt] = field(default_factory=list)
     planner: str = "llm"
+
+    def record(self) -> dict[str, Any]:
+        """How the plan was made, as a run keeps it: planner, reasoning, model, tokens, attempts."""
+        models = [a.model for a in self.attempts if a.model]
+        return {
+            "planner": self.planner,
+            "reasoning": self.reasoning,
+            "model": models[-1] if models else None,
+            "prompt_tokens": sum(a.prompt_tokens or 0 for a in self.attempts),
+            "completion_tokens": sum(a.completion_tokens or 0 for a in self.attempts),
+            "attempts": [a.to_dict() for a in self.attempts],
+        }
 
 
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL | re.IGNORECASE)
@@ -107,7 +125,7 @@ class Planner:
         self.max_attempts = max_attempts
         self.constrained = constrained
 
-    def _ask(self, prompt: str) -> tuple[str, str | None]:
+    def _ask(self, prompt: str) -> tuple[str, Any]:
         if getattr(self.llm, "extract", None) is not None:
             from tools.llm_extractive import NO_MODEL_NOTICE
 
@@ -118,14 +136,18 @@ class Planner:
         reply = as_completion(self.llm.complete(prompt, **kwargs))
         # A backend that already split off the reasoning gives it separately; put it back for parsing.
         text = f"<think>{reply.reasoning}</think>\n{reply.text}" if reply.reasoning else reply.text
-        return text, reply.reasoning
+        return text, reply
 
     def _attempts(self, prompt: str, predefined: tuple[str, ...] = (), check: Any = None) -> PlanResult:
         attempts: list[Attempt] = []
         ask = prompt
         for _ in range(self.max_attempts):
-            text, _reasoning = self._ask(ask)
-            attempt = Attempt(prompt=ask, reply=text)
+            text, reply = self._ask(ask)
+            model = reply.model or getattr(self.llm, "model", None)
+            attempt = Attempt(
+                prompt=ask, reply=text, model=model if isinstance(model, str) else None,
+                prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
+            )
             attempts.append(attempt)
             try:
                 reasoning, plan = parse_reply(text)

@@ -76,7 +76,19 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 envvar="PLANVM_MAX_PLAN_BYTES",
                 help="Largest plan file (default 32 MiB).",
             ),
+            click.option(
+                "--max-tokens",
+                type=click.IntRange(min=1),
+                envvar="PLANVM_MAX_TOKENS",
+                help="Token budget of a run's LLM exchanges, prompt and completion (default: none).",
+            ),
             click.option("--allow-tool", "allow_tools", multiple=True, help="Limit the run to these tools (repeatable)."),
+            click.option(
+                "--approve-tool",
+                "approve_tools",
+                multiple=True,
+                help="Calls to this tool wait for `planvm approve` before they run (repeatable).",
+            ),
             click.option(
                 "--concurrency",
                 type=click.IntRange(min=1),
@@ -128,27 +140,20 @@ def make_registry_for(options: dict[str, Any], settings: Any) -> Any:
     return registry
 
 
-def make_vm(options: dict[str, Any], *, record: bool = True) -> Any:
-    """Build the VM the command-line options describe (raises PlanVMError for unusable input)."""
-    from tools.backends import make_llm
-    from vm import VM, Limits, RunStore
+def make_engine(options: dict[str, Any], *, record: bool = True) -> Any:
+    """The engine (tools, store, model roles, limits) the command-line options describe, its VM
+    printing progress on a terminal (raises PlanVMError for unusable input)."""
+    from planvm.engine import Engine
 
-    settings = load_settings(options)
-    registry = make_registry_for(options, settings)
-    budgets = {
-        k: options[k] for k in ("max_steps", "max_seconds", "max_value_bytes", "max_plan_bytes") if options.get(k) is not None
-    }
-    store = RunStore(options.get("store_path")) if record else None
-    return VM(
-        registry,
-        llm=make_llm(settings),
-        limits=Limits(**budgets),
-        allowed_tools=options.get("allow_tools") or None,
-        on_step=progress_printer() if sys.stderr.isatty() else None,
-        on_start=announce_run,
-        store=store,
-        concurrency=options.get("concurrency") or 8,
-    )
+    engine = Engine(options, record=record, notify=lambda message: echo_err(f"note: {message}"))
+    engine.vm.on_step = progress_printer() if sys.stderr.isatty() else None
+    engine.vm.on_start = announce_run
+    return engine
+
+
+def make_vm(options: dict[str, Any], *, record: bool = True) -> Any:
+    """The VM the command-line options describe."""
+    return make_engine(options, record=record).vm
 
 
 def executes(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -258,17 +263,36 @@ def fork(run_id: str, from_seq: int, plan_file: str | None, suggestion: str | No
     """Start a new run from RUN_ID's steps before --from, continuing with --plan (or a re-plan)."""
     if (plan_file is None) == (suggestion is None):
         raise ValueError("give either --plan FILE or --suggestion TEXT")
-    with make_vm(options) as vm:
+    with make_engine(options) as engine:
         if suggestion is not None:
-            from planner import Planner
+            replanned = engine.replan(run_id, from_seq, suggestion)
+            return engine.vm.fork(run_id, from_seq, replanned.plan)
+        return engine.vm.fork(run_id, from_seq, plan_file)
 
-            if load_settings(options).chosen_llm_backend() == "extractive":
-                raise ValueError("--suggestion needs an LLM to re-plan: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL")
-            stored = vm.store.get(run_id)
-            goal = stored.goal or f"Revise the plan as suggested: {suggestion}"  # runs of `exec` record no goal
-            replanned = Planner(vm.llm, vm.registry).update(stored.plan, stored, from_seq, suggestion, goal=goal)
-            return vm.fork(run_id, from_seq, replanned.plan)
-        return vm.fork(run_id, from_seq, plan_file)
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--seq", "seq_no", type=int, required=True, help="The seq_no of the call the run waits for.")
+@click.option("--reject", is_flag=True, help="Reject the call: the step fails with ToolRejected.")
+@click.option("--params", "tool_params", help="Run the call with these parameters instead (a JSON object).")
+@click.option("--reason", help="Why the call is rejected (kept with the run).")
+@tool_options
+@kb_option
+@store_option
+@run_options
+@executes
+def approve(run_id: str, seq_no: int, reject: bool, tool_params: str | None, reason: str | None, **options: Any) -> Any:
+    """Approve (or --reject) the tool call RUN_ID waits for, and continue the run."""
+    params = None
+    if tool_params is not None:
+        try:
+            params = json.loads(tool_params)
+        except ValueError:
+            raise ValueError("--params is not JSON; give the tool's parameters as a JSON object") from None
+        if not isinstance(params, dict):
+            raise ValueError("--params must be a JSON object of the tool's parameters")
+    with make_vm(options) as vm:
+        return vm.approve(run_id, seq_no, not reject, tool_params=params, reason=reason)
 
 
 def _quiet_third_parties() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from planvm.cli import kb_option, load_settings, make_vm, run_options, store_option, tool_options
+from planvm.cli import kb_option, make_engine, run_options, store_option, tool_options
 from planvm.render import EXIT_FAILED, echo_err, exit_now, guarded, print_json, report_run
 
 planner_option = click.option(
@@ -22,30 +22,6 @@ planner_option = click.option(
     help="llm: the configured LLM plans; template: the canonical retrieval plan, no model; auto: llm when an LLM is configured.",
 )
 metadata_option = click.option("--metadata", help="Goal metadata as a JSON object (response_format, label_path...).")
-
-
-def make_planner(kind: str, settings: Any, vm: Any) -> Any:
-    """The planner the options ask for, over the VM's tools and LLM."""
-    from planner import Planner, TemplatePlanner
-
-    has_model = settings.chosen_llm_backend() != "extractive"
-    if kind == "llm" and not has_model:
-        raise ValueError("--planner llm needs an LLM: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL, or PLANVM_LOCAL_MODEL")
-    if kind == "template" or (kind == "auto" and not has_model):
-        if kind == "auto":
-            echo_err("note: no LLM is configured, so the template planner writes the plan (set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL to plan with a model)")
-        return TemplatePlanner(vm.registry)
-    llm = vm.llm
-    if settings.chosen_llm_backend() == "local":
-        try:
-            import xgrammar  # noqa: F401
-        except ImportError:
-            echo_err("note: xgrammar is not installed, so the local model's plans are not constrained to the schema")
-        else:
-            from planner.constrained import ConstrainedLocal
-
-            llm = ConstrainedLocal(llm)
-    return Planner(llm, vm.registry)
 
 
 def _keep_attempts(exc: Any) -> Path | None:
@@ -62,22 +38,13 @@ def _keep_attempts(exc: Any) -> Path | None:
         return None
 
 
-def _plan(goal: str, metadata: str | None, kind: str, options: dict[str, Any], vm: Any, *, as_json: bool = False) -> Any:
-    from planner.prompt import parse_metadata
-    from vm import PlanningError
-
-    parsed = parse_metadata(metadata)
-    planner = make_planner(kind, load_settings(options), vm)
-    try:
-        return planner.plan(goal, parsed), parsed
-    except PlanningError as exc:
-        kept = _keep_attempts(exc)
-        if as_json:
-            print_json({"status": "planning_failed", "error": str(exc), "attempts_file": str(kept) if kept else None})
-        else:
-            echo_err(f"error: {exc}" + (f"\n  the attempts are in {kept}" if kept else ""))
-        exit_now(EXIT_FAILED)
-        raise  # pragma: no cover - exit_now does not return
+def _planning_failed(exc: Any, as_json: bool) -> None:
+    kept = _keep_attempts(exc)
+    if as_json:
+        print_json({"status": "planning_failed", "error": str(exc), "attempts_file": str(kept) if kept else None})
+    else:
+        echo_err(f"error: {exc}" + (f"\n  the attempts are in {kept}" if kept else ""))
+    exit_now(EXIT_FAILED)
 
 
 @click.command()
@@ -91,8 +58,15 @@ def _plan(goal: str, metadata: str | None, kind: str, options: dict[str, Any], v
 @guarded
 def plan(goal: str, metadata: str | None, planner_kind: str, out: str | None, as_json: bool, **options: Any) -> None:
     """Write a plan for GOAL and print the planner's reasoning and the plan."""
-    with make_vm(options, record=False) as vm:
-        result, _ = _plan(goal, metadata, planner_kind, options, vm, as_json=as_json)
+    from planner.prompt import parse_metadata
+    from vm import PlanningError
+
+    with make_engine(options, record=False) as engine:
+        try:
+            result = engine.plan(goal, parse_metadata(metadata), planner_kind)
+        except PlanningError as exc:
+            _planning_failed(exc, as_json)
+            return
     text = json.dumps(result.plan, ensure_ascii=False, indent=2)
     if out:
         Path(out).write_text(text + "\n", encoding="utf-8")
@@ -114,18 +88,23 @@ def plan(goal: str, metadata: str | None, planner_kind: str, out: str | None, as
 @guarded
 def run(goal: str, metadata: str | None, planner_kind: str, **options: Any) -> None:
     """Plan GOAL, run the plan, and print the answer (the plan and run are stored for replay)."""
-    from tools.backends import RETRIEVAL_TOOLS, knowledge_base_missing
+    import asyncio
 
-    settings = load_settings(options)
-    missing = None if options.get("no_builtins") else knowledge_base_missing(settings)
-    template = planner_kind == "template" or (planner_kind == "auto" and settings.chosen_llm_backend() == "extractive")
-    if missing and template:  # the template plan always retrieves: say so before planning
-        raise ValueError(missing)
-    with make_vm(options) as vm:
-        result, parsed = _plan(goal, metadata, planner_kind, options, vm, as_json=options.get("as_json", False))
-        if missing and any(ins.get("parameters", {}).get("tool_name") in RETRIEVAL_TOOLS for ins in result.plan):
-            raise ValueError(f"the plan retrieves from the knowledge base, but there is {missing}")
-        if not options.get("as_json"):
+    from planner.prompt import parse_metadata
+    from vm import PlanningError
+
+    as_json = options.get("as_json", False)
+
+    def planned(result: Any) -> None:
+        if not as_json:
             echo_err(f"plan ({result.planner} planner): {len(result.plan)} steps")
-        outcome = vm.run(result.program, goal=goal, metadata=parsed or None)
-    exit_now(report_run(outcome, options.get("as_json", False)))
+
+    with make_engine(options) as engine:
+        try:
+            outcome = asyncio.run(
+                engine.run_goal(goal, metadata=parse_metadata(metadata), planner_kind=planner_kind, planned=planned)
+            )
+        except PlanningError as exc:
+            _planning_failed(exc, as_json)
+            return
+    exit_now(report_run(outcome, as_json))

@@ -12,6 +12,7 @@ import click
 
 EXIT_FAILED = 1
 EXIT_UNUSABLE = 2
+EXIT_WAITING = 3
 
 
 def echo_err(message: str) -> None:
@@ -73,23 +74,26 @@ def progress_printer() -> Any:
 
 
 def report_run(result: Any, as_json: bool) -> int:
-    """Print a run's outcome; return the exit code.
+    """Print a run's outcome; return the exit code (0 done, 1 failed, 3 waiting for an approval).
 
     Answers of the extractive baseline say so: in ``--json``, ``"model_used": false`` and
     ``"answer_found"`` (false when the knowledge base held nothing close to the question).
     """
+    from planvm.engine import result_json
     from tools.llm_extractive import NO_MODEL_NOTICE
 
     extracted = [call for step in result.trace for call in step.llm_calls if call.get("reasoning") == NO_MODEL_NOTICE]
     if as_json:
-        data = result.to_dict()
-        if extracted:
-            data["model_used"] = False
-            data["answer_found"] = all(call.get("found", True) for call in extracted)
-            data["notice"] = NO_MODEL_NOTICE
-        print_json(data)
+        print_json(result_json(result))
     else:
-        if result.ok:
+        if result.status == "waiting":
+            pending = result.pending or {}
+            echo_err(
+                f"waiting: the call to tool '{pending.get('tool')}' at seq_no {pending.get('seq_no')} needs approval, with "
+                f"parameters {preview(pending.get('tool_params'), 200)}\n  approve it: planvm approve {result.run_id} --seq "
+                f"{pending.get('seq_no')}   (or --reject)"
+            )
+        elif result.ok:
             click.echo(as_text(result.final_answer))
         else:
             echo_err(f"error: {result.error}")
@@ -100,6 +104,8 @@ def report_run(result: Any, as_json: bool) -> int:
             echo_err(f"run_id: {result.run_id}")
     if extracted:
         echo_err(f"note: {NO_MODEL_NOTICE}")
+    if result.status == "waiting":
+        return EXIT_WAITING
     return 0 if result.ok else EXIT_FAILED
 
 

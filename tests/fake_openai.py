@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
-def chat_reply(content: str, reasoning: str | None = None) -> dict[str, Any]:
+def chat_reply(content: str, reasoning: str | None = None, *, model: str = "test-model", usage: tuple[int, int] = (1, 1)) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if reasoning is not None:
         message["reasoning_content"] = reasoning
@@ -18,9 +18,9 @@ def chat_reply(content: str, reasoning: str | None = None) -> dict[str, Any]:
         "id": "chatcmpl-test",
         "object": "chat.completion",
         "created": 0,
-        "model": "test-model",
+        "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)},
     }
 
 
@@ -32,6 +32,7 @@ class FakeChatServer:
         self.actions: list[tuple[Any, ...]] = []
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.stream_pause = 0.0  # seconds between streamed chunks
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -63,9 +64,29 @@ class FakeChatServer:
                     self._send(200, json.dumps(action[2]))
                 elif kind == "raw":
                     self._send(action[1], action[2])
+                elif body.get("stream") and action[1] == 200:
+                    self._stream(action[2])
                 else:
                     extra = action[3] if len(action) > 3 else None
                     self._send(action[1], json.dumps(action[2]), extra)
+
+            def _stream(self, reply: dict[str, Any]) -> None:
+                """A scripted reply sent as the protocol's stream: one chunk per word, then the usage."""
+                content = reply["choices"][0]["message"]["content"]
+                words = [w + " " for w in content.split(" ")]
+                words[-1] = words[-1][:-1]
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                base = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": reply.get("model", "test-model")}
+                for word in words:
+                    chunk = {**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                    time.sleep(server.stream_pause)
+                usage = {**base, "choices": [], "usage": reply.get("usage")}
+                self.wfile.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+                self.wfile.flush()
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"

@@ -427,5 +427,5 @@ def test_a_version_1_store_is_upgraded_without_losing_a_run(tmp_path):
     store = RunStore(path)
     run = store.get("0123")  # a prefix of the id
     assert run.final_answer == 42 and run.limits is None and len(run.steps) == 1
-    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 3
     assert replay(run).ok

@@ -9,7 +9,15 @@ from tools.registry import ToolRegistry
 from tools.settings import Settings
 from vm.errors import BackendUnavailable
 
-__all__ = ["LazyKnowledgeBase", "knowledge_base_missing", "make_knowledge_base", "make_llm", "make_registry", "query_embedder"]
+__all__ = [
+    "LazyKnowledgeBase",
+    "knowledge_base_missing",
+    "make_knowledge_base",
+    "make_llm",
+    "make_llms",
+    "make_registry",
+    "query_embedder",
+]
 
 #: The built-in tools that read the knowledge base.
 RETRIEVAL_TOOLS = frozenset({"vector_search", "retrieve_knowledge_graph"})
@@ -48,6 +56,18 @@ def make_llm(settings: Settings) -> Any:
     from tools.llm_extractive import ExtractiveBackend
 
     return ExtractiveBackend(query_embedder(settings))
+
+
+def make_llms(settings: Settings, roles: tuple[str, ...] = ("planner", "answer", "condition")) -> dict[str, Any]:
+    """One LLM per model role; roles whose settings are the same share one client."""
+    made: dict[tuple[Any, ...], Any] = {}
+    llms = {}
+    for role in roles:
+        key = settings.role_key(role)
+        if key not in made:
+            made[key] = make_llm(settings.for_role(role))
+        llms[role] = made[key]
+    return llms
 
 
 def query_embedder(settings: Settings) -> Any:

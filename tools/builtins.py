@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, Protocol
 
 from vm.errors import BackendUnavailable
@@ -31,6 +32,7 @@ class KnowledgeBase(Protocol):
         ...
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
 _JSON_REPLY = "Reply with one JSON object and nothing else. Its keys are exactly: {keys}."
 
 
@@ -61,6 +63,10 @@ async def llm_generate(prompt: str, ctx: CallContext, context: Any = None) -> An
 
         answer, found = await asyncio.to_thread(extract, prompt, context, keys)
         ctx.llm.note(prompt, render_text(answer), NO_MODEL_NOTICE, found=found)
+        if isinstance(answer, str):  # streamed sentence by sentence, as a model's answer would be
+            sentences = _SENTENCE_END.split(answer)
+            for i, sentence in enumerate(sentences):
+                ctx.llm.emit(sentence if i == len(sentences) - 1 else sentence + " ")
         return answer
     if context is not None and not isinstance(context, str):
         context = render_text(context)  # retrieved chunks, a graph...: as JSON text
@@ -72,7 +78,7 @@ async def llm_generate(prompt: str, ctx: CallContext, context: Any = None) -> An
             return extract_json(reply.text, (dict,))
         except ValueError:
             return reply.text  # the VM's output mapping reports what is missing
-    reply = await ctx.llm.acomplete(text)
+    reply = await ctx.llm.acomplete(text, stream=True)
     return reply.text
 
 

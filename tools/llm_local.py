@@ -75,7 +75,16 @@ class LocalChat:
         encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         return {k: v.to(device) for k, v in encoded.items()}
 
+    @property
+    def model(self) -> str:
+        """The name runs record for this backend: the model, and its adapter when there is one."""
+        return f"{self.model_name}+{self.adapter}" if self.adapter else self.model_name
+
     def generate_text(self, inputs: Any, **generate_kwargs: Any) -> str:
+        return self.generate(inputs, **generate_kwargs)[0]
+
+    def generate(self, inputs: Any, **generate_kwargs: Any) -> tuple[str, int, int]:
+        """(text, prompt tokens, completion tokens) of one generation, counted with the tokenizer."""
         import torch
 
         model, tokenizer, _device = self.loaded()
@@ -87,11 +96,30 @@ class LocalChat:
         options.update(generate_kwargs)
         with self._lock, torch.no_grad():
             output = model.generate(**inputs, **options)
-        new_tokens = output[0, inputs["input_ids"].shape[1] :]
-        return tokenizer.decode(new_tokens, skip_special_tokens=True)
+        prompt_length = inputs["input_ids"].shape[1]
+        new_tokens = output[0, prompt_length:]
+        return tokenizer.decode(new_tokens, skip_special_tokens=True), int(prompt_length), int(new_tokens.shape[0])
+
+    def _completion(self, text: str, prompt_tokens: int, completion_tokens: int) -> Completion:
+        reply = split_reasoning(text)
+        return Completion(reply.text, reply.reasoning, model=self.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
     def complete(self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
-        return split_reasoning(self.generate_text(self.prompt_ids(prompt, system)))
+        return self._completion(*self.generate(self.prompt_ids(prompt, system)))
+
+    def stream(self, prompt: str, *, system: str | None = None, on_delta: Any) -> Completion:
+        """Generate with a transformers streamer: ``on_delta`` gets the text as tokens are decoded."""
+        from transformers import TextStreamer
+
+        _model, tokenizer, _device = self.loaded()
+
+        class _Forward(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if text:
+                    on_delta(text)
+
+        streamer = _Forward(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        return self._completion(*self.generate(self.prompt_ids(prompt, system), streamer=streamer))
 
     def __repr__(self) -> str:
         return f"LocalChat(model={self.model_name!r}, adapter={self.adapter!r})"

@@ -18,6 +18,10 @@ from vm.values import shorten
 __all__ = ["OpenAIChat"]
 
 
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 class OpenAIChat:
     """An LLM (``vm.LLM``) on an OpenAI-compatible endpoint.
 
@@ -69,11 +73,24 @@ class OpenAIChat:
         if not choices:
             raise LLMError(f"LLM endpoint {self.base_url} (model {self.model}) sent a reply with no choices")
         message = choices[0].message
-        text = message.content or ""
-        thinking = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
+        return self._completion(message.content or "", getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None),
+                                response)
+
+    def _completion(self, text: str, thinking: Any, response: Any) -> Completion:
+        """The reply with the model that wrote it and the server's token counts."""
         if thinking:
-            return Completion(text=split_reasoning(text).text if "</think>" in text else text.strip(), reasoning=str(thinking))
-        return split_reasoning(text)
+            reply = Completion(text=split_reasoning(text).text if "</think>" in text else text.strip(), reasoning=str(thinking))
+        else:
+            reply = split_reasoning(text)
+        usage = getattr(response, "usage", None)
+        served = getattr(response, "model", None)
+        return Completion(
+            reply.text,
+            reply.reasoning,
+            model=served if isinstance(served, str) and served else self.model,
+            prompt_tokens=_count(getattr(usage, "prompt_tokens", None)),
+            completion_tokens=_count(getattr(usage, "completion_tokens", None)),
+        )
 
     def _error(self, exc: Exception) -> LLMError:
         import openai
@@ -108,6 +125,32 @@ class OpenAIChat:
         except Exception as exc:
             raise self._error(exc) from exc
         return self._reply(response)
+
+    def stream(self, prompt: str, *, system: str | None = None, on_delta: Any) -> Completion:
+        """Ask with ``stream=True``: ``on_delta`` gets each piece of the answer as it arrives; the
+        whole reply (with the usage the server reports at the end) is returned."""
+        request = self._request(prompt, system, None)
+        request["stream"] = True
+        request["stream_options"] = {"include_usage": True}
+        parts: list[str] = []
+        thinking: list[str] = []
+        last: Any = None
+        try:
+            for chunk in self._client.chat.completions.create(**request):
+                last = chunk if getattr(chunk, "usage", None) is not None or last is None else last
+                for choice in getattr(chunk, "choices", None) or ():
+                    delta = choice.delta
+                    reasoning = getattr(delta, "reasoning_content", None) or getattr(delta, "reasoning", None)
+                    if reasoning:
+                        thinking.append(str(reasoning))
+                    if delta.content:
+                        parts.append(delta.content)
+                        on_delta(delta.content)
+        except LLMError:
+            raise
+        except Exception as exc:
+            raise self._error(exc) from exc
+        return self._completion("".join(parts), "".join(thinking) or None, last)
 
     def __repr__(self) -> str:
         return f"OpenAIChat(model={self.model!r}, base_url={self.base_url!r})"

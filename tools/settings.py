@@ -11,6 +11,17 @@ folder, or the file named by ``PLANVM_CONFIG``), then the defaults below.
     llm_base_url = "http://localhost:8000/v1"   # vLLM, Ollama, OpenAI, DeepSeek...
     llm_model = "planner"
     kb = "~/notes-kb"
+
+    [planner]                                    # the fine-tuned planner, served by vLLM
+    base_url = "http://gpu-box:8000/v1"
+    model = "planner-lora"
+
+Model roles: ``planner`` (writes plans), ``answer`` (``llm_generate``), ``condition`` (``jmp``)
+and ``judge``. Each may set its own ``backend``, ``base_url``, ``api_key``, ``model``,
+``timeout``, ``max_retries``, ``temperature``, ``max_tokens``, ``json_mode``, ``local_model``,
+``local_adapter`` and ``local_device`` — as a ``[role]`` table or as ``PLANVM_<ROLE>_<FIELD>``
+(``PLANVM_PLANNER_BASE_URL``, ``PLANVM_ANSWER_MODEL``…). What a role leaves unset comes from the
+general ``llm_*`` / ``local_*`` settings, so one setting still serves every role.
 """
 
 from __future__ import annotations
@@ -19,10 +30,70 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-__all__ = ["Settings"]
+__all__ = ["ROLES", "RoleSettings", "Settings"]
+
+#: The model roles, each resolved into its own LLM at the composition root.
+ROLES = ("planner", "answer", "condition", "judge")
+
+
+class RoleSettings(BaseModel):
+    """One model role's own settings; each unset field falls back to the general one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["auto", "openai", "local", "extractive"] | None = None
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    model: str | None = None
+    timeout: float | None = Field(None, gt=0)
+    max_retries: int | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, gt=0)
+    json_mode: Literal["schema", "object", "off"] | None = None
+    local_model: str | None = None
+    local_adapter: str | None = None
+    local_device: str | None = None
+
+
+# A role's field and the general setting it overrides.
+_ROLE_FIELDS = {
+    "backend": "llm_backend", "base_url": "llm_base_url", "api_key": "llm_api_key", "model": "llm_model",
+    "timeout": "llm_timeout", "max_retries": "llm_max_retries", "temperature": "llm_temperature",
+    "max_tokens": "llm_max_tokens", "json_mode": "llm_json_mode", "local_model": "local_model",
+    "local_adapter": "local_adapter", "local_device": "local_device",
+}
+
+
+class _GeneralEnvironment(EnvSettingsSource):
+    """``PLANVM_<FIELD>`` variables for every setting but the role tables (``PLANVM_PLANNER`` is
+    the ``--planner`` choice, not a table; roles come from :class:`_RoleEnvironment`)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        if field_name in ROLES:
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
+class _RoleEnvironment(PydanticBaseSettingsSource):
+    """``PLANVM_<ROLE>_<FIELD>`` variables, gathered into each role's table."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for role in ROLES:
+            table = {}
+            for name in _ROLE_FIELDS:
+                value = os.environ.get(f"PLANVM_{role.upper()}_{name.upper()}")
+                if value is not None and value != "":
+                    table[name] = value
+            if table:
+                found[role] = table
+        return found
 
 
 def _config_file() -> Path:
@@ -58,6 +129,12 @@ class Settings(BaseSettings):
     local_adapter: str | None = Field(None, description="PEFT (LoRA) adapter folder applied on top of local_model.")
     local_device: str = Field("auto", description="cpu, cuda, or auto.")
 
+    # --- model roles (each unset field inherits the llm_* / local_* settings above) --------------
+    planner: RoleSettings = Field(default_factory=RoleSettings, description="The model that writes plans.")
+    answer: RoleSettings = Field(default_factory=RoleSettings, description="The model behind llm_generate.")
+    condition: RoleSettings = Field(default_factory=RoleSettings, description="The model that decides jmp conditions.")
+    judge: RoleSettings = Field(default_factory=RoleSettings, description="The model that grades answers.")
+
     # --- knowledge base -------------------------------------------------------------------------
     kb: Path | None = Field(None, description="Knowledge-base folder (default: $PLANVM_HOME/kb or the user data folder).")
     kb_backend: Literal["local", "remote"] = Field("local", description="local: the embedded knowledge base; remote: an HTTP retrieval service.")
@@ -79,15 +156,37 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=_config_file()))
+        return (init_settings, _RoleEnvironment(settings_cls), _GeneralEnvironment(settings_cls), TomlConfigSettingsSource(settings_cls, toml_file=_config_file()))
 
     def model_post_init(self, context: Any, /) -> None:
         # Keys and tokens never reach a printed line or a stored error (see vm.redact).
         from vm.redact import register_secret
 
-        for secret in (self.llm_api_key, self.remote_token):
+        for secret in (self.llm_api_key, self.remote_token, *(getattr(self, r).api_key for r in ROLES)):
             if secret is not None:
                 register_secret(secret.get_secret_value())
+
+    def for_role(self, role: str) -> Settings:
+        """These settings as the ``role`` sees them: its own fields over the general ones."""
+        if role not in ROLES:
+            raise ValueError(f"unknown model role {role!r}; the roles are {', '.join(ROLES)}")
+        own = getattr(self, role).model_dump(exclude_none=True)
+        if not own:
+            return self
+        update = {_ROLE_FIELDS[name]: getattr(getattr(self, role), name) for name in own}
+        if "backend" not in own:  # a role naming its own endpoint or model says which backend it is
+            if "base_url" in own or "model" in own:
+                update["llm_backend"] = "openai"
+            elif "local_model" in own:
+                update["llm_backend"] = "local"
+        return self.model_copy(update=update)
+
+    def role_key(self, role: str) -> tuple[Any, ...]:
+        """What decides a role's LLM: roles with equal keys share one client."""
+        resolved = self.for_role(role)
+        return tuple(
+            (v.get_secret_value() if isinstance(v, SecretStr) else v) for v in (getattr(resolved, f) for f in _ROLE_FIELDS.values())
+        )
 
     def kb_path(self) -> Path:
         if self.kb is not None:

@@ -16,6 +16,9 @@ from vm.errors import (
     ExpressionError,
     LimitExceeded,
     LLMCallLimitExceeded,
+    ApprovalNeeded,
+    TokenLimitExceeded,
+    ToolRejected,
     LLMError,
     LLMNotConfigured,
     LLMUnavailable,
@@ -46,13 +49,14 @@ from vm.llm import LLM, Completion, split_reasoning
 from vm.machine import VM
 from vm.replay import ReplayReport, StepCheck, areplay, areplay_live, replay, replay_live
 from vm.store import RunStore, StoredRun, StoredStep
-from vm.trace import RunResult, StepRecord
+from vm.trace import RunListener, RunResult, StepRecord
 from vm.plan import load_plan_data, plan_json_schema
 from vm.program import Program
 from vm.tooling import CallContext, ToolCatalog, ToolSpec
 from vm.validate import compile_plan, validate_plan
 
 __all__ = [
+    "ApprovalNeeded",
     "BackendUnavailable",
     "CallContext",
     "Completion",
@@ -81,6 +85,7 @@ __all__ = [
     "ReplayReport",
     "RunBusy",
     "RunError",
+    "RunListener",
     "RunNotFound",
     "RunResult",
     "RunStore",
@@ -91,6 +96,7 @@ __all__ = [
     "StoredRun",
     "StoredStep",
     "TimeLimitExceeded",
+    "TokenLimitExceeded",
     "ToolCatalog",
     "ToolError",
     "ToolFailed",
@@ -98,6 +104,7 @@ __all__ = [
     "ToolNotFound",
     "ToolParamsInvalid",
     "ToolRegistrationError",
+    "ToolRejected",
     "ToolSpec",
     "UnstorableValue",
     "VM",

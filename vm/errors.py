@@ -24,7 +24,8 @@
         │   ├── ToolNotFound           no tool of that name in the registry
         │   ├── ToolNotAllowed         the tool exists but the run's allow-list leaves it out
         │   ├── ToolParamsInvalid      a missing or wrong-typed ``tool_params`` entry (``parameter``)
-        │   └── ToolFailed             the tool raised; the tool's exception is ``__cause__``
+        │   ├── ToolFailed             the tool raised; the tool's exception is ``__cause__``
+        │   └── ToolRejected           a person rejected a call that needed approval
         ├── OutputMappingError         a tool result that cannot be mapped onto ``output_vars``
         ├── ConditionError             a ``jmp`` condition reply that is not ``{"result": bool, ...}``
         ├── LLMUnavailable             a step needs an LLM and the run has none
@@ -35,6 +36,7 @@
             ├── StepLimitExceeded
             ├── TimeLimitExceeded
             ├── LLMCallLimitExceeded
+            ├── TokenLimitExceeded
             └── ValueTooLarge          a value over max_value_bytes or max_depth
 
 Every message says what went wrong and what to do about it. Exceptions carry the same facts as
@@ -52,7 +54,10 @@ __all__ = [
     "ExpressionError",
     "ForkError",
     "LLMCallFailed",
+    "ApprovalNeeded",
     "LLMCallLimitExceeded",
+    "TokenLimitExceeded",
+    "ToolRejected",
     "LLMError",
     "LLMNotConfigured",
     "LLMUnavailable",
@@ -292,6 +297,31 @@ class ToolFailed(ToolError):
         super().__init__(message, tool_name=tool_name, **where)
 
 
+class ToolRejected(ToolError):
+    """A call to a tool that needs approval was rejected; the step fails."""
+
+    def __init__(self, tool_name: str, reason: str | None = None, **where: Any) -> None:
+        why = f": {reason}" if reason else ""
+        super().__init__(
+            f"the call to tool '{tool_name}' was rejected{why}; fork the run with a changed plan to go on without it",
+            tool_name=tool_name,
+            **where,
+        )
+
+
+class ApprovalNeeded(RunError):
+    """Not a failure: the step calls a tool that needs approval, so the run waits for a decision.
+
+    The VM stores the pending call (``tool_name``, resolved ``tool_params``) and the run's status
+    becomes ``waiting``; :meth:`vm.VM.approve` continues it.
+    """
+
+    def __init__(self, tool_name: str, tool_params: dict[str, Any], **where: Any) -> None:
+        super().__init__(f"the call to tool '{tool_name}' waits for approval", **where)
+        self.tool_name = tool_name
+        self.tool_params = tool_params
+
+
 class OutputMappingError(RunError):
     def __init__(self, message: str, *, variable: str | None = None, keys: list[str] | None = None, **where: Any) -> None:
         super().__init__(message, **where)
@@ -351,6 +381,10 @@ class TimeLimitExceeded(LimitExceeded):
 
 class LLMCallLimitExceeded(LimitExceeded):
     limit_name = "max_llm_calls"
+
+
+class TokenLimitExceeded(LimitExceeded):
+    limit_name = "max_tokens"
 
 
 class ValueTooLarge(LimitExceeded):

@@ -37,7 +37,7 @@ from vm.errors import (
     ToolNotAllowed,
     ToolNotFound,
 )
-from vm.errors import UnstorableValue, ValueTooLarge
+from vm.errors import ApprovalNeeded, ToolRejected, UnstorableValue, ValueTooLarge
 from vm.jsonsafe import ValueLimitError, storable
 from vm.outputs import map_outputs
 from vm.program import FINAL_ANSWER, AssignStep, CallingStep, JmpStep, Program, ReasoningStep, Step
@@ -63,6 +63,10 @@ class Interpreter:
         *,
         trace: list[StepRecord] | None = None,
         persist: Callable[[int, StepRecord], None] | None = None,
+        on_step: Callable[[StepRecord], None] | None = None,
+        on_step_start: Callable[[int, str, str | None], None] | None = None,
+        approve_tools: frozenset[str] = frozenset(),
+        approvals: dict[int, dict[str, Any]] | None = None,
     ) -> None:
         self.vm = vm
         self.program = program
@@ -71,6 +75,10 @@ class Interpreter:
         self.deadline = deadline
         self.trace: list[StepRecord] = trace if trace is not None else []
         self.persist = persist
+        self.on_step = on_step
+        self.on_step_start = on_step_start
+        self.approve_tools = approve_tools
+        self.approvals = dict(approvals or {})
         self.concurrency = max(1, vm.concurrency)
         self.calls_in_flight = asyncio.Semaphore(self.concurrency)
         # Steps that never wait run synchronously: no coroutine per assign (see bench/vm_overhead.py).
@@ -124,7 +132,7 @@ class Interpreter:
                 )
             if deadline is not None and time.monotonic() > deadline:
                 raise self._time_up(step)
-            if parallel and block_calls[pc] > 1:
+            if parallel and block_calls[pc] > 1 and not (self.approve_tools and self._asks_approval(pc, block_end[pc])):
                 nxt = await self._block(pc, block_end[pc])
                 if nxt == _DONE:
                     return
@@ -143,15 +151,19 @@ class Interpreter:
             pc = nxt
 
     def _commit(self, record: StepRecord, error: RunError | None) -> None:
-        """Make a finished step observable: variables, trace, store row, callback; raise its error."""
+        """Make a finished step observable: variables, trace, store row, callback; raise its error.
+
+        A step that waits for approval did not run: it is not committed, and the run stops there."""
+        if isinstance(error, ApprovalNeeded):
+            raise error
         if error is None:
             self.store.update(record.outputs)
         index = len(self.trace)
         self.trace.append(record)
         if self.persist is not None:
             self.persist(index, record)
-        if self.vm.on_step is not None:
-            self.vm.on_step(record)
+        if self.on_step is not None:
+            self.on_step(record)
         if error is not None:
             raise error
 
@@ -170,6 +182,8 @@ class Interpreter:
         if handler is not None:
             return self._guard_sync(handler, step, pc, view)
         record = StepRecord(step.seq_no, step.type)
+        if self.on_step_start is not None:
+            self.on_step_start(step.seq_no, step.type, getattr(step, "tool_name", None))
         started = time.perf_counter()
         try:
             nxt = await self._async_handlers[type(step)](step, pc, record, view)
@@ -186,6 +200,11 @@ class Interpreter:
         return record, -1, exc
 
     # --- overlapping independent steps --------------------------------------------------------
+
+    def _asks_approval(self, start: int, end: int) -> bool:
+        """Whether a step of ``start..end`` calls a tool that needs approval: such a stretch runs one
+        step at a time, so no step after the waiting one has run when the run stops to wait."""
+        return any(getattr(step, "tool_name", None) in self.approve_tools for step in self.program.steps[start:end])
 
     async def _block(self, start: int, end: int) -> int:
         """Run steps ``start..end`` (no jump in or out) overlapping, and commit them in order."""
@@ -263,10 +282,12 @@ class Interpreter:
         if spec is None:
             raise ToolNotFound(name, vm.registry.names() if vm.registry is not None else [])
         params = step.params.evaluate(view)
+        if name in self.approve_tools:
+            params = self._approved(name, params, step.seq_no)
         record.inputs = params
         bound = spec.bind(params)
         record.llm_calls = calls = []
-        ctx = CallContext(step.seq_no, name, step.output_vars, StepLLM(self.llm, f"tool '{name}'", calls))
+        ctx = CallContext(step.seq_no, name, step.output_vars, StepLLM(self.llm, f"tool '{name}'", calls, seq_no=step.seq_no))
         try:
             async with self.calls_in_flight:
                 if spec.is_async:
@@ -286,6 +307,16 @@ class Interpreter:
         record.outputs = map_outputs(result, step.output_vars, name)
         return pc + 1
 
+    def _approved(self, name: str, params: dict[str, Any], seq_no: int) -> dict[str, Any]:
+        """The parameters to call an approval-needing tool with, once a person has decided."""
+        decision = self.approvals.pop(seq_no, None)
+        if decision is None:
+            raise ApprovalNeeded(name, self.keep(params, f"the parameters of tool '{name}'"))
+        if not decision.get("approved"):
+            raise ToolRejected(name, decision.get("reason"))
+        edited = decision.get("tool_params")
+        return dict(edited) if isinstance(edited, dict) else params
+
     async def _jmp(self, step: JmpStep, pc: int, record: StepRecord, view: Mapping[str, Any]) -> int:
         if step.condition is None:
             nxt = step.target
@@ -294,7 +325,7 @@ class Interpreter:
             context = render_text(step.context.evaluate(view)) if step.context is not None else None
             record.inputs = {"condition_prompt": condition, "context": context}
             record.llm_calls = calls = []
-            llm = StepLLM(self.llm, f"the jmp condition at seq_no {step.seq_no}", calls)
+            llm = StepLLM(self.llm, f"the jmp condition at seq_no {step.seq_no}", calls, role="condition", seq_no=step.seq_no)
             result, explanation = await self._bounded(evaluate_condition(llm, condition, context), step)
             record.result = {"result": result, "explanation": explanation}
             if result:

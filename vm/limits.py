@@ -5,6 +5,7 @@
 | ``max_steps`` | 1,000 | executed instructions | ``StepLimitExceeded`` |
 | ``max_seconds`` | 600 | wall clock of a run | ``TimeLimitExceeded`` |
 | ``max_llm_calls`` | 200 | LLM calls of a run | ``LLMCallLimitExceeded`` |
+| ``max_tokens`` | off | prompt + completion tokens of a run's LLM exchanges | ``TokenLimitExceeded`` |
 | ``max_value_bytes`` | 4 MiB | one value, as JSON text | ``ValueTooLarge`` (the step fails) |
 | ``max_depth`` | 100 | nesting, in a plan or a value | ``PlanLoadError`` / ``ValueTooLarge`` |
 | ``max_plan_bytes`` | 32 MiB | a plan file or text | ``PlanLoadError`` |
@@ -26,6 +27,9 @@ class Limits(BaseModel):
     max_seconds: float | None = Field(default=600.0, gt=0, description="Wall-clock seconds per run.")
     max_llm_calls: int | None = Field(
         default=200, ge=0, description="LLM calls per run: jmp conditions and tools that use the run's LLM."
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Prompt plus completion tokens of the run's LLM exchanges (off by default)."
     )
     max_value_bytes: int = Field(
         default=4 * 1024 * 1024,

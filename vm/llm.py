@@ -4,28 +4,49 @@ An LLM is any object with ``complete(prompt, *, system=None, json_schema=None)``
 :class:`Completion` or a plain string; it may also offer ``async acomplete(...)`` with the same
 signature, which the VM prefers. ``json_schema`` asks for a reply that is a JSON value of that
 schema (a backend with a JSON or structured-output mode uses it; others may ignore it).
+
+Streaming is optional: an LLM that also has ``stream(prompt, *, system=None, on_delta)`` calls
+``on_delta(text)`` with each piece of the answer as it is produced and returns the whole
+:class:`Completion`. The VM uses it for ``llm_generate`` when someone listens for tokens.
+
+A :class:`Completion` may say which ``model`` wrote it and how many ``prompt_tokens`` and
+``completion_tokens`` the exchange cost; runs record both, per exchange.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["LLM", "Completion", "as_completion", "split_reasoning"]
+__all__ = ["LLM", "Completion", "StreamingLLM", "as_completion", "split_reasoning"]
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """An LLM reply: the answer ``text`` and, apart from it, a reasoning model's ``reasoning``."""
+    """An LLM reply: the answer ``text`` and, apart from it, a reasoning model's ``reasoning``;
+    the ``model`` that wrote it and the exchange's token counts, when the backend knows them."""
 
     text: str
     reasoning: str | None = None
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    def usage(self) -> dict[str, Any]:
+        """What a run records about the exchange besides its text: model and token counts."""
+        return {"model": self.model, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
 
 
 @runtime_checkable
 class LLM(Protocol):
     def complete(self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion | str: ...
+
+
+@runtime_checkable
+class StreamingLLM(Protocol):
+    def stream(self, prompt: str, *, system: str | None = None, on_delta: Callable[[str], None]) -> Completion: ...
 
 
 _THINK_OPEN = re.compile(r"^\s*<think>", re.IGNORECASE)

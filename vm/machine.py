@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from vm.errors import ForkError, Problem, RunError, StoreError
+from vm.errors import ApprovalNeeded, ForkError, Problem, RunError, StoreError, ToolRejected
 from vm.interpreter import Interpreter
 from vm.limits import Limits
 from vm.llm import LLM
@@ -20,7 +21,7 @@ from vm.plan import canonical_instruction, load_plan_data
 from vm.program import FINAL_ANSWER, Program
 from vm.store import RunStore, StoredRun
 from vm.tooling import RunLLM, ToolCatalog
-from vm.trace import RunResult, StepRecord
+from vm.trace import RunListener, RunResult, StepRecord
 from vm.validate import compile_plan, validate_plan
 
 __all__ = ["VM"]
@@ -35,9 +36,13 @@ class VM:
     >>> result = vm.run("plan.json")                                                    # doctest: +SKIP
     >>> result.final_answer, result.run_id                                              # doctest: +SKIP
 
-    ``allowed_tools`` limits the run to those tool names (checked statically and again before
-    every call). ``on_step`` is called with each :class:`StepRecord` as it is committed;
-    ``on_start`` with the run id as soon as a recorded run is created, resumed or forked.
+    ``llm`` answers tools such as ``llm_generate``; ``condition_llm`` (default: ``llm``) decides
+    ``jmp`` conditions. ``allowed_tools`` limits the run to those tool names (checked statically
+    and again before every call). ``approve_tools``: before calling one of these, a recorded run
+    stops with status ``waiting`` until :meth:`approve` decides. ``on_step`` is called with each
+    :class:`StepRecord` as it is committed; ``on_start`` with the run id as soon as a recorded run
+    is created, resumed or forked; ``on_token(seq_no, text)`` with streamed answer text (a
+    :class:`RunListener` passed to one run adds its own callbacks).
     ``store`` records every run step by step (needed by :meth:`resume` and :meth:`fork`).
     ``concurrency`` is how many tool calls may overlap when steps are independent (1: strictly
     one step at a time); results are committed in ``seq_no`` order either way.
@@ -52,9 +57,12 @@ class VM:
         allowed_tools: Iterable[str] | None = None,
         on_step: Callable[[StepRecord], None] | None = None,
         on_start: Callable[[str], None] | None = None,
+        on_token: Callable[[int, str], None] | None = None,
         store: RunStore | None = None,
         concurrency: int = 8,
         max_threads: int = 8,
+        condition_llm: LLM | None = None,
+        approve_tools: Iterable[str] = (),
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1 (1 runs one step at a time)")
@@ -64,10 +72,12 @@ class VM:
         self.allowed_tools = frozenset(allowed_tools) if allowed_tools is not None else None
         self.on_step = on_step
         self.on_start = on_start
+        self.on_token = on_token
+        self.condition_llm = condition_llm
+        self.approve_tools = frozenset(approve_tools)
         self.store = store
         self.concurrency = concurrency
-        self._max_threads = max_threads
-        self._executor: ThreadPoolExecutor | None = None
+        self._pool = _Threads(max_threads)
 
     # --- validation ---------------------------------------------------------------------------
 
@@ -90,14 +100,16 @@ class VM:
         variables: dict[str, Any] | None = None,
         goal: str | None = None,
         metadata: dict[str, Any] | None = None,
+        approve_tools: Iterable[str] | None = None,
     ) -> RunResult:
         """Validate and run ``plan`` (a path, JSON text, parsed data or a compiled Program).
 
         Raises ``PlanError`` when the plan cannot run at all; every failure after the first step
         started is returned as a failed :class:`RunResult` (``result.raise_for_error()`` raises it).
-        ``goal`` and ``metadata`` are recorded with the run.
+        ``goal`` and ``metadata`` are recorded with the run; ``approve_tools`` adds tools that
+        need approval in this run (kept with it, so they still do when it is resumed).
         """
-        return self._sync(self.arun(plan, variables=variables, goal=goal, metadata=metadata))
+        return self._sync(self.arun(plan, variables=variables, goal=goal, metadata=metadata, approve_tools=approve_tools))
 
     async def arun(
         self,
@@ -106,16 +118,22 @@ class VM:
         variables: dict[str, Any] | None = None,
         goal: str | None = None,
         metadata: dict[str, Any] | None = None,
+        approve_tools: Iterable[str] | None = None,
+        listener: RunListener | None = None,
+        planning: dict[str, Any] | None = None,
     ) -> RunResult:
-        """The async form of :meth:`run`."""
+        """The async form of :meth:`run`; ``listener`` hears this run's progress, ``planning``
+        (how the plan was made: planner, reasoning, model, tokens) is recorded with it."""
         state: dict[str, Any] = dict(variables or {})
         program = self.compile(plan, variables=state)
+        approve = self.approve_tools | frozenset(approve_tools or ())
         run_id = None
         if self.store is not None:
             run_id = self.store.create_run(
-                program.to_data(), variables=state, goal=goal, metadata=metadata, limits=self.limits.model_dump()
+                program.to_data(), variables=state, goal=goal, metadata=metadata, limits=self.limits.model_dump(),
+                planning=planning, approve_tools=sorted(approve) or None,
             )
-        return await self._execute(program, state, run_id=run_id)
+        return await self._execute(program, state, run_id=run_id, listener=listener, approve_tools=approve)
 
     def resume(self, run_id: str) -> RunResult:
         """Continue a stored run that was killed or failed, from its last completed step.
@@ -125,7 +143,9 @@ class VM:
         """
         return self._sync(self.aresume(run_id))
 
-    async def aresume(self, run_id: str) -> RunResult:
+    async def aresume(
+        self, run_id: str, *, listener: RunListener | None = None, approvals: dict[int, dict[str, Any]] | None = None
+    ) -> RunResult:
         store = self._need_store("resume")
         stored = store.claim(run_id)
         run_id = stored.id  # the full id, when a prefix was given
@@ -139,7 +159,43 @@ class VM:
         if trace and FINAL_ANSWER in trace[-1].outputs:  # killed after its last step was written
             store.finish(run_id, "completed", final_answer=state.get(FINAL_ANSWER))
             return RunResult("completed", state.get(FINAL_ANSWER), state, trace, run_id=run_id)
-        return await self._execute(program, state, run_id=run_id, trace=trace, start_pc=_next_position(program, stored))
+        approve = self.approve_tools | frozenset(stored.approve_tools or ())
+        return await self._execute(
+            program, state, run_id=run_id, trace=trace, start_pc=_next_position(program, stored), listener=listener,
+            approve_tools=approve, approvals=approvals,
+        )
+
+    def approve(
+        self, run_id: str, seq_no: int, approved: bool, *, tool_params: dict[str, Any] | None = None, reason: str | None = None
+    ) -> RunResult:
+        """Decide the call a ``waiting`` run waits for, and continue it: ``approved`` runs the tool
+        (with ``tool_params`` instead of the planned parameters, when given); otherwise the step
+        fails with :class:`~vm.errors.ToolRejected`."""
+        return self._sync(self.aapprove(run_id, seq_no, approved, tool_params=tool_params, reason=reason))
+
+    async def aapprove(
+        self,
+        run_id: str,
+        seq_no: int,
+        approved: bool,
+        *,
+        tool_params: dict[str, Any] | None = None,
+        reason: str | None = None,
+        listener: RunListener | None = None,
+    ) -> RunResult:
+        store = self._need_store("approve")
+        stored = store.get(run_id)
+        pending = stored.pending
+        if stored.status != "waiting" or not pending:
+            raise StoreError(f"run '{stored.id}' is {stored.status}, not waiting for an approval; nothing to approve", path=str(store.path))
+        if pending.get("seq_no") != seq_no:
+            raise StoreError(
+                f"run '{stored.id}' waits for the call at seq_no {pending.get('seq_no')} (tool '{pending.get('tool')}'), "
+                f"not seq_no {seq_no}; approve or reject that one",
+                path=str(store.path),
+            )
+        decision = {"approved": bool(approved), "tool_params": tool_params, "reason": reason}
+        return await self.aresume(stored.id, listener=listener, approvals={seq_no: decision})
 
     def fork(self, run_id: str, from_seq: int, plan: Any) -> RunResult:
         """Start a new run that reuses ``run_id``'s steps before ``from_seq`` and continues with ``plan``.
@@ -149,7 +205,7 @@ class VM:
         """
         return self._sync(self.afork(run_id, from_seq, plan))
 
-    async def afork(self, run_id: str, from_seq: int, plan: Any) -> RunResult:
+    async def afork(self, run_id: str, from_seq: int, plan: Any, *, listener: RunListener | None = None) -> RunResult:
         store = self._need_store("fork")
         parent = store.get(run_id)
         run_id = parent.id  # the full id, when a prefix was given
@@ -173,13 +229,17 @@ class VM:
                     f"the new plan changes seq_no {seq}, which the run already executed before seq_no {from_seq}; "
                     f"keep it as it was, or fork from seq_no {seq} or earlier"
                 )
+        approve = self.approve_tools | frozenset(parent.approve_tools or ())
         fork_id = store.create_run(
             program.to_data(), variables=parent.variables, goal=parent.goal, metadata=parent.metadata,
             parent_id=run_id, fork_seq=from_seq, inherit_steps=prefix, limits=self.limits.model_dump(),
+            approve_tools=sorted(approve) or None,
         )
         trace = [StepRecord.from_stored(s) for s in parent.steps[:prefix]]
         state = parent.variables_at(prefix)
-        return await self._execute(program, state, run_id=fork_id, trace=trace, start_pc=program.position[from_seq])
+        return await self._execute(
+            program, state, run_id=fork_id, trace=trace, start_pc=program.position[from_seq], listener=listener, approve_tools=approve
+        )
 
     async def _execute(
         self,
@@ -189,21 +249,45 @@ class VM:
         run_id: str | None,
         trace: list[StepRecord] | None = None,
         start_pc: int = 0,
+        listener: RunListener | None = None,
+        approve_tools: frozenset[str] = frozenset(),
+        approvals: dict[int, dict[str, Any]] | None = None,
     ) -> RunResult:
-        if run_id is not None and self.on_start is not None:
-            self.on_start(run_id)
+        on_start, on_step, on_token = _both(self.on_start, listener and listener.on_start), _both(
+            self.on_step, listener and listener.on_step
+        ), _both(self.on_token, listener and listener.on_token)
+        if run_id is not None and on_start is not None:
+            on_start(run_id)
         limits = self.limits
         started = time.monotonic()
         deadline = started + limits.max_seconds if limits.max_seconds is not None else None
         run_llm = RunLLM(
-            self.llm, limits.max_llm_calls, asyncio.get_running_loop(), self._threads, max_reply_bytes=limits.max_value_bytes
+            self.llm, limits.max_llm_calls, asyncio.get_running_loop(), self._threads, max_reply_bytes=limits.max_value_bytes,
+            condition_llm=self.condition_llm, max_tokens=limits.max_tokens, on_token=on_token,
         )
         store = self.store if run_id is not None else None
         persist = (lambda index, record: store.record_step(run_id, index, record)) if store is not None else None
-        run = Interpreter(self, program, state, run_llm, deadline, trace=trace, persist=persist)
+        run = Interpreter(
+            self, program, state, run_llm, deadline, trace=trace, persist=persist, on_step=on_step,
+            on_step_start=listener.on_step_start if listener is not None else None,
+            approve_tools=approve_tools, approvals=approvals,
+        )
         error: RunError | None = None
         try:
             await run.execute(start_pc)
+        except ApprovalNeeded as wait:
+            if store is None or run_id is None:
+                error = ToolRejected(
+                    wait.tool_name, "it needs approval, and a run that is not recorded cannot wait for one (give the VM a store)"
+                )
+                error.locate(wait.seq_no or 0, "calling")
+                return RunResult("failed", None, state, run.trace, error=error, llm_calls=run.llm.calls, run_id=run_id)
+            pending = {"seq_no": wait.seq_no, "tool": wait.tool_name, "tool_params": wait.tool_params, "index": len(run.trace)}
+            store.wait(run_id, pending)
+            return RunResult(
+                status="waiting", final_answer=None, variables=state, trace=run.trace, llm_calls=run.llm.calls,
+                duration_s=time.monotonic() - started, run_id=run_id, pending=pending, tokens=run.llm.tokens,
+            )
         except RunError as exc:
             error = exc
         except BaseException as exc:
@@ -226,6 +310,7 @@ class VM:
             llm_calls=run.llm.calls,
             duration_s=time.monotonic() - started,
             run_id=run_id,
+            tokens=run.llm.tokens,
         )
 
     # --- plumbing -------------------------------------------------------------------------------
@@ -244,11 +329,16 @@ class VM:
         coro.close()
         raise RuntimeError("a blocking VM method was called from a running event loop; use its async form (await vm.arun(...))")
 
+    def derive(self, *, limits: Limits) -> VM:
+        """A VM with other limits, sharing this one's tools, LLMs, store and thread pool (close
+        only the original)."""
+        other = copy.copy(self)
+        other.limits = limits
+        return other
+
     def close(self) -> None:
         """Release the thread pool used for sync tools (also done by ``with VM(...) as vm``)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._pool.close()
 
     def __enter__(self) -> VM:
         return self
@@ -257,9 +347,37 @@ class VM:
         self.close()
 
     def _threads(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=self._max_threads, thread_name_prefix="planvm-tool")
-        return self._executor
+        return self._pool.get()
+
+
+class _Threads:
+    """The thread pool sync tools and LLMs run in, made on first use."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.executor: ThreadPoolExecutor | None = None
+
+    def get(self) -> ThreadPoolExecutor:
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="planvm-tool")
+        return self.executor
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None
+
+
+def _both(first: Callable[..., None] | None, second: Callable[..., None] | None) -> Callable[..., None] | None:
+    """One callback calling both (None when neither is set)."""
+    if first is None or second is None:
+        return first or second
+
+    def both(*args: Any) -> None:
+        first(*args)
+        second(*args)
+
+    return both
 
 
 def _next_position(program: Program, stored: StoredRun) -> int:

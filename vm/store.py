@@ -38,17 +38,22 @@ from vm.redact import redact
 __all__ = ["RunStore", "StoredRun", "StoredStep", "default_store_path"]
 
 _APPLICATION_ID = 0x706C766D  # "plvm"
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 # Each step from version N to N+1, applied in order to a store made by older code.
 _MIGRATIONS = {
     2: ["ALTER TABLE runs ADD COLUMN limits TEXT"],  # the run's Limits, so a replay keeps them
+    3: [  # how the plan was made; approvals
+        "ALTER TABLE runs ADD COLUMN planning TEXT",
+        "ALTER TABLE runs ADD COLUMN pending TEXT",
+        "ALTER TABLE runs ADD COLUMN approve_tools TEXT",
+    ],
 }
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id           TEXT PRIMARY KEY,
     created_at   REAL NOT NULL,
     updated_at   REAL NOT NULL,
-    status       TEXT NOT NULL,            -- running | completed | failed | interrupted
+    status       TEXT NOT NULL,            -- running | waiting | completed | failed | interrupted
     goal         TEXT,
     metadata     TEXT,                     -- JSON
     plan         TEXT NOT NULL,            -- JSON array
@@ -59,7 +64,10 @@ CREATE TABLE IF NOT EXISTS runs (
     error        TEXT,
     owner        TEXT,                     -- host:pid of the process executing it, while it runs
     steps        INTEGER NOT NULL DEFAULT 0,
-    limits       TEXT                      -- JSON: the Limits the run was started with
+    limits       TEXT,                     -- JSON: the Limits the run was started with
+    planning     TEXT,                     -- JSON: planner, reasoning, model, tokens, attempts
+    pending      TEXT,                     -- JSON: the tool call a waiting run waits to have approved
+    approve_tools TEXT                     -- JSON array: tools whose calls need approval in this run
 );
 CREATE TABLE IF NOT EXISTS steps (
     run_id     TEXT NOT NULL REFERENCES runs(id),
@@ -182,6 +190,27 @@ class StoredRun:
     error: str | None = None
     owner: str | None = None
     limits: dict[str, Any] | None = None  # the run's Limits (None in runs recorded before they were kept)
+    planning: dict[str, Any] | None = None  # how the plan was made (planner, reasoning, model, tokens)
+    pending: dict[str, Any] | None = None  # a waiting run's call: {seq_no, tool, tool_params, index}
+    approve_tools: list[str] | None = None
+
+    def token_totals(self) -> dict[str, dict[str, int]]:
+        """Prompt and completion tokens per model role (planner, answer, condition), and in all."""
+        totals: dict[str, dict[str, int]] = {}
+
+        def add(role: str, prompt: Any, completion: Any) -> None:
+            for key in (role, "total"):
+                row = totals.setdefault(key, {"prompt_tokens": 0, "completion_tokens": 0})
+                row["prompt_tokens"] += prompt if isinstance(prompt, int) else 0
+                row["completion_tokens"] += completion if isinstance(completion, int) else 0
+
+        if self.planning:
+            add("planner", self.planning.get("prompt_tokens"), self.planning.get("completion_tokens"))
+        for step in self.steps:
+            for call in step.llm_calls:
+                add(str(call.get("role") or ("condition" if step.type == "jmp" else "answer")),
+                    call.get("prompt_tokens"), call.get("completion_tokens"))
+        return totals
 
     def variables_at(self, step: int | None = None) -> dict[str, Any]:
         """The variables before trace position ``step`` (None: after the last step)."""
@@ -207,6 +236,7 @@ class StoredRun:
                 "error": self.error,
                 "variables": self.variables,
                 "limits": self.limits,
+                "planning": self.planning,
             },
             "plan": self.plan,
             "steps": [s.to_dict() for s in self.steps],
@@ -464,6 +494,8 @@ class RunStore:
         fork_seq: int | None = None,
         inherit_steps: int = 0,
         limits: dict[str, Any] | None = None,
+        planning: dict[str, Any] | None = None,
+        approve_tools: list[str] | None = None,
     ) -> str:
         """Start a run owned by this process; a fork copies its parent's first ``inherit_steps`` steps."""
         run_id = uuid.uuid4().hex[:16]
@@ -471,10 +503,11 @@ class RunStore:
         with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO runs (id, created_at, updated_at, status, goal, metadata, plan, variables, parent_id, "
-                "fork_seq, owner, steps, limits) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "fork_seq, owner, steps, limits, planning, approve_tools) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, now, now, clean_text(goal) if goal else goal, _dumps(metadata) if metadata is not None else None, _dumps(plan),
                  _dumps(variables or {}), parent_id, fork_seq, _owner(), inherit_steps,
-                 _dumps(limits) if limits is not None else None),
+                 _dumps(limits) if limits is not None else None, _dumps(planning) if planning is not None else None,
+                 _dumps(approve_tools) if approve_tools else None),
             )
             if parent_id is not None and inherit_steps:
                 conn.execute(
@@ -504,6 +537,29 @@ class RunStore:
                 (status, _dumps(final_answer) if final_answer is not None else None, redact(clean_text(error)) if error else None,
                  time.time(), run_id),
             )
+
+    def wait(self, run_id: str, pending: dict[str, Any]) -> None:
+        """Stop a run to wait for a person to approve the call ``pending`` describes."""
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE runs SET status = 'waiting', pending = ?, owner = NULL, updated_at = ? WHERE id = ?",
+                (_dumps(pending), time.time(), run_id),
+            )
+
+    def mark_abandoned(self) -> list[str]:
+        """Mark runs left ``running`` by a process that has died as ``interrupted`` (a server does
+        this when it starts); return their ids. Runs of live processes are left alone."""
+        rows = self._read("SELECT id, owner FROM runs WHERE status = 'running'")
+        dead = [run_id for run_id, owner in rows if owner is None or not _owner_alive(owner)]
+        if dead:
+            with self._transaction() as conn:
+                for run_id in dead:
+                    conn.execute(
+                        "UPDATE runs SET status = 'interrupted', owner = NULL, error = ?, updated_at = ? WHERE id = ? "
+                        "AND status = 'running'",
+                        ("the process running it ended before the run did; resume it", time.time(), run_id),
+                    )
+        return dead
 
     def resolve(self, run_id: str) -> str:
         """The full id of the run ``run_id`` names: the id itself, or a unique prefix of one."""
@@ -546,7 +602,7 @@ class RunStore:
                 conn.execute("DELETE FROM steps WHERE run_id = ? AND idx >= ?", (run_id, first_error))
                 conn.execute("UPDATE runs SET steps = ? WHERE id = ?", (first_error, run_id))
             conn.execute(
-                "UPDATE runs SET owner = ?, status = 'running', error = NULL, updated_at = ? WHERE id = ?",
+                "UPDATE runs SET owner = ?, status = 'running', error = NULL, pending = NULL, updated_at = ? WHERE id = ?",
                 (_owner(), time.time(), run_id),
             )
         return self.get(run_id)
@@ -558,7 +614,7 @@ class RunStore:
         run_id = self.resolve(run_id)
         rows = self._read(
             "SELECT id, status, plan, variables, created_at, updated_at, goal, metadata, parent_id, fork_seq, "
-            "final_answer, error, owner, limits FROM runs WHERE id = ?",
+            "final_answer, error, owner, limits, planning, pending, approve_tools FROM runs WHERE id = ?",
             (run_id,),
         )
         if not rows:
@@ -576,15 +632,32 @@ class RunStore:
         return StoredRun(
             id=r[0], status=r[1], plan=_loads(r[2]), variables=_loads(r[3]), steps=steps, created_at=r[4],
             updated_at=r[5], goal=r[6], metadata=_loads(r[7]), parent_id=r[8], fork_seq=r[9],
-            final_answer=_loads(r[10]), error=r[11], owner=r[12], limits=_loads(r[13]),
+            final_answer=_loads(r[10]), error=r[11], owner=r[12], limits=_loads(r[13]), planning=_loads(r[14]),
+            pending=_loads(r[15]), approve_tools=_loads(r[16]),
         )
 
-    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
-        """Newest first: id, status, created_at, steps, goal, parent_id, fork_seq, plan_file (for runs of a plan file)."""
+    def list_runs(
+        self, limit: int = 50, *, status: str | None = None, query: str | None = None, before: tuple[float, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first: id, status, created_at, steps, goal, parent_id, fork_seq, plan_file (for
+        runs of a plan file). ``status`` and ``query`` (text in the goal or the id) filter;
+        ``before`` (created_at, id) pages: the runs after that one in this order."""
+        where, args = [], []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if query:
+            escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("(goal LIKE ? ESCAPE '\\' OR id LIKE ? ESCAPE '\\')")
+            args += [f"%{escaped}%", f"{escaped}%"]
+        if before is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args += [before[0], before[0], before[1]]
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
         rows = self._read(
             "SELECT id, status, created_at, (SELECT count(*) FROM steps WHERE steps.run_id = runs.id), goal, parent_id, "
-            "fork_seq, metadata FROM runs ORDER BY created_at DESC LIMIT ?",
-            (limit,),
+            f"fork_seq, metadata FROM runs {clause}ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*args, limit),
         )
         keys = ("id", "status", "created_at", "steps", "goal", "parent_id", "fork_seq")
         runs = []
@@ -595,6 +668,16 @@ class RunStore:
             run["plan_file"] = plan_file if isinstance(plan_file, str) else None
             runs.append(run)
         return runs
+
+    def step_count(self, run_id: str) -> int:
+        return self._read("SELECT count(*) FROM steps WHERE run_id = ?", (run_id,))[0][0]
+
+    def status_of(self, run_id: str) -> str:
+        """The run's status alone (cheap: the service polls it while streaming)."""
+        rows = self._read("SELECT status FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            raise RunNotFound(run_id, str(self.path))
+        return rows[0][0]
 
     def children(self, run_id: str) -> list[dict[str, Any]]:
         rows = self._read("SELECT id, status, fork_seq FROM runs WHERE parent_id = ? ORDER BY created_at", (run_id,))

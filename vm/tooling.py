@@ -17,7 +17,15 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from vm.errors import LLMCallFailed, LLMCallLimitExceeded, LLMNotConfigured, LLMUnavailable, RunError, ValueTooLarge
+from vm.errors import (
+    LLMCallFailed,
+    LLMCallLimitExceeded,
+    LLMNotConfigured,
+    LLMUnavailable,
+    RunError,
+    TokenLimitExceeded,
+    ValueTooLarge,
+)
 from vm.jsonsafe import text_size
 from vm.llm import LLM, Completion, as_completion
 
@@ -51,7 +59,13 @@ class ToolCatalog(Protocol):
 
 
 class RunLLM:
-    """The run's LLM with its call budget. Thread-safe: sync tools call it from worker threads."""
+    """The run's LLMs with the run's budgets. Thread-safe: sync tools call it from worker threads.
+
+    Two roles: ``answer`` (tools such as ``llm_generate``) and ``condition`` (``jmp``), each its
+    own LLM (the condition one defaults to the answer one); calls and tokens of both count
+    against the same budgets. ``on_token(seq_no, delta)`` receives streamed answer text on the
+    run's event loop when the LLM can stream.
+    """
 
     def __init__(
         self,
@@ -61,23 +75,34 @@ class RunLLM:
         executor: Callable[[], Executor] | None = None,
         *,
         max_reply_bytes: int | None = None,
+        condition_llm: LLM | None = None,
+        max_tokens: int | None = None,
+        on_token: Callable[[int, str], None] | None = None,
     ) -> None:
         self.llm = llm
+        self.roles: dict[str, LLM | None] = {"answer": llm, "condition": condition_llm if condition_llm is not None else llm}
         self.max_calls = max_calls
+        self.max_tokens = max_tokens
         self.max_reply_bytes = max_reply_bytes
+        self.on_token = on_token
         self.calls = 0
+        self.tokens = 0
         self._lock = threading.Lock()
         self._loop = loop
         # Sync LLMs run in the VM's own pool, not asyncio's default one: asyncio.run() waits for
         # its default pool at exit, so a hung call there would outlive the run's deadline.
         self._executor = executor
 
+    def available_for(self, role: str) -> bool:
+        return self.roles.get(role) is not None
+
     @property
     def available(self) -> bool:
         return self.llm is not None
 
-    def _take(self, purpose: str) -> LLM:
-        if self.llm is None:
+    def _take(self, purpose: str, role: str) -> LLM:
+        llm = self.roles.get(role)
+        if llm is None:
             raise LLMUnavailable(purpose)
         with self._lock:
             if self.max_calls is not None and self.calls >= self.max_calls:
@@ -86,11 +111,27 @@ class RunLLM:
                     f"LLM-call budget of {self.max_calls} exhausted ({purpose}); raise Limits.max_llm_calls "
                     f"or make the plan call the LLM less",
                 )
+            if self.max_tokens is not None and self.tokens >= self.max_tokens:
+                raise self._over_tokens(purpose)
             self.calls += 1
-        return self.llm
+        return llm
 
-    def _within_size(self, reply: Completion, purpose: str) -> Completion:
-        """The reply, unless it is larger than a value may be (max_value_bytes)."""
+    def _over_tokens(self, purpose: str) -> TokenLimitExceeded:
+        return TokenLimitExceeded(
+            self.max_tokens or 0,
+            f"token budget of {self.max_tokens:,} spent ({self.tokens:,} tokens, at {purpose}); raise "
+            f"Limits.max_tokens / --max-tokens, or ask for shorter replies",
+        )
+
+    def _checked(self, reply: Completion, purpose: str) -> Completion:
+        """The reply, counted against the token budget, unless it is larger than a value may be."""
+        spent = (reply.prompt_tokens or 0) + (reply.completion_tokens or 0)
+        if spent:
+            with self._lock:
+                self.tokens += spent
+                over = self.max_tokens is not None and self.tokens > self.max_tokens
+            if over:
+                raise self._over_tokens(purpose)
         limit = self.max_reply_bytes
         if limit is not None:
             size = sum(text_size(part) for part in (reply.text, reply.reasoning or ""))
@@ -102,17 +143,39 @@ class RunLLM:
                 )
         return reply
 
-    async def acomplete(self, prompt: str, *, purpose: str, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
-        llm = self._take(purpose)
+    def _streamer(self, llm: LLM, seq_no: int | None, stream: bool) -> Callable[[str], None] | None:
+        """Where streamed text goes, when this call streams (someone listens and the LLM can)."""
+        on_token, loop = self.on_token, self._loop
+        if not stream or on_token is None or loop is None or seq_no is None or not hasattr(llm, "stream"):
+            return None
+        return lambda delta: loop.call_soon_threadsafe(on_token, seq_no, delta)
+
+    async def acomplete(
+        self,
+        prompt: str,
+        *,
+        purpose: str,
+        system: str | None = None,
+        json_schema: dict[str, Any] | None = None,
+        role: str = "answer",
+        stream: bool = False,
+        seq_no: int | None = None,
+    ) -> Completion:
+        llm = self._take(purpose, role)
         try:
+            to = self._streamer(llm, seq_no, stream and json_schema is None)
             acomplete = getattr(llm, "acomplete", None)
-            if acomplete is not None:
+            if to is not None:
+                call = functools.partial(llm.stream, prompt, system=system, on_delta=to)  # type: ignore[attr-defined]
+                pool = self._executor() if self._executor is not None else None
+                reply = await asyncio.get_running_loop().run_in_executor(pool, call)
+            elif acomplete is not None:
                 reply = await acomplete(prompt, system=system, json_schema=json_schema)
             else:
                 call = functools.partial(llm.complete, prompt, system=system, json_schema=json_schema)
                 pool = self._executor() if self._executor is not None else None
                 reply = await asyncio.get_running_loop().run_in_executor(pool, call)
-            return self._within_size(as_completion(reply), purpose)
+            return self._checked(as_completion(reply), purpose)
         except (RunError, asyncio.CancelledError):
             raise
         except LLMNotConfigured as exc:
@@ -120,15 +183,17 @@ class RunLLM:
         except Exception as exc:
             raise LLMCallFailed(purpose, exc) from exc
 
-    def complete(self, prompt: str, *, purpose: str, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
-        llm = self._take(purpose)
+    def complete(
+        self, prompt: str, *, purpose: str, system: str | None = None, json_schema: dict[str, Any] | None = None, role: str = "answer"
+    ) -> Completion:
+        llm = self._take(purpose, role)
         try:
             if hasattr(llm, "complete"):
-                return self._within_size(as_completion(llm.complete(prompt, system=system, json_schema=json_schema)), purpose)
+                return self._checked(as_completion(llm.complete(prompt, system=system, json_schema=json_schema)), purpose)
             if self._loop is None:  # pragma: no cover - only reachable with an async-only LLM outside a run
                 raise LLMUnavailable(purpose)
             future = asyncio.run_coroutine_threadsafe(llm.acomplete(prompt, system=system, json_schema=json_schema), self._loop)
-            return self._within_size(as_completion(future.result()), purpose)
+            return self._checked(as_completion(future.result()), purpose)
         except RunError:
             raise
         except LLMNotConfigured as exc:
@@ -136,39 +201,69 @@ class RunLLM:
         except Exception as exc:
             raise LLMCallFailed(purpose, exc) from exc
 
+    def emit(self, seq_no: int | None, text: str) -> None:
+        """Send ``text`` to the token listener, for an answer that was not streamed by an LLM."""
+        if self.on_token is not None and self._loop is not None and seq_no is not None and text:
+            self._loop.call_soon_threadsafe(self.on_token, seq_no, text)
+
+    def model_of(self, role: str) -> str | None:
+        llm = self.roles.get(role)
+        model = getattr(llm, "model", None)
+        return model if isinstance(model, str) else None
+
 
 class StepLLM:
-    """The run's LLM as one step sees it: every call is recorded in ``records``."""
+    """The run's LLM for one role, as one step sees it: every call is recorded in ``records``
+    (prompt, reply, role, model, token counts)."""
 
-    def __init__(self, run_llm: RunLLM, purpose: str, records: list[dict[str, Any]]) -> None:
+    def __init__(self, run_llm: RunLLM, purpose: str, records: list[dict[str, Any]], *, role: str = "answer", seq_no: int | None = None) -> None:
         self._run_llm = run_llm
         self._purpose = purpose
+        self._role = role
+        self._seq_no = seq_no
         self.records = records
 
     @property
     def available(self) -> bool:
-        return self._run_llm.available
+        return self._run_llm.available_for(self._role)
 
     @property
     def backend(self) -> Any:
-        """The LLM object the run was given (to check for optional abilities)."""
-        return self._run_llm.llm
+        """The LLM object serving this role (to check for optional abilities)."""
+        return self._run_llm.roles.get(self._role)
 
     def note(self, prompt: str, text: str, reasoning: str | None, **extra: Any) -> None:
         """Record an exchange that did not go through ``complete`` (an offline backend's answer);
         ``extra`` facts about it (e.g. ``found=False``) are kept in the record too."""
-        self.records.append({"prompt": prompt, "system": None, "text": text, "reasoning": reasoning, **extra})
+        self.records.append(
+            {"prompt": prompt, "system": None, "text": text, "reasoning": reasoning, "role": self._role,
+             "model": self._run_llm.model_of(self._role), "prompt_tokens": None, "completion_tokens": None, **extra}
+        )
+
+    def emit(self, text: str) -> None:
+        """Stream ``text`` as part of this step's answer (for a backend that is not an LLM)."""
+        self._run_llm.emit(self._seq_no, text)
 
     def _record(self, prompt: str, system: str | None, reply: Completion) -> Completion:
-        self.records.append({"prompt": prompt, "system": system, "text": reply.text, "reasoning": reply.reasoning})
+        self.records.append(
+            {"prompt": prompt, "system": system, "text": reply.text, "reasoning": reply.reasoning, "role": self._role,
+             "model": reply.model or self._run_llm.model_of(self._role), "prompt_tokens": reply.prompt_tokens,
+             "completion_tokens": reply.completion_tokens}
+        )
         return reply
 
     def complete(self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
-        reply = self._run_llm.complete(prompt, purpose=self._purpose, system=system, json_schema=json_schema)
+        reply = self._run_llm.complete(prompt, purpose=self._purpose, system=system, json_schema=json_schema, role=self._role)
         return self._record(prompt, system, reply)
 
-    async def acomplete(self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
-        reply = await self._run_llm.acomplete(prompt, purpose=self._purpose, system=system, json_schema=json_schema)
+    async def acomplete(
+        self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None, stream: bool = False
+    ) -> Completion:
+        """Ask the LLM; ``stream=True`` sends the answer's text to the run's token listener as it
+        is written (when there is one and the LLM can stream)."""
+        reply = await self._run_llm.acomplete(
+            prompt, purpose=self._purpose, system=system, json_schema=json_schema, role=self._role, stream=stream, seq_no=self._seq_no
+        )
         return self._record(prompt, system, reply)
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
 from vm.errors import RunError
 
-__all__ = ["RunResult", "StepRecord"]
+__all__ = ["RunListener", "RunResult", "StepRecord"]
 
 # Shared, read-only defaults: a step record allocates no container it does not fill, which keeps
 # the garbage collector's work per step small (see bench/vm_overhead.py).
@@ -73,13 +74,27 @@ class StepRecord:
 
 
 @dataclass(slots=True)
+class RunListener:
+    """Who hears about one run as it goes (every callback optional, each called on the run's
+    event loop): ``on_start(run_id)`` once the run is in the store; ``on_step_start(seq_no,
+    type, tool)`` when a tool call or jump begins; ``on_step(record)`` as each step is committed;
+    ``on_token(seq_no, text)`` with each piece of an answer streamed by ``llm_generate``."""
+
+    on_start: Callable[[str], None] | None = None
+    on_step: Callable[[StepRecord], None] | None = None
+    on_step_start: Callable[[int, str, str | None], None] | None = None
+    on_token: Callable[[int, str], None] | None = None
+
+
+@dataclass(slots=True)
 class RunResult:
-    """What a run ended with. ``status`` is ``"completed"`` or ``"failed"`` (then ``error`` says why).
+    """What a run ended with. ``status`` is ``"completed"``, ``"failed"`` (then ``error`` says
+    why) or ``"waiting"`` (a tool call waits for approval: ``pending`` holds it).
 
     ``run_id`` names the run in the store (None when the VM has no store).
     """
 
-    status: Literal["completed", "failed"]
+    status: Literal["completed", "failed", "waiting"]
     final_answer: Any
     variables: dict[str, Any]
     trace: list[StepRecord]
@@ -87,6 +102,8 @@ class RunResult:
     llm_calls: int = 0
     duration_s: float = 0.0
     run_id: str | None = None
+    pending: dict[str, Any] | None = None
+    tokens: int = 0
 
     @property
     def ok(self) -> bool:
@@ -112,6 +129,8 @@ class RunResult:
             "steps": self.steps,
             "error": str(self.error) if self.error else None,
         }
+        if self.pending is not None:
+            data["pending"] = self.pending
         if trace:
             data["trace"] = [r.to_dict() for r in self.trace]
         return data

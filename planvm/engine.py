@@ -1,0 +1,224 @@
+"""The one path from a goal to a recorded run, shared by every front end.
+
+``planvm run``, ``POST /v1/runs`` and the service's forks and resumes all go through an
+:class:`Engine`: it resolves the settings once into the registry, the run store and one LLM per
+model role (planner, answer, condition), and runs plan → validate → run → record. The CLI and the
+service add only transport: printing, or HTTP and event streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from vm import VM, Limits, RunListener, RunResult
+from vm.errors import PlanVMError
+
+__all__ = ["Engine", "outcome_json"]
+
+
+def outcome_json(
+    run_id: str | None,
+    status: str,
+    final_answer: Any,
+    variables: dict[str, Any],
+    steps: int,
+    error: str | None,
+    llm_calls: Iterable[dict[str, Any]],
+    pending: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A run's outcome as ``planvm exec --json`` prints it (and the service's ``done`` event).
+
+    Answers of the extractive baseline say so: ``"model_used": false`` and ``"answer_found"``
+    (false when the knowledge base held nothing close to the question)."""
+    from tools.llm_extractive import NO_MODEL_NOTICE
+
+    data: dict[str, Any] = {
+        "run_id": run_id,
+        "status": status,
+        "final_answer": final_answer,
+        "variables": variables,
+        "steps": steps,
+        "error": error,
+    }
+    if pending is not None:
+        data["pending"] = pending
+    extracted = [call for call in llm_calls if call.get("reasoning") == NO_MODEL_NOTICE]
+    if extracted:
+        data["model_used"] = False
+        data["answer_found"] = all(call.get("found", True) for call in extracted)
+        data["notice"] = NO_MODEL_NOTICE
+    return data
+
+
+def result_json(result: RunResult) -> dict[str, Any]:
+    return outcome_json(
+        result.run_id, result.status, result.final_answer, result.variables, result.steps,
+        str(result.error) if result.error else None, (c for r in result.trace for c in r.llm_calls), result.pending,
+    )
+
+
+def stored_json(run: Any) -> dict[str, Any]:
+    """The same object for a run read back from the store."""
+    return outcome_json(
+        run.id, run.status, run.final_answer, run.variables_at(), len(run.steps), run.error,
+        (c for s in run.steps for c in s.llm_calls), run.pending,
+    )
+
+
+class Engine:
+    """Settings resolved once: tools, store, model roles, limits. Cheap to share between runs.
+
+    ``options`` are the command-line options of ``exec`` (``plugins``, ``no_builtins``,
+    ``store_path``, ``kb_path``, ``max_*`` budgets, ``allow_tools``, ``concurrency``,
+    ``approve_tools``); ``record=False`` keeps runs out of the store.
+    """
+
+    def __init__(self, options: dict[str, Any], *, record: bool = True, notify: Callable[[str], None] | None = None) -> None:
+        from planvm.cli import load_settings, make_registry_for
+        from tools.backends import make_llms
+        from vm import RunStore
+
+        self.options = options
+        self.notify = notify or (lambda _message: None)
+        self.settings = load_settings(options)
+        self.registry = make_registry_for(options, self.settings)
+        self.llms = make_llms(self.settings)
+        budgets = {
+            k: options[k]
+            for k in ("max_steps", "max_seconds", "max_value_bytes", "max_plan_bytes", "max_tokens", "max_llm_calls")
+            if options.get(k) is not None
+        }
+        self.limits = Limits(**budgets)
+        self.store = RunStore(options.get("store_path")) if record else None
+        self.approve_tools = frozenset(options.get("approve_tools") or ())
+        self.vm = VM(
+            self.registry,
+            llm=self.llms["answer"],
+            condition_llm=self.llms["condition"],
+            limits=self.limits,
+            allowed_tools=options.get("allow_tools") or None,
+            store=self.store,
+            concurrency=options.get("concurrency") or 8,
+            approve_tools=self.approve_tools,
+        )
+
+    def with_limits(self, overrides: dict[str, Any] | None) -> VM:
+        """The engine's VM, or one sharing its tools, store and threads under other limits."""
+        if not overrides:
+            return self.vm
+        return self.vm.derive(limits=self.limits.model_copy(update=overrides))
+
+    # --- planning -------------------------------------------------------------------------------
+
+    def has_model(self, role: str = "planner") -> bool:
+        return self.settings.for_role(role).chosen_llm_backend() != "extractive"
+
+    def planner(self, kind: str = "auto") -> Any:
+        """The planner ``kind`` names (``auto``, ``llm`` or ``template``) over these tools."""
+        from planner import Planner, TemplatePlanner
+
+        has_model = self.has_model("planner")
+        if kind == "llm" and not has_model:
+            raise ValueError(
+                "--planner llm needs an LLM: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL (or PLANVM_PLANNER_BASE_URL and "
+                "PLANVM_PLANNER_MODEL), or PLANVM_LOCAL_MODEL"
+            )
+        if kind == "template" or (kind == "auto" and not has_model):
+            if kind == "auto":
+                self.notify(
+                    "no LLM is configured, so the template planner writes the plan (set PLANVM_LLM_BASE_URL and "
+                    "PLANVM_LLM_MODEL to plan with a model)"
+                )
+            return TemplatePlanner(self.registry)
+        llm = self.llms["planner"]
+        if self.settings.for_role("planner").chosen_llm_backend() == "local":
+            try:
+                import xgrammar  # noqa: F401
+            except ImportError:
+                self.notify("xgrammar is not installed, so the local model's plans are not constrained to the schema")
+            else:
+                from planner.constrained import ConstrainedLocal
+
+                llm = ConstrainedLocal(llm)
+        return Planner(llm, self.registry)
+
+    def plan(self, goal: str, metadata: dict[str, Any] | None = None, kind: str = "auto") -> Any:
+        """A validated plan for ``goal`` (a ``PlanResult``); raises ``PlanningError``."""
+        return self.planner(kind).plan(goal, metadata)
+
+    def replan(self, run_id: str, from_seq: int, suggestion: str) -> Any:
+        """A new plan for a stored run from ``from_seq`` on, as ``suggestion`` asks (the planner's LLM)."""
+        from planner import Planner
+
+        if not self.has_model("planner"):
+            raise ValueError("a suggestion needs an LLM to re-plan: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL")
+        stored = self._store().get(run_id)
+        goal = stored.goal or f"Revise the plan as suggested: {suggestion}"  # runs of `exec` record no goal
+        return Planner(self.llms["planner"], self.registry).update(stored.plan, stored, from_seq, suggestion, goal=goal)
+
+    def check_knowledge_base(self, plan: list[Any] | None) -> None:
+        """Refuse, before running, a plan that retrieves from a knowledge base that is not there."""
+        from tools.backends import RETRIEVAL_TOOLS, knowledge_base_missing
+
+        if self.options.get("no_builtins"):
+            return
+        missing = knowledge_base_missing(self.settings)
+        if missing is None:
+            return
+        if plan is None:
+            raise ValueError(missing)
+        if any(isinstance(ins, dict) and ins.get("parameters", {}).get("tool_name") in RETRIEVAL_TOOLS for ins in plan):
+            raise ValueError(f"the plan retrieves from the knowledge base, but there is {missing}")
+
+    # --- running --------------------------------------------------------------------------------
+
+    async def run_goal(
+        self,
+        goal: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        planner_kind: str = "auto",
+        plan: Any = None,
+        limits: dict[str, Any] | None = None,
+        approve_tools: Iterable[str] = (),
+        listener: RunListener | None = None,
+        planned: Callable[[Any], None] | None = None,
+    ) -> RunResult:
+        """Plan ``goal`` (unless ``plan`` is given), validate, run and record it.
+
+        ``planned(result)`` is called with the planner's result before the run starts. Raises
+        ``PlanningError``, ``PlanValidationError`` or ``ValueError`` before anything is recorded.
+        """
+        vm = self.with_limits(limits)
+        if plan is None:
+            template = planner_kind == "template" or (planner_kind == "auto" and not self.has_model("planner"))
+            if template:
+                self.check_knowledge_base(None)  # the template plan always retrieves: say so before planning
+            result = await asyncio.to_thread(self.plan, goal, metadata, planner_kind)
+            if planned is not None:
+                planned(result)
+            program, planning = result.program, result.record()
+        else:
+            program, planning = vm.compile(plan), {"planner": "given", "reasoning": None}
+        self.check_knowledge_base(program.to_data())
+        return await vm.arun(
+            program, goal=goal, metadata=metadata or None, approve_tools=approve_tools, listener=listener, planning=planning
+        )
+
+    def _store(self) -> Any:
+        if self.store is None:
+            raise PlanVMError("this command does not record runs")
+        return self.store
+
+    def close(self) -> None:
+        self.vm.close()
+        if self.store is not None:
+            self.store.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
