@@ -312,8 +312,9 @@ def main() -> None:
     from planvm.kb_cli import index, kg, search
     from planvm.plan_cli import plan, run
     from planvm.runs_cli import replay, runs
+    from planvm.serve_cli import serve
     from planvm.train_cli import datagen, eval_, tiny_model, train
 
-    for command in (plan, run, runs, replay, index, kg, search, train, eval_, datagen, tiny_model):
+    for command in (plan, run, runs, replay, serve, index, kg, search, train, eval_, datagen, tiny_model):
         cli.add_command(command)
     cli(prog_name="planvm")

@@ -1,0 +1,59 @@
+"""``planvm serve``: the HTTP service and its page, with the same tools, store and limits as ``exec``."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import click
+
+from planvm.cli import kb_option, make_engine, run_options, store_option, tool_options
+from planvm.render import echo_err, guarded
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (beyond loopback, --token is required).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port to listen on.")
+@click.option("--token", envvar="PLANVM_SERVE_TOKEN", help="Require Authorization: Bearer TOKEN on every path but /healthz.")
+@click.option("--cors-origin", "cors_origins", multiple=True, help="Allow browser calls from this origin (repeatable; off by default).")
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1024),
+    default=8 * 1024 * 1024,
+    show_default=True,
+    help="Largest request body accepted (413 beyond).",
+)
+@tool_options
+@kb_option
+@store_option
+@run_options
+@guarded
+def serve(host: str, port: int, token: str | None, cors_origins: tuple[str, ...], max_body_bytes: int, **options: Any) -> None:
+    """Serve planvm over HTTP: submit goals, stream runs, fork, resume, approve; a page at /."""
+    import uvicorn
+
+    from planvm.server import create_app
+    from vm.redact import register_secret
+
+    if not _loopback(host) and not token:
+        raise ValueError(
+            f"--host {host} reaches beyond this machine; give --token (or PLANVM_SERVE_TOKEN) so that only clients "
+            f"with the token can run plans"
+        )
+    if token:
+        register_secret(token)
+    engine = make_engine(options)
+    engine.vm.on_step = None  # the service streams steps; nothing is printed per step
+    engine.vm.on_start = None
+    app = create_app(engine, token=token, cors_origins=list(cors_origins), max_body_bytes=max_body_bytes)
+    echo_err(f"planvm serving on http://{host}:{port}/ (runs in {engine.store.path})")
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

@@ -1,0 +1,603 @@
+"""The HTTP service: runs submitted, streamed, forked, resumed, approved and replayed over JSON.
+
+Everything a request does goes through the same :class:`~planvm.engine.Engine` as the command
+line; this module adds transport only (request models, status codes, event streams, the page).
+Runs execute as tasks of the server's event loop and outlive the requests that started them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from typing import Any, Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from planvm.engine import Engine, stored_json
+from planvm.server.aisdk import HEADERS as AI_SDK_HEADERS
+from planvm.server.aisdk import ui_message_stream
+from planvm.server.events import EventHub, run_events
+from vm import RunListener
+from vm.errors import (
+    BackendUnavailable,
+    ForkError,
+    LLMError,
+    PlanError,
+    PlanningError,
+    PlanValidationError,
+    PlanVMError,
+    RunBusy,
+    RunNotFound,
+    StoreError,
+)
+
+__all__ = ["create_app"]
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+_FINISHED = frozenset({"completed", "failed", "cancelled"})
+
+
+# --- request and response models (they make the OpenAPI schema) -------------------------------
+
+
+class LimitsOverride(BaseModel):
+    """Budgets for one run; each may only be lower than the server's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int | None = Field(None, ge=1)
+    max_seconds: float | None = Field(None, gt=0)
+    max_llm_calls: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    max_value_bytes: int | None = Field(None, ge=1024)
+
+
+class RunRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    goal: str = Field(..., min_length=1, max_length=20_000, description="What the run should achieve.")
+    metadata: dict[str, Any] | None = Field(None, description="Goal metadata: response_format, label_path, background...")
+    plan: list[Any] | None = Field(None, description="A plan to run instead of planning one (a JSON array of instructions).")
+    planner: Literal["auto", "llm", "template"] = "auto"
+    limits: LimitsOverride | None = None
+    approve_tools: list[str] = Field(default_factory=list, description="Tools whose calls wait for approval in this run.")
+
+
+class ForkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    from_seq: int = Field(..., ge=0, lt=2**63, description="The seq_no the new run continues from.")
+    plan: list[Any] | None = Field(None, description="The new plan (instructions before from_seq unchanged).")
+    suggestion: str | None = Field(None, min_length=1, max_length=20_000, description="Or: ask the planner to change the plan.")
+
+
+class ApproveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seq_no: int = Field(..., ge=0, lt=2**63)
+    approved: bool
+    tool_params: dict[str, Any] | None = Field(None, description="Run the call with these parameters instead.")
+    reason: str | None = Field(None, max_length=2_000)
+
+
+class PlanRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    goal: str = Field(..., min_length=1, max_length=20_000)
+    metadata: dict[str, Any] | None = None
+    planner: Literal["auto", "llm", "template"] = "auto"
+
+
+class ValidateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    plan: list[Any]
+
+
+class Started(BaseModel):
+    run_id: str
+    status: str
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    problems: list[str] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+_ERRORS = {
+    404: {"model": ErrorResponse, "description": "No such run."},
+    409: {"model": ErrorResponse, "description": "The run is busy, finished, or not in the state the request needs."},
+    422: {"model": ErrorResponse, "description": "The request or the plan is not valid."},
+}
+
+
+def _error(status: int, kind: str, message: str, problems: list[str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"type": kind, "message": message}
+    if problems is not None:
+        body["problems"] = problems
+    return JSONResponse({"error": body}, status_code=status)
+
+
+def _status_for(exc: Exception) -> int:
+    if isinstance(exc, RunNotFound):
+        return 404
+    if isinstance(exc, (RunBusy, ForkError)):
+        return 409
+    if isinstance(exc, (PlanValidationError, PlanError, PlanningError, ValueError)):
+        return 422
+    if isinstance(exc, LLMError):
+        return 502
+    if isinstance(exc, BackendUnavailable):
+        return 503
+    if isinstance(exc, StoreError):
+        return 409
+    return 500
+
+
+def _problems(exc: Exception) -> list[str] | None:
+    if isinstance(exc, PlanValidationError):
+        return [str(p) for p in exc.problems]
+    if isinstance(exc, PlanningError) and exc.attempts:
+        return list(getattr(exc.attempts[-1], "problems", []) or [])
+    return None
+
+
+# --- the application ---------------------------------------------------------------------------
+
+
+class _Service:
+    """The server's state: the engine, the live event hub and the runs executing here."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.hub = EventHub()
+        self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self.cancelled: set[str] = set()
+
+    async def launch(
+        self, start: Callable[[RunListener], Awaitable[Any]], *, resumed: bool = False
+    ) -> tuple[str, asyncio.Task[Any]]:
+        """Start a run in the background; answer its id once it is in the store (or raise what
+        stopped it before that: an invalid plan, a planning failure, a busy run)."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[str] = loop.create_future()
+        hub = self.hub
+        cell: dict[str, str] = {}
+
+        def on_start(run_id: str) -> None:
+            cell["id"] = run_id
+            hub.started(run_id, self.store.step_count(run_id), resumed=resumed)
+            if not ready.done():
+                ready.set_result(run_id)
+
+        listener = RunListener(
+            on_start=on_start,
+            on_step=lambda record: hub.step_finished(cell["id"], record),
+            on_step_start=lambda seq_no, kind, tool: hub.step_started(cell["id"], seq_no, kind, tool),
+            on_token=lambda seq_no, delta: hub.token(cell["id"], seq_no, delta),
+        )
+
+        async def drive() -> Any:
+            try:
+                return await start(listener)
+            except BaseException as exc:
+                if not ready.done():
+                    ready.set_exception(exc if isinstance(exc, Exception) else RuntimeError("the run was stopped"))
+                if isinstance(exc, Exception) and "id" in cell:
+                    return None  # recorded in the store by the VM; the stream reports it
+                raise
+            finally:
+                run_id = cell.get("id")
+                if run_id is not None:
+                    self.tasks.pop(run_id, None)
+                    if run_id in self.cancelled:
+                        self.cancelled.discard(run_id)
+                        self.store.finish(run_id, "cancelled", error="cancelled by a request to the service")
+                    hub.ended(run_id)
+
+        task = asyncio.create_task(drive())
+        run_id = await ready
+        self.tasks[run_id] = task
+        return run_id, task
+
+
+def create_app(
+    engine: Engine,
+    *,
+    token: str | None = None,
+    cors_origins: list[str] | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """The service over ``engine`` (whose store is required). ``token``: every path but
+    ``/healthz`` needs ``Authorization: Bearer <token>``."""
+    if engine.store is None:
+        raise ValueError("the service needs a run store")
+    service = _Service(engine)
+
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Runs a dead server left `running` can be resumed: say so in the store.
+        engine.store.mark_abandoned()
+        yield
+        for task in list(service.tasks.values()):
+            task.cancel()
+        if service.tasks:
+            await asyncio.gather(*service.tasks.values(), return_exceptions=True)
+
+    app = FastAPI(
+        title="planvm",
+        summary="Plan with an LLM, run the plan in a validated VM, and watch it run.",
+        version=_version(),
+        lifespan=_asynccontextmanager(lifespan),
+    )
+    app.state.service = service
+
+    # --- errors, size, authentication ---------------------------------------------------------
+
+    @app.exception_handler(PlanVMError)
+    async def planvm_error(request: Request, exc: PlanVMError) -> JSONResponse:
+        return _error(_status_for(exc), type(exc).__name__, str(exc), _problems(exc))
+
+    @app.exception_handler(ValueError)
+    async def value_error(request: Request, exc: ValueError) -> JSONResponse:
+        return _error(422, "InvalidRequest", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
+        return _error(422, "InvalidRequest", "the request is not valid; see problems", problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "HTTPError", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, type(exc).__name__, f"unexpected error: {exc}")
+
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type", "Last-Event-ID"]
+        )
+    app.add_middleware(_Guard, token=token, max_body_bytes=max_body_bytes)
+
+    # --- runs ---------------------------------------------------------------------------------
+
+    def check_limits(limits: LimitsOverride | None) -> dict[str, Any] | None:
+        if limits is None:
+            return None
+        overrides = limits.model_dump(exclude_none=True)
+        for name, value in overrides.items():
+            ceiling = getattr(engine.limits, name)
+            if ceiling is not None and value > ceiling:
+                raise ValueError(f"limits.{name} = {value} is above this server's {ceiling}; ask for {ceiling} or less")
+        return overrides
+
+    def check_tools(names: list[str]) -> None:
+        unknown = sorted(set(names) - set(engine.registry.names()))
+        if unknown:
+            raise ValueError(f"approve_tools names tools this server does not have: {', '.join(unknown)}")
+
+    async def respond(run_id: str, task: asyncio.Task[Any], wait: bool, status: int = 202) -> JSONResponse:
+        if wait:
+            await asyncio.shield(task)
+            return JSONResponse(stored_json(engine.store.get(run_id)))
+        return JSONResponse({"run_id": run_id, "status": engine.store.status_of(run_id)}, status_code=status)
+
+    @app.post("/v1/runs", status_code=202, response_model=Started, responses=_ERRORS, tags=["runs"])
+    async def start_run(body: RunRequest, wait: bool = Query(False, description="Answer when the run ends.")) -> Any:
+        """Plan the goal (unless a plan is given), validate, and start the run in the background."""
+        limits = check_limits(body.limits)
+        check_tools(body.approve_tools)
+        run_id, task = await service.launch(
+            lambda listener: engine.run_goal(
+                body.goal, metadata=body.metadata, planner_kind=body.planner, plan=body.plan, limits=limits,
+                approve_tools=body.approve_tools, listener=listener,
+            )
+        )
+        return await respond(run_id, task, wait)
+
+    @app.get("/v1/runs", tags=["runs"], responses=_ERRORS)
+    async def list_runs(
+        status: str | None = Query(None, max_length=32),
+        q: str | None = Query(None, max_length=500, description="Text in the goal, or the start of an id."),
+        limit: int = Query(50, ge=1, le=500),
+        cursor: str | None = Query(None, max_length=200, description="next_cursor of the previous page."),
+    ) -> dict[str, Any]:
+        """Runs, newest first, filtered and paged."""
+        before = _decode_cursor(cursor) if cursor else None
+        runs = engine.store.list_runs(limit + 1, status=status, query=q, before=before)
+        more = len(runs) > limit
+        runs = runs[:limit]
+        next_cursor = _encode_cursor(runs[-1]["created_at"], runs[-1]["id"]) if more and runs else None
+        return {"runs": runs, "next_cursor": next_cursor}
+
+    @app.get("/v1/runs/{run_id}", tags=["runs"], responses=_ERRORS)
+    async def get_run(run_id: str) -> dict[str, Any]:
+        """Status, goal, plan, planner reasoning, answer, error, parent, children and tokens."""
+        run = engine.store.get(run_id)
+        planning = dict(run.planning or {})
+        attempts = planning.pop("attempts", None)
+        planning["attempts"] = len(attempts) if isinstance(attempts, list) else 0
+        return {
+            "id": run.id,
+            "status": run.status,
+            "goal": run.goal,
+            "metadata": run.metadata,
+            "plan": run.plan,
+            "planning": planning,
+            "final_answer": run.final_answer,
+            "error": run.error,
+            "parent_id": run.parent_id,
+            "fork_seq": run.fork_seq,
+            "lineage": engine.store.lineage(run.id),
+            "children": engine.store.children(run.id),
+            "tokens": run.token_totals(),
+            "steps": len(run.steps),
+            "pending": run.pending,
+            "created_at": run.created_at,
+            "updated_at": run.updated_at,
+            "running_here": run.id in service.tasks,
+        }
+
+    @app.get("/v1/runs/{run_id}/steps", tags=["runs"], responses=_ERRORS)
+    async def get_steps(run_id: str) -> dict[str, Any]:
+        run = engine.store.get(run_id)
+        return {"run_id": run.id, "steps": [s.to_dict() for s in run.steps]}
+
+    @app.get("/v1/runs/{run_id}/variables", tags=["runs"], responses=_ERRORS)
+    async def get_variables(
+        run_id: str, step: int | None = Query(None, ge=-1, lt=2**31, description="Trace position (idx); -1: before the first step.")
+    ) -> dict[str, Any]:
+        """The variables after step ``idx`` (all steps when it is left out)."""
+        run = engine.store.get(run_id)
+        if step is not None and step >= len(run.steps):
+            raise ValueError(f"run '{run.id}' has {len(run.steps)} steps (idx 0 to {len(run.steps) - 1}); ask for one of those")
+        upto = None if step is None else step + 1
+        return {"run_id": run.id, "step": step, "variables": run.variables_at(upto)}
+
+    @app.get("/v1/runs/{run_id}/events", tags=["runs"], responses=_ERRORS)
+    async def events(
+        run_id: str,
+        request: Request,
+        format: Literal["sse", "ai-sdk"] = Query("sse", description="sse: planvm's events; ai-sdk: the AI SDK's UI message stream."),
+    ) -> StreamingResponse:
+        """Server-Sent Events of the run until ``done``; ``Last-Event-ID`` resumes a stream."""
+        full_id = engine.store.resolve(run_id)
+        after = _last_event_id(request.headers.get("last-event-id"))
+        stream = run_events(engine.store, service.hub, full_id, after)
+        if format == "ai-sdk":
+            return StreamingResponse(ui_message_stream(full_id, stream), media_type="text/event-stream", headers=AI_SDK_HEADERS)
+
+        async def sse() -> AsyncIterator[str]:
+            async for event in stream:
+                yield event.sse()
+
+        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/runs/{run_id}/fork", status_code=202, response_model=Started, responses=_ERRORS, tags=["runs"])
+    async def fork(run_id: str, body: ForkRequest, wait: bool = Query(False)) -> Any:
+        """A new run reusing the run's steps before ``from_seq``, with a new plan or a re-plan."""
+        if (body.plan is None) == (body.suggestion is None):
+            raise ValueError("give either plan or suggestion")
+        full_id = engine.store.resolve(run_id)
+        plan: Any = body.plan
+        if body.suggestion is not None:
+            suggestion = body.suggestion
+            plan = (await asyncio.to_thread(engine.replan, full_id, body.from_seq, suggestion)).plan
+        new_id, task = await service.launch(lambda listener: engine.vm.afork(full_id, body.from_seq, plan, listener=listener))
+        return await respond(new_id, task, wait)
+
+    @app.post("/v1/runs/{run_id}/resume", status_code=202, response_model=Started, responses=_ERRORS, tags=["runs"])
+    async def resume(run_id: str, wait: bool = Query(False)) -> Any:
+        """Continue a run that was interrupted or failed, from its last completed step."""
+        full_id = engine.store.resolve(run_id)
+        if full_id in service.tasks:
+            raise RunBusy(full_id, "this server", str(engine.store.path))
+        new_id, task = await service.launch(lambda listener: engine.vm.aresume(full_id, listener=listener), resumed=True)
+        return await respond(new_id, task, wait)
+
+    @app.post("/v1/runs/{run_id}/approve", status_code=202, response_model=Started, responses=_ERRORS, tags=["runs"])
+    async def approve(run_id: str, body: ApproveRequest, wait: bool = Query(False)) -> Any:
+        """Run (or reject) the tool call a waiting run waits for, and continue the run."""
+        full_id = engine.store.resolve(run_id)
+        new_id, task = await service.launch(
+            lambda listener: engine.vm.aapprove(
+                full_id, body.seq_no, body.approved, tool_params=body.tool_params, reason=body.reason, listener=listener
+            ),
+            resumed=True,
+        )
+        return await respond(new_id, task, wait)
+
+    @app.post("/v1/runs/{run_id}/cancel", tags=["runs"], responses=_ERRORS)
+    async def cancel(run_id: str) -> dict[str, Any]:
+        """Stop a run: one executing here is cancelled; a waiting or interrupted one is closed."""
+        full_id = engine.store.resolve(run_id)
+        task = service.tasks.get(full_id)
+        if task is not None:
+            service.cancelled.add(full_id)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        else:
+            status = engine.store.status_of(full_id)
+            if status in _FINISHED:
+                raise StoreError(f"run '{full_id}' already {status}; nothing to cancel")
+            if status == "running":
+                raise RunBusy(full_id, "another process", str(engine.store.path))
+            engine.store.finish(full_id, "cancelled", error="cancelled by a request to the service")
+            service.hub.ended(full_id)
+        return {"run_id": full_id, "status": engine.store.status_of(full_id)}
+
+    @app.post("/v1/runs/{run_id}/replay", tags=["runs"], responses=_ERRORS)
+    async def replay(run_id: str) -> dict[str, Any]:
+        """Re-execute the run offline from its record and compare every step."""
+        from vm import areplay
+
+        run = engine.store.get(run_id)
+        report = await areplay(run)
+        return report.to_dict()
+
+    # --- plans and tools ----------------------------------------------------------------------
+
+    @app.post("/v1/plans", tags=["plans"], responses=_ERRORS)
+    async def make_plan(body: PlanRequest) -> dict[str, Any]:
+        """The planner's reasoning, plan and attempts for a goal, without running it."""
+        result = await asyncio.to_thread(engine.plan, body.goal, body.metadata, body.planner)
+        record = result.record()
+        return {"planner": result.planner, "reasoning": result.reasoning, "plan": result.plan, "model": record["model"],
+                "prompt_tokens": record["prompt_tokens"], "completion_tokens": record["completion_tokens"],
+                "attempts": record["attempts"]}
+
+    @app.post("/v1/validate", tags=["plans"], responses=_ERRORS)
+    async def validate(body: ValidateRequest) -> dict[str, Any]:
+        """Every static problem of a plan against this server's tools."""
+        try:
+            problems = engine.vm.validate(body.plan)
+        except PlanError as exc:
+            return {"valid": False, "problems": [str(exc)]}
+        return {"valid": not problems, "problems": [str(p) for p in problems]}
+
+    @app.get("/v1/tools", tags=["plans"])
+    async def tools() -> dict[str, Any]:
+        """The tools plans may call: names, descriptions, parameter JSON Schemas."""
+        listed = []
+        for name in sorted(engine.registry.names()):
+            spec = engine.registry.get(name)
+            schema = getattr(spec, "parameters_schema", None)
+            listed.append({
+                "name": name,
+                "description": getattr(spec, "description", ""),
+                "parameters": schema() if callable(schema) else schema,
+                "needs_approval": name in engine.approve_tools,
+            })
+        return {"tools": listed}
+
+    @app.get("/healthz", tags=["service"])
+    async def healthz() -> JSONResponse:
+        """Liveness, and whether the run store answers."""
+        try:
+            engine.store.list_runs(1)
+        except PlanVMError as exc:
+            return JSONResponse({"ok": False, "store": str(exc)}, status_code=503)
+        return JSONResponse({"ok": True, "store": str(engine.store.path), "runs_here": len(service.tasks)})
+
+    # --- the page -----------------------------------------------------------------------------
+
+    static = resources.files("planvm.server") / "static"
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse((static / "index.html").read_text(encoding="utf-8"))
+
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    return app
+
+
+# --- plumbing ------------------------------------------------------------------------------------
+
+
+class _Guard:
+    """ASGI middleware: bearer token (when set) on every path but /healthz; request body size."""
+
+    def __init__(self, app: Any, *, token: str | None, max_body_bytes: int) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token else None
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if self.expected is not None and scope.get("path") != "/healthz" and scope.get("method") != "OPTIONS":
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                await _send_error(send, 401, "Unauthorized", "this server needs Authorization: Bearer <token> (the --token it was started with)")
+                return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            await _send_error(send, 413, "RequestTooLarge", f"the request body is larger than this server accepts ({self.max_body_bytes:,} bytes)")
+            return
+        received = 0
+        limit = self.max_body_bytes
+
+        async def bounded_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, bounded_receive, send)
+        except _BodyTooLarge:
+            await _send_error(send, 413, "RequestTooLarge", f"the request body is larger than this server accepts ({limit:,} bytes)")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _send_error(send: Any, status: int, kind: str, message: str) -> None:
+    body = json.dumps({"error": {"type": kind, "message": message}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _last_event_id(value: str | None) -> int:
+    if not value:
+        return -1
+    try:
+        return max(-1, int(value.strip()))
+    except ValueError:
+        return -1
+
+
+def _encode_cursor(created_at: float, run_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([created_at, run_id]).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created_at, run_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return float(created_at), str(run_id)
+    except (ValueError, TypeError):
+        raise ValueError("cursor is not one this server gave out; use next_cursor from the previous page") from None
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("planvm")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0"
+
+
+def _asynccontextmanager(fn: Callable[[FastAPI], AsyncIterator[None]]) -> Any:
+    from contextlib import asynccontextmanager
+
+    return asynccontextmanager(fn)
+
+
