@@ -28,6 +28,17 @@ def test_generates_through_the_chat_template(tiny):
     assert again.text == reply.text  # greedy: deterministic
 
 
+def test_streams_through_a_transformers_streamer_and_counts_tokens(tiny):
+    llm = LocalChat(str(tiny), max_new_tokens=12)
+    pieces: list[str] = []
+    streamed = llm.stream("What is planvm?", on_delta=pieces.append)
+    whole = llm.complete("What is planvm?")
+    assert pieces and "".join(pieces).rstrip().endswith(streamed.text.rstrip())
+    assert whole.text == streamed.text and whole.model == str(tiny)
+    prompt_length = llm.prompt_ids("What is planvm?")["input_ids"].shape[1]
+    assert whole.prompt_tokens == prompt_length and 0 < whole.completion_tokens <= 12
+
+
 def test_model_is_loaded_once(tiny):
     a = LocalChat(str(tiny)).loaded()
     b = LocalChat(str(tiny)).loaded()

@@ -536,24 +536,28 @@ class _Guard:
             return
         received = 0
         limit = self.max_body_bytes
+        refused = False
 
         async def bounded_receive() -> dict[str, Any]:
-            nonlocal received
+            # A body sent without a length (chunked) is counted as it arrives: past the limit the
+            # client gets 413 and the application sees the client gone.
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge
+                    refused = True
+                    await _send_error(send, 413, "RequestTooLarge", f"the request body is larger than this server accepts ({limit:,} bytes)")
+                    return {"type": "http.disconnect"}
             return message
 
-        try:
-            await self.app(scope, bounded_receive, send)
-        except _BodyTooLarge:
-            await _send_error(send, 413, "RequestTooLarge", f"the request body is larger than this server accepts ({limit:,} bytes)")
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if not refused:
+                await send(message)
 
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, bounded_receive, guarded_send)
 
 
 async def _send_error(send: Any, status: int, kind: str, message: str) -> None:

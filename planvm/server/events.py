@@ -33,9 +33,10 @@ PAUSED = 900_000
 FINAL = 999_998
 DONE = 999_999
 SPAN = 1_000_000
-TERMINAL = frozenset({"completed", "failed"})
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
 PAUSED_STATES = frozenset({"waiting", "interrupted"})
 POLL_SECONDS = 0.5
+RECENT_LIMIT = 10_000
 
 
 def event_id(committed: int, place: int) -> int:
@@ -81,6 +82,7 @@ class _Live:
     committed: int = 0
     place: int = 0
     listeners: list[asyncio.Queue[Event | None]] = field(default_factory=list)
+    recent: list[Event] = field(default_factory=list)  # live events since the last commit
 
     def next_id(self) -> int:
         self.place += 1
@@ -92,29 +94,41 @@ class EventHub:
 
     def __init__(self) -> None:
         self._runs: dict[str, _Live] = {}
+        self._active: set[str] = set()  # runs executing in this process
 
     def live(self, run_id: str) -> _Live:
         return self._runs.setdefault(run_id, _Live())
 
     def publish(self, run_id: str, event: Event) -> None:
-        for queue in self.live(run_id).listeners:
+        live = self.live(run_id)
+        if event.event == "step" and event.data.get("phase") == "finished":
+            live.recent.clear()
+        elif len(live.recent) < RECENT_LIMIT:
+            live.recent.append(event)  # a stream opened a moment later still gets them
+        for queue in live.listeners:
             queue.put_nowait(event)
 
     def subscribe(self, run_id: str) -> asyncio.Queue[Event | None]:
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        self.live(run_id).listeners.append(queue)
+        live = self.live(run_id)
+        for event in live.recent:
+            queue.put_nowait(event)
+        live.listeners.append(queue)
         return queue
 
     def unsubscribe(self, run_id: str, queue: asyncio.Queue[Event | None]) -> None:
         live = self._runs.get(run_id)
         if live is not None and queue in live.listeners:
             live.listeners.remove(queue)
+            if not live.listeners and run_id not in self._active:
+                self._runs.pop(run_id, None)
 
     # --- what the VM tells us (a vm.RunListener's callbacks, bound to a run) --------------------
 
     def started(self, run_id: str, committed: int, *, resumed: bool) -> None:
         """The run begins (id 0 is its ``run`` event, made by :func:`run_events`) or goes on
         after a pause (its ``running`` event comes after the paused one)."""
+        self._active.add(run_id)
         live = self.live(run_id)
         live.committed = committed
         live.place = PAUSED if resumed else 0
@@ -139,8 +153,13 @@ class EventHub:
 
     def ended(self, run_id: str) -> None:
         """The run's task finished (or paused): wake every stream so it reads the store."""
-        for queue in self.live(run_id).listeners:
+        self._active.discard(run_id)
+        live = self.live(run_id)
+        live.recent.clear()
+        for queue in live.listeners:
             queue.put_nowait(None)
+        if not live.listeners:
+            self._runs.pop(run_id, None)
 
 
 def _status_events(run: Any, committed: int) -> list[Event]:

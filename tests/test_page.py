@@ -1,0 +1,104 @@
+"""The service's page in a real browser (Debian's Chromium driven by Playwright): ask a goal, watch
+steps arrive, read a step's variables, fork with an edited plan, approve a waiting call."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.serve_helpers import Server, index_examples, slow_plan
+
+CHROMIUM = os.environ.get("PLANVM_TEST_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)")
+        pytest.skip(f"{CHROMIUM} is missing; install Debian's chromium package or set PLANVM_TEST_CHROMIUM")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--no-first-run", "--disable-sync"],
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    home = tmp_path / "home"
+    home.mkdir()
+    index_examples(home)
+    with Server(home, "--approve-tool", "send_email") as running:
+        yield running
+
+
+def test_the_page_runs_watches_forks_and_approves(browser, server, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server.url + "/")
+
+    # Ask a goal: the run opens, its steps and its answer appear.
+    page.fill("#goal", "How do I resume a run?")
+    page.click("#ask button")
+    page.wait_for_selector("#run-status.completed", timeout=60_000)
+    assert page.locator("#steps li").count() == 3
+    assert "planvm resume" in page.inner_text("#answer")
+
+    # A slower run submitted elsewhere: opened from the list, its steps arrive while it runs.
+    with server.client() as client:
+        slow_id = client.post("/v1/runs", json={"goal": "watch me", "plan": slow_plan(5, 0.8)}).json()["run_id"]
+    page.fill("#search", "watch me")  # the list refreshes as the search changes
+    page.click(f"#runs li[data-run-id='{slow_id}']", timeout=15_000)
+    page.wait_for_selector("#run-status.running", timeout=10_000)
+    seen_while_running = page.locator("#steps li").count()
+    page.wait_for_selector("#run-status.completed", timeout=60_000)
+    assert seen_while_running < 6 and page.locator("#steps li[data-index]").count() == 6
+
+    # A step's variables, and what it changed.
+    page.click("#steps li[data-index='2']")
+    page.wait_for_selector("#detail-body:not([hidden])")
+    variables = json.loads(page.inner_text("#detail-variables"))
+    assert variables["r2"] == "start-1-2" and "r3" not in variables
+    assert list(json.loads(page.inner_text("#detail-diff"))) == ["r2"]
+
+    # Fork from seq_no 3 with an edited plan: a new branch, shown in the tree.
+    plan = json.loads(page.input_value("#fork-plan"))
+    plan[3]["parameters"]["tool_params"]["text"] = "edited"
+    plan[3]["parameters"]["tool_params"]["seconds"] = 0.01
+    plan[4]["parameters"]["tool_params"]["seconds"] = 0.01
+    page.fill("#fork-plan", json.dumps(plan))
+    page.click("#steps li[data-index='3']")
+    page.fill("#fork-plan", json.dumps(plan))
+    page.click("#fork button")
+    page.wait_for_selector("#run-status.completed", timeout=60_000)
+    assert "edited-4" in page.inner_text("#answer")
+    assert page.locator(f"#tree a[data-run-id='{slow_id}']").count() == 1
+
+    # A waiting call: approve it from the page.
+    approval = [
+        {"seq_no": 0, "type": "calling", "parameters": {"tool_name": "send_email", "tool_params": {"to": "ops@example.com", "body": "hi"},
+                                                        "output_vars": ["final_answer"]}},
+    ]
+    with server.client() as client:
+        waiting_id = client.post("/v1/runs", json={"goal": "mail ops", "plan": approval}).json()["run_id"]
+    page.fill("#search", "mail ops")
+    page.click(f"#runs li[data-run-id='{waiting_id}']", timeout=15_000)
+    page.wait_for_selector("#pending:not([hidden])", timeout=15_000)
+    assert "send_email" in page.inner_text("#pending-text")
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    page.click("#approve-button")
+    page.wait_for_selector("#run-status.completed", timeout=30_000)
+    assert "sent to ops@example.com" in page.inner_text("#answer")
+    assert server.calls().count("send_email ops@example.com hi") == 1
+    if os.environ.get("PLANVM_SCREENSHOT"):
+        shutil.copy(tmp_path / "page.png", os.environ["PLANVM_SCREENSHOT"])
