@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from planvm.engine import Engine, stored_json
+from planvm.engine import Engine, result_json, stored_json
 from planvm.server.aisdk import HEADERS as AI_SDK_HEADERS
 from planvm.server.aisdk import ui_message_stream
 from planvm.server.events import EventHub, run_events
@@ -296,8 +296,9 @@ def create_app(
 
     async def respond(run_id: str, task: asyncio.Task[Any], wait: bool, status: int = 202) -> JSONResponse:
         if wait:
-            await asyncio.shield(task)
-            return JSONResponse(stored_json(engine.store.get(run_id)))
+            result = await asyncio.shield(task)
+            # The run's own result when it ran here (what `planvm exec --json` prints), else the store's.
+            return JSONResponse(result_json(result) if result is not None else stored_json(engine.store.get(run_id)))
         return JSONResponse({"run_id": run_id, "status": engine.store.status_of(run_id)}, status_code=status)
 
     @app.post("/v1/runs", status_code=202, response_model=Started, responses=_ERRORS, tags=["runs"])

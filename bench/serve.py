@@ -1,0 +1,143 @@
+"""`planvm serve` under load: many clients submitting runs over HTTP and waiting for their answers.
+
+    python bench/serve.py                          # 64 clients, 1,000 runs, 3 steps of 50 ms
+    python bench/serve.py --clients 1 --runs 100   # the overhead of one run alone
+
+One server process (the real `planvm serve`, its own store in a temporary folder); the clients
+are asyncio tasks of this process sharing one httpx connection pool, each posting
+`POST /v1/runs?wait=true` with a plan of --steps calls in a chain, each call waiting --tool-ms
+(an async tool, so waits overlap). The plan's critical path is steps × tool-ms; a run's service
+overhead is its latency as the client saw it minus that path: HTTP, validation, recording every
+step, the event loop and waiting for the CPU. Reported: throughput, latency and overhead
+percentiles, errors, and the overhead inside the VM alone (run time in the store minus the tool
+time of its steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def plan(steps: int) -> list[dict]:
+    chain = []
+    for i in range(steps):
+        text = "${r%d}" % (i - 1) if i else "start"
+        chain.append({"seq_no": i, "type": "calling", "parameters": {"tool_name": "remote_call", "tool_params": {"text": text},
+                                                                     "output_vars": [f"r{i}"]}})
+    chain.append({"seq_no": steps, "type": "assign", "parameters": {"final_answer": "${r%d}" % (steps - 1)}})
+    return chain
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def load(url: str, runs: int, clients: int, body: dict) -> tuple[list[float], int, float]:
+    latencies: list[float] = []
+    errors = 0
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(runs):
+        queue.put_nowait(i)
+    # aiohttp: a client light enough that the server, not the load generator, is what is measured.
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as client:
+
+        async def worker() -> None:
+            nonlocal errors
+            while True:
+                try:
+                    queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                started = time.perf_counter()
+                async with client.post("/v1/runs", params={"wait": "true"}, json=body) as response:
+                    answer = await response.json()
+                elapsed = time.perf_counter() - started
+                if response.status != 200 or answer.get("status") != "completed":
+                    errors += 1
+                else:
+                    latencies.append(elapsed)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - began
+    return latencies, errors, wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--tool-ms", type=float, default=50.0)
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="planvm-bench-serve-"))
+    port = 18000 + os.getpid() % 1000
+    env = {**os.environ, "PLANVM_HOME": str(home), "PLANVM_BENCH_TOOL_SECONDS": str(args.tool_ms / 1000)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "planvm", "serve", "--port", str(port), "--no-builtins", "--plugin", str(ROOT / "bench" / "_serve_tools.py")],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        body = {"goal": "bench", "plan": plan(args.steps)}
+        asyncio.run(load(url, 20, min(args.clients, 8), body))  # warm up
+        cpu_before, client_before = cpu_seconds(server.pid), cpu_seconds(os.getpid())
+        latencies, errors, wall = asyncio.run(load(url, args.runs, args.clients, body))
+        server_cpu = (cpu_seconds(server.pid) - cpu_before) / args.runs * 1000
+        client_cpu = (cpu_seconds(os.getpid()) - client_before) / args.runs * 1000
+        critical = args.steps * args.tool_ms / 1000
+        overhead = [(t - critical) * 1000 for t in latencies]
+        from vm import RunStore
+
+        store = RunStore(home / "runs.sqlite", readonly=True)
+        inside = []
+        for run in store.list_runs(args.runs):
+            stored = store.get(run["id"])
+            inside.append((stored.updated_at - stored.created_at - sum(s.duration_s for s in stored.steps)) * 1000)
+        print(f"planvm serve: {args.runs} runs, {args.clients} concurrent clients, {args.steps} chained steps of {args.tool_ms:g} ms "
+              f"(critical path {critical * 1000:.0f} ms), 1 server process")
+        print(f"  throughput        {len(latencies) / wall:8.1f} runs/s  ({wall:.1f} s, {errors} errors)")
+        print(f"  latency           p50 {percentile(latencies, 0.5) * 1000:7.1f} ms   p95 {percentile(latencies, 0.95) * 1000:7.1f} ms")
+        print(f"  service overhead  p50 {percentile(overhead, 0.5):7.1f} ms   p95 {percentile(overhead, 0.95):7.1f} ms   "
+              f"mean {statistics.fmean(overhead):.1f} ms  (latency minus the critical path)")
+        print(f"  server CPU        {server_cpu:7.2f} ms per run (all of it: HTTP, validation, VM, store); "
+              f"the clients' {client_cpu:.2f} ms")
+        print(f"  inside the VM     p50 {percentile(inside, 0.5):7.1f} ms   p95 {percentile(inside, 0.95):7.1f} ms  "
+              f"(run time in the store minus its steps' tool time)")
+    finally:
+        server.terminate()
+        server.wait(15)
+
+
+if __name__ == "__main__":
+    main()
