@@ -258,7 +258,9 @@ class Interpreter:
             return await awaitable
         remaining = self.deadline - time.monotonic()
         try:
-            return await asyncio.wait_for(awaitable, max(remaining, 0.0))
+            # asyncio.timeout, unlike wait_for, runs the call in this task: no task per tool call.
+            async with asyncio.timeout(max(remaining, 0.0)):
+                return await awaitable
         except TimeoutError:
             raise self._time_up(step) from None
 
