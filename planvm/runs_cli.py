@@ -84,6 +84,7 @@ def show(run_id: str, store_path: str | None, step: int | None, as_json: bool) -
         data = run.to_dict()
         data["lineage"] = lineage
         data["children"] = children
+        data["tokens"] = run.token_totals()
         if variables is not None:
             data["variables_at_step"] = {"step": step, "variables": variables}
         print_json(data)
@@ -100,6 +101,14 @@ def show(run_id: str, store_path: str | None, step: int | None, as_json: bool) -
         console.print(f"final_answer: {preview(run.final_answer, 200)}")
     if run.error:
         console.print(f"[red]error:[/red] {run.error}")
+    if run.status == "waiting" and run.pending:
+        console.print(f"waiting: the call to '{run.pending.get('tool')}' at seq_no {run.pending.get('seq_no')} needs "
+                      f"`planvm approve {run.id} --seq {run.pending.get('seq_no')}`")
+    tokens = run.token_totals()
+    if tokens:
+        console.print("tokens: " + ", ".join(
+            f"{role} {t['prompt_tokens']:,} + {t['completion_tokens']:,}" for role, t in tokens.items()
+        ) + " (prompt + completion)")
     if len(lineage) > 1 or children:
         tree = Tree(lineage[0] + (" (this run)" if lineage[0] == run_id else ""))
         node = tree

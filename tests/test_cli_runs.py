@@ -161,3 +161,23 @@ def test_corrupt_store_is_a_clear_error(tmp_path):
         out = planvm(*args)
         assert out.returncode == 2
         assert "not a usable planvm run store" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_approve_from_the_command_line(tmp_path):
+    tools = str(ROOT / "tests" / "serve_tools.py")
+    plan = write(tmp_path, [call(0, "send_email", ["final_answer"], to="ops@example.com", body="hi")])
+    waiting = planvm("exec", plan, "--plugin", tools, "--approve-tool", "send_email", "--json")
+    assert waiting.returncode == 3, waiting.stderr
+    body = json.loads(waiting.stdout)
+    assert body["status"] == "waiting" and body["pending"]["tool_params"] == {"to": "ops@example.com", "body": "hi"}
+    shown = planvm("runs", "show", body["run_id"])
+    assert "planvm approve" in shown.stdout
+    bad = planvm("approve", body["run_id"], "--seq", "0", "--params", "[1]", "--plugin", tools)
+    assert bad.returncode == 2 and "JSON object" in bad.stderr
+    wrong = planvm("approve", body["run_id"], "--seq", "7", "--plugin", tools)
+    assert wrong.returncode == 2 and "seq_no 0" in wrong.stderr
+    done = planvm("approve", body["run_id"][:8], "--seq", "0", "--params", '{"to": "boss@example.com", "body": "hi"}', "--plugin", tools)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "sent to boss@example.com"
+    again = planvm("approve", body["run_id"], "--seq", "0", "--plugin", tools)
+    assert again.returncode == 2 and "not waiting" in again.stderr

@@ -69,9 +69,10 @@ def test_adapter_changes_the_model(tiny, tmp_path):
 
 def test_think_block_is_split_off(tiny, monkeypatch):
     llm = LocalChat(str(tiny))
-    monkeypatch.setattr(llm, "generate_text", lambda inputs, **kw: "<think>plan it</think>The answer.")
+    monkeypatch.setattr(llm, "generate", lambda inputs, **kw: ("<think>plan it</think>The answer.", 5, 7))
     reply = llm.complete("q")
     assert (reply.text, reply.reasoning) == ("The answer.", "plan it")
+    assert (reply.prompt_tokens, reply.completion_tokens) == (5, 7)
 
 
 def test_missing_model_is_a_clear_error(tmp_path):

@@ -80,9 +80,19 @@ def test_the_page_runs_watches_forks_and_approves(browser, server, tmp_path):
     page.click("#steps li[data-index='3']")
     page.fill("#fork-plan", json.dumps(plan))
     page.click("#fork button")
-    page.wait_for_selector("#run-status.completed", timeout=60_000)
-    assert "edited-4" in page.inner_text("#answer")
-    assert page.locator(f"#tree a[data-run-id='{slow_id}']").count() == 1
+    # The new branch is open (its parent is a link in the tree, no longer the current run) and done.
+    page.wait_for_function(
+        """(parent) => {
+            const link = document.querySelector(`#tree a[data-run-id='${parent}']`);
+            return link && !link.classList.contains('current') && document.querySelector('#run-status').textContent === 'completed';
+        }""",
+        arg=slow_id,
+        timeout=60_000,
+    )
+    page.wait_for_function("() => document.querySelector('#answer').textContent.includes('edited-4')", timeout=10_000)
+    page.click("#steps li[data-index='3']")
+    page.wait_for_function("() => document.querySelector('#detail-variables').textContent.includes('edited')")
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
 
     # A waiting call: approve it from the page.
     approval = [
@@ -95,10 +105,9 @@ def test_the_page_runs_watches_forks_and_approves(browser, server, tmp_path):
     page.click(f"#runs li[data-run-id='{waiting_id}']", timeout=15_000)
     page.wait_for_selector("#pending:not([hidden])", timeout=15_000)
     assert "send_email" in page.inner_text("#pending-text")
-    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
     page.click("#approve-button")
     page.wait_for_selector("#run-status.completed", timeout=30_000)
     assert "sent to ops@example.com" in page.inner_text("#answer")
     assert server.calls().count("send_email ops@example.com hi") == 1
-    if os.environ.get("PLANVM_SCREENSHOT"):
-        shutil.copy(tmp_path / "page.png", os.environ["PLANVM_SCREENSHOT"])
+    if os.environ.get("PAGE_SCREENSHOT"):
+        shutil.copy(tmp_path / "page.png", os.environ["PAGE_SCREENSHOT"])

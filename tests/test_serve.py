@@ -334,4 +334,8 @@ def test_schemathesis_finds_no_server_error(server):
         capture_output=True, text=True, timeout=600, cwd=server.home,
     )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-    print(out.stdout[-1500:])
+    import re
+
+    counts = re.search(r"(\d+) generated, (\d+) passed", out.stdout)
+    assert counts and int(counts.group(1)) == int(counts.group(2)) >= 100, out.stdout[-1500:]
+    print(f"schemathesis: {counts.group(1)} requests generated, none answered with a 5xx")
