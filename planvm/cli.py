@@ -47,9 +47,9 @@ def store_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--store",
         "store_path",
-        type=click.Path(dir_okay=False),
         envvar="PLANVM_STORE",
-        help="Run store file (default: $PLANVM_HOME/runs.sqlite, or runs.sqlite in the user data folder).",
+        help="Run store: an SQLite file or sqlite:///path, postgresql://…, mysql://… (MariaDB, TiDB) "
+        "(default: $PLANVM_HOME/runs.sqlite, or runs.sqlite in the user data folder).",
     )(fn)
 
 
@@ -228,12 +228,31 @@ def validate(plan_file: str, plugins: tuple[str, ...], no_builtins: bool) -> Non
 @kb_option
 @store_option
 @click.option("--no-store", is_flag=True, help="Do not record the run.")
+@click.option("--queue", is_flag=True, help="Only validate and store the run as queued for `planvm worker`; print its id.")
 @run_options
 @executes
-def exec_(plan_file: str, no_store: bool, **options: Any) -> Any:
+def exec_(plan_file: str, no_store: bool, queue: bool, **options: Any) -> Any:
     """Validate and run PLAN_FILE; print its final answer (and, on stderr, the run id)."""
+    if queue:
+        if no_store:
+            raise ValueError("--queue stores the run for a worker; it cannot go with --no-store")
+        from vm import load_plan_data
+
+        with make_engine(options) as engine:
+            plan = load_plan_data(plan_file, max_bytes=engine.limits.max_plan_bytes)
+            run_id = engine.enqueue(None, metadata={"plan_file": plan_file}, plan=plan)
+        print_queued(run_id, options.get("as_json", False))
+        sys.exit(0)
     with make_vm(options, record=not no_store) as vm:
         return vm.run(plan_file, metadata={"plan_file": plan_file})
+
+
+def print_queued(run_id: str, as_json: bool) -> None:
+    if as_json:
+        print_json({"run_id": run_id, "status": "queued"})
+    else:
+        click.echo(run_id)
+        echo_err("queued: a `planvm worker` on this store will run it")
 
 
 @cli.command()
@@ -311,10 +330,11 @@ def main() -> None:
     _quiet_third_parties()
     from planvm.kb_cli import index, kg, search
     from planvm.plan_cli import plan, run
-    from planvm.runs_cli import replay, runs
+    from planvm.runs_cli import replay, runs, store_group
     from planvm.serve_cli import serve
+    from planvm.worker_cli import worker
     from planvm.train_cli import datagen, eval_, tiny_model, train
 
-    for command in (plan, run, runs, replay, serve, index, kg, search, train, eval_, datagen, tiny_model):
+    for command in (plan, run, runs, store_group, replay, serve, worker, index, kg, search, train, eval_, datagen, tiny_model):
         cli.add_command(command)
     cli(prog_name="planvm")

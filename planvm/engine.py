@@ -91,7 +91,10 @@ class Engine:
             if options.get(k) is not None
         }
         self.limits = Limits(**budgets)
-        self.store = RunStore(options.get("store_path")) if record else None
+        from vm.store import DEFAULT_LEASE_SECONDS
+
+        lease = options.get("lease_seconds") or DEFAULT_LEASE_SECONDS
+        self.store = RunStore(options.get("store_path"), lease_seconds=lease) if record else None
         self.approve_tools = frozenset(options.get("approve_tools") or ())
         self.vm = VM(
             self.registry,
@@ -205,6 +208,19 @@ class Engine:
         self.check_knowledge_base(program.to_data())
         return await vm.arun(
             program, goal=goal, metadata=metadata or None, approve_tools=approve_tools, listener=listener, planning=planning
+        )
+
+    def enqueue(self, goal: str | None, *, metadata: dict[str, Any] | None = None, plan: Any = None) -> str:
+        """Store a run as ``queued`` for a worker: a plan (validated now) or a goal (planned by the
+        worker). Returns its id."""
+        store = self._store()
+        program = self.vm.compile(plan) if plan is not None else None
+        if program is not None:
+            self.check_knowledge_base(program.to_data())
+        return store.create_run(
+            program.to_data() if program is not None else None, goal=goal, metadata=metadata or None,
+            limits=self.limits.model_dump(), status="queued",
+            planning={"planner": "given", "reasoning": None} if program is not None else None,
         )
 
     def _store(self) -> Any:

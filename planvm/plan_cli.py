@@ -84,9 +84,10 @@ def plan(goal: str, metadata: str | None, planner_kind: str, out: str | None, as
 @tool_options
 @kb_option
 @store_option
+@click.option("--queue", is_flag=True, help="Store the goal as a queued run; a `planvm worker` plans and runs it. Prints its id.")
 @run_options
 @guarded
-def run(goal: str, metadata: str | None, planner_kind: str, **options: Any) -> None:
+def run(goal: str, metadata: str | None, planner_kind: str, queue: bool, **options: Any) -> None:
     """Plan GOAL, run the plan, and print the answer (the plan and run are stored for replay)."""
     import asyncio
 
@@ -94,6 +95,13 @@ def run(goal: str, metadata: str | None, planner_kind: str, **options: Any) -> N
     from vm import PlanningError
 
     as_json = options.get("as_json", False)
+    if queue:
+        from planvm.cli import print_queued
+
+        with make_engine(options) as engine:
+            run_id = engine.enqueue(goal, metadata=parse_metadata(metadata))
+        print_queued(run_id, as_json)
+        return
 
     def planned(result: Any) -> None:
         if not as_json:

@@ -37,9 +37,10 @@ def runs() -> None:
 @guarded
 def list_(store_path: str | None, limit: int, as_json: bool) -> None:
     """The newest runs: id, status, time, steps, goal, parent."""
-    from vm.store import default_store_path
+    from vm.store import store_url
 
-    if not Path(store_path or default_store_path()).exists():
+    _url, file = store_url(store_path)
+    if file is not None and not file.exists():
         rows: list[dict[str, Any]] = []  # nothing recorded yet
     else:
         rows = _open_store(store_path).list_runs(limit)
@@ -55,13 +56,39 @@ def list_(store_path: str | None, limit: int, as_json: bool) -> None:
     # Ids are never cut (any unique prefix of one is accepted wherever a run id is taken).
     table = Table(
         Column("run_id", no_wrap=True, min_width=16), "status", Column("started", no_wrap=True), "steps",
-        "goal (or plan file)", Column("parent", no_wrap=True),
+        "goal (or plan file)", Column("parent", no_wrap=True), "owner (lease)",
     )
+    import time
+
     for r in rows:
         parent = f"{r['parent_id']} @ seq_no {r['fork_seq']}" if r["parent_id"] else ""
         what = r["goal"] or (f"plan file {Path(r['plan_file']).name}" if r.get("plan_file") else "")
-        table.add_row(r["id"], r["status"], _when(r["created_at"]), str(r["steps"]), escape(preview(what, 40)), parent)
+        lease = ""
+        if r.get("owner"):
+            left = r["lease_expires_at"] - time.time()
+            lease = f"{r['owner']} ({left:.0f} s left)" if left >= 0 else f"{r['owner']} (ran out {-left:.0f} s ago)"
+        table.add_row(r["id"], r["status"], _when(r["created_at"]), str(r["steps"]), escape(preview(what, 40)), parent, lease)
     Console(width=max(Console().width, 120)).print(table)
+
+
+@click.group(name="store")
+def store_group() -> None:
+    """Manage the run store itself."""
+
+
+@store_group.command()
+@store_option
+@guarded
+def upgrade(store_path: str | None) -> None:
+    """Bring the run store's schema up to this planvm (versioned migrations; no run is lost)."""
+    from vm import RunStore
+
+    store = RunStore(store_path, upgrade=True)
+    before, now = store.upgrade()
+    if before == now:
+        click.echo(f"{store.path}: already at schema version {now}")
+    else:
+        click.echo(f"{store.path}: upgraded from schema version {before or 'none'} to {now}")
 
 
 @runs.command()

@@ -32,12 +32,21 @@ def _loopback(host: str) -> bool:
     show_default=True,
     help="Largest request body accepted (413 beyond).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 1),
+    default=1,
+    show_default=True,
+    help="1: runs execute in this server; 0: POST /v1/runs only queues them for `planvm worker` processes.",
+)
 @tool_options
 @kb_option
 @store_option
 @run_options
 @guarded
-def serve(host: str, port: int, token: str | None, cors_origins: tuple[str, ...], max_body_bytes: int, **options: Any) -> None:
+def serve(
+    host: str, port: int, token: str | None, cors_origins: tuple[str, ...], max_body_bytes: int, workers: int, **options: Any
+) -> None:
     """Serve planvm over HTTP: submit goals, stream runs, fork, resume, approve; a page at /."""
     import uvicorn
 
@@ -54,6 +63,6 @@ def serve(host: str, port: int, token: str | None, cors_origins: tuple[str, ...]
     engine = make_engine(options)
     engine.vm.on_step = None  # the service streams steps; nothing is printed per step
     engine.vm.on_start = None
-    app = create_app(engine, token=token, cors_origins=list(cors_origins), max_body_bytes=max_body_bytes)
+    app = create_app(engine, token=token, cors_origins=list(cors_origins), max_body_bytes=max_body_bytes, execute=workers > 0)
     echo_err(f"planvm serving on http://{host}:{port}/ (runs in {engine.store.path})")
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

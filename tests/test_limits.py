@@ -303,13 +303,15 @@ def test_data_flow_across_blocks_and_loops():
 def test_recording_a_step_does_not_rewrite_the_run_row(tmp_path):
     store = RunStore(tmp_path / "runs.sqlite")
     statements: list[str] = []
-    store._conn.set_trace_callback(statements.append)
+    store.sqlite_connection.set_trace_callback(statements.append)
     with VM(make_registry(), store=store) as machine:
         result = machine.run([assign(i, **{f"v{i}": i}) for i in range(5)] + [assign(5, final_answer="${v4}")])
     assert result.ok
-    assert sum(s.startswith("INSERT OR REPLACE INTO steps") for s in statements) == 6
+    assert sum(s.startswith("INSERT INTO steps") for s in statements) == 6
     updates = [s for s in statements if s.startswith("UPDATE runs")]
-    assert len(updates) == 1 and "SET status = 'completed'" in updates[0]  # once, when the run ends
+    assert len(updates) == 1 and "status='completed'" in updates[0]  # once, when the run ends
+    # Each step renews the lease: a small row of its own, not the run's.
+    assert sum(s.startswith("UPDATE leases") for s in statements) >= 6
     assert store.list_runs()[0]["steps"] == 6
 
 
@@ -317,8 +319,8 @@ def test_a_full_disk_is_reported_naming_the_store(tmp_path):
     store = RunStore(tmp_path / "runs.sqlite")
     with VM(make_registry(), store=store) as machine:
         machine.run([assign(0, final_answer=1)])
-        pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
-        store._conn.execute(f"PRAGMA max_page_count = {pages + 1}")
+        pages = store.sqlite_connection.execute("PRAGMA page_count").fetchone()[0]
+        store.sqlite_connection.execute(f"PRAGMA max_page_count = {pages + 1}")
         from vm import StoreError
 
         with pytest.raises(StoreError) as caught:

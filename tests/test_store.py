@@ -15,16 +15,19 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, ScriptedLLM, assign, call, jmp, make_registry
+from databases import BACKENDS, store_url_for
 
 from tools import ToolRegistry, tool
 from vm import VM, ForkError, RunBusy, RunNotFound, RunStore, StoreError, StoredRun
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = RunStore(tmp_path / "runs.sqlite")
-    yield s
-    s.close()
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path):
+    """A fresh store on each backend: SQLite, PostgreSQL, MariaDB (see tests/databases.py)."""
+    with store_url_for(request.param, tmp_path) as url:
+        s = RunStore(url)
+        yield s
+        s.close()
 
 
 PLAN = [
@@ -75,9 +78,9 @@ def test_store_size_grows_with_changes_not_with_variables(store):
     vm = VM(store=store, concurrency=1)
     sizes = []
     for n_vars in (10, 500):
-        before = sum(len(r[0] or "") for r in store._read("SELECT outputs FROM steps"))
+        before = sum(len(r[0] or "") for r in store.query("SELECT outputs FROM steps"))
         vm.run(plan(n_vars))
-        after = sum(len(r[0] or "") for r in store._read("SELECT outputs FROM steps"))
+        after = sum(len(r[0] or "") for r in store.query("SELECT outputs FROM steps"))
         sizes.append(after - before)
     # 490 more variables only grow the first step's row (by ~490 * 30 bytes), not the other 200.
     assert sizes[1] - sizes[0] < 490 * 40
@@ -358,7 +361,7 @@ def test_concurrent_writers_keep_the_store_consistent(tmp_path):
     runs = store.list_runs(limit=100)
     assert len(runs) == 4 * 5 + 8
     for run in runs:
-        rows = store._read("SELECT count(*) FROM steps WHERE run_id = ?", (run["id"],))[0][0]
+        rows = store.query("SELECT count(*) FROM steps WHERE run_id = :r", {"r": run["id"]})[0][0]
         assert run["status"] == "completed" and run["steps"] == rows
 
 
@@ -427,5 +430,5 @@ def test_a_version_1_store_is_upgraded_without_losing_a_run(tmp_path):
     store = RunStore(path)
     run = store.get("0123")  # a prefix of the id
     assert run.final_answer == 42 and run.limits is None and len(run.steps) == 1
-    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert store.query("SELECT version_num FROM alembic_version")[0][0] == "0002"
     assert replay(run).ok

@@ -9,6 +9,7 @@
     ├── ToolRegistrationError          a tool cannot be registered (duplicate name, bad signature)
     ├── StoreError                     the run store cannot be used (``path``)
     │   ├── RunNotFound                no run with that id (``run_id``)
+    │   ├── LeaseLost                  this process's lease on a run ran out; it must stop writing it
     │   ├── RunBusy                    another live process is executing that run
     │   └── ForkError                  a fork point the run never reached, or a plan that rewrites it
     ├── ReplayError                    a record that cannot be replayed (its plan no longer matches)
@@ -56,6 +57,7 @@ __all__ = [
     "LLMCallFailed",
     "ApprovalNeeded",
     "LLMCallLimitExceeded",
+    "LeaseLost",
     "TokenLimitExceeded",
     "ToolRejected",
     "LLMError",
@@ -163,6 +165,19 @@ class RunBusy(StoreError):
         )
         self.run_id = run_id
         self.owner = owner
+
+
+class LeaseLost(StoreError):
+    """This process no longer holds the run's lease (it ran out while the process was paused or
+    cut off, and another worker may have taken the run): it must not write the run again."""
+
+    def __init__(self, run_id: str, owner: str, path: str | None = None) -> None:
+        super().__init__(
+            f"this process ({owner}) lost its lease on run '{run_id}' (it ran out, so another worker may continue the "
+            f"run); it stops without writing more",
+            path=path,
+        )
+        self.run_id = run_id
 
 
 class ForkError(StoreError):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from vm.errors import ApprovalNeeded, ForkError, Problem, RunError, StoreError, ToolRejected
+from vm.errors import ApprovalNeeded, ForkError, LeaseLost, Problem, RunError, StoreError, ToolRejected
 from vm.interpreter import Interpreter
 from vm.limits import Limits
 from vm.llm import LLM
@@ -144,10 +144,16 @@ class VM:
         return self._sync(self.aresume(run_id))
 
     async def aresume(
-        self, run_id: str, *, listener: RunListener | None = None, approvals: dict[int, dict[str, Any]] | None = None
+        self,
+        run_id: str,
+        *,
+        listener: RunListener | None = None,
+        approvals: dict[int, dict[str, Any]] | None = None,
+        claimed: bool = False,
     ) -> RunResult:
+        """``claimed``: this process already holds the run's lease (a worker that took it from the queue)."""
         store = self._need_store("resume")
-        stored = store.claim(run_id)
+        stored = store.claim(run_id, held=claimed)
         run_id = stored.id  # the full id, when a prefix was given
         try:
             program = self.compile(stored.plan, variables=stored.variables)
@@ -273,6 +279,7 @@ class VM:
             approve_tools=approve_tools, approvals=approvals,
         )
         error: RunError | None = None
+        heartbeat = asyncio.ensure_future(_heartbeat(store, run_id)) if store is not None and run_id is not None else None
         try:
             await run.execute(start_pc)
         except ApprovalNeeded as wait:
@@ -290,6 +297,8 @@ class VM:
             )
         except RunError as exc:
             error = exc
+        except LeaseLost:
+            raise  # another worker may own the run now: write nothing more
         except BaseException as exc:
             if store is not None and run_id is not None:
                 # A store that failed to record a step may fail again here: its first error is the one to see.
@@ -297,6 +306,9 @@ class VM:
                 with contextlib.suppress(StoreError):
                     store.finish(run_id, status, error=why)
             raise
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
         done = error is None
         final = state.get(FINAL_ANSWER) if done else None
         if store is not None and run_id is not None:
@@ -366,6 +378,19 @@ class _Threads:
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None
+
+
+async def _heartbeat(store: RunStore, run_id: str) -> None:
+    """Renew the run's lease while it executes (a third of the lease at a time), so a long step
+    does not lose it; a renewal that fails leaves the next step's commit to refuse."""
+    interval = max(store.lease_seconds / 3, 0.05)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if not await asyncio.to_thread(store.renew, run_id):
+                return
+        except StoreError:
+            continue  # the database is away: the commit that follows retries or reports it
 
 
 def _both(first: Callable[..., None] | None, second: Callable[..., None] | None) -> Callable[..., None] | None:

@@ -224,9 +224,11 @@ def create_app(
     token: str | None = None,
     cors_origins: list[str] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    execute: bool = True,
 ) -> FastAPI:
     """The service over ``engine`` (whose store is required). ``token``: every path but
-    ``/healthz`` needs ``Authorization: Bearer <token>``."""
+    ``/healthz`` needs ``Authorization: Bearer <token>``. ``execute=False``: new runs are only
+    queued, for ``planvm worker`` processes sharing the store."""
     if engine.store is None:
         raise ValueError("the service needs a run store")
     service = _Service(engine)
@@ -306,6 +308,11 @@ def create_app(
         """Plan the goal (unless a plan is given), validate, and start the run in the background."""
         limits = check_limits(body.limits)
         check_tools(body.approve_tools)
+        if not execute:
+            queued = await asyncio.to_thread(engine.enqueue, body.goal, metadata=body.metadata, plan=body.plan)
+            if wait:
+                return JSONResponse(stored_json(await _finished(engine.store, queued, engine.limits.max_seconds)))
+            return JSONResponse({"run_id": queued, "status": "queued"}, status_code=202)
         run_id, task = await service.launch(
             lambda listener: engine.run_goal(
                 body.goal, metadata=body.metadata, planner_kind=body.planner, plan=body.plan, limits=limits,
@@ -568,6 +575,16 @@ async def _send_error(send: Any, status: int, kind: str, message: str) -> None:
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _finished(store: Any, run_id: str, max_seconds: float | None) -> Any:
+    """The run once a worker has finished it (polling the store), or as it is after max_seconds."""
+    deadline = asyncio.get_running_loop().time() + (max_seconds or 600.0) + 60.0
+    while asyncio.get_running_loop().time() < deadline:
+        if store.status_of(run_id) in _FINISHED | {"waiting"}:
+            break
+        await asyncio.sleep(0.2)
+    return store.get(run_id)
 
 
 def _last_event_id(value: str | None) -> int:

@@ -1,0 +1,79 @@
+"""The run store's tables, one definition for SQLite, PostgreSQL and MySQL (MariaDB, TiDB).
+
+Values are JSON text. Long text is ``LONGTEXT`` on MySQL (its ``TEXT`` holds 64 KiB); times are
+seconds since the epoch as double precision. Steps are unique per (run, position): a step can
+never be recorded twice.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+__all__ = ["HEAD", "leases", "metadata", "runs", "steps"]
+
+#: The newest migration (vm/store/migrations/versions); a store at it needs no upgrade.
+HEAD = "0002"
+
+
+def _long() -> sa.types.TypeEngine:
+    return sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+
+def _seconds() -> sa.types.TypeEngine:
+    return sa.Double()
+
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("created_at", _seconds(), nullable=False),
+    sa.Column("updated_at", _seconds(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # queued | running | waiting | completed | failed | interrupted | cancelled
+    sa.Column("goal", _long()),
+    sa.Column("metadata", _long()),  # JSON
+    sa.Column("plan", _long(), nullable=False),  # JSON array (JSON null: a queued goal not planned yet)
+    sa.Column("variables", _long(), nullable=False),  # JSON object: the variables the run started with
+    sa.Column("parent_id", sa.String(32), sa.ForeignKey("runs.id")),
+    sa.Column("fork_seq", sa.BigInteger),  # the seq_no the fork continued from
+    sa.Column("final_answer", _long()),  # JSON
+    sa.Column("error", _long()),
+    sa.Column("owner", sa.String(255)),  # unused since leases; kept for stores made before them
+    sa.Column("steps", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("limits", _long()),  # JSON: the Limits the run was started with
+    sa.Column("planning", _long()),  # JSON: planner, reasoning, model, tokens, attempts
+    sa.Column("pending", _long()),  # JSON: the tool call a waiting run waits to have approved
+    sa.Column("approve_tools", _long()),  # JSON array: tools whose calls need approval in this run
+    sa.Index("runs_parent", "parent_id"),
+    sa.Index("runs_status", "status", "created_at"),
+)
+
+steps = sa.Table(
+    "steps",
+    metadata,
+    sa.Column("run_id", sa.String(32), sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("idx", sa.Integer, primary_key=True, autoincrement=False),  # 0-based position in the run's trace
+    sa.Column("seq_no", sa.BigInteger, nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("tool", sa.String(255)),
+    sa.Column("inputs", _long()),  # JSON
+    sa.Column("outputs", _long()),  # JSON object: the variables this step set
+    sa.Column("result", _long()),  # JSON: raw tool reply, or a jump's verdict
+    sa.Column("llm_calls", _long()),  # JSON array
+    sa.Column("next_seq", sa.BigInteger),
+    sa.Column("duration_s", _seconds()),
+    sa.Column("error", _long()),
+)
+
+# Who may write a run: one row per run being executed, its owner (a worker id) and when the
+# lease runs out. A small table of its own, so renewing a lease never rewrites a run's row.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("run_id", sa.String(32), sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("owner", sa.String(255), nullable=False),
+    sa.Column("expires_at", _seconds(), nullable=False),
+)
