@@ -37,7 +37,7 @@ def postgres_store_url() -> Iterator[str]:
     engine_url = base.replace("postgresql://", "postgresql+psycopg://", 1)
     schema = f"t_{uuid.uuid4().hex[:12]}"
     try:
-        engine = sa.create_engine(engine_url, connect_args={"connect_timeout": 5})
+        engine = sa.create_engine(engine_url, connect_args={"connect_timeout": 5}, pool_pre_ping=True)
         with engine.begin() as conn:
             conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
     except Exception as exc:
@@ -60,7 +60,7 @@ def mysql_store_url() -> Iterator[str]:
     engine_url = base.replace("mysql://", "mysql+pymysql://", 1)
     database = f"t_{uuid.uuid4().hex[:12]}"
     try:
-        engine = sa.create_engine(engine_url, connect_args={"connect_timeout": 5})
+        engine = sa.create_engine(engine_url, connect_args={"connect_timeout": 5}, pool_pre_ping=True)
         with engine.begin() as conn:
             conn.exec_driver_sql(f"CREATE DATABASE {database}")
     except Exception as exc:

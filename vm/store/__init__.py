@@ -932,8 +932,9 @@ class RunStore:
                     .order_by(t.runs.c.created_at)
                     .limit(1)
                 )
-                if locking:
-                    stale = stale.with_for_update(skip_locked=True)
+                if locking:  # PostgreSQL locks only the runs row (a lease row may be missing); MariaDB knows no OF
+                    of = {"of": t.runs} if self.dialect == "postgresql" else {}
+                    stale = stale.with_for_update(skip_locked=True, **of)
                 found = conn.execute(stale).scalar()
             if found is None:
                 return None

@@ -1,0 +1,196 @@
+"""`planvm worker` processes sharing one store on a real database server: kill -9, SIGSTOP past a
+lease, and the database itself going away. Tools log each call, so a step that ran twice shows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from databases import mysql_store_url, postgres_store_url
+
+from vm import RunStore
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS = '''
+import os, time
+from tools import tool
+
+@tool
+def slow_step(run: str, step: int, seconds: float = 0.3, after: str = "") -> str:
+    """Log the call, wait, return a mark.
+
+    Args:
+        run: Which run calls.
+        step: Which step calls.
+        seconds: How long to wait.
+        after: The step before's mark (so the steps run one after another).
+    """
+    with open(os.environ["CALL_LOG"], "a") as f:
+        f.write(f"{run} {step}\\n")
+    time.sleep(seconds)
+    return f"{run}:{step}"
+'''
+
+
+def plan(run: str, steps: int, seconds: float) -> list[dict]:
+    chain = [
+        {"seq_no": i, "type": "calling", "parameters": {
+            "tool_name": "slow_step", "tool_params": {"run": run, "step": i, "seconds": seconds, **({"after": "${s%d}" % (i - 1)} if i else {})},
+            "output_vars": [f"s{i}"]}}
+        for i in range(steps)
+    ]
+    chain.append({"seq_no": steps, "type": "assign", "parameters": {"final_answer": " ".join("${s%d}" % i for i in range(steps))}})
+    return chain
+
+
+class Fleet:
+    """Worker processes on one store URL, with the tool plugin and a call log."""
+
+    def __init__(self, url: str, tmp_path: Path) -> None:
+        self.url = url
+        self.tools = tmp_path / "slow_tools.py"
+        self.tools.write_text(TOOLS)
+        self.log = tmp_path / "calls.log"
+        self.env = {**os.environ, "CALL_LOG": str(self.log), "PLANVM_HOME": str(tmp_path)}
+        self.procs: list[subprocess.Popen[str]] = []
+        self.tmp = tmp_path
+
+    def queue(self, run: str, steps: int, seconds: float) -> str:
+        path = self.tmp / f"{run}.json"
+        path.write_text(json.dumps(plan(run, steps, seconds)))
+        out = subprocess.run(
+            [sys.executable, "-m", "planvm", "exec", str(path), "--queue", "--store", self.url, "--no-builtins", "--plugin", str(self.tools)],
+            cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    def worker(self, *args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "planvm", "worker", "--store", self.url, "--no-builtins", "--plugin", str(self.tools),
+             "--poll-seconds", "0.2", *args],
+            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def calls(self) -> Counter:
+        return Counter(self.log.read_text().splitlines()) if self.log.exists() else Counter()
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+def store_url(request):
+    with (postgres_store_url() if request.param == "postgresql" else mysql_store_url()) as url:
+        yield url
+
+
+def test_kill_9_a_worker_the_other_finishes_every_run_without_repeating_a_committed_step(store_url, tmp_path):
+    fleet = Fleet(store_url, tmp_path)
+    ids = {f"r{i}": fleet.queue(f"r{i}", 3, 0.3) for i in range(20)}
+    store = RunStore(store_url, readonly=True)
+    try:
+        victim = fleet.worker("--concurrency", "2", "--lease-seconds", "2")
+        wait_until(lambda: sum(fleet.calls().values()) >= 8, 60, "the first worker to get going")
+        fleet.worker("--concurrency", "2", "--lease-seconds", "2")
+        time.sleep(0.5)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        # What was committed at the kill must never run again.
+        committed = {(run, s.seq_no) for run, run_id in ids.items() for s in store.get(run_id).steps if s.type == "calling"}
+        wait_until(lambda: all(store.status_of(i) == "completed" for i in ids.values()), 120, "every run to complete")
+        calls = fleet.calls()
+        for run, step in committed:
+            assert calls[f"{run} {step}"] == 1, f"committed step {run}/{step} ran {calls[f'{run} {step}']} times"
+        repeated = [call for call, n in calls.items() if n > 1]
+        assert len(repeated) <= 2, repeated  # at most the killed worker's steps in flight
+        assert all(n <= 2 for n in calls.values())
+        for run, run_id in ids.items():
+            stored = store.get(run_id)
+            assert stored.final_answer == f"{run}:0 {run}:1 {run}:2"
+            assert [s.index for s in stored.steps] == list(range(4))
+    finally:
+        fleet.stop()
+
+
+def test_a_worker_paused_past_its_lease_cannot_commit_late(store_url, tmp_path):
+    fleet = Fleet(store_url, tmp_path)
+    run_id = fleet.queue("p", 2, 2.0)
+    store = RunStore(store_url, readonly=True)
+    try:
+        paused = fleet.worker("--lease-seconds", "1", "--grace-seconds", "0")
+        wait_until(lambda: fleet.calls()["p 0"] == 1, 30, "the first worker to start the step")
+        paused.send_signal(signal.SIGSTOP)
+        time.sleep(1.5)  # its lease runs out
+        fleet.worker("--lease-seconds", "5")
+        wait_until(lambda: store.status_of(run_id) == "completed", 60, "the second worker to finish the run")
+        paused.send_signal(signal.SIGCONT)
+        time.sleep(3)  # its step finishes; its commit must be refused
+        paused.terminate()
+        out, _ = paused.communicate(timeout=30)
+        assert "lost its lease" in out
+        stored = store.get(run_id)
+        assert [s.index for s in stored.steps] == [0, 1, 2] and stored.final_answer == "p:0 p:1"
+    finally:
+        fleet.stop()
+
+
+def test_the_database_going_away_mid_run(tmp_path):
+    clusters = Path("/etc/postgresql")
+    if not clusters.is_dir() or os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("this test stops and starts the local PostgreSQL cluster: it needs /etc/postgresql and root")
+        pytest.skip("needs the local PostgreSQL cluster (pg_ctlcluster, as root)")
+    version = sorted(p.name for p in clusters.iterdir())[0]
+
+    def cluster(action: str) -> None:
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action], check=True, capture_output=True, timeout=60)
+
+    with postgres_store_url() as url:
+        fleet = Fleet(url, tmp_path)
+        run_id = fleet.queue("d", 6, 0.7)
+        try:
+            worker = fleet.worker("--lease-seconds", "5")
+            wait_until(lambda: fleet.calls()["d 1"] == 1, 30, "two steps to start")
+            cluster("stop")
+            try:
+                time.sleep(3)
+            finally:
+                cluster("start")
+            store = RunStore(url, readonly=True)
+            wait_until(lambda: store.status_of(run_id) == "completed", 90, "the run to finish after the database came back")
+            stored = store.get(run_id)
+            assert stored.final_answer == " ".join(f"d:{i}" for i in range(6))
+            calls = fleet.calls()
+            assert all(calls[f"d {i}"] >= 1 for i in range(6)) and sum(calls.values()) <= 7
+            worker.terminate()
+            out, _ = worker.communicate(timeout=30)
+            assert "unreachable" in out or "cannot reach" in out
+        finally:
+            fleet.stop()
+            cluster("start") if subprocess.run(["pg_lsclusters"], capture_output=True, text=True).stdout.count("online") == 0 else None
