@@ -432,3 +432,49 @@ def test_a_version_1_store_is_upgraded_without_losing_a_run(tmp_path):
     assert run.final_answer == 42 and run.limits is None and len(run.steps) == 1
     assert store.query("SELECT version_num FROM alembic_version")[0][0] == "0002"
     assert replay(run).ok
+
+
+def test_a_store_made_by_the_version_3_code_is_upgraded_and_its_runs_go_on(tmp_path):
+    # tests/golden/store_v3.sqlite was written by the store code before leases and Alembic: one
+    # completed run, one interrupted after its first step.
+    path = tmp_path / "runs.sqlite"
+    path.write_bytes((ROOT / "tests" / "golden" / "store_v3.sqlite").read_bytes())
+    store = RunStore(path)
+    done = store.get("13b741518b6b4c89")
+    assert done.status == "completed" and done.final_answer == 2 and done.goal == "made by the version-3 store"
+    assert done.metadata == {"lang": "en"} and done.limits == {"max_steps": 10} and len(done.steps) == 2
+    assert store.query("SELECT version_num FROM alembic_version")[0][0] == "0002"
+    resumed = VM(make_registry(), store=store).resume("c8371ccab2dd4381")
+    assert resumed.ok and resumed.final_answer == 2 and len(resumed.trace) == 2
+    assert [r["id"] for r in store.list_runs()] == ["c8371ccab2dd4381", "13b741518b6b4c89"] or len(store.list_runs()) == 2
+
+
+def test_a_server_store_behind_the_schema_asks_for_store_upgrade(tmp_path):
+    from databases import postgres_store_url
+
+    with postgres_store_url() as url:
+        RunStore(url).close()
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+        with engine.begin() as conn:  # as if the store had been made before the leases migration
+            conn.exec_driver_sql("DROP TABLE leases")
+            conn.exec_driver_sql("DROP INDEX runs_status")
+            conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0001'")
+        engine.dispose()
+        with pytest.raises(StoreError, match="planvm store upgrade"):
+            RunStore(url)
+        out = subprocess.run([sys.executable, "-m", "planvm", "store", "upgrade", "--store", url], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0 and "from schema version 0001 to 0002" in out.stdout, out.stderr
+        store = RunStore(url)
+        run_id = store.create_run([assign(0, final_answer=1)])
+        assert store.get(run_id).owner == store.worker_id
+        store.close()
+
+
+def test_an_unknown_store_location_is_refused(tmp_path):
+    with pytest.raises(StoreError, match="not a store location"):
+        RunStore("redis://127.0.0.1/0")
+    with pytest.raises(StoreError, match="sqlite:///"):
+        RunStore("sqlite://relative")

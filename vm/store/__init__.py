@@ -370,6 +370,7 @@ class RunStore:
         self.retry_seconds = retry_seconds
         self.timeout = timeout
         self._lock = threading.RLock()
+        self.upgraded_from: str | None = None  # the schema revision this opening migrated from
         self._engine: Any = None
         self._conn: Any = None  # SQLite: the one connection, used under the lock
         if self.file is not None:
@@ -465,8 +466,12 @@ class RunStore:
                 + [f"PRAGMA user_version={_LEGACY_VERSION}"]
             )
             self._migrate(stamp_first="0001")
-        elif self._revision() != _schema().HEAD:
-            self._migrate()
+            self.upgraded_from = f"legacy {version}"
+        else:
+            revision = self._revision()
+            if revision != _schema().HEAD:
+                self._migrate()
+                self.upgraded_from = revision or "none"
         if not tables:
             conn.exec_driver_sql(f"PRAGMA application_id={_APPLICATION_ID}")
 
@@ -508,6 +513,7 @@ class RunStore:
                     path=str(self.path),
                 )
             self._retrying(self._migrate)
+            self.upgraded_from = revision or "none"
 
     def _has_runs_table(self) -> bool:
         import sqlalchemy as sa
@@ -559,8 +565,8 @@ class RunStore:
 
     def upgrade(self) -> tuple[str | None, str]:
         """Apply missing migrations; return (revision before, revision now)."""
-        before = self._retrying(self._revision)
-        if before != _schema().HEAD:
+        before = self.upgraded_from or self._retrying(self._revision)
+        if before != _schema().HEAD and self.upgraded_from is None:
             self._retrying(self._migrate)
         return before, _schema().HEAD
 
