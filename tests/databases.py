@@ -29,49 +29,37 @@ def _unreachable(variable: str, url: str, exc: Exception) -> None:
 
 
 @contextmanager
-def postgres_store_url() -> Iterator[str]:
+def _fresh(variable: str, driver: str, create: str, drop: str, url_of) -> Iterator[str]:
+    """A new schema or database made with ``create`` (``{name}`` in it), dropped afterwards."""
     import sqlalchemy as sa
 
-    variable = POSTGRES[0]
     base = _URLS[variable]
-    engine_url = base.replace("postgresql://", "postgresql+psycopg://", 1)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
+    scheme, _, rest = base.partition("://")
+    name = f"t_{uuid.uuid4().hex[:12]}"
     try:
-        engine = sa.create_engine(engine_url, connect_args={"connect_timeout": 5}, pool_pre_ping=True)
+        engine = sa.create_engine(f"{driver}://{rest}", connect_args={"connect_timeout": 5}, pool_pre_ping=True)
         with engine.begin() as conn:
-            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+            conn.exec_driver_sql(create.format(name=name))
     except Exception as exc:
         _unreachable(variable, base, exc)
-    separator = "&" if "?" in base else "?"
     try:
-        yield f"{base}{separator}options=-csearch_path%3D{schema}"
+        yield url_of(base, name)
     finally:
         with engine.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+            conn.exec_driver_sql(drop.format(name=name))
         engine.dispose()
 
 
-@contextmanager
-def mysql_store_url() -> Iterator[str]:
-    import sqlalchemy as sa
+def postgres_store_url():
+    """A PostgreSQL store URL on a schema of its own (the connection's search_path)."""
+    return _fresh(POSTGRES[0], "postgresql+psycopg", "CREATE SCHEMA {name}", "DROP SCHEMA {name} CASCADE",
+                  lambda base, name: f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{name}")
 
-    variable = MYSQL[0]
-    base = _URLS[variable]
-    engine_url = base.replace("mysql://", "mysql+pymysql://", 1)
-    database = f"t_{uuid.uuid4().hex[:12]}"
-    try:
-        engine = sa.create_engine(engine_url, connect_args={"connect_timeout": 5}, pool_pre_ping=True)
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {database}")
-    except Exception as exc:
-        _unreachable(variable, base, exc)
-    head, _, _db = base.rpartition("/")
-    try:
-        yield f"{head}/{database}"
-    finally:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE {database}")
-        engine.dispose()
+
+def mysql_store_url():
+    """A MariaDB/MySQL store URL on a database of its own."""
+    return _fresh(MYSQL[0], "mysql+pymysql", "CREATE DATABASE {name}", "DROP DATABASE {name}",
+                  lambda base, name: f"{base.rpartition('/')[0]}/{name}")
 
 
 @contextmanager

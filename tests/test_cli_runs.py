@@ -181,3 +181,22 @@ def test_approve_from_the_command_line(tmp_path):
     assert done.stdout.strip() == "sent to boss@example.com"
     again = planvm("approve", body["run_id"], "--seq", "0", "--plugin", tools)
     assert again.returncode == 2 and "not waiting" in again.stderr
+
+
+def test_queue_from_the_command_line_and_a_worker(tmp_path):
+    store = str(tmp_path / "queue.sqlite")
+    tools = ["--no-builtins", "--plugin", PLUGIN]
+    queued_plan = planvm("exec", str(EXAMPLES / "plans" / "budget.json"), "--queue", "--store", store, *tools)
+    assert queued_plan.returncode == 0, queued_plan.stderr
+    queued_goal = planvm("run", "How do I resume a run?", "--queue", "--store", store, "--json", *tools)
+    assert json.loads(queued_goal.stdout)["status"] == "queued"
+    bad = planvm("exec", str(EXAMPLES / "plans" / "budget.json"), "--queue", "--no-store", "--store", store, *tools)
+    assert bad.returncode == 2 and "--no-store" in bad.stderr
+    listed = json.loads(planvm("runs", "list", "--store", store, "--json").stdout)
+    assert sorted(r["status"] for r in listed) == ["queued", "queued"]
+    worked = planvm("worker", "--store", store, "--once", *tools, timeout=120)
+    assert worked.returncode == 0 and "stopped after 2 run(s)" in worked.stderr, worked.stderr
+    runs = {r["id"]: r for r in json.loads(planvm("runs", "list", "--store", store, "--json").stdout)}
+    assert all(r["status"] == "completed" and r["owner"] is None for r in runs.values())
+    goal_run = json.loads(planvm("runs", "show", json.loads(queued_goal.stdout)["run_id"], "--store", store, "--json").stdout)
+    assert goal_run["run"]["planning"]["planner"] == "template"  # the worker planned it

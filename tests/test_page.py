@@ -76,8 +76,9 @@ def test_the_page_runs_watches_forks_and_approves(browser, server, tmp_path):
     plan[3]["parameters"]["tool_params"]["text"] = "edited"
     plan[3]["parameters"]["tool_params"]["seconds"] = 0.01
     plan[4]["parameters"]["tool_params"]["seconds"] = 0.01
-    page.fill("#fork-plan", json.dumps(plan))
     page.click("#steps li[data-index='3']")
+    # Selecting a step refills the form with the run's plan once its variables have loaded: wait for that.
+    page.wait_for_function("() => document.querySelector('#detail-variables').textContent.includes('r3')")
     page.fill("#fork-plan", json.dumps(plan))
     page.click("#fork button")
     # The new branch is open (its parent is a link in the tree, no longer the current run) and done.

@@ -61,16 +61,15 @@ class Fleet:
         self.env = {**os.environ, "CALL_LOG": str(self.log), "PLANVM_HOME": str(tmp_path)}
         self.procs: list[subprocess.Popen[str]] = []
         self.tmp = tmp_path
+        self.engine = None
 
     def queue(self, run: str, steps: int, seconds: float) -> str:
-        path = self.tmp / f"{run}.json"
-        path.write_text(json.dumps(plan(run, steps, seconds)))
-        out = subprocess.run(
-            [sys.executable, "-m", "planvm", "exec", str(path), "--queue", "--store", self.url, "--no-builtins", "--plugin", str(self.tools)],
-            cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60,
-        )
-        assert out.returncode == 0, out.stderr
-        return out.stdout.strip()
+        """Queue a run as `planvm exec --queue` does (the same Engine.enqueue, in this process)."""
+        if self.engine is None:
+            from planvm.engine import Engine
+
+            self.engine = Engine({"store_path": self.url, "no_builtins": True, "plugins": [str(self.tools)]})
+        return self.engine.enqueue(None, metadata={"plan_file": f"{run}.json"}, plan=plan(run, steps, seconds))
 
     def worker(self, *args: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
@@ -85,6 +84,8 @@ class Fleet:
         return Counter(self.log.read_text().splitlines()) if self.log.exists() else Counter()
 
     def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGCONT)
@@ -112,12 +113,12 @@ def store_url(request):
 
 def test_kill_9_a_worker_the_other_finishes_every_run_without_repeating_a_committed_step(store_url, tmp_path):
     fleet = Fleet(store_url, tmp_path)
-    ids = {f"r{i}": fleet.queue(f"r{i}", 3, 0.3) for i in range(20)}
+    ids = {f"r{i}": fleet.queue(f"r{i}", 3, 0.15) for i in range(20)}
     store = RunStore(store_url, readonly=True)
     try:
-        victim = fleet.worker("--concurrency", "2", "--lease-seconds", "2")
+        victim = fleet.worker("--concurrency", "2", "--lease-seconds", "1.5")
         wait_until(lambda: sum(fleet.calls().values()) >= 8, 60, "the first worker to get going")
-        fleet.worker("--concurrency", "2", "--lease-seconds", "2")
+        fleet.worker("--concurrency", "2", "--lease-seconds", "1.5")
         time.sleep(0.5)
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
@@ -140,7 +141,7 @@ def test_kill_9_a_worker_the_other_finishes_every_run_without_repeating_a_commit
 
 def test_a_worker_paused_past_its_lease_cannot_commit_late(store_url, tmp_path):
     fleet = Fleet(store_url, tmp_path)
-    run_id = fleet.queue("p", 2, 2.0)
+    run_id = fleet.queue("p", 2, 1.5)
     store = RunStore(store_url, readonly=True)
     try:
         paused = fleet.worker("--lease-seconds", "1", "--grace-seconds", "0")
@@ -194,3 +195,49 @@ def test_the_database_going_away_mid_run(tmp_path):
         finally:
             fleet.stop()
             cluster("start") if subprocess.run(["pg_lsclusters"], capture_output=True, text=True).stdout.count("online") == 0 else None
+
+
+def test_a_server_that_only_queues_and_a_worker_behind_it(tmp_path):
+    from httpx_sse import connect_sse
+
+    from tests.serve_helpers import Server
+
+    store = tmp_path / "shared.sqlite"
+    fleet = Fleet(str(store), tmp_path)
+    home = tmp_path / "server-home"
+    home.mkdir()
+    with Server(home, "--workers", "0", "--store", str(store), "--no-builtins", "--plugin", str(fleet.tools), env=fleet.env) as server:
+        with server.client() as client:
+            started = client.post("/v1/runs", json={"goal": "queued over HTTP", "plan": plan("h", 2, 0.2)})
+            assert started.status_code == 202 and started.json()["status"] == "queued"
+            run_id = started.json()["run_id"]
+            time.sleep(0.5)
+            assert client.get(f"/v1/runs/{run_id}").json()["status"] == "queued"  # nothing runs it in the server
+            fleet.worker("--once")
+            with connect_sse(client, "GET", f"/v1/runs/{run_id}/events") as source:
+                events = [e for e in source.iter_sse() if e.event in {"step", "done"}]
+            assert events[-1].event == "done" and json.loads(events[-1].data)["final_answer"] == "h:0 h:1"
+            assert [json.loads(e.data)["index"] for e in events[:-1]] == [0, 1, 2]
+    fleet.stop()
+    assert fleet.calls() == Counter({"h 0": 1, "h 1": 1})
+
+
+def test_sigterm_gives_unfinished_runs_back_to_the_queue(tmp_path):
+    with postgres_store_url() as url:
+        fleet = Fleet(url, tmp_path)
+        run_id = fleet.queue("t", 3, 1.0)
+        store = RunStore(url, readonly=True)
+        try:
+            stopping = fleet.worker("--grace-seconds", "0")
+            wait_until(lambda: fleet.calls()["t 1"] == 1, 30, "the second step to start")
+            stopping.terminate()
+            out, _ = stopping.communicate(timeout=30)
+            assert stopping.returncode == 0 and "given back to the queue" in out
+            run = store.get(run_id)
+            assert run.status == "queued" and run.owner is None and [s.index for s in run.steps] == [0]
+            fleet.worker("--once").wait(60)
+            run = store.get(run_id)
+            assert run.status == "completed" and run.final_answer == "t:0 t:1 t:2"
+            assert fleet.calls()["t 0"] == 1  # the committed step did not run again
+        finally:
+            fleet.stop()
