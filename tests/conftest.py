@@ -91,6 +91,21 @@ def _private_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("PLANVM_HOME", str(tmp_path_factory.mktemp("planvm_home")))
 
 
+@pytest.fixture(scope="session")
+def example_kb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The knowledge base of examples/kb, built once by `planvm index` for the whole session (read only)."""
+    import os
+    import subprocess
+    import sys
+
+    kb = tmp_path_factory.mktemp("example_kb") / "kb"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLANVM_")}
+    out = subprocess.run([sys.executable, "-m", "planvm", "index", str(EXAMPLES / "kb"), "--kb", str(kb)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return kb
+
+
 @pytest.fixture
 def registry() -> ToolRegistry:
     return make_registry()

@@ -81,14 +81,6 @@ class Server:
         self.stop()
 
 
-def index_examples(home: Path) -> None:
-    """Build the knowledge base of examples/kb under ``home`` (the offline goal runs read it)."""
-    subprocess.run(
-        [sys.executable, "-m", "planvm", "index", str(ROOT / "examples" / "kb")],
-        cwd=ROOT, env={**os.environ, "PLANVM_HOME": str(home)}, check=True, capture_output=True, timeout=300,
-    )
-
-
 def wait_status(client: httpx.Client, run_id: str, statuses: set[str], timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -69,15 +69,6 @@ def test_lazy_knowledge_base_fails_only_when_used(tmp_path):
 # --- the extractive baseline --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def example_kb(tmp_path_factory):
-    from tools.kb import index_folder
-
-    kb = tmp_path_factory.mktemp("ekb") / "kb"
-    index_folder(EXAMPLES / "kb", kb)
-    return kb
-
-
 def test_extractive_answers_from_context_with_sources(example_kb):
     settings = Settings(kb=example_kb)
     vm = VM(make_registry(settings), llm=make_llm(settings))

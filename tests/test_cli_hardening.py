@@ -328,14 +328,6 @@ def check_indexing(tmp_path):
 # --- answers without a model ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def example_kb(tmp_path_factory):
-    kb = tmp_path_factory.mktemp("kb")
-    out = planvm("index", str(EXAMPLES / "kb"), "--kb", str(kb), timeout=180)
-    assert out.returncode == 0, out.stderr
-    return kb
-
-
 def test_an_unrelated_question_is_not_answered_from_the_knowledge_base(example_kb):
     out = planvm("run", "What is the capital of France?", "--kb", str(example_kb), "--json", timeout=120)
     assert out.returncode == 0, out.stderr

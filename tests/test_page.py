@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve_helpers import Server, index_examples, slow_plan
+from tests.serve_helpers import Server, slow_plan
 
 CHROMIUM = os.environ.get("PLANVM_TEST_CHROMIUM", "/usr/bin/chromium")
 
@@ -35,10 +35,10 @@ def browser():
 
 
 @pytest.fixture
-def server(tmp_path: Path):
+def server(tmp_path: Path, example_kb: Path):
     home = tmp_path / "home"
     home.mkdir()
-    index_examples(home)
+    (home / "kb").symlink_to(example_kb)
     with Server(home, "--approve-tool", "send_email") as running:
         yield running
 

@@ -15,25 +15,17 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from tests.serve_helpers import ROOT, Server, free_port, index_examples, slow_plan, wait_status
+from tests.serve_helpers import ROOT, Server, free_port, slow_plan, wait_status
 
 GOAL = "How do I resume a run?"
 
 
-@pytest.fixture(scope="module")
-def kb_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A PLANVM_HOME holding the knowledge base of examples/kb, built once for this module."""
-    home = tmp_path_factory.mktemp("serve_kb")
-    index_examples(home)
-    return home
-
-
 @pytest.fixture
-def home(kb_home: Path, tmp_path: Path) -> Path:
-    """A fresh PLANVM_HOME (its own run store) sharing the module's knowledge base."""
+def home(example_kb: Path, tmp_path: Path) -> Path:
+    """A fresh PLANVM_HOME (its own run store) sharing the session's knowledge base of examples/kb."""
     fresh = tmp_path / "home"
     fresh.mkdir()
-    (fresh / "kb").symlink_to(kb_home / "kb")
+    (fresh / "kb").symlink_to(example_kb)
     return fresh
 
 
