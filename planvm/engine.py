@@ -210,9 +210,12 @@ class Engine:
             program, goal=goal, metadata=metadata or None, approve_tools=approve_tools, listener=listener, planning=planning
         )
 
-    def enqueue(self, goal: str | None, *, metadata: dict[str, Any] | None = None, plan: Any = None) -> str:
+    def enqueue(
+        self, goal: str | None, *, metadata: dict[str, Any] | None = None, plan: Any = None, approve_tools: Iterable[str] = ()
+    ) -> str:
         """Store a run as ``queued`` for a worker: a plan (validated now) or a goal (planned by the
-        worker). Returns its id."""
+        worker). ``approve_tools`` stay with the run, so the worker waits for approval too (it
+        runs under its own limits). Returns its id."""
         store = self._store()
         program = self.vm.compile(plan) if plan is not None else None
         if program is not None:
@@ -221,6 +224,7 @@ class Engine:
             program.to_data() if program is not None else None, goal=goal, metadata=metadata or None,
             limits=self.limits.model_dump(), status="queued",
             planning={"planner": "given", "reasoning": None} if program is not None else None,
+            approve_tools=sorted(self.approve_tools | frozenset(approve_tools)) or None,
         )
 
     def _store(self) -> Any:

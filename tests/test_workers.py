@@ -218,6 +218,10 @@ def test_a_server_that_only_queues_and_a_worker_behind_it(tmp_path):
                 events = [e for e in source.iter_sse() if e.event in {"step", "done"}]
             assert events[-1].event == "done" and json.loads(events[-1].data)["final_answer"] == "h:0 h:1"
             assert [json.loads(e.data)["index"] for e in events[:-1]] == [0, 1, 2]
+            # Approval tools asked for in the request stay with the queued run: the worker waits too.
+            gated = client.post("/v1/runs", json={"goal": "gated", "plan": plan("g", 1, 0.01), "approve_tools": ["slow_step"]}).json()
+            fleet.worker("--once").wait(60)
+            assert client.get(f"/v1/runs/{gated['run_id']}").json()["status"] == "waiting"
     fleet.stop()
     assert fleet.calls() == Counter({"h 0": 1, "h 1": 1})
 

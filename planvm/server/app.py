@@ -309,7 +309,9 @@ def create_app(
         limits = check_limits(body.limits)
         check_tools(body.approve_tools)
         if not execute:
-            queued = await asyncio.to_thread(engine.enqueue, body.goal, metadata=body.metadata, plan=body.plan)
+            queued = await asyncio.to_thread(
+                engine.enqueue, body.goal, metadata=body.metadata, plan=body.plan, approve_tools=body.approve_tools
+            )
             if wait:
                 return JSONResponse(stored_json(await _finished(engine.store, queued, engine.limits.max_seconds)))
             return JSONResponse({"run_id": queued, "status": "queued"}, status_code=202)
