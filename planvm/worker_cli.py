@@ -81,7 +81,6 @@ class Worker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        idle = False
         while not self.stopping.is_set():
             while len(self.running) < self.concurrency and not self.stopping.is_set():
                 run_id = await self.take()
@@ -90,11 +89,10 @@ class Worker:
                 task = asyncio.create_task(self.execute(run_id))
                 self.running[run_id] = task
                 task.add_done_callback(lambda _t, r=run_id: self.running.pop(r, None))
-            idle = not self.running
-            if self.once and idle:
+            if self.once and not self.running:
                 break
             waiters = [asyncio.ensure_future(self.stopping.wait()), *self.running.values()]
-            done, _pending = await asyncio.wait(waiters, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED)
             waiters[0].cancel()
         await self.stop()
         return self.done

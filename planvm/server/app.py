@@ -13,6 +13,7 @@ import hmac
 import json
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, Literal
 
@@ -246,7 +247,7 @@ def create_app(
         title="planvm",
         summary="Plan with an LLM, run the plan in a validated VM, and watch it run.",
         version=_version(),
-        lifespan=_asynccontextmanager(lifespan),
+        lifespan=asynccontextmanager(lifespan),
     )
     app.state.service = service
 
@@ -617,11 +618,3 @@ def _version() -> str:
         return version("planvm")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
         return "0"
-
-
-def _asynccontextmanager(fn: Callable[[FastAPI], AsyncIterator[None]]) -> Any:
-    from contextlib import asynccontextmanager
-
-    return asynccontextmanager(fn)
-
-
