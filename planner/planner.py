@@ -54,18 +54,31 @@ class PlanResult:
     reasoning: str
     attempts: list[Attempt] = field(default_factory=list)
     planner: str = "llm"
+    adapter: str | None = None  # the LoRA adapter of a local planner model
+    library: dict[str, Any] | None = None  # a plan reused from the plan library: which, and how it matched
+    examples: list[str] = field(default_factory=list)  # ids of library plans shown to the planner as examples
 
     def record(self) -> dict[str, Any]:
-        """How the plan was made, as a run keeps it: planner, reasoning, model, tokens, attempts."""
+        """How the plan was made, as a run keeps it: planner, prompt version, reasoning, model and
+        adapter, tokens, every attempt, and the plan library's part (a reuse, or examples)."""
+        from planner.prompt import prompt_version
+
         models = [a.model for a in self.attempts if a.model]
-        return {
+        record: dict[str, Any] = {
             "planner": self.planner,
+            "prompt_version": prompt_version(),
             "reasoning": self.reasoning,
             "model": models[-1] if models else None,
+            "adapter": self.adapter,
             "prompt_tokens": sum(a.prompt_tokens or 0 for a in self.attempts),
             "completion_tokens": sum(a.completion_tokens or 0 for a in self.attempts),
             "attempts": [a.to_dict() for a in self.attempts],
         }
+        if self.library is not None:
+            record["library"] = self.library
+        if self.examples:
+            record["examples"] = self.examples
+        return record
 
 
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL | re.IGNORECASE)
@@ -160,7 +173,8 @@ class Planner:
                 if program is not None and check is not None:
                     attempt.problems = check(plan)
                 if program is not None and not attempt.problems:
-                    return PlanResult(plan=program.to_data(), program=program, reasoning=reasoning, attempts=attempts, planner=self.name)
+                    return PlanResult(plan=program.to_data(), program=program, reasoning=reasoning, attempts=attempts, planner=self.name,
+                                      adapter=_adapter_of(self.llm), examples=[str(e["id"]) for e in self.examples or () if "id" in e])
             ask = render("repair.md.j2", prompt=prompt, reply=text, problems=attempt.problems)
         last = "; ".join(attempts[-1].problems[:5]) or "unknown"
         raise PlanningError(
@@ -213,6 +227,15 @@ def plan_schema_for(registry: Any) -> dict[str, Any]:
     if names and "tool_name" in calling:
         calling["tool_name"] = {"type": "string", "enum": names, "description": "Name of a registered tool."}
     return schema
+
+
+def _adapter_of(llm: Any) -> str | None:
+    """The adapter folder of a local model (also behind the schema-constraining wrapper)."""
+    for candidate in (llm, getattr(llm, "local", None)):
+        adapter = getattr(candidate, "adapter", None)
+        if isinstance(adapter, str):
+            return adapter
+    return None
 
 
 def _seq(ins: dict[str, Any]) -> int | None:

@@ -19,6 +19,7 @@ __all__ = [
     "describe_goal",
     "format_completion",
     "parse_metadata",
+    "prompt_version",
     "render",
     "tool_descriptions",
 ]
@@ -29,6 +30,18 @@ def _template(name: str) -> Template:
     text = resources.files("planner.prompts").joinpath(name).read_text(encoding="utf-8")
     env = Environment(undefined=StrictUndefined, keep_trailing_newline=False, autoescape=False)
     return env.from_string(text)
+
+
+@cache
+def prompt_version() -> str:
+    """A short digest of the planner's prompt templates: runs record it, so plans made with
+    different prompts (and rows trained on them) can be told apart."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("planner.md.j2", "repair.md.j2", "update.md.j2"):
+        digest.update(resources.files("planner.prompts").joinpath(name).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def render(name: str, **values: Any) -> str:

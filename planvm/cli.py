@@ -285,7 +285,7 @@ def fork(run_id: str, from_seq: int, plan_file: str | None, suggestion: str | No
     with make_engine(options) as engine:
         if suggestion is not None:
             replanned = engine.replan(run_id, from_seq, suggestion)
-            return engine.vm.fork(run_id, from_seq, replanned.plan)
+            return engine.vm.fork(run_id, from_seq, replanned.plan, planning={**replanned.record(), "suggestion": suggestion})
         return engine.vm.fork(run_id, from_seq, plan_file)
 
 
@@ -326,15 +326,22 @@ def _quiet_third_parties() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def main() -> None:
-    _quiet_third_parties()
+def build_cli() -> click.Group:
+    """The ``planvm`` command with every subcommand added."""
+    from planvm.improve_cli import judge, library, optimize
     from planvm.kb_cli import index, kg, search
     from planvm.plan_cli import plan, run
     from planvm.runs_cli import replay, runs, store_group
     from planvm.serve_cli import serve
-    from planvm.worker_cli import worker
     from planvm.train_cli import datagen, eval_, tiny_model, train
+    from planvm.worker_cli import worker
 
-    for command in (plan, run, runs, store_group, replay, serve, worker, index, kg, search, train, eval_, datagen, tiny_model):
+    for command in (plan, run, runs, store_group, replay, serve, worker, index, kg, search, train, eval_, datagen, tiny_model,
+                    judge, optimize, library):
         cli.add_command(command)
-    cli(prog_name="planvm")
+    return cli
+
+
+def main() -> None:
+    _quiet_third_parties()
+    build_cli()(prog_name="planvm")

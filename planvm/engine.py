@@ -84,7 +84,7 @@ class Engine:
         self.notify = notify or (lambda _message: None)
         self.settings = load_settings(options)
         self.registry = make_registry_for(options, self.settings)
-        self.llms = make_llms(self.settings)
+        self.llms = make_llms(self.settings, ("planner", "answer", "condition", "judge"))
         budgets = {
             k: options[k]
             for k in ("max_steps", "max_seconds", "max_value_bytes", "max_plan_bytes", "max_tokens", "max_llm_calls")
@@ -96,6 +96,7 @@ class Engine:
         lease = options.get("lease_seconds") or DEFAULT_LEASE_SECONDS
         self.store = RunStore(options.get("store_path"), lease_seconds=lease) if record else None
         self.approve_tools = frozenset(options.get("approve_tools") or ())
+        self._library: Any = None
         self.vm = VM(
             self.registry,
             llm=self.llms["answer"],
@@ -147,9 +148,58 @@ class Engine:
                 llm = ConstrainedLocal(llm)
         return Planner(llm, self.registry)
 
-    def plan(self, goal: str, metadata: dict[str, Any] | None = None, kind: str = "auto") -> Any:
-        """A validated plan for ``goal`` (a ``PlanResult``); raises ``PlanningError``."""
-        return self.planner(kind).plan(goal, metadata)
+    @property
+    def library(self) -> Any:
+        """The plan library of this engine's run store (None when runs are not recorded and no
+        store exists yet)."""
+        if self._library is None:
+            from planner.library import PlanLibrary
+            from tools.backends import query_embedder
+            from vm import RunStore
+            from vm.store import store_url
+
+            store = self.store
+            if store is None:
+                _url, file = store_url(self.options.get("store_path"))
+                if file is not None and not file.exists():
+                    return None
+                try:
+                    store = RunStore(self.options.get("store_path"), readonly=True)
+                except PlanVMError:
+                    return None
+            self._library = PlanLibrary(store, lambda: query_embedder(self.settings))
+        return self._library
+
+    def available_tools(self) -> set[str]:
+        allowed = self.options.get("allow_tools")
+        names = set(self.registry.names())
+        return names & set(allowed) if allowed else names
+
+    def plan(self, goal: str, metadata: dict[str, Any] | None = None, kind: str = "auto", *, use_library: bool | None = None) -> Any:
+        """A validated plan for ``goal`` (a ``PlanResult``); raises ``PlanningError``.
+
+        Unless the library is off (``use_library=False`` or the ``no_library`` option), a best
+        plan kept for the same goal is reused without asking the planner, and the most similar
+        ones are shown to an LLM planner as examples."""
+        from planner import Planner, PlanResult
+        from vm.validate import validate_plan
+
+        if use_library is None:
+            use_library = not self.options.get("no_library")
+        library = self.library if use_library else None
+        tools = self.available_tools()
+        if library is not None:
+            hit = library.lookup(goal, metadata, tools)
+            if hit is not None:
+                program, _problems = validate_plan(hit.entry["plan"], self.registry)
+                if program is not None:
+                    self.notify(f"reusing the best plan kept for this goal ({hit.match} match, library entry {hit.entry['id']})")
+                    return PlanResult(plan=program.to_data(), program=program, reasoning=hit.entry.get("reasoning") or "",
+                                      planner="library", library=hit.describe())
+        planner = self.planner(kind)
+        if library is not None and isinstance(planner, Planner):
+            planner.examples = library.examples(goal, metadata, tools) or None
+        return planner.plan(goal, metadata)
 
     def replan(self, run_id: str, from_seq: int, suggestion: str) -> Any:
         """A new plan for a stored run from ``from_seq`` on, as ``suggestion`` asks (the planner's LLM)."""
@@ -160,6 +210,22 @@ class Engine:
         stored = self._store().get(run_id)
         goal = stored.goal or f"Revise the plan as suggested: {suggestion}"  # runs of `exec` record no goal
         return Planner(self.llms["planner"], self.registry).update(stored.plan, stored, from_seq, suggestion, goal=goal)
+
+    def judge(self, run_id: str) -> dict[str, Any]:
+        """Grade a stored run with the judge model and keep the judgement with it (``JudgeError``
+        for a run without an answer or unreadable replies)."""
+        from planner.judge import Judge
+
+        if not self.has_model("judge"):
+            raise ValueError(
+                "judging needs an LLM: set PLANVM_JUDGE_BASE_URL and PLANVM_JUDGE_MODEL (or the general PLANVM_LLM_BASE_URL and "
+                "PLANVM_LLM_MODEL), or PLANVM_LOCAL_MODEL"
+            )
+        store = self._store()
+        run = store.get(run_id)
+        judgement = Judge(self.llms["judge"]).judge(run)
+        store.set_judgement(run.id, judgement)
+        return judgement
 
     def check_knowledge_base(self, plan: list[Any] | None) -> None:
         """Refuse, before running, a plan that retrieves from a knowledge base that is not there."""

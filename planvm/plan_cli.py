@@ -22,6 +22,9 @@ planner_option = click.option(
     help="llm: the configured LLM plans; template: the canonical retrieval plan, no model; auto: llm when an LLM is configured.",
 )
 metadata_option = click.option("--metadata", help="Goal metadata as a JSON object (response_format, label_path...).")
+no_library_option = click.option(
+    "--no-library", is_flag=True, help="Neither reuse a best plan kept for this goal nor show similar ones to the planner."
+)
 
 
 def _keep_attempts(exc: Any) -> Path | None:
@@ -53,8 +56,10 @@ def _planning_failed(exc: Any, as_json: bool) -> None:
 @planner_option
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the plan (a JSON array) to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print {reasoning, plan, planner, attempts} as JSON.")
+@no_library_option
 @tool_options
 @kb_option
+@store_option
 @guarded
 def plan(goal: str, metadata: str | None, planner_kind: str, out: str | None, as_json: bool, **options: Any) -> None:
     """Write a plan for GOAL and print the planner's reasoning and the plan."""
@@ -71,7 +76,10 @@ def plan(goal: str, metadata: str | None, planner_kind: str, out: str | None, as
     if out:
         Path(out).write_text(text + "\n", encoding="utf-8")
     if as_json:
-        print_json({"planner": result.planner, "reasoning": result.reasoning, "plan": result.plan, "attempts": len(result.attempts)})
+        data = {"planner": result.planner, "reasoning": result.reasoning, "plan": result.plan, "attempts": len(result.attempts)}
+        if result.library is not None:
+            data["library"] = result.library
+        print_json(data)
         return
     click.echo(f"<think>\n{result.reasoning}\n</think>")
     click.echo(text)
@@ -85,6 +93,7 @@ def plan(goal: str, metadata: str | None, planner_kind: str, out: str | None, as
 @kb_option
 @store_option
 @click.option("--queue", is_flag=True, help="Store the goal as a queued run; a `planvm worker` plans and runs it. Prints its id.")
+@no_library_option
 @run_options
 @guarded
 def run(goal: str, metadata: str | None, planner_kind: str, queue: bool, **options: Any) -> None:

@@ -33,17 +33,19 @@ def runs() -> None:
 @runs.command(name="list")
 @store_option
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs, newest first.")
+@click.option("--judged", is_flag=True, help="Only runs the judge has graded (`planvm judge`).")
+@click.option("--min-score", type=click.FloatRange(0, 10), help="Only judged runs scoring at least this (0-10).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @guarded
-def list_(store_path: str | None, limit: int, as_json: bool) -> None:
-    """The newest runs: id, status, time, steps, goal, parent."""
+def list_(store_path: str | None, limit: int, judged: bool, min_score: float | None, as_json: bool) -> None:
+    """The newest runs: id, status, time, steps, goal, parent, judge's score."""
     from vm.store import store_url
 
     _url, file = store_url(store_path)
     if file is not None and not file.exists():
         rows: list[dict[str, Any]] = []  # nothing recorded yet
     else:
-        rows = _open_store(store_path).list_runs(limit)
+        rows = _open_store(store_path).list_runs(limit, judged=judged, min_score=min_score)
     if as_json:
         print_json(rows)
         return
@@ -56,7 +58,7 @@ def list_(store_path: str | None, limit: int, as_json: bool) -> None:
     # Ids are never cut (any unique prefix of one is accepted wherever a run id is taken).
     table = Table(
         Column("run_id", no_wrap=True, min_width=16), "status", Column("started", no_wrap=True), "steps",
-        "goal (or plan file)", Column("parent", no_wrap=True), "owner (lease)",
+        "goal (or plan file)", Column("parent", no_wrap=True), "score", "owner (lease)",
     )
     import time
 
@@ -67,7 +69,8 @@ def list_(store_path: str | None, limit: int, as_json: bool) -> None:
         if r.get("owner"):
             left = r["lease_expires_at"] - time.time()
             lease = f"{r['owner']} ({left:.0f} s left)" if left >= 0 else f"{r['owner']} (ran out {-left:.0f} s ago)"
-        table.add_row(r["id"], r["status"], _when(r["created_at"]), str(r["steps"]), escape(preview(what, 40)), parent, lease)
+        score = "" if r["score"] is None else f"{r['score']:g}" + (" ✓" if r["accept"] else "") + (" best" if r["best_of"] else "")
+        table.add_row(r["id"], r["status"], _when(r["created_at"]), str(r["steps"]), escape(preview(what, 40)), parent, score, lease)
     Console(width=max(Console().width, 120)).print(table)
 
 
@@ -131,6 +134,12 @@ def show(run_id: str, store_path: str | None, step: int | None, as_json: bool) -
     if run.status == "waiting" and run.pending:
         console.print(f"waiting: the call to '{run.pending.get('tool')}' at seq_no {run.pending.get('seq_no')} needs "
                       f"`planvm approve {run.id} --seq {run.pending.get('seq_no')}`")
+    if run.judgement:
+        j = run.judgement
+        console.print(f"judged: score {j.get('score')}/10, {'accepted' if j.get('accept') else 'not accepted'}"
+                      + (f"; suggestion: {j['suggestion']}" if j.get("suggestion") else ""))
+    if run.best_of:
+        console.print(f"best run of the plan search from {run.best_of}")
     tokens = run.token_totals()
     if tokens:
         console.print("tokens: " + ", ".join(
@@ -142,7 +151,8 @@ def show(run_id: str, store_path: str | None, step: int | None, as_json: bool) -
         for ancestor in lineage[1:]:
             node = node.add(ancestor + (" (this run)" if ancestor == run_id else ""))
         for child in children:
-            node.add(f"{child['id']}  forked at seq_no {child['fork_seq']}  {child['status']}")
+            score = f"  score {child['score']:g}" if child.get("score") is not None else ""
+            node.add(f"{child['id']}  forked at seq_no {child['fork_seq']}  {child['status']}{score}" + ("  ★ best" if child.get("best_of") else ""))
         console.print(tree)
     table = Table("idx", "seq_no", "type", "tool", "ms", "set", "error")
     for s in run.steps:
@@ -159,19 +169,89 @@ def show(run_id: str, store_path: str | None, step: int | None, as_json: bool) -
         console.print(vtable)
 
 
+def _since(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a date; write it as YYYY-MM-DD or YYYY-MM-DDTHH:MM", param_hint="--since") from None
+
+
 @runs.command()
-@click.argument("run_id")
+@click.argument("run_id", required=False)
 @store_option
 @click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+@click.option("--training", "training_out", type=click.Path(dir_okay=False),
+              help="Instead of one run: write training rows (JSONL, the format `planvm train` reads), one per goal, from its best-scoring completed run.")
+@click.option("--min-score", type=click.FloatRange(0, 10), help="With --training: only judged runs scoring at least this.")
+@click.option("--best-only", is_flag=True, help="With --training: only runs kept as best plans or chosen by `planvm optimize`.")
+@click.option("--since", help="With --training: only runs started on or after this date (YYYY-MM-DD).")
+@tool_options
 @guarded
-def export(run_id: str, store_path: str | None, out: str | None) -> None:
-    """One JSON document with the run, its plan and every step (replayable with `planvm replay`)."""
+def export(run_id: str | None, store_path: str | None, out: str | None, training_out: str | None, min_score: float | None,
+           best_only: bool, since: str | None, plugins: tuple[str, ...], no_builtins: bool) -> None:
+    """One JSON document with the run, its plan and every step (replayable with `planvm replay`),
+    or with --training OUT.jsonl the training rows of every goal."""
+    if training_out is not None:
+        if run_id is not None or out is not None:
+            raise click.UsageError("--training exports every goal's best run; give no RUN_ID or --out with it")
+        _export_training(store_path, training_out, min_score, best_only, _since(since), plugins, no_builtins)
+        return
+    if run_id is None:
+        raise click.UsageError("give a RUN_ID to export (or --training OUT.jsonl for training rows)")
+    if min_score is not None or best_only or since is not None:
+        raise click.UsageError("--min-score, --best-only and --since go with --training")
     data = _open_store(store_path).get(run_id).to_dict()
     text = json.dumps(data, ensure_ascii=False, indent=2, default=as_text)
     if out:
         Path(out).write_text(text + "\n", encoding="utf-8")
     else:
         click.echo(text)
+
+
+def _export_training(store_path: str | None, out: str, min_score: float | None, best_only: bool, since: float | None,
+                     plugins: tuple[str, ...], no_builtins: bool) -> None:
+    from planvm.cli import load_settings, make_registry_for
+    from planvm.improve import training_rows, write_rows
+    from planvm.render import echo_err
+    from vm.store import store_url
+
+    _url, file = store_url(store_path)
+    if file is not None and not file.exists():
+        raise ValueError(f"no run store at {file} yet: there are no runs to export; run some goals first (planvm run)")
+    options = {"plugins": plugins, "no_builtins": no_builtins, "kb_path": None}
+    registry = make_registry_for(options, load_settings(options))
+    rows, skipped = training_rows(_open_store(store_path), registry, min_score=min_score, best_only=best_only, since=since)
+    for run_id, why in skipped:
+        echo_err(f"warning: run {run_id} left out: {why}")
+    if not rows:
+        filters = ", ".join(f for f, on in (("--min-score", min_score is not None), ("--best-only", best_only), ("--since", since)) if on)
+        echo_err("error: no completed run of a goal to export" + (f" with {filters}" if filters else "")
+                 + f" ({len(skipped)} left out); run goals with `planvm run` (and judge them with `planvm judge`) first")
+        sys.exit(EXIT_FAILED)
+    write_rows(rows, out)
+    click.echo(f"wrote {len(rows)} training row(s), one per goal, to {out}" + (f"; {len(skipped)} run(s) left out" if skipped else ""))
+
+
+@runs.command()
+@click.argument("run_id")
+@store_option
+@click.option("--label", help="The label path to keep the plan under (e.g. 'Docs > VM'); default: the run's metadata label_path.")
+@guarded
+def best(run_id: str, store_path: str | None, label: str | None) -> None:
+    """Keep RUN_ID's plan as the best plan for its goal: reused for the same goal, an example for similar ones."""
+    from planner.library import PlanLibrary
+    from tools.backends import query_embedder
+    from vm import RunStore
+
+    from planvm.cli import load_settings
+
+    store = RunStore(store_path)
+    settings = load_settings({})
+    entry_id, replaced = PlanLibrary(store, lambda: query_embedder(settings)).keep(store.get(run_id), label=label)
+    click.echo(f"kept the plan of run {store.resolve(run_id)} as best plan {entry_id}"
+               + (f" (replacing {', '.join(replaced)})" if replaced else ""))
 
 
 @click.command()

@@ -80,26 +80,47 @@ def _default_held_out() -> str | None:
 @click.option("--compare-base/--no-compare-base", default=True, show_default=True, help="Also judge the base model without the adapter.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=1024, show_default=True, help="Most tokens the model may write per goal.")
 @click.option("--out", "out_file", default="eval_report.json", show_default=True, help="Where to write the JSON report.")
+@click.option("--endpoint", help="Instead of --adapter: an OpenAI-compatible server (e.g. vLLM serving the adapter) to score, as http://host:port/v1.")
+@click.option("--model", "served_model", help="With --endpoint: the served model name to score (vLLM: the adapter's --lora-modules name).")
+@click.option("--compare-model", help="With --endpoint: another served model to score beside it (e.g. the base model's name).")
+@click.option("--api-key", envvar="PLANVM_LLM_API_KEY", help="With --endpoint: the server's key, if it needs one.")
 @guarded
-def eval_(adapter: str | None, base_model: str | None, data: str | None, constrained: bool, compare_base: bool, max_new_tokens: int, out_file: str) -> None:
-    """Score an adapter's plans on held-out goals, against the template baseline and the base model."""
-    from rich.console import Console
-    from rich.table import Table
+def eval_(adapter: str | None, base_model: str | None, data: str | None, constrained: bool, compare_base: bool, max_new_tokens: int, out_file: str,
+          endpoint: str | None, served_model: str | None, compare_model: str | None, api_key: str | None) -> None:
+    """Score an adapter's plans on held-out goals, against the template baseline and the base model.
 
-    from planner import TemplatePlanner
+    With --endpoint and --model, the plans come from a served model (the plan schema sent as a
+    structured-output constraint unless --free), scored the same way."""
+
     from tools import default_registry
     from tools.llm_local import LocalChat
     from training.data import load_rows
-    from training.evaluate import METRICS, evaluate, write_report
+    from training.evaluate import evaluate
 
-    if not adapter and not base_model:
-        raise ValueError("pass --adapter (and/or --base-model)")
+    if endpoint is not None or served_model is not None or compare_model is not None:
+        if endpoint is None or served_model is None:
+            raise ValueError("--endpoint and --model go together: the server's address and the served model to score")
+        if adapter or base_model:
+            raise ValueError("score either a served model (--endpoint, --model) or an in-process one (--adapter, --base-model), not both")
+    elif not adapter and not base_model:
+        raise ValueError("pass --adapter (and/or --base-model), or --endpoint URL --model NAME")
     data = data or _default_held_out()
     if data is None:
         raise ValueError("pass --data with the held-out rows to judge on")
-    base = base_model or _adapter_base(adapter)  # type: ignore[arg-type]
     registry = default_registry()
     rows = load_rows(data, registry).rows
+    reports = []
+    if endpoint is not None:
+        from tools.llm_openai import OpenAIChat
+
+        for name in (served_model, compare_model):
+            if name:
+                served = OpenAIChat(model=name, base_url=endpoint, api_key=api_key, max_tokens=max_new_tokens,
+                                    json_mode="schema" if constrained else "off")
+                reports.append(evaluate(served, rows, registry, name=f"{name} (served)"))
+        _finish_eval(reports, rows, registry, out_file)
+        return
+    base = base_model or _adapter_base(adapter)  # type: ignore[arg-type]
 
     def llm(adapter_dir: str | None) -> Any:
         local = LocalChat(base, adapter=adapter_dir, max_new_tokens=max_new_tokens)
@@ -109,11 +130,21 @@ def eval_(adapter: str | None, base_model: str | None, data: str | None, constra
             return ConstrainedLocal(local, max_plan_tokens=max_new_tokens * 4)
         return local
 
-    reports = []
     if adapter:
         reports.append(evaluate(llm(adapter), rows, registry, name="adapter"))
     if compare_base or not adapter:
         reports.append(evaluate(llm(None), rows, registry, name="base model"))
+    _finish_eval(reports, rows, registry, out_file)
+
+
+def _finish_eval(reports: list[Any], rows: list[Any], registry: Any, out_file: str) -> None:
+    """Add the template baseline, write the report and print the table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from planner import TemplatePlanner
+    from training.evaluate import METRICS, evaluate, write_report
+
     reports.append(evaluate(TemplatePlanner(registry), rows, registry, name="template"))
     write_report(reports, out_file)
     headers = {"parsed": "parsed", "schema_valid": "schema", "statically_valid": "valid", "executable": "runs", "tool_sequence_match": "tools", "dataflow_similarity": "flow"}

@@ -26,13 +26,15 @@ def chat_reply(content: str, reasoning: str | None = None, *, model: str = "test
 
 class FakeChatServer:
     """Serves queued actions in order: ``("json", status, body)``, ``("raw", status, text)``,
-    ``("sleep", seconds, body)``. Records every request body and its headers."""
+    ``("sleep", seconds, body)``; once they are spent, ``responder(request body)`` (when set)
+    answers: a reply's text, or a whole reply object. Records every request body and its headers."""
 
     def __init__(self) -> None:
         self.actions: list[tuple[Any, ...]] = []
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.stream_pause = 0.0  # seconds between streamed chunks
+        self.responder: Any = None
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -57,7 +59,13 @@ class FakeChatServer:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 server.requests.append({"path": self.path, **body})
                 server.headers.append({k.lower(): v for k, v in self.headers.items()})
-                action = server.actions.pop(0) if server.actions else ("json", 500, {"error": {"message": "no scripted reply"}})
+                if server.actions:
+                    action = server.actions.pop(0)
+                elif server.responder is not None:
+                    reply = server.responder(body)
+                    action = ("json", 200, chat_reply(reply) if isinstance(reply, str) else reply)
+                else:
+                    action = ("json", 500, {"error": {"message": "no scripted reply"}})
                 kind = action[0]
                 if kind == "sleep":
                     time.sleep(action[1])

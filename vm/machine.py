@@ -203,15 +203,18 @@ class VM:
         decision = {"approved": bool(approved), "tool_params": tool_params, "reason": reason}
         return await self.aresume(stored.id, listener=listener, approvals={seq_no: decision})
 
-    def fork(self, run_id: str, from_seq: int, plan: Any) -> RunResult:
+    def fork(self, run_id: str, from_seq: int, plan: Any, *, planning: dict[str, Any] | None = None) -> RunResult:
         """Start a new run that reuses ``run_id``'s steps before ``from_seq`` and continues with ``plan``.
 
         Every instruction the parent executed before the fork point must be unchanged in
-        ``plan`` (so the reused steps stay true); the new run records its parent.
+        ``plan`` (so the reused steps stay true); the new run records its parent, and
+        ``planning`` (how the new plan was made) when given.
         """
-        return self._sync(self.afork(run_id, from_seq, plan))
+        return self._sync(self.afork(run_id, from_seq, plan, planning=planning))
 
-    async def afork(self, run_id: str, from_seq: int, plan: Any, *, listener: RunListener | None = None) -> RunResult:
+    async def afork(
+        self, run_id: str, from_seq: int, plan: Any, *, listener: RunListener | None = None, planning: dict[str, Any] | None = None
+    ) -> RunResult:
         store = self._need_store("fork")
         parent = store.get(run_id)
         run_id = parent.id  # the full id, when a prefix was given
@@ -239,7 +242,7 @@ class VM:
         fork_id = store.create_run(
             program.to_data(), variables=parent.variables, goal=parent.goal, metadata=parent.metadata,
             parent_id=run_id, fork_seq=from_seq, inherit_steps=prefix, limits=self.limits.model_dump(),
-            approve_tools=sorted(approve) or None,
+            approve_tools=sorted(approve) or None, planning=planning,
         )
         trace = [StepRecord.from_stored(s) for s in parent.steps[:prefix]]
         state = parent.variables_at(prefix)

@@ -136,8 +136,14 @@ def _error(status: int, kind: str, message: str, problems: list[str] | None = No
 
 
 def _status_for(exc: Exception) -> int:
+    from planner.judge import JudgeError, NothingToJudge
+
     if isinstance(exc, RunNotFound):
         return 404
+    if isinstance(exc, NothingToJudge):
+        return 409
+    if isinstance(exc, JudgeError):
+        return 502
     if isinstance(exc, (RunBusy, ForkError)):
         return 409
     if isinstance(exc, (PlanValidationError, PlanError, PlanningError, ValueError)):
@@ -362,6 +368,8 @@ def create_app(
             "tokens": run.token_totals(),
             "steps": len(run.steps),
             "pending": run.pending,
+            "judgement": run.judgement,
+            "best_of": run.best_of,
             "created_at": run.created_at,
             "updated_at": run.updated_at,
             "running_here": run.id in service.tasks,
@@ -464,6 +472,14 @@ def create_app(
         report = await areplay(run)
         return report.to_dict()
 
+    @app.post("/v1/runs/{run_id}/judge", tags=["runs"], responses=_ERRORS)
+    async def judge(run_id: str) -> dict[str, Any]:
+        """Grade the run's final answer with the judge model and keep the grade with the run:
+        score 0-10, accept, suggestion, step_notes (409 when the run has no answer)."""
+        full_id = engine.store.resolve(run_id)
+        judgement = await asyncio.to_thread(engine.judge, full_id)
+        return {"run_id": full_id, **judgement}
+
     # --- plans and tools ----------------------------------------------------------------------
 
     @app.post("/v1/plans", tags=["plans"], responses=_ERRORS)
@@ -473,7 +489,7 @@ def create_app(
         record = result.record()
         return {"planner": result.planner, "reasoning": result.reasoning, "plan": result.plan, "model": record["model"],
                 "prompt_tokens": record["prompt_tokens"], "completion_tokens": record["completion_tokens"],
-                "attempts": record["attempts"]}
+                "attempts": record["attempts"], "library": result.library}
 
     @app.post("/v1/validate", tags=["plans"], responses=_ERRORS)
     async def validate(body: ValidateRequest) -> dict[str, Any]:

@@ -227,6 +227,13 @@ class StoredRun:
     planning: dict[str, Any] | None = None  # how the plan was made (planner, reasoning, model, tokens)
     pending: dict[str, Any] | None = None  # a waiting run's call: {seq_no, tool, tool_params, index}
     approve_tools: list[str] | None = None
+    judgement: dict[str, Any] | None = None  # the judge's grade (`planvm judge`), None until judged
+    best_of: str | None = None  # set when a plan search from that run chose this one as its best
+
+    @property
+    def score(self) -> float | None:
+        value = (self.judgement or {}).get("score")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
     def token_totals(self) -> dict[str, dict[str, int]]:
         """Prompt and completion tokens per model role (planner, answer, condition), and in all."""
@@ -271,6 +278,8 @@ class StoredRun:
                 "variables": self.variables,
                 "limits": self.limits,
                 "planning": self.planning,
+                "judgement": self.judgement,
+                "best_of": self.best_of,
             },
             "plan": self.plan,
             "steps": [s.to_dict() for s in self.steps],
@@ -339,6 +348,9 @@ class StoredRun:
             final_answer=run.get("final_answer"),
             error=text("error"),
             limits=limits,
+            planning=run.get("planning") if isinstance(run.get("planning"), dict) else None,
+            judgement=run.get("judgement") if isinstance(run.get("judgement"), dict) else None,
+            best_of=text("best_of"),
         )
 
 
@@ -391,6 +403,19 @@ class RunStore:
         assert path is not None
         if self.readonly:
             raw = self._sqlite_readonly(timeout)
+            if _sqlite_revision(raw) != _schema().HEAD:
+                # Written by an older planvm: reading it needs the upgrade that opening it to write does.
+                raw.close()
+                if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+                    raise StoreError(
+                        f"{path} was made by an older planvm and needs an upgrade this process cannot write; run "
+                        f"`planvm store upgrade --store {path}` as its owner",
+                        path=str(path),
+                    )
+                self.readonly = False
+                self._open_sqlite(timeout)
+                self.readonly = True
+                return
         else:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -960,7 +985,8 @@ class RunStore:
         r = t.runs.c
         rows = self._read(
             sa.select(r.id, r.status, r.plan, r.variables, r.created_at, r.updated_at, r.goal, r["metadata"], r.parent_id, r.fork_seq,
-                      r.final_answer, r.error, t.leases.c.owner, t.leases.c.expires_at, r.limits, r.planning, r.pending, r.approve_tools)
+                      r.final_answer, r.error, t.leases.c.owner, t.leases.c.expires_at, r.limits, r.planning, r.pending, r.approve_tools,
+                      r.judgement, r.best_of)
             .select_from(t.runs.outerjoin(t.leases, t.leases.c.run_id == r.id))
             .where(r.id == run_id)
         )
@@ -980,28 +1006,35 @@ class RunStore:
             id=row[0], status=row[1], plan=_loads(row[2]), variables=_loads(row[3]), steps=steps, created_at=row[4],
             updated_at=row[5], goal=row[6], metadata=_loads(row[7]), parent_id=row[8], fork_seq=row[9],
             final_answer=_loads(row[10]), error=row[11], owner=row[12], lease_expires_at=row[13], limits=_loads(row[14]),
-            planning=_loads(row[15]), pending=_loads(row[16]), approve_tools=_loads(row[17]),
+            planning=_loads(row[15]), pending=_loads(row[16]), approve_tools=_loads(row[17]), judgement=_loads(row[18]),
+            best_of=row[19],
         )
 
     def list_runs(
-        self, limit: int = 50, *, status: str | None = None, query: str | None = None, before: tuple[float, str] | None = None
+        self, limit: int = 50, *, status: str | None = None, query: str | None = None, before: tuple[float, str] | None = None,
+        judged: bool = False, min_score: float | None = None,
     ) -> list[dict[str, Any]]:
         """Newest first: id, status, created_at, steps, goal, parent_id, fork_seq, plan_file (for
-        runs of a plan file), owner and lease_expires_at (of runs being executed). ``status`` and
-        ``query`` (text in the goal or the start of the id) filter; ``before`` (created_at, id)
-        pages: the runs after that one in this order."""
+        runs of a plan file), owner and lease_expires_at (of runs being executed), score, accept and
+        best_of. ``status``, ``query`` (text in the goal or the start of the id), ``judged`` and
+        ``min_score`` (judged runs scoring at least that) filter; ``before`` (created_at, id) pages:
+        the runs after that one in this order."""
         import sqlalchemy as sa
 
         t = _schema()
         r = t.runs.c
         counted = sa.select(sa.func.count()).where(t.steps.c.run_id == r.id).scalar_subquery()
         statement = sa.select(r.id, r.status, r.created_at, counted, r.goal, r.parent_id, r.fork_seq, r["metadata"],
-                              t.leases.c.owner, t.leases.c.expires_at).select_from(
+                              t.leases.c.owner, t.leases.c.expires_at, r.score, r.judgement, r.best_of).select_from(
             t.runs.outerjoin(t.leases, t.leases.c.run_id == r.id))
         if status:
             statement = statement.where(r.status == status)
         if query:
             statement = statement.where(sa.or_(r.goal.contains(query, autoescape=True), r.id.startswith(query, autoescape=True)))
+        if judged or min_score is not None:
+            statement = statement.where(r.score.is_not(None))
+        if min_score is not None:
+            statement = statement.where(r.score >= min_score)
         if before is not None:
             statement = statement.where(sa.or_(r.created_at < before[0], sa.and_(r.created_at == before[0], r.id < before[1])))
         rows = self._read(statement.order_by(r.created_at.desc(), r.id.desc()).limit(limit))
@@ -1012,9 +1045,101 @@ class RunStore:
             runs.append({
                 "id": row[0], "status": row[1], "created_at": row[2], "steps": row[3], "goal": row[4], "parent_id": row[5],
                 "fork_seq": row[6], "plan_file": plan_file if isinstance(plan_file, str) else None,
-                "owner": row[8], "lease_expires_at": row[9],
+                "owner": row[8], "lease_expires_at": row[9], "score": row[10],
+                "accept": (_loads(row[11]) or {}).get("accept") if row[11] else None, "best_of": row[12],
             })
         return runs
+
+    # --- judgements, marks and the plan library -------------------------------------------------
+
+    def set_judgement(self, run_id: str, judgement: dict[str, Any]) -> None:
+        """Keep the judge's grade with the run (a later grade replaces it)."""
+        t = _schema()
+        score = judgement.get("score")
+        self._write(lambda conn: conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(
+            judgement=_dumps(judgement), score=float(score) if isinstance(score, (int, float)) else None)))
+
+    def mark_best(self, run_id: str, of: str) -> None:
+        """Mark ``run_id`` as the best run a plan search from ``of`` found (clearing any earlier mark of that search)."""
+        t = _schema()
+
+        def body(conn: Any) -> None:
+            conn.execute(t.runs.update().where(t.runs.c.best_of == of).values(best_of=None))
+            conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(best_of=of))
+
+        self._write(body)
+
+    def completed_runs(self, since: float | None = None) -> list[dict[str, Any]]:
+        """Every completed run with a goal (oldest first): what a training export chooses from."""
+        import sqlalchemy as sa
+
+        t = _schema()
+        r = t.runs.c
+        statement = sa.select(r.id, r.created_at, r.goal, r["metadata"], r.plan, r.planning, r.final_answer, r.score, r.judgement,
+                              r.best_of).where(r.status == "completed", r.goal.is_not(None))
+        if since is not None:
+            statement = statement.where(r.created_at >= since)
+        return [
+            {"id": row[0], "created_at": row[1], "goal": row[2], "metadata": _loads(row[3]), "plan": _loads(row[4]),
+             "planning": _loads(row[5]), "final_answer": _loads(row[6]), "score": row[7], "judgement": _loads(row[8]),
+             "best_of": row[9]}
+            for row in self._read(statement.order_by(r.created_at, r.id))
+        ]
+
+    def library_put(self, entry: dict[str, Any]) -> tuple[str, list[str]]:
+        """Keep a best plan; an entry for the same goal and response language is replaced. Returns
+        (the new entry's id, the ids it replaced)."""
+        import sqlalchemy as sa
+
+        t = _schema()
+        lib = t.plan_library
+        entry_id = uuid.uuid4().hex[:16]
+
+        def body(conn: Any) -> list[str]:
+            same = sa.and_(lib.c.goal_key == entry["goal_key"],
+                           lib.c.language.is_(None) if entry.get("language") is None else lib.c.language == entry["language"])
+            replaced = [row[0] for row in conn.execute(sa.select(lib.c.id).where(same))]
+            if replaced:
+                conn.execute(lib.delete().where(lib.c.id.in_(replaced)))
+            conn.execute(lib.insert().values(
+                id=entry_id, created_at=time.time(), run_id=entry.get("run_id"), goal=entry["goal"], goal_key=entry["goal_key"],
+                metadata=_dumps(entry.get("metadata")) if entry.get("metadata") is not None else None, language=entry.get("language"),
+                label=entry.get("label"), tools=_dumps(entry.get("tools") or []), plan=_dumps(entry["plan"]),
+                reasoning=entry.get("reasoning"), final_answer=_dumps(entry.get("final_answer")),
+                score=entry.get("score"), embedding=_dumps(entry["embedding"]) if entry.get("embedding") is not None else None,
+            ))
+            return replaced
+
+        return entry_id, self._write(body)
+
+    def library_entries(self) -> list[dict[str, Any]]:
+        """Every kept best plan, oldest first (with its goal embedding, when one was made)."""
+        import sqlalchemy as sa
+
+        lib = _schema().plan_library
+        names = ["id", "created_at", "run_id", "goal", "goal_key", "metadata", "language", "label", "tools", "plan", "reasoning",
+                 "final_answer", "score", "embedding"]
+        rows = self._read(sa.select(*(lib.c[n] for n in names)).order_by(lib.c.created_at, lib.c.id))
+        entries = []
+        for row in rows:
+            entry = dict(zip(names, row, strict=True))
+            for key in ("metadata", "tools", "plan", "final_answer", "embedding"):
+                entry[key] = _loads(entry[key])
+            entries.append(entry)
+        return entries
+
+    def library_remove(self, entry_id: str) -> str:
+        """Remove the best plan ``entry_id`` (or a unique prefix of it); returns its full id."""
+        import sqlalchemy as sa
+
+        lib = _schema().plan_library
+        found = [row[0] for row in self._read(sa.select(lib.c.id).where(lib.c.id.startswith(entry_id, autoescape=True)).limit(2))]
+        if not entry_id or not found:
+            raise StoreError(f"no best plan '{entry_id}' in the library; see `planvm library list`", path=str(self.path))
+        if len(found) > 1:
+            raise StoreError(f"'{entry_id}' is the start of several best plans' ids; give more of it", path=str(self.path))
+        self._write(lambda conn: conn.execute(lib.delete().where(lib.c.id == found[0])))
+        return found[0]
 
     def step_count(self, run_id: str) -> int:
         import sqlalchemy as sa
@@ -1036,9 +1161,9 @@ class RunStore:
         import sqlalchemy as sa
 
         t = _schema()
-        rows = self._read(sa.select(t.runs.c.id, t.runs.c.status, t.runs.c.fork_seq).where(t.runs.c.parent_id == run_id)
-                          .order_by(t.runs.c.created_at))
-        return [{"id": i, "status": s, "fork_seq": f} for i, s, f in rows]
+        r = t.runs.c
+        rows = self._read(sa.select(r.id, r.status, r.fork_seq, r.score, r.best_of).where(r.parent_id == run_id).order_by(r.created_at))
+        return [{"id": i, "status": s, "fork_seq": f, "score": sc, "best_of": b} for i, s, f, sc, b in rows]
 
     def lineage(self, run_id: str) -> list[str]:
         """The run's ancestors, oldest first, ending with the run itself."""
@@ -1070,6 +1195,15 @@ class RunStore:
             if path.exists():
                 total += path.stat().st_size
         return total
+
+
+def _sqlite_revision(raw: Any) -> str | None:
+    """The Alembic revision of an SQLite store read through a plain sqlite3 connection."""
+    try:
+        row = raw.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
 
 
 def _schema() -> Any:

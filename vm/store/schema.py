@@ -10,10 +10,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-__all__ = ["HEAD", "leases", "metadata", "runs", "steps"]
+__all__ = ["HEAD", "leases", "metadata", "plan_library", "runs", "steps"]
 
 #: The newest migration (vm/store/migrations/versions); a store at it needs no upgrade.
-HEAD = "0002"
+HEAD = "0003"
 
 
 def _long() -> sa.types.TypeEngine:
@@ -47,6 +47,9 @@ runs = sa.Table(
     sa.Column("planning", _long()),  # JSON: planner, reasoning, model, tokens, attempts
     sa.Column("pending", _long()),  # JSON: the tool call a waiting run waits to have approved
     sa.Column("approve_tools", _long()),  # JSON array: tools whose calls need approval in this run
+    sa.Column("judgement", _long()),  # JSON: the judge's grade {score, accept, suggestion, step_notes, model, …}
+    sa.Column("score", _seconds()),  # the judge's score 0–10, apart for filtering (None: not judged)
+    sa.Column("best_of", sa.String(32)),  # set on the run a plan search (`planvm optimize`) chose: the run it started from
     sa.Index("runs_parent", "parent_id"),
     sa.Index("runs_status", "status", "created_at"),
 )
@@ -76,4 +79,25 @@ leases = sa.Table(
     sa.Column("run_id", sa.String(32), sa.ForeignKey("runs.id"), primary_key=True),
     sa.Column("owner", sa.String(255), nullable=False),
     sa.Column("expires_at", _seconds(), nullable=False),
+)
+
+# The plan library: best plans kept for their goals (`planvm runs best`), reused outright for the
+# same goal and shown to the planner as examples for similar ones.
+plan_library = sa.Table(
+    "plan_library",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("created_at", _seconds(), nullable=False),
+    sa.Column("run_id", sa.String(32)),  # the run the plan came from (no foreign key: the entry outlives it)
+    sa.Column("goal", _long(), nullable=False),
+    sa.Column("goal_key", _long(), nullable=False),  # the goal normalised for exact matching
+    sa.Column("metadata", _long()),  # JSON
+    sa.Column("language", sa.String(64)),  # the response language the plan answers in (None: unspecified)
+    sa.Column("label", _long()),  # a label path, "A > B"
+    sa.Column("tools", _long(), nullable=False),  # JSON array: the tools the plan calls
+    sa.Column("plan", _long(), nullable=False),  # JSON array
+    sa.Column("reasoning", _long()),
+    sa.Column("final_answer", _long()),  # JSON
+    sa.Column("score", _seconds()),
+    sa.Column("embedding", _long()),  # JSON array of floats: the goal's embedding (None: none was available)
 )
