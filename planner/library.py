@@ -86,6 +86,10 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"\w+", normalise_goal(text)))
 
 
+def _overlap(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a | b else 0.0
+
+
 @dataclass(slots=True)
 class LibraryMatch:
     entry: dict[str, Any]
@@ -106,6 +110,45 @@ class PlanLibrary:
         self._embedder: Any = None
         self.near_match = near_match
         self.k = examples
+        self._cache: tuple[Any, list[dict[str, Any]], Any] | None = None  # (signature, entries, embedding matrix)
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The kept plans, read again only when the library changed since the last read."""
+        return self._loaded()[0]
+
+    def _loaded(self) -> tuple[list[dict[str, Any]], Any]:
+        signature = self.store.library_signature()
+        if self._cache is None or self._cache[0] != signature:
+            entries = self.store.library_entries() if signature[0] else []
+            matrix = None
+            try:
+                import numpy as np
+            except ImportError:  # no numpy: similarities are computed one by one
+                pass
+            else:
+                dims = {len(e["embedding"]) for e in entries if e.get("embedding")}
+                if len(dims) == 1:
+                    (dim,) = dims
+                    matrix = np.zeros((len(entries), dim), dtype=np.float32)
+                    for i, e in enumerate(entries):
+                        if e.get("embedding"):
+                            v = np.asarray(e["embedding"], dtype=np.float32)
+                            matrix[i] = v / (np.linalg.norm(v) or 1.0)
+            self._cache = (signature, entries, matrix)
+        return self._cache[1], self._cache[2]
+
+    def _similarities(self, vector: list[float] | None, entries: list[dict[str, Any]], matrix: Any, goal: str) -> list[float]:
+        """Cosine similarity of ``vector`` to each entry's goal (0 where an entry has no
+        embedding); word overlap of the goals when there is no vector."""
+        if vector is None:
+            words = _words(goal)
+            return [_overlap(words, _words(e["goal"])) for e in entries]
+        if matrix is not None and len(vector) == matrix.shape[1]:
+            import numpy as np
+
+            v = np.asarray(vector, dtype=np.float32)
+            return [float(x) for x in matrix @ (v / (np.linalg.norm(v) or 1.0))]
+        return [_cosine(vector, e["embedding"]) if e.get("embedding") else 0.0 for e in entries]
 
     def _embed(self, text: str) -> list[float] | None:
         if self._embedder is None and self._embedder_factory is not None:
@@ -145,51 +188,39 @@ class PlanLibrary:
 
     # --- using ----------------------------------------------------------------------------------
 
-    def _candidates(self, goal: str, metadata: Any, tools: set[str] | None) -> list[dict[str, Any]]:
-        language = _language(goal, metadata)
-        return [
-            e for e in self.store.library_entries()
-            if (e.get("language") or "English") == language and (tools is None or set(e.get("tools") or ()) <= tools)
-        ]
+    def _usable(self, entry: dict[str, Any], tools: set[str] | None) -> bool:
+        return tools is None or set(entry.get("tools") or ()) <= tools
 
     def lookup(self, goal: str, metadata: Any = None, tools: set[str] | None = None) -> LibraryMatch | None:
         """A kept plan to reuse for ``goal``: an exact match first, else the nearest at or above
-        the near-match threshold. ``tools``: the tools available (None: any)."""
-        candidates = self._candidates(goal, metadata, tools)
-        if not candidates:
+        the near-match threshold, in the same response language, calling only ``tools`` (None: any)."""
+        entries, matrix = self._loaded()
+        language = _language(goal, metadata)
+        usable = [i for i, e in enumerate(entries) if (e.get("language") or "English") == language and self._usable(e, tools)]
+        if not usable:
             return None
         key = normalise_goal(goal)
-        exact = [e for e in candidates if e["goal_key"] == key]
+        exact = [entries[i] for i in usable if entries[i]["goal_key"] == key]
         if exact:
             return LibraryMatch(exact[-1], "exact", 1.0)
         vector = self._embed(goal)
         if vector is None:
             return None
-        scored = [(_cosine(vector, e["embedding"]), e) for e in candidates if e.get("embedding")]
-        if not scored:
-            return None
-        similarity, best = max(scored, key=lambda pair: pair[0])
-        return LibraryMatch(best, "near", similarity) if similarity >= self.near_match else None
+        similarities = self._similarities(vector, entries, matrix, goal)
+        best = max(usable, key=lambda i: similarities[i])
+        return LibraryMatch(entries[best], "near", similarities[best]) if similarities[best] >= self.near_match else None
 
     def examples(self, goal: str, metadata: Any = None, tools: set[str] | None = None) -> list[dict[str, Any]]:
         """The ``k`` kept plans most similar to ``goal`` (same label path first), as the
         planner's examples: ``{id, goal, plan, similarity}``."""
-        candidates = [e for e in self.store.library_entries() if tools is None or set(e.get("tools") or ()) <= tools]
-        if not candidates or self.k <= 0:
+        entries, matrix = self._loaded()
+        usable = [i for i, e in enumerate(entries) if self._usable(e, tools)]
+        if not usable or self.k <= 0:
             return []
         label = label_of(metadata)
-        vector = self._embed(goal)
-        words = _words(goal)
-
-        def similarity(entry: dict[str, Any]) -> float:
-            if vector is not None and entry.get("embedding"):
-                return _cosine(vector, entry["embedding"])
-            other = _words(entry["goal"])
-            return len(words & other) / len(words | other) if words | other else 0.0
-
-        ranked = sorted(
-            ((similarity(e), e) for e in candidates),
-            key=lambda pair: (label is not None and pair[1].get("label") == label, pair[0]),
-            reverse=True,
-        )
-        return [{"id": e["id"], "goal": e["goal"], "plan": e["plan"], "similarity": round(s, 4)} for s, e in ranked[: self.k]]
+        similarities = self._similarities(self._embed(goal), entries, matrix, goal)
+        ranked = sorted(usable, key=lambda i: (label is not None and entries[i].get("label") == label, similarities[i]), reverse=True)
+        return [
+            {"id": entries[i]["id"], "goal": entries[i]["goal"], "plan": entries[i]["plan"], "similarity": round(similarities[i], 4)}
+            for i in ranked[: self.k]
+        ]

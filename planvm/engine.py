@@ -254,6 +254,7 @@ class Engine:
         approve_tools: Iterable[str] = (),
         listener: RunListener | None = None,
         planned: Callable[[Any], None] | None = None,
+        use_library: bool | None = None,
     ) -> RunResult:
         """Plan ``goal`` (unless ``plan`` is given), validate, run and record it.
 
@@ -265,7 +266,7 @@ class Engine:
             template = planner_kind == "template" or (planner_kind == "auto" and not self.has_model("planner"))
             if template:
                 self.check_knowledge_base(None)  # the template plan always retrieves: say so before planning
-            result = await asyncio.to_thread(self.plan, goal, metadata, planner_kind)
+            result = await asyncio.to_thread(lambda: self.plan(goal, metadata, planner_kind, use_library=use_library))
             if planned is not None:
                 planned(result)
             program, planning = result.program, result.record()

@@ -274,3 +274,52 @@ def test_bad_input_gets_one_clear_error(models, example_kb, tmp_path):
     assert out.exit_code == 0 and f"run {old} left out: invalid plan" in out.stderr and "wrote 1 training row(s)" in out.stdout
     out = planvm("eval", "--endpoint", models.server.url)
     assert out.exit_code == 2 and "--endpoint and --model go together" in out.stderr
+
+
+def test_without_an_embedding_model_only_exact_goals_are_reused_and_examples_go_by_shared_words(tmp_path):
+    from planner.library import PlanLibrary
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    run_id = store.create_run(plan_for(GOALS[0]), goal=GOALS[0], planning={"planner": "llm", "reasoning": "Look it up."})
+    store.finish(run_id, "completed", final_answer="It sets variables.")
+
+    def no_model() -> Any:
+        raise OSError("no embedding model here")
+
+    library = PlanLibrary(store, no_model)
+    entry, replaced = library.keep(store.get(run_id))
+    assert replaced == [] and library.keep(store.get(run_id))[1] == [entry]  # the same goal again replaces it
+    assert library.lookup("what does the ASSIGN instruction do").match == "exact"
+    assert library.lookup("Explain what the assign instruction does.") is None  # near matching needs embeddings
+    assert library.lookup(GOALS[0], tools={"llm_generate"}) is None
+    assert library.lookup(GOALS[0], {"response_format": {"lang": "German"}}) is None
+    assert [e["goal"] for e in library.examples("Which variables does an assign instruction set?")] == [GOALS[0]]
+    failed = store.create_run(plan_for(GOALS[1]), goal=GOALS[1])
+    store.finish(failed, "failed", error="boom")
+    with pytest.raises(ValueError, match="only a completed run's plan"):
+        library.keep(store.get(failed))
+
+
+def test_the_service_judges_a_run(models, example_kb, tmp_path):
+    import httpx
+
+    from tests.serve_helpers import Server
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with Server(home, "--kb", str(example_kb)) as server:  # the scripted models' settings reach it by the environment
+        started = httpx.post(f"{server.url}/v1/runs?wait=true", json={"goal": GOALS[2]}, timeout=60).json()
+        assert started["status"] == "completed", started
+        judged = httpx.post(f"{server.url}/v1/runs/{started['run_id'][:8]}/judge", timeout=60)
+        assert judged.status_code == 200 and judged.json()["score"] == 8 and judged.json()["accept"] is True
+        assert httpx.get(f"{server.url}/v1/runs/{started['run_id']}").json()["judgement"]["model"] == "judge-70b"
+        two_steps = [echo_step(0, "a", "x"), echo_step(1, "${x}", "final_answer")]
+        failed = httpx.post(f"{server.url}/v1/runs?wait=true", json={"goal": "Echo twice", "plan": two_steps, "limits": {"max_steps": 1}}, timeout=60).json()
+        assert failed["status"] == "failed", failed
+        refused = httpx.post(f"{server.url}/v1/runs/{failed['run_id']}/judge", timeout=60)
+        assert refused.status_code == 409 and "has no final answer" in refused.json()["error"]["message"]
+
+
+def echo_step(seq: int, text: str, into: str) -> dict[str, Any]:
+    return {"seq_no": seq, "type": "calling", "parameters": {"tool_name": "slow_echo", "tool_params": {"text": text, "seconds": 0},
+                                                              "output_vars": [into]}}

@@ -282,7 +282,7 @@ def test_fork_reuses_the_prefix_and_links_the_parent(store):
     stored = store.get(child.run_id)
     assert stored.parent_id == parent.run_id and stored.fork_seq == 1
     assert len(stored.steps) == 3 and stored.steps[0].outputs == {"a": "ONE"}
-    assert store.children(parent.run_id) == [{"id": child.run_id, "status": "completed", "fork_seq": 1}]
+    assert store.children(parent.run_id) == [{"id": child.run_id, "status": "completed", "fork_seq": 1, "score": None, "best_of": None}]
     assert store.lineage(child.run_id) == [parent.run_id, child.run_id]
     assert store.get(parent.run_id).final_answer == "ONE/TWO"  # the parent is untouched
 

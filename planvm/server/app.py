@@ -71,6 +71,7 @@ class RunRequest(BaseModel):
     metadata: dict[str, Any] | None = Field(None, description="Goal metadata: response_format, label_path, background...")
     plan: list[Any] | None = Field(None, description="A plan to run instead of planning one (a JSON array of instructions).")
     planner: Literal["auto", "llm", "template"] = "auto"
+    library: bool = Field(True, description="Reuse a best plan kept for this goal, and show similar ones to the planner.")
     limits: LimitsOverride | None = None
     approve_tools: list[str] = Field(default_factory=list, description="Tools whose calls wait for approval in this run.")
 
@@ -98,6 +99,7 @@ class PlanRequest(BaseModel):
     goal: str = Field(..., min_length=1, max_length=20_000)
     metadata: dict[str, Any] | None = None
     planner: Literal["auto", "llm", "template"] = "auto"
+    library: bool = Field(True, description="Reuse a best plan kept for this goal, and show similar ones to the planner.")
 
 
 class ValidateRequest(BaseModel):
@@ -325,7 +327,7 @@ def create_app(
         run_id, task = await service.launch(
             lambda listener: engine.run_goal(
                 body.goal, metadata=body.metadata, planner_kind=body.planner, plan=body.plan, limits=limits,
-                approve_tools=body.approve_tools, listener=listener,
+                approve_tools=body.approve_tools, listener=listener, use_library=body.library,
             )
         )
         return await respond(run_id, task, wait)
@@ -485,7 +487,7 @@ def create_app(
     @app.post("/v1/plans", tags=["plans"], responses=_ERRORS)
     async def make_plan(body: PlanRequest) -> dict[str, Any]:
         """The planner's reasoning, plan and attempts for a goal, without running it."""
-        result = await asyncio.to_thread(engine.plan, body.goal, body.metadata, body.planner)
+        result = await asyncio.to_thread(lambda: engine.plan(body.goal, body.metadata, body.planner, use_library=body.library))
         record = result.record()
         return {"planner": result.planner, "reasoning": result.reasoning, "plan": result.plan, "model": record["model"],
                 "prompt_tokens": record["prompt_tokens"], "completion_tokens": record["completion_tokens"],

@@ -1128,6 +1128,14 @@ class RunStore:
             entries.append(entry)
         return entries
 
+    def library_signature(self) -> tuple[int, float | None]:
+        """(entries, newest entry's time): changes whenever an entry is kept or removed."""
+        import sqlalchemy as sa
+
+        lib = _schema().plan_library
+        count, newest = self._read(sa.select(sa.func.count(), sa.func.max(lib.c.created_at)))[0]
+        return int(count), newest
+
     def library_remove(self, entry_id: str) -> str:
         """Remove the best plan ``entry_id`` (or a unique prefix of it); returns its full id."""
         import sqlalchemy as sa
