@@ -194,15 +194,19 @@ class PlanLibrary:
     def lookup(self, goal: str, metadata: Any = None, tools: set[str] | None = None) -> LibraryMatch | None:
         """A kept plan to reuse for ``goal``: an exact match first, else the nearest at or above
         the near-match threshold, in the same response language, calling only ``tools`` (None: any)."""
-        entries, matrix = self._loaded()
         language = _language(goal, metadata)
-        usable = [i for i, e in enumerate(entries) if (e.get("language") or "English") == language and self._usable(e, tools)]
-        if not usable:
-            return None
-        key = normalise_goal(goal)
-        exact = [entries[i] for i in usable if entries[i]["goal_key"] == key]
+
+        def fits(entry: dict[str, Any]) -> bool:
+            return (entry.get("language") or "English") == language and self._usable(entry, tools)
+
+        # An exact match needs only the rows of that goal, not the whole library.
+        exact = [e for e in self.store.library_entries(goal_key=normalise_goal(goal)) if fits(e)]
         if exact:
             return LibraryMatch(exact[-1], "exact", 1.0)
+        entries, matrix = self._loaded()
+        usable = [i for i, e in enumerate(entries) if fits(e)]
+        if not usable:
+            return None
         vector = self._embed(goal)
         if vector is None:
             return None

@@ -1112,14 +1112,18 @@ class RunStore:
 
         return entry_id, self._write(body)
 
-    def library_entries(self) -> list[dict[str, Any]]:
-        """Every kept best plan, oldest first (with its goal embedding, when one was made)."""
+    def library_entries(self, goal_key: str | None = None) -> list[dict[str, Any]]:
+        """Every kept best plan (or those for one normalised goal), oldest first, with its goal
+        embedding when one was made."""
         import sqlalchemy as sa
 
         lib = _schema().plan_library
         names = ["id", "created_at", "run_id", "goal", "goal_key", "metadata", "language", "label", "tools", "plan", "reasoning",
                  "final_answer", "score", "embedding"]
-        rows = self._read(sa.select(*(lib.c[n] for n in names)).order_by(lib.c.created_at, lib.c.id))
+        statement = sa.select(*(lib.c[n] for n in names))
+        if goal_key is not None:
+            statement = statement.where(lib.c.goal_key == goal_key)
+        rows = self._read(statement.order_by(lib.c.created_at, lib.c.id))
         entries = []
         for row in rows:
             entry = dict(zip(names, row, strict=True))
