@@ -272,6 +272,10 @@ def test_bad_input_gets_one_clear_error(models, example_kb, tmp_path):
     legacy.set_plan(old, legacy.get(old).plan, {"planner": "llm", "reasoning": "Once there was a tool for this."})
     out = planvm("runs", "export", "--training", str(tmp_path / "rows.jsonl"), "--store", store)
     assert out.exit_code == 0 and f"run {old} left out: invalid plan" in out.stderr and "wrote 1 training row(s)" in out.stdout
+    out = planvm("runs", "export", "--training", str(tmp_path / "later.jsonl"), "--store", store, "--since", "2999-01-01")
+    assert out.exit_code == 1 and "with --since" in out.stderr and not (tmp_path / "later.jsonl").exists()
+    out = planvm("runs", "export", "--training", str(tmp_path / "later.jsonl"), "--store", store, "--since", "last week")
+    assert out.exit_code == 2 and "YYYY-MM-DD" in out.stderr
     out = planvm("eval", "--endpoint", models.server.url)
     assert out.exit_code == 2 and "--endpoint and --model go together" in out.stderr
 
