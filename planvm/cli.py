@@ -32,6 +32,15 @@ from planvm.render import (
 
 def tool_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option(
+        "--mcp-prefix", is_flag=True, help="Name MCP servers' tools SERVER_TOOL (when names clash with other tools)."
+    )(fn)
+    fn = click.option(
+        "--mcp-url", "mcp_urls", multiple=True, metavar="URL", help="Take the tools of the MCP server at this streamable-HTTP address (repeatable)."
+    )(fn)
+    fn = click.option(
+        "--mcp", "mcp_commands", multiple=True, metavar="'COMMAND ARGS'", help="Start this MCP server (stdio) and take its tools (repeatable)."
+    )(fn)
+    fn = click.option(
         "--no-builtins", is_flag=True, help="Leave out the built-in tools (a plugin may then define its own)."
     )(fn)
     return click.option(
@@ -137,6 +146,11 @@ def make_registry_for(options: dict[str, Any], settings: Any) -> Any:
     for path in options.get("plugins", ()):
         for t in load_plugin(path):
             registry.register(t)
+    commands, urls, tables = options.get("mcp_commands") or (), options.get("mcp_urls") or (), settings.mcp
+    if commands or urls or tables:
+        from tools.mcp_tools import add_mcp_tools, parse_specs
+
+        add_mcp_tools(registry, parse_specs(commands, urls, tables, prefix=bool(options.get("mcp_prefix"))))
     return registry
 
 
@@ -205,12 +219,11 @@ def schema() -> None:
 @cli.command()
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @tool_options
-def validate(plan_file: str, plugins: tuple[str, ...], no_builtins: bool) -> None:
+def validate(plan_file: str, **options: Any) -> None:
     """Check PLAN_FILE without running it; list every problem, one per line."""
     from vm import PlanVMError, validate_plan
 
     try:
-        options = {"plugins": plugins, "no_builtins": no_builtins}
         _program, problems = validate_plan(plan_file, make_registry_for(options, load_settings(options)))
     except PlanVMError as exc:
         echo_err(f"error: {exc}")
@@ -330,6 +343,7 @@ def build_cli() -> click.Group:
     """The ``planvm`` command with every subcommand added."""
     from planvm.improve_cli import judge, library, optimize
     from planvm.kb_cli import index, kg, search
+    from planvm.mcp_cli import mcp_command
     from planvm.plan_cli import plan, run
     from planvm.runs_cli import replay, runs, store_group
     from planvm.serve_cli import serve
@@ -337,7 +351,7 @@ def build_cli() -> click.Group:
     from planvm.worker_cli import worker
 
     for command in (plan, run, runs, store_group, replay, serve, worker, index, kg, search, train, eval_, datagen, tiny_model,
-                    judge, optimize, library):
+                    judge, optimize, library, mcp_command):
         cli.add_command(command)
     return cli
 

@@ -303,6 +303,7 @@ class Engine:
         self.vm.close()
         if self.store is not None:
             self.store.close()
+        self.registry.close()
 
     def __enter__(self) -> Engine:
         return self

@@ -190,13 +190,13 @@ def _since(text: str | None) -> float | None:
 @tool_options
 @guarded
 def export(run_id: str | None, store_path: str | None, out: str | None, training_out: str | None, min_score: float | None,
-           best_only: bool, since: str | None, plugins: tuple[str, ...], no_builtins: bool) -> None:
+           best_only: bool, since: str | None, **tool_opts: Any) -> None:
     """One JSON document with the run, its plan and every step (replayable with `planvm replay`),
     or with --training OUT.jsonl the training rows of every goal."""
     if training_out is not None:
         if run_id is not None or out is not None:
             raise click.UsageError("--training exports every goal's best run; give no RUN_ID or --out with it")
-        _export_training(store_path, training_out, min_score, best_only, _since(since), plugins, no_builtins)
+        _export_training(store_path, training_out, min_score, best_only, _since(since), tool_opts)
         return
     if run_id is None:
         raise click.UsageError("give a RUN_ID to export (or --training OUT.jsonl for training rows)")
@@ -211,7 +211,7 @@ def export(run_id: str | None, store_path: str | None, out: str | None, training
 
 
 def _export_training(store_path: str | None, out: str, min_score: float | None, best_only: bool, since: float | None,
-                     plugins: tuple[str, ...], no_builtins: bool) -> None:
+                     tool_opts: dict[str, Any]) -> None:
     from planvm.cli import load_settings, make_registry_for
     from planvm.improve import training_rows, write_rows
     from planvm.render import echo_err
@@ -220,7 +220,7 @@ def _export_training(store_path: str | None, out: str, min_score: float | None, 
     _url, file = store_url(store_path)
     if file is not None and not file.exists():
         raise ValueError(f"no run store at {file} yet: there are no runs to export; run some goals first (planvm run)")
-    options = {"plugins": plugins, "no_builtins": no_builtins, "kb_path": None}
+    options = {**tool_opts, "kb_path": None}
     registry = make_registry_for(options, load_settings(options))
     rows, skipped = training_rows(_open_store(store_path), registry, min_score=min_score, best_only=best_only, since=since)
     for run_id, why in skipped:
@@ -261,7 +261,7 @@ def best(run_id: str, store_path: str | None, label: str | None) -> None:
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @guarded
-def replay(source: str, live: bool, plugins: tuple[str, ...], no_builtins: bool, store_path: str | None, as_json: bool) -> None:
+def replay(source: str, live: bool, store_path: str | None, as_json: bool, **tool_opts: Any) -> None:
     """Re-execute a recorded run (RUN_ID, or a file from `planvm runs export`) and check each step.
 
     Offline by default: every tool and LLM reply comes from the record. Exit code 1 when a step
@@ -284,7 +284,7 @@ def replay(source: str, live: bool, plugins: tuple[str, ...], no_builtins: bool,
     else:
         run = _open_store(store_path).get(source)
     if live:
-        with make_vm({"plugins": plugins, "no_builtins": no_builtins, "concurrency": 1}, record=False) as vm:
+        with make_vm({**tool_opts, "concurrency": 1}, record=False) as vm:
             report = replay_live(run, vm)
     else:
         report = replay_offline(run)

@@ -149,8 +149,18 @@ class ToolRegistry:
 
     def __init__(self, tools: Iterable[Tool | Callable[..., Any]] = ()) -> None:
         self._tools: dict[str, Tool] = {}
+        self._owned: list[Any] = []  # what the tools need kept open (MCP sessions), closed with the registry
         for t in tools:
             self.register(t)
+
+    def own(self, resource: Any) -> None:
+        """Keep ``resource`` (anything with ``close()``) open as long as this registry is used."""
+        self._owned.append(resource)
+
+    def close(self) -> None:
+        """Close what the tools hold open (MCP servers' sessions); the registry is not used after."""
+        while self._owned:
+            self._owned.pop().close()
 
     def register(self, fn: Tool | Callable[..., Any], *, name: str | None = None) -> Tool:
         t = fn if isinstance(fn, Tool) and name is None else Tool(getattr(fn, "fn", fn), name=name)

@@ -146,6 +146,11 @@ class Settings(BaseSettings):
     remote_kb_id: int | None = Field(None, description="Knowledge-base id for graph search on the service.")
     remote_chat_engine: str = Field("default", description="Chat engine name for embedding retrieval on the service.")
     remote_timeout: float = Field(30.0, gt=0, description="Seconds per request to the service.")
+    mcp: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="MCP servers whose tools join the registry: [[mcp]] tables with command (stdio) or url (streamable HTTP), "
+        "and optional name, prefix, env.",
+    )
 
     @classmethod
     def settings_customise_sources(

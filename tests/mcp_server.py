@@ -1,0 +1,70 @@
+"""An MCP server for the tests, written with the SDK's server API: a few tools, one that fails,
+one that is slow, one that ends the server's process (to see it started again).
+
+    python tests/mcp_server.py            # stdio
+    python tests/mcp_server.py --http N   # streamable HTTP on 127.0.0.1:N, path /mcp
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+from pydantic import BaseModel
+
+server = MCPServer("testkit")
+
+
+@server.tool()
+def add(a: int, b: int = 0) -> int:
+    """Add two integers."""
+    return a + b
+
+
+class Topic(BaseModel):
+    topic: str
+    length: int
+
+
+@server.tool()
+def describe(topic: str) -> Topic:
+    """A short record about a topic (structured content)."""
+    return Topic(topic=topic, length=len(topic))
+
+
+@server.tool(structured_output=False)
+def shout(text: str) -> str:
+    """The text in capitals (plain text content)."""
+    return text.upper()
+
+
+@server.tool()
+def explode(message: str) -> str:
+    """Always fails with the message."""
+    raise ValueError(message)
+
+
+@server.tool()
+async def slow(seconds: float) -> str:
+    """Wait, then say so."""
+    await anyio.sleep(seconds)
+    return f"waited {seconds} s"
+
+
+@server.tool()
+def crash() -> str:
+    """End the server's process at once (the first time only: a marker file remembers it)."""
+    marker = os.environ.get("TESTKIT_CRASH_MARKER")
+    if marker and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(3)
+    return "still here"
+
+
+if __name__ == "__main__":
+    if "--http" in sys.argv:
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[sys.argv.index("--http") + 1]))
+    else:
+        server.run()

@@ -1,0 +1,327 @@
+"""Tools from MCP servers: each tool a server offers joins the registry like a ``@tool`` function.
+
+A :class:`McpServer` keeps one session to a server — a command spoken to over stdio, or a
+streamable-HTTP URL — on an event loop of its own (a daemon thread), so any run, on any thread or
+event loop, can call its tools. Each tool becomes an :class:`McpTool`: its parameters are the
+server's input JSON Schema (checked before every call, so validation and the planner's prompt see
+them), its result a value (structured content as JSON; text as text), an error reply a
+:class:`McpToolError` naming server and tool (the VM reports it as ``ToolFailed``). A server that
+dies is started again once; if the call fails again, the step fails. Calls are async tools, so
+the VM's concurrency and time limits apply to them like to any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import re
+import shlex
+import threading
+from collections.abc import Iterable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from tools.registry import Tool, ToolRegistry
+from vm.errors import BackendUnavailable, ToolParamsInvalid, ToolRegistrationError
+
+__all__ = ["McpServer", "McpSpec", "McpTool", "McpToolError", "add_mcp_tools", "parse_specs"]
+
+_CONNECT_SECONDS = 30.0
+_open: list[McpServer] = []
+
+
+class McpToolError(RuntimeError):
+    """An MCP server answered a tool call with an error, or could not be reached for it."""
+
+
+@dataclass(frozen=True, slots=True)
+class McpSpec:
+    """One server to take tools from: ``command`` (stdio) or ``url`` (streamable HTTP)."""
+
+    command: tuple[str, ...] = ()
+    url: str | None = None
+    name: str | None = None  # the prefix for its tools' names; default: the server's own name
+    prefix: bool = False  # name its tools NAME_TOOL, so two servers (or a built-in) may share tool names
+    env: tuple[tuple[str, str], ...] = ()
+
+    def describe(self) -> str:
+        return self.url if self.url else " ".join(self.command)
+
+
+def parse_specs(commands: Iterable[str] = (), urls: Iterable[str] = (), tables: Iterable[Any] = (), *, prefix: bool = False) -> list[McpSpec]:
+    """Specs from ``--mcp 'COMMAND ARGS'``, ``--mcp-url URL`` and ``[[mcp]]`` tables
+    (``command`` as a string or a list, or ``url``; optional ``name``, ``prefix``, ``env``)."""
+    specs = []
+    for text in commands:
+        try:
+            words = shlex.split(text)
+        except ValueError as exc:
+            raise ValueError(f"--mcp {text!r}: cannot split it into a command and arguments ({exc})") from None
+        if not words:
+            raise ValueError("--mcp needs a command to start the server, e.g. --mcp 'python my_server.py'")
+        specs.append(McpSpec(command=tuple(words), prefix=prefix))
+    for url in urls:
+        if not re.match(r"^https?://", url):
+            raise ValueError(f"--mcp-url {url!r}: give the server's streamable-HTTP address, http://host:port/mcp")
+        specs.append(McpSpec(url=url, prefix=prefix))
+    for i, table in enumerate(tables):
+        where = f"[[mcp]] table {i + 1} in planvm.toml"
+        if not isinstance(table, dict):
+            raise ValueError(f"{where}: expected a table with 'command' or 'url'")
+        unknown = set(table) - {"command", "url", "name", "prefix", "env"}
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; use command, url, name, prefix, env")
+        command, url = table.get("command"), table.get("url")
+        if (command is None) == (url is None):
+            raise ValueError(f"{where}: give exactly one of 'command' (stdio) or 'url' (streamable HTTP)")
+        words = shlex.split(command) if isinstance(command, str) else list(command or [])
+        if command is not None and (not words or not all(isinstance(w, str) for w in words)):
+            raise ValueError(f"{where}: 'command' must be a command line or a list of strings")
+        env = table.get("env") or {}
+        if not isinstance(env, dict):
+            raise ValueError(f"{where}: 'env' must be a table of strings")
+        specs.append(McpSpec(command=tuple(words), url=url, name=table.get("name"), prefix=bool(table.get("prefix", prefix)),
+                             env=tuple(sorted((str(k), str(v)) for k, v in env.items()))))
+    return specs
+
+
+def _identifier(text: str) -> str:
+    name = re.sub(r"\W", "_", text).strip("_") or "tool"
+    return name if not name[0].isdigit() else f"t_{name}"
+
+
+class McpServer:
+    """One MCP server's session, on its own event loop thread."""
+
+    def __init__(self, spec: McpSpec) -> None:
+        self.spec = spec
+        self.label = spec.describe()
+        self.name: str = spec.name or ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"mcp {self.label}", daemon=True)
+        self._thread.start()
+        self._stack: AsyncExitStack | None = None
+        self._client: Any = None
+        self._lock: asyncio.Lock | None = None
+        self.tools: list[Any] = []
+        self.restarts = 0
+        try:
+            self._run(self._connect(), _CONNECT_SECONDS)
+        except BaseException:
+            self.close()
+            raise
+        _open.append(self)
+
+    def _run(self, coro: Any, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _connect(self) -> None:
+        from mcp import Client, StdioServerParameters
+
+        if self.spec.url:
+            target: Any = self.spec.url
+        else:
+            target = StdioServerParameters(command=self.spec.command[0], args=list(self.spec.command[1:]),
+                                           env=dict(self.spec.env) or None)
+        stack = AsyncExitStack()
+        try:
+            self._client = await stack.enter_async_context(Client(target))
+            self.tools = list((await self._client.list_tools()).tools)
+        except Exception as exc:
+            await _close_quietly(stack)
+            raise BackendUnavailable(
+                f"cannot start or reach the MCP server {self.label} ({type(exc).__name__}: {_first_line(exc)}); check the "
+                f"command or address given with --mcp / --mcp-url"
+            ) from None
+        self._stack = stack
+        self._lock = self._lock or asyncio.Lock()
+        info = getattr(self._client, "server_info", None)
+        self.name = self.name or _identifier(getattr(info, "name", None) or self.label.split()[0].rsplit("/", 1)[-1])
+
+    async def _restart(self) -> None:
+        if self._stack is not None:
+            await _close_quietly(self._stack)
+            self._stack = None
+        self.restarts += 1
+        await self._connect()
+
+    async def _call(self, name: str, arguments: dict[str, Any]) -> Any:
+        try:
+            return await self._client.call_tool(name, arguments)
+        except asyncio.CancelledError:
+            raise
+        except Exception as first:
+            if not _connection_lost(first):
+                raise McpToolError(f"MCP server {self.label}, tool '{name}': {_first_line(first)}") from None
+        # The server went away: start it again, once, and try the call again.
+        assert self._lock is not None
+        async with self._lock:
+            try:
+                await self._restart()
+            except BackendUnavailable as exc:
+                raise McpToolError(f"MCP server {self.label} stopped during tool '{name}' and could not be started again: {exc}") from None
+        try:
+            return await self._client.call_tool(name, arguments)
+        except asyncio.CancelledError:
+            raise
+        except Exception as again:
+            raise McpToolError(f"MCP server {self.label}, tool '{name}' failed again after a restart: {_first_line(again)}") from None
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> Any:
+        """Call tool ``name`` from any event loop; cancelling the caller cancels the call."""
+        future = asyncio.run_coroutine_threadsafe(self._call(name, arguments), self._loop)
+        return await asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        if self._stack is not None and self._loop.is_running():
+            try:
+                self._run(_close_quietly(self._stack), 10)
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+            self._stack = None
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        if self in _open:
+            _open.remove(self)
+
+
+async def _close_quietly(stack: AsyncExitStack) -> None:
+    try:
+        await stack.aclose()
+    except BaseException:  # noqa: BLE001 - a dead server's streams may fail to close
+        pass
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    import anyio
+
+    if isinstance(exc, (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, ConnectionError, EOFError)):
+        return True
+    from mcp import MCPError
+
+    if isinstance(exc, MCPError):
+        text = str(exc).lower()
+        return "closed" in text or "connection" in text
+    return isinstance(exc, BaseExceptionGroup) and any(_connection_lost(e) for e in exc.exceptions)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+@atexit.register
+def _close_all() -> None:
+    for server in list(_open):
+        server.close()
+
+
+def _value(result: Any, output_schema: dict[str, Any] | None) -> Any:
+    """A tool result as a value: its structured content (unwrapped when the server wrapped a
+    plain return value as ``{"result": …}``), else its text."""
+    structured = getattr(result, "structured_content", None)
+    if structured is not None:
+        props = (output_schema or {}).get("properties") or {}
+        if isinstance(structured, dict) and set(structured) == {"result"} and set(props) == {"result"}:
+            return structured["result"]
+        return structured
+    blocks = list(getattr(result, "content", None) or [])
+    texts = [b.text for b in blocks if getattr(b, "type", None) == "text"]
+    if len(texts) == len(blocks):
+        return "\n".join(texts) if texts else None
+    return [b.text if getattr(b, "type", None) == "text" else b.model_dump(mode="json", exclude_none=True) for b in blocks]
+
+
+class McpTool(Tool):
+    """A tool an MCP server offers, as the VM's registry holds it."""
+
+    def __init__(self, server: McpServer, info: Any, name: str) -> None:
+        self.server = server
+        self.remote_name = info.name
+        self.name = name
+        self.fn = self.call
+        self.is_async = True
+        self.context_param = None
+        self.description = ((info.description or "").strip() + f"\n(From the MCP server {server.name}.)").strip()
+        schema = dict(info.input_schema or {"type": "object"})
+        schema.setdefault("type", "object")
+        schema.setdefault("properties", {})
+        self.schema = schema
+        self.output_schema = getattr(info, "output_schema", None)
+        self.__name__ = name
+        self.__doc__ = self.description
+
+    @property
+    def source(self) -> str:
+        return f"the MCP server {self.server.label}"
+
+    @property
+    def parameter_names(self) -> frozenset[str]:
+        return frozenset(self.schema.get("properties") or {})
+
+    @property
+    def required_parameters(self) -> frozenset[str]:
+        return frozenset(self.schema.get("required") or ())
+
+    def bind(self, params: dict[str, Any]) -> dict[str, Any]:
+        import jsonschema
+
+        # Unknown parameters are refused (as for @tool functions) unless the schema says it takes any.
+        open_ended = self.schema.get("additionalProperties") not in (None, False)
+        unknown = [] if open_ended else sorted(set(params) - self.parameter_names)
+        if unknown:
+            raise ToolParamsInvalid(self.name, unknown[0], f"{unknown[0]}: not a parameter of this tool; remove it")
+        errors = sorted(jsonschema.Draft202012Validator(self.schema).iter_errors(params), key=lambda e: list(e.path))
+        if errors:
+            first = errors[0]
+            parameter = str(first.path[0]) if first.path else (self._missing(first) or None)
+            details = "; ".join(f"{'.'.join(map(str, e.path)) or 'parameters'}: {e.message}" for e in errors[:5])
+            raise ToolParamsInvalid(self.name, parameter, details)
+        return dict(params)
+
+    @staticmethod
+    def _missing(error: Any) -> str | None:
+        found = re.match(r"'([^']+)' is a required property", error.message)
+        return found.group(1) if found else None
+
+    async def call(self, bound: dict[str, Any], ctx: Any = None) -> Any:  # type: ignore[override]
+        result = await self.server.call(self.remote_name, bound)
+        if getattr(result, "is_error", False):
+            raise McpToolError(f"MCP server {self.server.label}, tool '{self.remote_name}': {_value(result, None) or 'an error'}")
+        return _value(result, self.output_schema)
+
+    def parameters_schema(self) -> dict[str, Any]:
+        return self.schema
+
+    def __repr__(self) -> str:
+        return f"<McpTool {self.name} from {self.server.label}>"
+
+
+def add_mcp_tools(registry: ToolRegistry, specs: Iterable[McpSpec]) -> list[McpServer]:
+    """Start (or reach) each server and register its tools; a name already taken is an error
+    naming both sources, unless the spec asks for prefixed names."""
+    servers: list[McpServer] = []
+    try:
+        for spec in specs:
+            server = McpServer(spec)
+            servers.append(server)
+            registry.own(server)
+            for info in server.tools:
+                base = _identifier(info.name)
+                name = f"{server.name}_{base}" if spec.prefix else base
+                existing = registry.get(name)
+                if existing is not None:
+                    theirs = existing.source if isinstance(existing, McpTool) else "a built-in tool or a --plugin"
+                    raise ToolRegistrationError(
+                        f"the MCP server {server.label} offers a tool '{name}', and {theirs} already has one by that name; "
+                        f"pass --mcp-prefix (or prefix = true in its [[mcp]] table) to name its tools {server.name}_TOOL",
+                        tool_name=name,
+                    )
+                registry.register(McpTool(server, info, name))
+    except BaseException:
+        for server in servers:
+            server.close()
+        raise
+    return servers
