@@ -224,10 +224,17 @@ def validate(plan_file: str, **options: Any) -> None:
     from vm import PlanVMError, validate_plan
 
     try:
-        _program, problems = validate_plan(plan_file, make_registry_for(options, load_settings(options)))
+        registry = make_registry_for(options, load_settings(options))
+    except (PlanVMError, ValueError) as exc:
+        echo_err(f"error: {exc}")
+        sys.exit(EXIT_UNUSABLE)
+    try:
+        _program, problems = validate_plan(plan_file, registry)
     except PlanVMError as exc:
         echo_err(f"error: {exc}")
         sys.exit(EXIT_UNUSABLE)
+    finally:
+        registry.close()
     if problems:
         for problem in problems:
             click.echo(str(problem))

@@ -12,6 +12,7 @@ import sys
 
 import anyio
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel
 
 server = MCPServer("testkit")
@@ -42,8 +43,8 @@ def shout(text: str) -> str:
 
 @server.tool()
 def explode(message: str) -> str:
-    """Always fails with the message."""
-    raise ValueError(message)
+    """Always fails with the message (a deliberate tool error, which the client sees)."""
+    raise ToolError(message)
 
 
 @server.tool()

@@ -16,9 +16,9 @@ import asyncio
 import atexit
 import re
 import shlex
+import sys
 import threading
 from collections.abc import Iterable
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,8 +101,9 @@ class McpServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"mcp {self.label}", daemon=True)
         self._thread.start()
-        self._stack: AsyncExitStack | None = None
         self._client: Any = None
+        self._runner: asyncio.Task[None] | None = None
+        self._stop: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None
         self.tools: list[Any] = []
         self.restarts = 0
@@ -116,57 +117,95 @@ class McpServer:
     def _run(self, coro: Any, timeout: float | None = None) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    async def _connect(self) -> None:
+    async def _session(self, ready: asyncio.Future[None]) -> None:
+        """Hold the session open until closed; ends early (the session's own task group cancels
+        it) when the server goes away."""
         from mcp import Client, StdioServerParameters
+        from mcp.client.stdio import stdio_client
 
         if self.spec.url:
             target: Any = self.spec.url
         else:
-            target = StdioServerParameters(command=self.spec.command[0], args=list(self.spec.command[1:]),
-                                           env=dict(self.spec.env) or None)
-        stack = AsyncExitStack()
+            params = StdioServerParameters(command=self.spec.command[0], args=list(self.spec.command[1:]), env=dict(self.spec.env) or None)
+            target = stdio_client(params, errlog=_server_log())
+        assert self._stop is not None
         try:
-            self._client = await stack.enter_async_context(Client(target))
-            self.tools = list((await self._client.list_tools()).tools)
+            async with Client(target) as client:
+                self.tools = list((await client.list_tools()).tools)
+                self._client = client
+                ready.set_result(None)
+                await self._stop.wait()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc if isinstance(exc, Exception) else ConnectionError("the session was cancelled"))
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _connect(self) -> None:
+        self._stop = asyncio.Event()
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._runner = asyncio.create_task(self._session(ready))
+        try:
+            await ready
         except Exception as exc:
-            await _close_quietly(stack)
             raise BackendUnavailable(
                 f"cannot start or reach the MCP server {self.label} ({type(exc).__name__}: {_first_line(exc)}); check the "
                 f"command or address given with --mcp / --mcp-url"
             ) from None
-        self._stack = stack
         self._lock = self._lock or asyncio.Lock()
         info = getattr(self._client, "server_info", None)
         self.name = self.name or _identifier(getattr(info, "name", None) or self.label.split()[0].rsplit("/", 1)[-1])
 
-    async def _restart(self) -> None:
-        if self._stack is not None:
-            await _close_quietly(self._stack)
-            self._stack = None
-        self.restarts += 1
-        await self._connect()
+    async def _disconnect(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        if self._runner is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._runner), 10)
+            except BaseException:  # noqa: BLE001 - a dead server's session may end any way
+                self._runner.cancel()
+            self._runner = None
+
+    async def _attempt(self, name: str, arguments: dict[str, Any]) -> tuple[bool, Any]:
+        """(True, result) or (True, error) when the server answered; (False, None) when the
+        session ended first (the server went away)."""
+        runner = self._runner
+        if runner is None or runner.done():
+            return False, None
+        call = asyncio.ensure_future(self._client.call_tool(name, arguments))
+        try:
+            await asyncio.wait({call, runner}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not call.done():
+                call.cancel()
+        if not call.done() or call.cancelled():
+            return False, None
+        error = call.exception()
+        if error is not None and _connection_lost(error):
+            return False, None
+        return True, error if error is not None else call.result()
 
     async def _call(self, name: str, arguments: dict[str, Any]) -> Any:
-        try:
-            return await self._client.call_tool(name, arguments)
-        except asyncio.CancelledError:
-            raise
-        except Exception as first:
-            if not _connection_lost(first):
-                raise McpToolError(f"MCP server {self.label}, tool '{name}': {_first_line(first)}") from None
-        # The server went away: start it again, once, and try the call again.
-        assert self._lock is not None
-        async with self._lock:
-            try:
-                await self._restart()
-            except BackendUnavailable as exc:
-                raise McpToolError(f"MCP server {self.label} stopped during tool '{name}' and could not be started again: {exc}") from None
-        try:
-            return await self._client.call_tool(name, arguments)
-        except asyncio.CancelledError:
-            raise
-        except Exception as again:
-            raise McpToolError(f"MCP server {self.label}, tool '{name}' failed again after a restart: {_first_line(again)}") from None
+        generation = self.restarts
+        answered, outcome = await self._attempt(name, arguments)
+        if not answered:
+            # The server went away: start it again, once, and try the call again (a call that
+            # failed alongside this one may have restarted it already).
+            assert self._lock is not None
+            async with self._lock:
+                if self.restarts == generation:
+                    await self._disconnect()
+                    self.restarts += 1
+                    try:
+                        await self._connect()
+                    except BackendUnavailable as exc:
+                        raise McpToolError(f"MCP server {self.label} stopped during tool '{name}' and could not be started again: {exc}") from None
+            answered, outcome = await self._attempt(name, arguments)
+            if not answered:
+                raise McpToolError(f"MCP server {self.label} stopped during tool '{name}', again after a restart")
+        if isinstance(outcome, BaseException):
+            raise McpToolError(f"MCP server {self.label}, tool '{name}': {_first_line(outcome)}")
+        return outcome
 
     async def call(self, name: str, arguments: dict[str, Any]) -> Any:
         """Call tool ``name`` from any event loop; cancelling the caller cancels the call."""
@@ -174,24 +213,25 @@ class McpServer:
         return await asyncio.wrap_future(future)
 
     def close(self) -> None:
-        if self._stack is not None and self._loop.is_running():
+        if self._loop.is_running():
             try:
-                self._run(_close_quietly(self._stack), 10)
+                self._run(self._disconnect(), 15)
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
-            self._stack = None
-        if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         if self in _open:
             _open.remove(self)
 
 
-async def _close_quietly(stack: AsyncExitStack) -> None:
+def _server_log() -> Any:
+    """Where a stdio server's own messages go: this process's stderr (its real file when stderr
+    is captured into something without one)."""
     try:
-        await stack.aclose()
-    except BaseException:  # noqa: BLE001 - a dead server's streams may fail to close
-        pass
+        sys.stderr.fileno()
+        return sys.stderr
+    except (AttributeError, OSError, ValueError):
+        return sys.__stderr__
 
 
 def _connection_lost(exc: BaseException) -> bool:
