@@ -20,9 +20,9 @@ _no_store = {"plugins": (), "no_builtins": False, "kb_path": None}
 @click.option("--json", "as_json", is_flag=True, help="Print {run_id: judgement or {error}} as JSON.")
 @guarded
 def judge(run_ids: tuple[str, ...], kb_path: str | None, store_path: str | None, as_json: bool) -> None:
-    """Grade runs' final answers with the judge model (score 0-10, accept, suggestion, step notes) and keep the grades.
+    """Grade runs' answers with the judge model and keep the grades.
 
-    Exit code 1 when a run could not be judged (it is named, with why); the others are still judged.
+    Each grade: score 0-10, accept, a suggestion and notes on steps. Exit code 1 when a run could not be judged (it is named, with why); the others are still judged.
     """
     from planner.judge import JudgeError
     from vm.errors import RunNotFound
@@ -60,9 +60,10 @@ def judge(run_ids: tuple[str, ...], kb_path: str | None, store_path: str | None,
 @click.option("--json", "as_json", is_flag=True, help="Print the search as JSON.")
 @guarded
 def optimize(run_id: str, rounds: int, width: int, as_json: bool, **options: Any) -> None:
-    """Search forks of RUN_ID for a better answer: judge, re-plan from the step the judge points at, run, judge, keep the best.
+    """Search forks of RUN_ID for an answer the judge accepts.
 
-    Stops when a run is accepted or the rounds are spent. Every branch stays in the store (see
+    Judge the run, re-plan it from the step the judge points at with its suggestion, run and judge
+    the branches, expand the best, and so on. Stops when a run is accepted or the rounds are spent. Every branch stays in the store (see
     `planvm runs show RUN_ID`); the best is marked. Exit code 1 when no run was accepted.
     """
     from planvm.improve import optimize as search

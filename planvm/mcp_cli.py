@@ -150,7 +150,10 @@ def build_server(engine: Any) -> Any:
 @run_options
 @guarded
 def mcp_command(http_port: int | None, host: str, **options: Any) -> None:
-    """Serve planvm to MCP clients: run_goal, plan_goal, validate_plan, exec_plan, get_run, replay_run (stdio, or --http PORT)."""
+    """Serve planvm to MCP clients (stdio, or streamable HTTP with --http PORT).
+
+    Tools: run_goal, plan_goal, validate_plan, exec_plan, get_run, replay_run, with this command's
+    tools, limits and run store."""
     engine = make_engine(options)
     engine.vm.on_step = None  # stdout belongs to the protocol; nothing is printed per step
     engine.vm.on_start = None
