@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from planner.prompt import render
 from tools.backends import RETRIEVAL_TOOLS
+from vm import telemetry
 from vm.errors import LLMError, PlanVMError
 from vm.jsontext import extract_json
 from vm.llm import as_completion
@@ -118,7 +119,9 @@ class Judge:
         problem = ""
         for attempt in (1, 2):
             try:
-                reply = as_completion(self.llm.complete(ask, system=JUDGE_SYSTEM, json_schema=schema))
+                with telemetry.llm_span("judge", getattr(self.llm, "model", None)) as current:
+                    reply = as_completion(self.llm.complete(ask, system=JUDGE_SYSTEM, json_schema=schema))
+                    telemetry.record_reply(current, reply)
             except LLMError as exc:
                 raise JudgeError(f"the judge model failed on run '{run.id}': {exc}") from None
             tokens[0] += reply.prompt_tokens or 0

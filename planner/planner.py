@@ -146,7 +146,11 @@ class Planner:
         kwargs: dict[str, Any] = {}
         if self.constrained and getattr(self.llm, "supports_plan_schema", False):
             kwargs["plan_schema"] = plan_schema_for(self.registry)
-        reply = as_completion(self.llm.complete(prompt, **kwargs))
+        from vm import telemetry
+
+        with telemetry.llm_span("planner", getattr(self.llm, "model", None)) as current:
+            reply = as_completion(self.llm.complete(prompt, **kwargs))
+            telemetry.record_reply(current, reply)
         # A backend that already split off the reasoning gives it separately; put it back for parsing.
         text = f"<think>{reply.reasoning}</think>\n{reply.text}" if reply.reasoning else reply.text
         return text, reply

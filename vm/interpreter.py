@@ -21,12 +21,14 @@ steps after it are cancelled and never committed (a tool already running cannot 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import time
 from collections import ChainMap
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from vm import telemetry
 from vm.condition import evaluate_condition
 from vm.errors import (
     NoFinalAnswer,
@@ -67,8 +69,10 @@ class Interpreter:
         on_step_start: Callable[[int, str, str | None], None] | None = None,
         approve_tools: frozenset[str] = frozenset(),
         approvals: dict[int, dict[str, Any]] | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.vm = vm
+        self.run_id = run_id  # for trace spans
         self.program = program
         self.store = variables
         self.llm = llm
@@ -167,7 +171,25 @@ class Interpreter:
         if error is not None:
             raise error
 
+    def _step_span(self, step: Step) -> Any:
+        return telemetry.span(f"planvm.step {step.type}", {
+            "planvm.run_id": self.run_id, "planvm.seq_no": step.seq_no, "planvm.instruction.type": step.type,
+            "planvm.tool": getattr(step, "tool_name", None),
+        })
+
+    @staticmethod
+    def _spanned(current: Any, outcome: tuple[StepRecord, int, RunError | None]) -> tuple[StepRecord, int, RunError | None]:
+        if outcome[2] is not None:
+            telemetry.fail(current, outcome[2])
+        return outcome
+
     def _guard_sync(self, handler: Any, step: Step, pc: int, view: Mapping[str, Any]) -> tuple[StepRecord, int, RunError | None]:
+        if telemetry.tracer is not None:
+            with self._step_span(step) as current:
+                return self._spanned(current, self._guard_sync_run(handler, step, pc, view))
+        return self._guard_sync_run(handler, step, pc, view)
+
+    def _guard_sync_run(self, handler: Any, step: Step, pc: int, view: Mapping[str, Any]) -> tuple[StepRecord, int, RunError | None]:
         record = StepRecord(step.seq_no, step.type)
         started = time.perf_counter()
         try:
@@ -181,6 +203,12 @@ class Interpreter:
         handler = self._sync_handlers.get(type(step))
         if handler is not None:
             return self._guard_sync(handler, step, pc, view)
+        if telemetry.tracer is not None:
+            with self._step_span(step) as current:
+                return self._spanned(current, await self._guard_run(step, pc, view))
+        return await self._guard_run(step, pc, view)
+
+    async def _guard_run(self, step: Step, pc: int, view: Mapping[str, Any]) -> tuple[StepRecord, int, RunError | None]:
         record = StepRecord(step.seq_no, step.type)
         if self.on_step_start is not None:
             self.on_step_start(step.seq_no, step.type, getattr(step, "tool_name", None))
@@ -252,6 +280,24 @@ class Interpreter:
             instruction_type=step.type,
         )
 
+    async def _traced_call(self, spec: Any, bound: dict[str, Any], ctx: CallContext, step: Any) -> Any:
+        """A tool call in an ``execute_tool`` span; a sync tool runs in the span's context, so the
+        LLM exchanges it makes are the span's children."""
+        name = step.tool_name
+        with telemetry.span(f"execute_tool {name}", {
+            "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name, "planvm.tool": name, "planvm.seq_no": step.seq_no,
+            "planvm.run_id": self.run_id,
+        }) as current:
+            try:
+                if spec.is_async:
+                    return await self._bounded(spec.call(bound, ctx), step)
+                loop = asyncio.get_running_loop()
+                call = functools.partial(contextvars.copy_context().run, spec.call, bound, ctx)
+                return await self._bounded(loop.run_in_executor(self.vm._threads(), call), step)
+            except BaseException as exc:
+                telemetry.fail(current, exc)
+                raise
+
     async def _bounded(self, awaitable: Any, step: Any) -> Any:
         """Await a tool or LLM call, but not past the run's deadline."""
         if self.deadline is None:
@@ -292,7 +338,9 @@ class Interpreter:
         ctx = CallContext(step.seq_no, name, step.output_vars, StepLLM(self.llm, f"tool '{name}'", calls, seq_no=step.seq_no))
         try:
             async with self.calls_in_flight:
-                if spec.is_async:
+                if telemetry.tracer is not None:
+                    result = await self._traced_call(spec, bound, ctx, step)
+                elif spec.is_async:
                     result = await self._bounded(spec.call(bound, ctx), step)
                 else:
                     loop = asyncio.get_running_loop()

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from vm.errors import ApprovalNeeded, ForkError, LeaseLost, Problem, RunError, StoreError, ToolRejected
+from vm import telemetry
 from vm.interpreter import Interpreter
 from vm.limits import Limits
 from vm.llm import LLM
@@ -78,6 +79,7 @@ class VM:
         self.store = store
         self.concurrency = concurrency
         self._pool = _Threads(max_threads)
+        telemetry.configure_from_env()
 
     # --- validation ---------------------------------------------------------------------------
 
@@ -250,7 +252,18 @@ class VM:
             program, state, run_id=fork_id, trace=trace, start_pc=program.position[from_seq], listener=listener, approve_tools=approve
         )
 
-    async def _execute(
+    async def _execute(self, program: Program, state: dict[str, Any], *, run_id: str | None, **kwargs: Any) -> RunResult:
+        if telemetry.tracer is None:
+            return await self._execute_run(program, state, run_id=run_id, **kwargs)
+        with telemetry.span("planvm.run", {"planvm.run_id": run_id, "planvm.instructions": len(program.steps)}) as current:
+            result = await self._execute_run(program, state, run_id=run_id, **kwargs)
+            current.set_attribute("planvm.status", result.status)
+            current.set_attribute("planvm.steps", len(result.trace))
+            if result.error is not None:
+                telemetry.fail(current, result.error)
+            return result
+
+    async def _execute_run(
         self,
         program: Program,
         state: dict[str, Any],
@@ -279,7 +292,7 @@ class VM:
         run = Interpreter(
             self, program, state, run_llm, deadline, trace=trace, persist=persist, on_step=on_step,
             on_step_start=listener.on_step_start if listener is not None else None,
-            approve_tools=approve_tools, approvals=approvals,
+            approve_tools=approve_tools, approvals=approvals, run_id=run_id,
         )
         error: RunError | None = None
         heartbeat = asyncio.ensure_future(_heartbeat(store, run_id)) if store is not None and run_id is not None else None

@@ -26,6 +26,7 @@ from vm.errors import (
     TokenLimitExceeded,
     ValueTooLarge,
 )
+from vm import telemetry
 from vm.jsonsafe import text_size
 from vm.llm import LLM, Completion, as_completion
 
@@ -253,6 +254,11 @@ class StepLLM:
         return reply
 
     def complete(self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
+        if telemetry.tracer is not None:
+            with telemetry.llm_span(self._role, self._run_llm.model_of(self._role), self._seq_no) as current:
+                reply = self._run_llm.complete(prompt, purpose=self._purpose, system=system, json_schema=json_schema, role=self._role)
+                telemetry.record_reply(current, reply)
+                return self._record(prompt, system, reply)
         reply = self._run_llm.complete(prompt, purpose=self._purpose, system=system, json_schema=json_schema, role=self._role)
         return self._record(prompt, system, reply)
 
@@ -261,6 +267,13 @@ class StepLLM:
     ) -> Completion:
         """Ask the LLM; ``stream=True`` sends the answer's text to the run's token listener as it
         is written (when there is one and the LLM can stream)."""
+        if telemetry.tracer is not None:
+            with telemetry.llm_span(self._role, self._run_llm.model_of(self._role), self._seq_no) as current:
+                reply = await self._run_llm.acomplete(
+                    prompt, purpose=self._purpose, system=system, json_schema=json_schema, role=self._role, stream=stream, seq_no=self._seq_no
+                )
+                telemetry.record_reply(current, reply)
+                return self._record(prompt, system, reply)
         reply = await self._run_llm.acomplete(
             prompt, purpose=self._purpose, system=system, json_schema=json_schema, role=self._role, stream=stream, seq_no=self._seq_no
         )
