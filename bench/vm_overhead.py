@@ -9,7 +9,10 @@ Plans:
 * ``loop`` — a counter loop: ``assign i = ${i} + 1`` then a conditional ``jmp`` back, answered
   by an in-process LLM that replies instantly (so the figure is the VM's own cost);
 * ``mix`` again with the run store on (a SQLite file in a temporary folder): the cost of
-  recording each step, and the bytes the store grows by per step with 50 and 1,000 variables.
+  recording each step, and the bytes the store grows by per step with 50 and 1,000 variables;
+* ``mix`` and ``loop`` with OpenTelemetry tracing off (no ``OTEL_*`` variables: the figures
+  above) and on (the SDK with a processor that drops every span, so the figure is the cost of
+  making spans, not of sending them).
 
 Prints microseconds per executed instruction (best of the repeats), compile time per
 instruction, and the ratio of the 1,000- to the 50-variable figure.
@@ -101,6 +104,30 @@ def main() -> None:
     per_step, per_compile, steps = measure(loop_vm, loop_plan(n // 2), repeats)
     print(f"{'loop (assign + jmp)':<28}{steps:>8}{per_step:>10.2f}{per_compile:>18.2f}")
     print(f"ratio 1000/50 variables: {figures[1000] / figures[50]:.2f}x")
+    print()
+    print(f"{'tracing (50 variables)':<28}{'steps':>8}{'us/step':>10}{'vs off':>10}")
+    from vm import telemetry
+
+    if telemetry.tracer is not None:
+        print("(OTEL_* variables turned tracing on for the figures above; run without them)")
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+    except ImportError:
+        print("(opentelemetry-sdk not installed: pip install 'planvm[otel]')")
+    else:
+        class Drop(SpanExporter):
+            def export(self, spans):  # noqa: ANN001, ANN201 - the SDK's interface
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(Drop()))
+        telemetry.use(provider)
+        traced, _, steps = measure(vm, mix_plan(n, 50), repeats)
+        print(f"{'mix, spans made':<28}{steps:>8}{traced:>10.2f}{traced / figures[50]:>9.1f}x")
+        traced_loop, _, steps = measure(loop_vm, loop_plan(n // 2), repeats)
+        print(f"{'loop, spans made':<28}{steps:>8}{traced_loop:>10.2f}{traced_loop / per_step:>9.1f}x")
+        telemetry.use(False)
     print()
     print(f"{'with the run store':<28}{'steps':>8}{'us/step':>10}{'added ms/step':>15}{'bytes/step':>12}")
     with tempfile.TemporaryDirectory() as folder:

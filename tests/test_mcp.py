@@ -176,3 +176,9 @@ def test_planvm_as_an_mcp_server_runs_a_goal_offline_and_reads_the_run(tmp_path,
 def test_a_bad_mcp_option_is_one_line(tmp_path, bad):
     out = planvm_here("validate", str(EXAMPLES / "plans" / "budget.json"), "--mcp", bad)
     assert out.returncode == 2 and "--mcp" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_example_server_and_plan(tmp_path):
+    out = planvm_here("exec", str(EXAMPLES / "mcp" / "define.json"), "--mcp", f"{sys.executable} {EXAMPLES / 'mcp' / 'glossary_server.py'}",
+                      "--no-store")
+    assert out.returncode == 0 and out.stdout.strip().startswith("output_vars: The variables a calling instruction"), out.stderr
