@@ -182,3 +182,32 @@ def test_the_example_server_and_plan(tmp_path):
     out = planvm_here("exec", str(EXAMPLES / "mcp" / "define.json"), "--mcp", f"{sys.executable} {EXAMPLES / 'mcp' / 'glossary_server.py'}",
                       "--no-store")
     assert out.returncode == 0 and out.stdout.strip().startswith("output_vars: The variables a calling instruction"), out.stderr
+
+
+def test_planvm_mcp_over_streamable_http(tmp_path):
+    from mcp import Client
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "planvm", "mcp", "--http", str(port), "--store", str(tmp_path / "runs.sqlite")],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+
+        async def session() -> tuple[list[str], object]:
+            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+                names = sorted(t.name for t in (await client.list_tools()).tools)
+                plan = [{"seq_no": 0, "type": "assign", "parameters": {"final_answer": "over http"}}]
+                return names, await client.call_tool("exec_plan", {"plan": plan})
+
+        names, ran = asyncio.run(session())
+        assert "run_goal" in names and ran.structured_content["final_answer"] == "over http"
+        assert ran.structured_content["status"] == "completed" and ran.structured_content["run_id"]
+    finally:
+        server.terminate()
+        server.wait(15)
