@@ -97,6 +97,7 @@ class Engine:
         self.store = RunStore(options.get("store_path"), lease_seconds=lease) if record else None
         self.approve_tools = frozenset(options.get("approve_tools") or ())
         self._library: Any = None
+        self._library_store: Any = None  # a store opened only to read the library (when runs are not recorded)
         self.vm = VM(
             self.registry,
             llm=self.llms["answer"],
@@ -164,7 +165,7 @@ class Engine:
                 if file is not None and not file.exists():
                     return None
                 try:
-                    store = RunStore(self.options.get("store_path"), readonly=True)
+                    store = self._library_store = RunStore(self.options.get("store_path"), readonly=True)
                 except PlanVMError:
                     return None
             self._library = PlanLibrary(store, lambda: query_embedder(self.settings))
@@ -301,8 +302,9 @@ class Engine:
 
     def close(self) -> None:
         self.vm.close()
-        if self.store is not None:
-            self.store.close()
+        for store in (self.store, self._library_store):
+            if store is not None:
+                store.close()
         self.registry.close()
 
     def __enter__(self) -> Engine:

@@ -10,7 +10,7 @@ import click
 from planvm.cli import kb_option, make_engine, store_option, tool_options
 from planvm.render import EXIT_FAILED, echo_err, guarded, preview, print_json
 
-_no_store = {"plugins": (), "no_builtins": False, "kb_path": None}
+_TOOL_DEFAULTS = {"plugins": (), "no_builtins": False, "kb_path": None}  # judging needs no tools of its own
 
 
 @click.command()
@@ -28,7 +28,7 @@ def judge(run_ids: tuple[str, ...], kb_path: str | None, store_path: str | None,
     from vm.errors import RunNotFound
 
     results: dict[str, Any] = {}
-    with make_engine({**_no_store, "kb_path": kb_path, "store_path": store_path}) as engine:
+    with make_engine({**_TOOL_DEFAULTS, "kb_path": kb_path, "store_path": store_path}) as engine:
         for run_id in run_ids:
             try:
                 results[run_id] = engine.judge(run_id)
