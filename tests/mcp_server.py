@@ -56,7 +56,10 @@ async def slow(seconds: float) -> str:
 
 @server.tool()
 def crash() -> str:
-    """End the server's process at once (the first time only: a marker file remembers it)."""
+    """End the server's process at once: every time with TESTKIT_CRASH_ALWAYS=1, else the first
+    time only (the file TESTKIT_CRASH_MARKER names remembers it)."""
+    if os.environ.get("TESTKIT_CRASH_ALWAYS") == "1":
+        os._exit(3)
     marker = os.environ.get("TESTKIT_CRASH_MARKER")
     if marker and not os.path.exists(marker):
         open(marker, "w").close()

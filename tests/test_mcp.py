@@ -87,6 +87,12 @@ def test_a_server_that_dies_is_started_again_once(tmp_path):
     assert out.returncode == 0, out.stderr
     assert marker.exists() and json.loads(out.stdout)["variables"] == {"first": "still here", "final_answer": 42}
 
+    # A server that dies again after its restart fails the step (and the run), naming server and tool.
+    config.write_text(f'[[mcp]]\ncommand = {json.dumps([sys.executable, str(ROOT / "tests" / "mcp_server.py")])}\n'
+                      f'env = {{ TESTKIT_CRASH_ALWAYS = "1" }}\n')
+    out = planvm_here("exec", plan, "--no-store", env={"PLANVM_CONFIG": str(config)})
+    assert out.returncode == 1 and "tool 'crash'" in out.stderr and "again after a restart" in out.stderr, out.stderr
+
 
 def test_name_clashes_prefixes_config_tables_and_http(tmp_path):
     out = planvm_here("validate", str(EXAMPLES / "plans" / "budget.json"), "--mcp", SERVER, "--mcp", SERVER)
