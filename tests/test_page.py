@@ -95,6 +95,20 @@ def test_the_page_runs_watches_forks_and_approves(browser, server, tmp_path):
     page.wait_for_function("() => document.querySelector('#detail-variables').textContent.includes('edited')")
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
 
+    # A graded branch, marked best by a plan search: the parent's tree shows its score and the mark.
+    from vm import RunStore
+
+    fork_id = page.get_attribute("#tree a.current", "data-run-id")
+    store = RunStore(server.home / "runs.sqlite")
+    store.set_judgement(fork_id, {"score": 9, "accept": True, "suggestion": "", "step_notes": []})
+    store.mark_best(fork_id, slow_id)
+    store.close()
+    page.click(f"#tree a[data-run-id='{slow_id}']")
+    page.wait_for_function(
+        "(fork) => (document.querySelector(`#tree a[data-run-id='${fork}']`) || {}).textContent?.includes('score 9 ★ best')",
+        arg=fork_id, timeout=15_000,
+    )
+
     # A waiting call: approve it from the page.
     approval = [
         {"seq_no": 0, "type": "calling", "parameters": {"tool_name": "send_email", "tool_params": {"to": "ops@example.com", "body": "hi"},

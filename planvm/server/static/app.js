@@ -127,7 +127,13 @@ function renderTree(run) {
     tree.append(a);
   };
   run.lineage.forEach((id, i) => add((i ? "→ " : "") + id.slice(0, 8), id, id === run.id));
-  for (const child of run.children) add(`⑂ ${child.id.slice(0, 8)} (from seq_no ${child.fork_seq}, ${child.status})`, child.id, false);
+  const grade = (score, best) => (score != null ? `, score ${score}` : "") + (best ? " ★ best" : "");
+  if (run.judgement) {
+    tree.lastChild.textContent += ` (score ${run.judgement.score}${run.judgement.accept ? ", accepted" : ""}${run.best_of ? " ★ best" : ""})`;
+  }
+  for (const child of run.children) {
+    add(`⑂ ${child.id.slice(0, 8)} (from seq_no ${child.fork_seq}, ${child.status}${grade(child.score, child.best_of)})`, child.id, false);
+  }
 }
 
 function stepLabel(step) {
