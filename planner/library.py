@@ -112,14 +112,15 @@ class PlanLibrary:
         self.k = examples
         self._cache: tuple[Any, list[dict[str, Any]], Any] | None = None  # (signature, entries, embedding matrix)
 
-    def entries(self) -> list[dict[str, Any]]:
-        """The kept plans, read again only when the library changed since the last read."""
-        return self._loaded()[0]
+    def _full(self, light: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The whole entries (plans included) of entries read light, in the same order."""
+        by_id = {e["id"]: e for e in self.store.library_entries(ids=[e["id"] for e in light])}
+        return [by_id[e["id"]] for e in light if e["id"] in by_id]
 
     def _loaded(self) -> tuple[list[dict[str, Any]], Any]:
         signature = self.store.library_signature()
         if self._cache is None or self._cache[0] != signature:
-            entries = self.store.library_entries() if signature[0] else []
+            entries = self.store.library_entries(light=True) if signature[0] else []
             matrix = None
             try:
                 import numpy as np
@@ -212,7 +213,10 @@ class PlanLibrary:
             return None
         similarities = self._similarities(vector, entries, matrix, goal)
         best = max(usable, key=lambda i: similarities[i])
-        return LibraryMatch(entries[best], "near", similarities[best]) if similarities[best] >= self.near_match else None
+        if similarities[best] < self.near_match:
+            return None
+        full = self._full([entries[best]])
+        return LibraryMatch(full[0], "near", similarities[best]) if full else None
 
     def examples(self, goal: str, metadata: Any = None, tools: set[str] | None = None) -> list[dict[str, Any]]:
         """The ``k`` kept plans most similar to ``goal`` (same label path first), as the
@@ -224,7 +228,9 @@ class PlanLibrary:
         label = label_of(metadata)
         similarities = self._similarities(self._embed(goal), entries, matrix, goal)
         ranked = sorted(usable, key=lambda i: (label is not None and entries[i].get("label") == label, similarities[i]), reverse=True)
+        chosen = ranked[: self.k]
+        plans = {e["id"]: e["plan"] for e in self._full([entries[i] for i in chosen])}
         return [
-            {"id": entries[i]["id"], "goal": entries[i]["goal"], "plan": entries[i]["plan"], "similarity": round(similarities[i], 4)}
-            for i in ranked[: self.k]
+            {"id": entries[i]["id"], "goal": entries[i]["goal"], "plan": plans[entries[i]["id"]], "similarity": round(similarities[i], 4)}
+            for i in chosen if entries[i]["id"] in plans
         ]

@@ -184,7 +184,7 @@ def training_rows(
     from training.data import _row
 
     runs = store.completed_runs(since)
-    kept = {e.get("run_id") for e in store.library_entries()}
+    kept = {e.get("run_id") for e in store.library_entries(light=True)}
     chosen = [
         r for r in runs
         if (min_score is None or (r["score"] is not None and r["score"] >= min_score))

@@ -458,7 +458,7 @@ def test_a_server_store_behind_the_schema_asks_for_store_upgrade(tmp_path):
 
         engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
         with engine.begin() as conn:  # as if the store had been made before the leases migration
-            conn.exec_driver_sql("DROP TABLE plan_library")
+            conn.exec_driver_sql("DROP TABLE plan_library")  # its index goes with it
             conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN judgement, DROP COLUMN score, DROP COLUMN best_of")
             conn.exec_driver_sql("DROP TABLE leases")
             conn.exec_driver_sql("DROP INDEX runs_status")
@@ -480,3 +480,33 @@ def test_an_unknown_store_location_is_refused(tmp_path):
         RunStore("redis://127.0.0.1/0")
     with pytest.raises(StoreError, match="sqlite:///"):
         RunStore("sqlite://relative")
+
+
+def test_judgements_marks_and_the_plan_library_on_every_backend(store):
+    done = store.create_run(PLAN, goal="What is two and three?", planning={"planner": "llm", "reasoning": "Add them."})
+    store.finish(done, "completed", final_answer="5 and why")
+    other = store.create_run(PLAN, goal="Another goal")
+    store.finish(other, "completed", final_answer="x")
+    store.set_judgement(done, {"score": 8.5, "accept": True, "suggestion": "", "step_notes": []})
+    store.mark_best(other, done)
+    assert [r["id"] for r in store.list_runs(min_score=8)] == [done] and store.list_runs(judged=True)[0]["accept"] is True
+    assert store.get(done).score == 8.5 and store.get(other).best_of == done
+    assert {r["id"] for r in store.completed_runs()} == {done, other}
+
+    vector = [0.25, -1.5, 3.0]
+    first, replaced = store.library_put({"run_id": done, "goal": "What is two and three?", "goal_key": "what is two and three",
+                                         "language": "English", "tools": ["add", "echo"], "plan": PLAN, "embedding": vector})
+    assert replaced == []
+    second, replaced = store.library_put({"run_id": other, "goal": "what is two and three", "goal_key": "what is two and three",
+                                          "language": "English", "tools": [], "plan": PLAN, "embedding": None})
+    assert replaced == [first] and store.library_signature()[0] == 1
+    third, _ = store.library_put({"goal": "Zwei und drei?", "goal_key": "zwei und drei", "language": "German", "tools": ["add"],
+                                  "plan": PLAN, "embedding": vector, "label": "Maths > Sums"})
+    light = store.library_entries(light=True)
+    assert [e["id"] for e in light] == [second, third] and "plan" not in light[0] and light[1]["embedding"] == vector
+    full = store.library_entries(ids=[third])
+    assert full[0]["plan"] == PLAN and full[0]["label"] == "Maths > Sums" and full[0]["tools"] == ["add"]
+    assert [e["id"] for e in store.library_entries(goal_key="zwei und drei")] == [third]
+    assert store.library_remove(third[:10]) == third and store.library_signature()[0] == 1
+    with pytest.raises(StoreError, match="no best plan"):
+        store.library_remove(third)

@@ -25,10 +25,12 @@ derived by replaying the deltas over the run's initial variables. Values are sto
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import socket
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -1106,29 +1108,37 @@ class RunStore:
                 metadata=_dumps(entry.get("metadata")) if entry.get("metadata") is not None else None, language=entry.get("language"),
                 label=entry.get("label"), tools=_dumps(entry.get("tools") or []), plan=_dumps(entry["plan"]),
                 reasoning=entry.get("reasoning"), final_answer=_dumps(entry.get("final_answer")),
-                score=entry.get("score"), embedding=_dumps(entry["embedding"]) if entry.get("embedding") is not None else None,
+                score=entry.get("score"), embedding=_floats_to_bytes(entry["embedding"]) if entry.get("embedding") is not None else None,
             ))
             return replaced
 
         return entry_id, self._write(body)
 
-    def library_entries(self, goal_key: str | None = None) -> list[dict[str, Any]]:
-        """Every kept best plan (or those for one normalised goal), oldest first, with its goal
-        embedding when one was made."""
+    def library_entries(
+        self, goal_key: str | None = None, *, ids: list[str] | None = None, light: bool = False
+    ) -> list[dict[str, Any]]:
+        """Every kept best plan (or those for one normalised goal, or with these ids), oldest
+        first, with its goal embedding when one was made. ``light``: only what choosing among
+        them needs (id, run_id, goal, goal_key, language, label, tools, embedding), not the plans."""
         import sqlalchemy as sa
 
         lib = _schema().plan_library
-        names = ["id", "created_at", "run_id", "goal", "goal_key", "metadata", "language", "label", "tools", "plan", "reasoning",
-                 "final_answer", "score", "embedding"]
+        names = ["id", "run_id", "goal", "goal_key", "language", "label", "tools", "embedding"]
+        if not light:
+            names += ["created_at", "metadata", "plan", "reasoning", "final_answer", "score"]
         statement = sa.select(*(lib.c[n] for n in names))
         if goal_key is not None:
             statement = statement.where(lib.c.goal_key == goal_key)
+        if ids is not None:
+            statement = statement.where(lib.c.id.in_(ids))
         rows = self._read(statement.order_by(lib.c.created_at, lib.c.id))
         entries = []
         for row in rows:
             entry = dict(zip(names, row, strict=True))
-            for key in ("metadata", "tools", "plan", "final_answer", "embedding"):
-                entry[key] = _loads(entry[key])
+            for key in ("metadata", "tools", "plan", "final_answer"):
+                if key in entry:
+                    entry[key] = _loads(entry[key])
+            entry["embedding"] = _bytes_to_floats(entry["embedding"]) if entry["embedding"] is not None else None
             entries.append(entry)
         return entries
 
@@ -1207,6 +1217,22 @@ class RunStore:
             if path.exists():
                 total += path.stat().st_size
         return total
+
+
+def _floats_to_bytes(values: Any) -> bytes:
+    """float32, little-endian: an embedding in a quarter of its JSON size, read back without parsing."""
+    packed = array.array("f", (float(v) for v in values))
+    if sys.byteorder == "big":  # pragma: no cover - the stored form is little-endian everywhere
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _bytes_to_floats(data: bytes) -> list[float]:
+    packed = array.array("f")
+    packed.frombytes(bytes(data))
+    if sys.byteorder == "big":  # pragma: no cover
+        packed.byteswap()
+    return packed.tolist()
 
 
 def _sqlite_revision(raw: Any) -> str | None:

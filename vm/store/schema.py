@@ -99,5 +99,6 @@ plan_library = sa.Table(
     sa.Column("reasoning", _long()),
     sa.Column("final_answer", _long()),  # JSON
     sa.Column("score", _seconds()),
-    sa.Column("embedding", _long()),  # JSON array of floats: the goal's embedding (None: none was available)
+    sa.Column("embedding", sa.LargeBinary()),  # the goal's embedding, float32 little-endian (None: none was available)
+    sa.Index("plan_library_goal", "goal_key", mysql_length=255),
 )

@@ -31,5 +31,6 @@ def upgrade() -> None:
         sa.Column("reasoning", _long()),
         sa.Column("final_answer", _long()),
         sa.Column("score", sa.Double()),
-        sa.Column("embedding", _long()),
+        sa.Column("embedding", sa.LargeBinary()),
     )
+    op.create_index("plan_library_goal", "plan_library", ["goal_key"], mysql_length=255)
