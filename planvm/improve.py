@@ -149,7 +149,11 @@ def optimize(engine: Any, run_id: str, *, rounds: int = 3, width: int = 2, progr
                 continue
             planning = {**replanned.record(), "suggestion": suggestion, "search_root": root.id}
             _add_tokens(report.tokens, planning["prompt_tokens"], planning["completion_tokens"])
-            result = engine.vm.fork(node_id, from_seq, replanned.plan, planning=planning)
+            try:
+                result = engine.vm.fork(node_id, from_seq, replanned.plan, planning=planning)
+            except PlanVMError as exc:  # e.g. a plan that changes a step the fork reuses: this branch only
+                branch.status, branch.error = "fork failed", str(exc)
+                continue
             child = store.get(result.run_id)
             inherited = next((k for k, s in enumerate(node.steps) if s.seq_no == from_seq), 0)
             for step in child.steps[inherited:]:
