@@ -279,11 +279,13 @@ class Engine:
         )
 
     def enqueue(
-        self, goal: str | None, *, metadata: dict[str, Any] | None = None, plan: Any = None, approve_tools: Iterable[str] = ()
+        self, goal: str | None, *, metadata: dict[str, Any] | None = None, plan: Any = None, approve_tools: Iterable[str] = (),
+        use_library: bool | None = None,
     ) -> str:
         """Store a run as ``queued`` for a worker: a plan (validated now) or a goal (planned by the
-        worker). ``approve_tools`` stay with the run, so the worker waits for approval too (it
-        runs under its own limits). Returns its id."""
+        worker; ``use_library=False`` or the ``no_library`` option: without the plan library).
+        ``approve_tools`` stay with the run, so the worker waits for approval too (it runs under
+        its own limits). Returns its id."""
         store = self._store()
         program = self.vm.compile(plan) if plan is not None else None
         if program is not None:
@@ -291,7 +293,8 @@ class Engine:
         return store.create_run(
             program.to_data() if program is not None else None, goal=goal, metadata=metadata or None,
             limits=self.limits.model_dump(), status="queued",
-            planning={"planner": "given", "reasoning": None} if program is not None else None,
+            planning={"planner": "given", "reasoning": None} if program is not None else (
+                {"no_library": True} if use_library is False or (use_library is None and self.options.get("no_library")) else None),
             approve_tools=sorted(self.approve_tools | frozenset(approve_tools)) or None,
         )
 

@@ -44,7 +44,9 @@ class Worker:
             stored = await asyncio.to_thread(store.get, run_id)
             if stored.plan is None:  # a queued goal: plan it here, with this worker's planner
                 try:
-                    planned = await asyncio.to_thread(engine.plan, stored.goal or "", stored.metadata)
+                    # A goal queued with --no-library (or "library": false) is planned without it.
+                    library = False if (stored.planning or {}).get("no_library") else None
+                    planned = await asyncio.to_thread(lambda: engine.plan(stored.goal or "", stored.metadata, use_library=library))
                 except (PlanningError, ValueError) as exc:
                     await asyncio.to_thread(store.finish, run_id, "failed", error=f"planning failed: {exc}")
                     log.warning("run %s: planning failed: %s", run_id, exc)

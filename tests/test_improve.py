@@ -224,6 +224,20 @@ def test_the_library_reuses_a_kept_plan_for_the_same_goal_and_shows_it_for_simil
     with Engine({"store_path": str(store_path), "kb_path": str(example_kb), "no_library": True}) as engine:
         assert engine.plan(GOALS[0]).planner == "llm" and "# Example plans" not in models.planner_prompts[-1]
 
+    # Queued goals: a worker plans them, with the library unless it was queued without it.
+    with Engine({"store_path": str(store_path), "kb_path": str(example_kb)}) as engine:
+        reused = engine.enqueue(GOALS[0])
+        planned = engine.enqueue(GOALS[0], use_library=False)
+    asked = len(models.planner_prompts)
+    import subprocess
+    import sys
+
+    worked = subprocess.run([sys.executable, "-m", "planvm", "worker", "--once", "--store", str(store_path), "--kb", str(example_kb)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert worked.returncode == 0, worked.stderr
+    assert RunStore(store_path).get(reused).planning["planner"] == "library"
+    assert RunStore(store_path).get(planned).planning["planner"] == "llm" and len(models.planner_prompts) == asked + 1
+
     entry = json.loads(planvm("library", "list", "--store", str(store_path), "--json").stdout)[0]["id"]
     assert planvm("library", "remove", entry[:6], "--store", str(store_path)).exit_code == 0
     assert json.loads(planvm("library", "list", "--store", str(store_path), "--json").stdout) == []

@@ -319,7 +319,8 @@ def create_app(
         check_tools(body.approve_tools)
         if not execute:
             queued = await asyncio.to_thread(
-                engine.enqueue, body.goal, metadata=body.metadata, plan=body.plan, approve_tools=body.approve_tools
+                engine.enqueue, body.goal, metadata=body.metadata, plan=body.plan, approve_tools=body.approve_tools,
+                use_library=body.library,
             )
             if wait:
                 return JSONResponse(stored_json(await _finished(engine.store, queued, engine.limits.max_seconds)))
