@@ -59,7 +59,7 @@ def _render_steps(run: Any) -> str:
         what = f"calls {step.tool}" if step.tool else step.type
         outcome = f"error: {step.error}" if step.error else (_text(step.outputs, _STEP_CHARS) if step.outputs else
                                                              (f"jumps to {step.next_seq}" if step.next_seq is not None else ""))
-        inputs = _text(step.inputs.get("tool_params", step.inputs), _STEP_CHARS) if step.inputs else ""
+        inputs = _text(step.inputs, _STEP_CHARS) if step.inputs else ""
         lines.append(f"- seq_no {step.seq_no}: {what} {inputs} -> {outcome}".rstrip())
     return "\n".join(lines) or "(no step ran)"
 

@@ -111,6 +111,14 @@ class PlanLibrary:
         self.near_match = near_match
         self.k = examples
         self._cache: tuple[Any, list[dict[str, Any]], Any] | None = None  # (signature, entries, embedding matrix)
+        self._last: tuple[str, list[float] | None] | None = None  # the last goal embedded (lookup, then examples)
+
+    @classmethod
+    def for_settings(cls, store: Any, settings: Any) -> PlanLibrary:
+        """The library of ``store``, embedding goals with the knowledge base's model (``settings``)."""
+        from tools.backends import query_embedder
+
+        return cls(store, lambda: query_embedder(settings))
 
     def _full(self, light: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The whole entries (plans included) of entries read light, in the same order."""
@@ -152,6 +160,8 @@ class PlanLibrary:
         return [_cosine(vector, e["embedding"]) if e.get("embedding") else 0.0 for e in entries]
 
     def _embed(self, text: str) -> list[float] | None:
+        if self._last is not None and self._last[0] == text:
+            return self._last[1]
         if self._embedder is None and self._embedder_factory is not None:
             try:
                 self._embedder = self._embedder_factory()
@@ -159,8 +169,9 @@ class PlanLibrary:
                 self._embedder_factory = None
         if self._embedder is None:
             return None
-        vector = self._embedder.encode([text])[0]
-        return [round(float(x), 6) for x in vector]
+        vector = [float(x) for x in self._embedder.encode([text])[0]]
+        self._last = (text, vector)
+        return vector
 
     # --- keeping --------------------------------------------------------------------------------
 

@@ -155,20 +155,18 @@ class Engine:
         store exists yet)."""
         if self._library is None:
             from planner.library import PlanLibrary
-            from tools.backends import query_embedder
             from vm import RunStore
-            from vm.store import store_url
+            from vm.store import store_missing
 
             store = self.store
             if store is None:
-                _url, file = store_url(self.options.get("store_path"))
-                if file is not None and not file.exists():
+                if store_missing(self.options.get("store_path")):
                     return None
                 try:
                     store = self._library_store = RunStore(self.options.get("store_path"), readonly=True)
                 except PlanVMError:
                     return None
-            self._library = PlanLibrary(store, lambda: query_embedder(self.settings))
+            self._library = PlanLibrary.for_settings(store, self.settings)
         return self._library
 
     def available_tools(self) -> set[str]:

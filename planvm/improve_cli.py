@@ -98,10 +98,9 @@ def library() -> None:
 def library_list(store_path: str | None, as_json: bool) -> None:
     """Every kept best plan: id, goal, language, label, tools, score, the run it came from."""
     from vm import RunStore
-    from vm.store import store_url
+    from vm.store import store_missing
 
-    _url, file = store_url(store_path)
-    entries = [] if file is not None and not file.exists() else RunStore(store_path, readonly=True).library_entries()
+    entries = [] if store_missing(store_path) else RunStore(store_path, readonly=True).library_entries()
     if as_json:
         print_json([{k: v for k, v in e.items() if k != "embedding"} for e in entries])
         return

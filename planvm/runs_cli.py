@@ -39,10 +39,9 @@ def runs() -> None:
 @guarded
 def list_(store_path: str | None, limit: int, judged: bool, min_score: float | None, as_json: bool) -> None:
     """The newest runs: id, status, time, steps, goal, parent, judge's score."""
-    from vm.store import store_url
+    from vm.store import store_missing
 
-    _url, file = store_url(store_path)
-    if file is not None and not file.exists():
+    if store_missing(store_path):
         rows: list[dict[str, Any]] = []  # nothing recorded yet
     else:
         rows = _open_store(store_path).list_runs(limit, judged=judged, min_score=min_score)
@@ -215,11 +214,11 @@ def _export_training(store_path: str | None, out: str, min_score: float | None, 
     from planvm.cli import load_settings, make_registry_for
     from planvm.improve import training_rows, write_rows
     from planvm.render import echo_err
-    from vm.store import store_url
+    from vm.store import store_missing
 
-    _url, file = store_url(store_path)
-    if file is not None and not file.exists():
-        raise ValueError(f"no run store at {file} yet: there are no runs to export; run some goals first (planvm run)")
+    missing = store_missing(store_path)
+    if missing:
+        raise ValueError(f"no run store at {missing} yet: there are no runs to export; run some goals first (planvm run)")
     options = {**tool_opts, "kb_path": None}
     registry = make_registry_for(options, load_settings(options))
     rows, skipped = training_rows(_open_store(store_path), registry, min_score=min_score, best_only=best_only, since=since)
@@ -242,14 +241,11 @@ def _export_training(store_path: str | None, out: str, min_score: float | None, 
 def best(run_id: str, store_path: str | None, label: str | None) -> None:
     """Keep RUN_ID's plan as the best plan for its goal: reused for the same goal, an example for similar ones."""
     from planner.library import PlanLibrary
-    from tools.backends import query_embedder
+    from planvm.cli import load_settings
     from vm import RunStore
 
-    from planvm.cli import load_settings
-
     store = RunStore(store_path)
-    settings = load_settings({})
-    entry_id, replaced = PlanLibrary(store, lambda: query_embedder(settings)).keep(store.get(run_id), label=label)
+    entry_id, replaced = PlanLibrary.for_settings(store, load_settings({})).keep(store.get(run_id), label=label)
     click.echo(f"kept the plan of run {store.resolve(run_id)} as best plan {entry_id}"
                + (f" (replacing {', '.join(replaced)})" if replaced else ""))
 

@@ -316,6 +316,10 @@ def test_without_an_embedding_model_only_exact_goals_are_reused_and_examples_go_
     store.finish(failed, "failed", error="boom")
     with pytest.raises(ValueError, match="only a completed run's plan"):
         library.keep(store.get(failed))
+    planless = store.create_run(plan_for(GOALS[1]))  # a plan file's run: no goal to keep it for
+    store.finish(planless, "completed", final_answer="x")
+    with pytest.raises(ValueError, match="has no goal"):
+        library.keep(store.get(planless))
 
 
 def test_the_service_judges_a_run(models, example_kb, tmp_path):

@@ -178,10 +178,27 @@ def test_planvm_as_an_mcp_server_runs_a_goal_offline_and_reads_the_run(tmp_path,
     assert RunStore(store).get(ran["run_id"]).status == "completed"  # the same store as the command line
 
 
-@pytest.mark.parametrize("bad", ["", "'unclosed"])
-def test_a_bad_mcp_option_is_one_line(tmp_path, bad):
-    out = planvm_here("validate", str(EXAMPLES / "plans" / "budget.json"), "--mcp", bad)
-    assert out.returncode == 2 and "--mcp" in out.stderr and "Traceback" not in out.stderr
+@pytest.mark.parametrize(("option", "bad", "says"), [
+    ("--mcp", "", "--mcp needs a command"),
+    ("--mcp", "'unclosed", "cannot split it"),
+    ("--mcp-url", "ftp://example.com/mcp", "streamable-HTTP address"),
+])
+def test_a_bad_mcp_option_is_one_line(tmp_path, option, bad, says):
+    out = planvm_here("validate", str(EXAMPLES / "plans" / "budget.json"), option, bad)
+    assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(("table", "says"), [
+    ('command = "python x.py"\nurl = "http://127.0.0.1:1/mcp"', "exactly one of 'command' (stdio) or 'url'"),
+    ('name = "nothing"', "exactly one of 'command' (stdio) or 'url'"),
+    ('command = "python x.py"\nretries = 3', "unknown key(s) retries"),
+    ('command = "python x.py"\nenv = "A=1"', "'env' must be a table"),
+])
+def test_a_bad_mcp_table_is_one_line(tmp_path, table, says):
+    config = tmp_path / "planvm.toml"
+    config.write_text(f"[[mcp]]\n{table}\n")
+    out = planvm_here("validate", str(EXAMPLES / "plans" / "budget.json"), env={"PLANVM_CONFIG": str(config)})
+    assert out.returncode == 2 and "[[mcp]] table 1" in out.stderr and says in out.stderr, out.stderr
 
 
 def test_the_example_server_and_plan(tmp_path):

@@ -82,7 +82,9 @@ def test_a_failing_tool_marks_its_spans_as_errors(spans):
     by_name = {s.name: s for s in spans.get_finished_spans()}
     tool_span, step, run = by_name["execute_tool fail"], by_name["planvm.step calling"], by_name["planvm.run"]
     assert tool_span.status.status_code == StatusCode.ERROR and "the disk is full" in tool_span.status.description
-    assert any(e.name == "exception" and "ValueError" in e.attributes["exception.type"] for e in tool_span.events)
+    exceptions = [e for e in tool_span.events if e.name == "exception"]
+    assert len(exceptions) == 1 and "ValueError" in exceptions[0].attributes["exception.type"]  # recorded once
+    assert tool_span.attributes["error.type"] == "ValueError"
     assert step.status.status_code == StatusCode.ERROR and step.attributes["error.type"] == "ToolFailed"
     assert run.status.status_code == StatusCode.ERROR and run.attributes["planvm.status"] == "failed"
 

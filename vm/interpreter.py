@@ -287,16 +287,12 @@ class Interpreter:
         with telemetry.span(f"execute_tool {name}", {
             "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name, "planvm.tool": name, "planvm.seq_no": step.seq_no,
             "planvm.run_id": self.run_id,
-        }) as current:
-            try:
-                if spec.is_async:
-                    return await self._bounded(spec.call(bound, ctx), step)
-                loop = asyncio.get_running_loop()
-                call = functools.partial(contextvars.copy_context().run, spec.call, bound, ctx)
-                return await self._bounded(loop.run_in_executor(self.vm._threads(), call), step)
-            except BaseException as exc:
-                telemetry.fail(current, exc)
-                raise
+        }):
+            if spec.is_async:
+                return await self._bounded(spec.call(bound, ctx), step)
+            loop = asyncio.get_running_loop()
+            call = functools.partial(contextvars.copy_context().run, spec.call, bound, ctx)
+            return await self._bounded(loop.run_in_executor(self.vm._threads(), call), step)
 
     async def _bounded(self, awaitable: Any, step: Any) -> Any:
         """Await a tool or LLM call, but not past the run's deadline."""

@@ -90,10 +90,21 @@ _OFF = contextlib.nullcontext()
 
 def span(name: str, attributes: dict[str, Any] | None = None) -> Any:
     """A context manager for a span (the current one's child) that yields it, or None when
-    tracing is off. Exceptions raised through it are recorded on it."""
+    tracing is off. An exception raised through it marks it failed (:func:`fail`)."""
     if tracer is None:
         return _OFF
-    return tracer.start_as_current_span(name, attributes={k: v for k, v in (attributes or {}).items() if v is not None})
+    return _span(name, {k: v for k, v in (attributes or {}).items() if v is not None})
+
+
+@contextlib.contextmanager
+def _span(name: str, attributes: dict[str, Any]) -> Iterator[Any]:
+    # The SDK's own exception recording is off: fail() records once, with error.type as well.
+    with tracer.start_as_current_span(name, attributes=attributes, record_exception=False, set_status_on_exception=False) as current:
+        try:
+            yield current
+        except BaseException as exc:
+            fail(current, exc)
+            raise
 
 
 def fail(current: Any, error: BaseException | str) -> None:
@@ -108,20 +119,14 @@ def fail(current: Any, error: BaseException | str) -> None:
     current.set_status(Status(StatusCode.ERROR, str(error)[:1000]))
 
 
-@contextlib.contextmanager
-def llm_span(role: str, model: Any, seq_no: int | None = None) -> Iterator[Any]:
+def llm_span(role: str, model: Any, seq_no: int | None = None) -> Any:
     """A GenAI ``chat`` span around one LLM exchange; :func:`record_reply` fills in the usage."""
-    with span(f"chat {model}" if isinstance(model, str) and model else "chat", {
+    return span(f"chat {model}" if isinstance(model, str) and model else "chat", {
         "gen_ai.operation.name": "chat",
         "gen_ai.request.model": model if isinstance(model, str) else None,
         "planvm.role": role,
         "planvm.seq_no": seq_no,
-    }) as current:
-        try:
-            yield current
-        except BaseException as exc:
-            fail(current, exc)
-            raise
+    })
 
 
 def record_reply(current: Any, reply: Any) -> None:

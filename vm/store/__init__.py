@@ -46,7 +46,7 @@ from vm.errors import LeaseLost, RunBusy, RunNotFound, StoreError
 from vm.jsonsafe import clean_text
 from vm.redact import redact
 
-__all__ = ["RunStore", "StoredRun", "StoredStep", "default_store_path", "store_url"]
+__all__ = ["RunStore", "StoredRun", "StoredStep", "default_store_path", "store_missing", "store_url"]
 
 T = TypeVar("T")
 
@@ -98,6 +98,13 @@ def store_url(location: str | Path | None) -> tuple[str, Path | None]:
         f"'{redact(text)}' is not a store location planvm knows: give a file path, sqlite:///path, postgresql://… or "
         f"mysql://… (MariaDB and TiDB too)"
     )
+
+
+def store_missing(location: str | Path | None) -> Path | None:
+    """The SQLite file ``location`` names when it does not exist yet (nothing recorded there);
+    None for an existing file or a database server."""
+    _url, file = store_url(location)
+    return file if file is not None and not file.exists() else None
 
 
 def _worker_id() -> str:
