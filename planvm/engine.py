@@ -115,6 +115,18 @@ class Engine:
             return self.vm
         return self.vm.derive(limits=self.limits.model_copy(update=overrides))
 
+    def for_stored(self, kept: dict[str, Any] | None) -> VM:
+        """The VM to go on with a stored run: under the limits kept with it, where they are lower
+        than this engine's (a queued run's request may lower them, never raise them)."""
+        if not kept:
+            return self.vm
+        lowered = {}
+        for name, value in kept.items():
+            mine = getattr(self.limits, name, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and (mine is None or value < mine):
+                lowered[name] = value
+        return self.with_limits(lowered)
+
     # --- planning -------------------------------------------------------------------------------
 
     def has_model(self, role: str = "planner") -> bool:
@@ -278,19 +290,19 @@ class Engine:
 
     def enqueue(
         self, goal: str | None, *, metadata: dict[str, Any] | None = None, plan: Any = None, approve_tools: Iterable[str] = (),
-        use_library: bool | None = None,
+        use_library: bool | None = None, limits: dict[str, Any] | None = None,
     ) -> str:
         """Store a run as ``queued`` for a worker: a plan (validated now) or a goal (planned by the
         worker; ``use_library=False`` or the ``no_library`` option: without the plan library).
-        ``approve_tools`` stay with the run, so the worker waits for approval too (it runs under
-        its own limits). Returns its id."""
+        ``approve_tools`` stay with the run, so the worker waits for approval too; so do its
+        limits (these, ``limits`` overriding some), which a worker may only lower. Returns its id."""
         store = self._store()
         program = self.vm.compile(plan) if plan is not None else None
         if program is not None:
             self.check_knowledge_base(program.to_data())
         return store.create_run(
             program.to_data() if program is not None else None, goal=goal, metadata=metadata or None,
-            limits=self.limits.model_dump(), status="queued",
+            limits=self.limits.model_copy(update=limits or {}).model_dump(), status="queued",
             planning={"planner": "given", "reasoning": None} if program is not None else (
                 {"no_library": True} if use_library is False or (use_library is None and self.options.get("no_library")) else None),
             approve_tools=sorted(self.approve_tools | frozenset(approve_tools)) or None,

@@ -39,20 +39,38 @@ def _loopback(host: str) -> bool:
     show_default=True,
     help="1: runs execute in this server; 0: POST /v1/runs only queues them for `planvm worker` processes.",
 )
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds a client has to send a request's headers before its connection is closed.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="Open connections (and requests in progress) beyond which new requests are answered 503.",
+)
 @tool_options
 @kb_option
 @store_option
 @run_options
 @guarded
 def serve(
-    host: str, port: int, token: str | None, cors_origins: tuple[str, ...], max_body_bytes: int, workers: int, **options: Any
+    host: str, port: int, token: str | None, cors_origins: tuple[str, ...], max_body_bytes: int, workers: int,
+    header_timeout: float, max_connections: int, **options: Any
 ) -> None:
     """Serve planvm over HTTP: submit goals, stream runs, fork, resume, approve; a page at /."""
     import uvicorn
 
     from planvm.server import create_app
+    from planvm.server.connections import header_timeout_protocol, raise_open_files_limit
     from vm.redact import register_secret
 
+    if token is not None and not token.strip():
+        raise ValueError("--token is blank; give a real secret (or leave --token out on a loopback address)")
     if not _loopback(host) and not token:
         raise ValueError(
             f"--host {host} reaches beyond this machine; give --token (or PLANVM_SERVE_TOKEN) so that only clients "
@@ -65,4 +83,8 @@ def serve(
     engine.vm.on_start = None
     app = create_app(engine, token=token, cors_origins=list(cors_origins), max_body_bytes=max_body_bytes, execute=workers > 0)
     echo_err(f"planvm serving on http://{host}:{port}/ (runs in {engine.store.path})")
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    raise_open_files_limit()
+    uvicorn.run(
+        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, http=header_timeout_protocol(header_timeout),
+        timeout_keep_alive=5, limit_concurrency=max_connections,
+    )

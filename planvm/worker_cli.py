@@ -53,7 +53,7 @@ class Worker:
                     return
                 engine.check_knowledge_base(planned.plan)
                 await asyncio.to_thread(store.set_plan, run_id, planned.plan, planned.record())
-            result = await engine.vm.aresume(run_id, claimed=True)
+            result = await engine.for_stored(stored.limits).aresume(run_id, claimed=True)
             self.done += 1
             log.info("run %s %s (%d steps)", run_id, result.status, result.steps)
         except LeaseLost as exc:
@@ -111,7 +111,8 @@ class Worker:
         await asyncio.gather(*pending, return_exceptions=True)
         for run_id in unfinished:
             try:
-                await asyncio.to_thread(self.store.release, run_id)
+                if await asyncio.to_thread(self.store.status_of, run_id) != "queued":  # (the VM gives back runs it executes)
+                    await asyncio.to_thread(self.store.release, run_id)
                 log.warning("run %s given back to the queue", run_id)
             except Exception as exc:  # its lease may be gone already: another worker has it
                 log.warning("run %s: not given back (%s)", run_id, exc)
@@ -139,6 +140,8 @@ def worker(concurrency: int, lease_seconds: float, poll_seconds: float, grace_se
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO, force=True)
     options["lease_seconds"] = lease_seconds
     engine = make_engine(options)
+    engine.vm.store_in_threads = True  # many runs share this event loop: none waits on the database
+    engine.vm.stopped_status = "queued"  # runs stopped with the worker go back to the queue
     engine.vm.on_step = None
     engine.vm.on_start = None
     echo_err(f"planvm worker {engine.store.worker_id} on {engine.store.path}: {concurrency} run(s) at once")

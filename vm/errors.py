@@ -8,9 +8,12 @@
     │   └── PlanValidationError        static problems; ``.problems`` lists all of them
     ├── ToolRegistrationError          a tool cannot be registered (duplicate name, bad signature)
     ├── StoreError                     the run store cannot be used (``path``)
+    │   ├── StoreUnavailable           the database server cannot be reached (now; try again)
     │   ├── RunNotFound                no run with that id (``run_id``)
     │   ├── LeaseLost                  this process's lease on a run ran out; it must stop writing it
     │   ├── RunBusy                    another live process is executing that run
+    │   ├── RunStateError              the run is not in a state the request can act on (``status``)
+    │   │   └── RunCancelled           the run was cancelled (by any process): its executor stops
     │   └── ForkError                  a fork point the run never reached, or a plan that rewrites it
     ├── ReplayError                    a record that cannot be replayed (its plan no longer matches)
     ├── PlanningError                  the planner produced no valid plan (``attempts``)
@@ -50,44 +53,47 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ApprovalNeeded",
     "BackendUnavailable",
     "ConditionError",
     "ExpressionError",
     "ForkError",
-    "LLMCallFailed",
-    "ApprovalNeeded",
-    "LLMCallLimitExceeded",
     "LeaseLost",
-    "TokenLimitExceeded",
-    "ToolRejected",
+    "LimitExceeded",
+    "LLMCallFailed",
+    "LLMCallLimitExceeded",
     "LLMError",
     "LLMNotConfigured",
     "LLMUnavailable",
-    "LimitExceeded",
     "NoFinalAnswer",
     "OutputMappingError",
     "PlanError",
     "PlanLoadError",
-    "PlanVMError",
-    "PlanValidationError",
     "PlanningError",
+    "PlanValidationError",
+    "PlanVMError",
     "Problem",
     "ReferencePathError",
     "ReplayError",
     "RunBusy",
+    "RunCancelled",
     "RunError",
     "RunNotFound",
+    "RunStateError",
     "StepLimitExceeded",
     "StoreError",
+    "StoreUnavailable",
     "TimeLimitExceeded",
-    "UnstorableValue",
-    "ValueTooLarge",
+    "TokenLimitExceeded",
     "ToolError",
     "ToolFailed",
     "ToolNotAllowed",
     "ToolNotFound",
     "ToolParamsInvalid",
     "ToolRegistrationError",
+    "ToolRejected",
+    "UnstorableValue",
+    "ValueTooLarge",
     "VariableUndefined",
 ]
 
@@ -150,6 +156,10 @@ class StoreError(PlanVMError):
         self.path = path
 
 
+class StoreUnavailable(StoreError):
+    """The run store's database server cannot be reached (it is down, or the network is cut)."""
+
+
 class RunNotFound(StoreError):
     def __init__(self, run_id: str, path: str | None = None) -> None:
         super().__init__(f"no run with id '{run_id}' in the store {path}; list runs with `planvm runs list`", path=path)
@@ -178,6 +188,26 @@ class LeaseLost(StoreError):
             path=path,
         )
         self.run_id = run_id
+
+
+class RunStateError(StoreError):
+    """A request the run's status does not allow (approving a run that is not waiting, resuming a
+    cancelled one): the lifecycle in :mod:`vm.store.lifecycle` says which transitions exist."""
+
+    def __init__(self, message: str, *, run_id: str, status: str, path: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.run_id = run_id
+        self.status = status
+
+
+class RunCancelled(RunStateError):
+    """The run was cancelled while this process executed it: it stops without writing more."""
+
+    def __init__(self, run_id: str, path: str | None = None) -> None:
+        super().__init__(
+            f"run '{run_id}' was cancelled; it stops here and records nothing more (fork it to go on)",
+            run_id=run_id, status="cancelled", path=path,
+        )
 
 
 class ForkError(StoreError):

@@ -64,7 +64,7 @@ class Interpreter:
         deadline: float | None,
         *,
         trace: list[StepRecord] | None = None,
-        persist: Callable[[int, StepRecord], None] | None = None,
+        persist: Callable[[int, StepRecord], Any] | None = None,
         on_step: Callable[[StepRecord], None] | None = None,
         on_step_start: Callable[[int, str, str | None], None] | None = None,
         approve_tools: frozenset[str] = frozenset(),
@@ -79,6 +79,7 @@ class Interpreter:
         self.deadline = deadline
         self.trace: list[StepRecord] = trace if trace is not None else []
         self.persist = persist
+        self._persist_async = asyncio.iscoroutinefunction(persist)  # a store written from a worker thread
         self.on_step = on_step
         self.on_step_start = on_step_start
         self.approve_tools = approve_tools
@@ -147,14 +148,14 @@ class Interpreter:
                 record, nxt, error = self._guard_sync(handler, step, pc, self.store)
             else:
                 record, nxt, error = await self._guard(step, pc, self.store)
-            self._commit(record, error)
+            await self._commit(record, error)
             if FINAL_ANSWER in record.outputs:
                 return
             if nxt <= pc:
                 loop_edge = (steps[nxt].seq_no, step.seq_no)
             pc = nxt
 
-    def _commit(self, record: StepRecord, error: RunError | None) -> None:
+    async def _commit(self, record: StepRecord, error: RunError | None) -> None:
         """Make a finished step observable: variables, trace, store row, callback; raise its error.
 
         A step that waits for approval did not run: it is not committed, and the run stops there."""
@@ -165,7 +166,10 @@ class Interpreter:
         index = len(self.trace)
         self.trace.append(record)
         if self.persist is not None:
-            self.persist(index, record)
+            if self._persist_async:
+                await self.persist(index, record)
+            else:
+                self.persist(index, record)
         if self.on_step is not None:
             self.on_step(record)
         if error is not None:
@@ -246,7 +250,7 @@ class Interpreter:
         try:
             for task in tasks:
                 record, _nxt, error = await task
-                self._commit(record, error)
+                await self._commit(record, error)
                 if FINAL_ANSWER in record.outputs:
                     return _DONE
             return end

@@ -6,14 +6,13 @@ The interpreter itself is in :mod:`vm.interpreter`; the run store in :mod:`vm.st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from vm.errors import ApprovalNeeded, ForkError, LeaseLost, Problem, RunError, StoreError, ToolRejected
+from vm.errors import ApprovalNeeded, ForkError, LeaseLost, Problem, RunCancelled, RunError, RunStateError, StoreError, ToolRejected
 from vm import telemetry
 from vm.interpreter import Interpreter
 from vm.limits import Limits
@@ -47,6 +46,8 @@ class VM:
     ``store`` records every run step by step (needed by :meth:`resume` and :meth:`fork`).
     ``concurrency`` is how many tool calls may overlap when steps are independent (1: strictly
     one step at a time); results are committed in ``seq_no`` order either way.
+    ``store_in_threads``: the async methods call the store, and validate plans, in worker threads
+    (for an event loop that serves other work meanwhile: a service, a worker).
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class VM:
         max_threads: int = 8,
         condition_llm: LLM | None = None,
         approve_tools: Iterable[str] = (),
+        store_in_threads: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1 (1 runs one step at a time)")
@@ -77,6 +79,12 @@ class VM:
         self.condition_llm = condition_llm
         self.approve_tools = frozenset(approve_tools)
         self.store = store
+        # Store calls (and validation) in worker threads, so the event loop never waits on the
+        # database: for a process serving many runs at once (the service, a worker).
+        self.store_in_threads = store_in_threads
+        # What a run stopped from outside (Ctrl-C, a task cancelled) becomes: "interrupted" (resume
+        # it), or "queued" (a worker stopping gives its runs back to the queue).
+        self.stopped_status = "interrupted"
         self.concurrency = concurrency
         self._pool = _Threads(max_threads)
         telemetry.configure_from_env()
@@ -127,13 +135,13 @@ class VM:
         """The async form of :meth:`run`; ``listener`` hears this run's progress, ``planning``
         (how the plan was made: planner, reasoning, model, tokens) is recorded with it."""
         state: dict[str, Any] = dict(variables or {})
-        program = self.compile(plan, variables=state)
+        program = await self._io(self.compile, plan, variables=state)
         approve = self.approve_tools | frozenset(approve_tools or ())
         run_id = None
         if self.store is not None:
-            run_id = self.store.create_run(
-                program.to_data(), variables=state, goal=goal, metadata=metadata, limits=self.limits.model_dump(),
-                planning=planning, approve_tools=sorted(approve) or None,
+            run_id = await self._io(
+                self.store.create_run, program.to_data(), variables=state, goal=goal, metadata=metadata,
+                limits=self.limits.model_dump(), planning=planning, approve_tools=sorted(approve) or None,
             )
         return await self._execute(program, state, run_id=run_id, listener=listener, approve_tools=approve)
 
@@ -152,20 +160,23 @@ class VM:
         listener: RunListener | None = None,
         approvals: dict[int, dict[str, Any]] | None = None,
         claimed: bool = False,
+        approving: bool = False,
     ) -> RunResult:
-        """``claimed``: this process already holds the run's lease (a worker that took it from the queue)."""
+        """``claimed``: this process already holds the run's lease (a worker that took it from the
+        queue); ``approving``: the run waits for the approval in ``approvals`` (and is taken only
+        while it still does: a run cancelled meanwhile runs nothing)."""
         store = self._need_store("resume")
-        stored = store.claim(run_id, held=claimed)
+        stored = await self._io(store.claim, run_id, held=claimed, approving=approving)
         run_id = stored.id  # the full id, when a prefix was given
         try:
-            program = self.compile(stored.plan, variables=stored.variables)
+            program = await self._io(self.compile, stored.plan, variables=stored.variables)
         except BaseException:
-            store.finish(run_id, "failed", error="the recorded plan no longer validates against these tools")
+            await self._io(store.finish, run_id, "failed", error="the recorded plan no longer validates against these tools")
             raise
         trace = [StepRecord.from_stored(s) for s in stored.steps]
         state = stored.variables_at()
         if trace and FINAL_ANSWER in trace[-1].outputs:  # killed after its last step was written
-            store.finish(run_id, "completed", final_answer=state.get(FINAL_ANSWER))
+            await self._io(store.finish, run_id, "completed", final_answer=state.get(FINAL_ANSWER))
             return RunResult("completed", state.get(FINAL_ANSWER), state, trace, run_id=run_id)
         approve = self.approve_tools | frozenset(stored.approve_tools or ())
         return await self._execute(
@@ -192,18 +203,21 @@ class VM:
         listener: RunListener | None = None,
     ) -> RunResult:
         store = self._need_store("approve")
-        stored = store.get(run_id)
+        stored = await self._io(store.get, run_id)
         pending = stored.pending
         if stored.status != "waiting" or not pending:
-            raise StoreError(f"run '{stored.id}' is {stored.status}, not waiting for an approval; nothing to approve", path=str(store.path))
+            raise RunStateError(
+                f"run '{stored.id}' is {stored.status}, not waiting for an approval; nothing to approve",
+                run_id=stored.id, status=stored.status, path=str(store.path),
+            )
         if pending.get("seq_no") != seq_no:
-            raise StoreError(
+            raise RunStateError(
                 f"run '{stored.id}' waits for the call at seq_no {pending.get('seq_no')} (tool '{pending.get('tool')}'), "
                 f"not seq_no {seq_no}; approve or reject that one",
-                path=str(store.path),
+                run_id=stored.id, status=stored.status, path=str(store.path),
             )
         decision = {"approved": bool(approved), "tool_params": tool_params, "reason": reason}
-        return await self.aresume(stored.id, listener=listener, approvals={seq_no: decision})
+        return await self.aresume(stored.id, listener=listener, approvals={seq_no: decision}, approving=True)
 
     def fork(self, run_id: str, from_seq: int, plan: Any, *, planning: dict[str, Any] | None = None) -> RunResult:
         """Start a new run that reuses ``run_id``'s steps before ``from_seq`` and continues with ``plan``.
@@ -218,7 +232,7 @@ class VM:
         self, run_id: str, from_seq: int, plan: Any, *, listener: RunListener | None = None, planning: dict[str, Any] | None = None
     ) -> RunResult:
         store = self._need_store("fork")
-        parent = store.get(run_id)
+        parent = await self._io(store.get, run_id)
         run_id = parent.id  # the full id, when a prefix was given
         reached = [i for i, s in enumerate(parent.steps) if s.seq_no == from_seq]
         if not reached:
@@ -229,7 +243,7 @@ class VM:
                 path=str(store.path),
             )
         prefix = reached[0]
-        program = self.compile(plan, variables=parent.variables)
+        program = await self._io(self.compile, plan, variables=parent.variables)
         if from_seq not in program.position:
             raise ForkError(f"the new plan has no seq_no {from_seq} to continue from; add it or fork from another step")
         old = {ins["seq_no"]: canonical_instruction(ins) for ins in load_plan_data(parent.plan) if isinstance(ins, dict)}
@@ -241,8 +255,8 @@ class VM:
                     f"keep it as it was, or fork from seq_no {seq} or earlier"
                 )
         approve = self.approve_tools | frozenset(parent.approve_tools or ())
-        fork_id = store.create_run(
-            program.to_data(), variables=parent.variables, goal=parent.goal, metadata=parent.metadata,
+        fork_id = await self._io(
+            store.create_run, program.to_data(), variables=parent.variables, goal=parent.goal, metadata=parent.metadata,
             parent_id=run_id, fork_seq=from_seq, inherit_steps=prefix, limits=self.limits.model_dump(),
             approve_tools=sorted(approve) or None, planning=planning,
         )
@@ -280,6 +294,8 @@ class VM:
         ), _both(self.on_token, listener and listener.on_token)
         if run_id is not None and on_start is not None:
             on_start(run_id)
+        if run_id is not None and listener is not None and listener.on_open is not None:
+            listener.on_open(run_id, len(trace or ()))
         limits = self.limits
         started = time.monotonic()
         deadline = started + limits.max_seconds if limits.max_seconds is not None else None
@@ -288,14 +304,29 @@ class VM:
             condition_llm=self.condition_llm, max_tokens=limits.max_tokens, on_token=on_token,
         )
         store = self.store if run_id is not None else None
-        persist = (lambda index, record: store.record_step(run_id, index, record)) if store is not None else None
+        persist: Any = None
+        if store is not None:
+            if self.store_in_threads:
+                async def persist(index: int, record: StepRecord) -> None:
+                    await asyncio.to_thread(store.record_step, run_id, index, record)
+            else:
+                def persist(index: int, record: StepRecord) -> None:
+                    store.record_step(run_id, index, record)
         run = Interpreter(
             self, program, state, run_llm, deadline, trace=trace, persist=persist, on_step=on_step,
             on_step_start=listener.on_step_start if listener is not None else None,
             approve_tools=approve_tools, approvals=approvals, run_id=run_id,
         )
         error: RunError | None = None
-        heartbeat = asyncio.ensure_future(_heartbeat(store, run_id)) if store is not None and run_id is not None else None
+        cancelled = _Cancel(asyncio.current_task())
+
+        def stopped() -> RunResult:
+            return RunResult(
+                status="cancelled", final_answer=None, variables=state, trace=run.trace, llm_calls=run.llm.calls,
+                duration_s=time.monotonic() - started, run_id=run_id, tokens=run.llm.tokens,
+            )
+
+        heartbeat = asyncio.ensure_future(_heartbeat(store, run_id, cancelled)) if store is not None and run_id is not None else None
         try:
             await run.execute(start_pc)
         except ApprovalNeeded as wait:
@@ -306,21 +337,38 @@ class VM:
                 error.locate(wait.seq_no or 0, "calling")
                 return RunResult("failed", None, state, run.trace, error=error, llm_calls=run.llm.calls, run_id=run_id)
             pending = {"seq_no": wait.seq_no, "tool": wait.tool_name, "tool_params": wait.tool_params, "index": len(run.trace)}
-            store.wait(run_id, pending)
+            try:
+                await self._io(store.wait, run_id, pending)
+            except RunCancelled:
+                return stopped()
             return RunResult(
                 status="waiting", final_answer=None, variables=state, trace=run.trace, llm_calls=run.llm.calls,
                 duration_s=time.monotonic() - started, run_id=run_id, pending=pending, tokens=run.llm.tokens,
             )
         except RunError as exc:
             error = exc
+        except RunCancelled:
+            return stopped()  # cancelled by another process (or request): its record stays as the cancel left it
         except LeaseLost:
             raise  # another worker may own the run now: write nothing more
         except BaseException as exc:
+            if cancelled.seen and isinstance(exc, asyncio.CancelledError):
+                cancelled.absorb()
+                return stopped()
             if store is not None and run_id is not None:
                 # A store that failed to record a step may fail again here: its first error is the one to see.
                 status, why = ("failed", str(exc)) if isinstance(exc, StoreError) else ("interrupted", "interrupted before it ended")
-                with contextlib.suppress(StoreError):
-                    store.finish(run_id, status, error=why)
+                try:  # not in a thread: this task may be being cancelled
+                    if status == "interrupted" and self.stopped_status == "queued":
+                        store.release(run_id)
+                    else:
+                        store.finish(run_id, status, error=why)
+                except RunCancelled:
+                    if isinstance(exc, asyncio.CancelledError):  # a cancel made in the store, then here: it ended as asked
+                        cancelled.absorb()
+                        return stopped()
+                except StoreError:
+                    pass
             raise
         finally:
             if heartbeat is not None:
@@ -328,7 +376,11 @@ class VM:
         done = error is None
         final = state.get(FINAL_ANSWER) if done else None
         if store is not None and run_id is not None:
-            store.finish(run_id, "completed" if done else "failed", final_answer=final, error=str(error) if error else None)
+            try:
+                await self._io(store.finish, run_id, "completed" if done else "failed", final_answer=final,
+                               error=str(error) if error else None)
+            except RunCancelled:
+                return stopped()
         return RunResult(
             status="completed" if done else "failed",
             final_answer=final,
@@ -342,6 +394,12 @@ class VM:
         )
 
     # --- plumbing -------------------------------------------------------------------------------
+
+    async def _io(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``function(*args, **kwargs)``: in a worker thread when ``store_in_threads`` is set."""
+        if self.store_in_threads:
+            return await asyncio.to_thread(function, *args, **kwargs)
+        return function(*args, **kwargs)
 
     def _need_store(self, what: str) -> RunStore:
         if self.store is None:
@@ -396,14 +454,35 @@ class _Threads:
             self.executor = None
 
 
-async def _heartbeat(store: RunStore, run_id: str) -> None:
+class _Cancel:
+    """How a run's heartbeat stops the run's task when the run was cancelled in the store."""
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task
+        self.seen = False
+
+    def fire(self) -> None:
+        self.seen = True
+        if self.task is not None:
+            self.task.cancel()
+
+    def absorb(self) -> None:
+        """The task ends normally (as ``cancelled``) instead of raising CancelledError."""
+        if self.task is not None:
+            self.task.uncancel()
+
+
+async def _heartbeat(store: RunStore, run_id: str, cancel: _Cancel) -> None:
     """Renew the run's lease while it executes (a third of the lease at a time), so a long step
-    does not lose it; a renewal that fails leaves the next step's commit to refuse."""
-    interval = max(store.lease_seconds / 3, 0.05)
+    does not lose it. A run cancelled in the store (by any process) is stopped here at once; any
+    other failed renewal leaves the next step's commit to refuse."""
+    interval = min(max(store.lease_seconds / 3, 0.05), 2.0)
     while True:
         await asyncio.sleep(interval)
         try:
             if not await asyncio.to_thread(store.renew, run_id):
+                if await asyncio.to_thread(store.status_of, run_id) == "cancelled":
+                    cancel.fire()
                 return
         except StoreError:
             continue  # the database is away: the commit that follows retries or reports it

@@ -81,6 +81,7 @@ class RunListener:
     ``on_token(seq_no, text)`` with each piece of an answer streamed by ``llm_generate``."""
 
     on_start: Callable[[str], None] | None = None
+    on_open: Callable[[str, int], None] | None = None  # (run_id, steps already committed) as it (re)starts here
     on_step: Callable[[StepRecord], None] | None = None
     on_step_start: Callable[[int, str, str | None], None] | None = None
     on_token: Callable[[int, str], None] | None = None
@@ -89,12 +90,13 @@ class RunListener:
 @dataclass(slots=True)
 class RunResult:
     """What a run ended with. ``status`` is ``"completed"``, ``"failed"`` (then ``error`` says
-    why) or ``"waiting"`` (a tool call waits for approval: ``pending`` holds it).
+    why), ``"waiting"`` (a tool call waits for approval: ``pending`` holds it) or ``"cancelled"``
+    (cancelled in the store while it ran: nothing after the cancel was recorded).
 
     ``run_id`` names the run in the store (None when the VM has no store).
     """
 
-    status: Literal["completed", "failed", "waiting"]
+    status: Literal["completed", "failed", "waiting", "cancelled"]
     final_answer: Any
     variables: dict[str, Any]
     trace: list[StepRecord]

@@ -3,6 +3,11 @@
 Everything a request does goes through the same :class:`~planvm.engine.Engine` as the command
 line; this module adds transport only (request models, status codes, event streams, the page).
 Runs execute as tasks of the server's event loop and outlive the requests that started them.
+
+The run store is the truth about every run: its status changes only by the store's lifecycle
+transitions (a cancel is one, whichever process executes the run), and whether a run is being
+executed is told by its lease. Store calls and large validations run in worker threads, bounded
+by ``store_timeout``, so the event loop (and ``/healthz``) never waits on the database.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import asyncio
 import base64
 import hmac
 import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,13 +29,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from planvm.engine import Engine, result_json, stored_json
+from planvm.engine import Engine, result_json
 from planvm.server.aisdk import HEADERS as AI_SDK_HEADERS
 from planvm.server.aisdk import ui_message_stream
-from planvm.server.events import EventHub, run_events
+from planvm.server.events import EventHub, run_events, stored_outcome
 from vm import RunListener
 from vm.errors import (
     BackendUnavailable,
@@ -40,13 +47,20 @@ from vm.errors import (
     PlanVMError,
     RunBusy,
     RunNotFound,
+    RunStateError,
     StoreError,
+    StoreUnavailable,
 )
 
 __all__ = ["create_app"]
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_STORE_TIMEOUT = 60.0  # seconds a request waits for the run store before 503
+HEALTH_TIMEOUT = 0.08  # /healthz answers within 100 ms, whatever the database does
+STALL_SECONDS = 60.0  # an event stream whose client reads nothing for this long is closed
 _FINISHED = frozenset({"completed", "failed", "cancelled"})
+_SEQ = Field(..., ge=-(2**63), lt=2**63)  # any seq_no a plan may use
+log = logging.getLogger("planvm.serve")
 
 
 # --- request and response models (they make the OpenAPI schema) -------------------------------
@@ -79,7 +93,7 @@ class RunRequest(BaseModel):
 class ForkRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    from_seq: int = Field(..., ge=0, lt=2**63, description="The seq_no the new run continues from.")
+    from_seq: int = Field(..., ge=-(2**63), lt=2**63, description="The seq_no the new run continues from.")
     plan: list[Any] | None = Field(None, description="The new plan (instructions before from_seq unchanged).")
     suggestion: str | None = Field(None, min_length=1, max_length=20_000, description="Or: ask the planner to change the plan.")
 
@@ -87,8 +101,8 @@ class ForkRequest(BaseModel):
 class ApproveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seq_no: int = Field(..., ge=0, lt=2**63)
-    approved: bool
+    seq_no: int = _SEQ
+    approved: StrictBool = Field(..., description="true runs the call, false rejects it (JSON booleans only).")
     tool_params: dict[str, Any] | None = Field(None, description="Run the call with these parameters instead.")
     reason: str | None = Field(None, max_length=2_000)
 
@@ -142,6 +156,10 @@ def _status_for(exc: Exception) -> int:
 
     if isinstance(exc, RunNotFound):
         return 404
+    if isinstance(exc, (StoreUnavailable, TimeoutError)):
+        return 503
+    if isinstance(exc, RunStateError):
+        return 409
     if isinstance(exc, NothingToJudge):
         return 409
     if isinstance(exc, JudgeError):
@@ -171,33 +189,63 @@ def _problems(exc: Exception) -> list[str] | None:
 
 
 class _Service:
-    """The server's state: the engine, the live event hub and the runs executing here."""
+    """The server's state: the engine, the event hub, and a cache of the runs executing here."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, store_timeout: float) -> None:
         self.engine = engine
         self.store = engine.store
-        self.hub = EventHub()
+        self.store_timeout = store_timeout
+        self.hub = EventHub(self.io)
+        # A cache, never the truth (that is the store's status and lease): the tasks of runs this
+        # process executes, to stop one at once when it is cancelled, and to end them on shutdown.
         self.tasks: dict[str, asyncio.Task[Any]] = {}
-        self.cancelled: set[str] = set()
+        self._health: asyncio.Future[Any] | None = None
+        self._health_pool = ThreadPoolExecutor(1, thread_name_prefix="planvm-health")
+
+    async def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``function(*args, **kwargs)`` in a worker thread, bounded by the store timeout."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(function, *args, **kwargs), self.store_timeout)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"the run store did not answer within {self.store_timeout:g} s; try again when it is back"
+            ) from None
+
+    async def io(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return await self.call(getattr(self.store, name), *args, **kwargs)
+
+    async def health(self) -> str | None:
+        """None when the store answers within HEALTH_TIMEOUT, else why not. One ping at a time:
+        while one hangs (a database cut off), later checks wait on it, not on a new one."""
+        if self._health is None or self._health.done():
+            self._health = asyncio.get_running_loop().run_in_executor(self._health_pool, self.store.ping)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._health), HEALTH_TIMEOUT)
+        except TimeoutError:
+            return f"the run store did not answer within {HEALTH_TIMEOUT * 1000:.0f} ms"
+        except PlanVMError as exc:
+            return _public(str(exc), self.store)
+        return None
 
     async def launch(
         self, start: Callable[[RunListener], Awaitable[Any]], *, resumed: bool = False
     ) -> tuple[str, asyncio.Task[Any]]:
         """Start a run in the background; answer its id once it is in the store (or raise what
-        stopped it before that: an invalid plan, a planning failure, a busy run)."""
+        stopped it before that: an invalid plan, a planning failure, a run in another state)."""
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[str] = loop.create_future()
         hub = self.hub
         cell: dict[str, str] = {}
 
-        def on_start(run_id: str) -> None:
+        def on_open(run_id: str, committed: int) -> None:
             cell["id"] = run_id
-            hub.started(run_id, self.store.step_count(run_id), resumed=resumed)
+            self.tasks[run_id] = task
+            hub.opened(run_id, committed, resumed=resumed)
             if not ready.done():
                 ready.set_result(run_id)
 
         listener = RunListener(
-            on_start=on_start,
+            on_open=on_open,
             on_step=lambda record: hub.step_finished(cell["id"], record),
             on_step_start=lambda seq_no, kind, tool: hub.step_started(cell["id"], seq_no, kind, tool),
             on_token=lambda seq_no, delta: hub.token(cell["id"], seq_no, delta),
@@ -206,25 +254,35 @@ class _Service:
         async def drive() -> Any:
             try:
                 return await start(listener)
-            except BaseException as exc:
+            except Exception as exc:
                 if not ready.done():
-                    ready.set_exception(exc if isinstance(exc, Exception) else RuntimeError("the run was stopped"))
-                if isinstance(exc, Exception) and "id" in cell:
-                    return None  # recorded in the store by the VM; the stream reports it
+                    ready.set_exception(exc)  # the request that started it reports it
+                elif "id" in cell:
+                    log.warning("run %s stopped: %s", cell["id"], _public(str(exc), self.store))
+                return None
+            except BaseException:
+                if not ready.done():
+                    ready.set_exception(RuntimeError("the server stopped before the run started"))
                 raise
             finally:
                 run_id = cell.get("id")
                 if run_id is not None:
-                    self.tasks.pop(run_id, None)
-                    if run_id in self.cancelled:
-                        self.cancelled.discard(run_id)
-                        self.store.finish(run_id, "cancelled", error="cancelled by a request to the service")
+                    if self.tasks.get(run_id) is task:
+                        del self.tasks[run_id]
                     hub.ended(run_id)
 
         task = asyncio.create_task(drive())
         run_id = await ready
-        self.tasks[run_id] = task
         return run_id, task
+
+    def close(self) -> None:
+        self._health_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _public(message: str, store: Any) -> str:
+    """A message as an HTTP client may see it: without the store's file path or URL."""
+    where = str(getattr(store, "path", "") or "")
+    return message.replace(where, "the run store") if where else message
 
 
 def create_app(
@@ -234,22 +292,36 @@ def create_app(
     cors_origins: list[str] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     execute: bool = True,
+    store_timeout: float = DEFAULT_STORE_TIMEOUT,
 ) -> FastAPI:
     """The service over ``engine`` (whose store is required). ``token``: every path but
     ``/healthz`` needs ``Authorization: Bearer <token>``. ``execute=False``: new runs are only
-    queued, for ``planvm worker`` processes sharing the store."""
+    queued, for ``planvm worker`` processes sharing the store. ``store_timeout``: seconds a
+    request waits on the store before it is answered 503."""
     if engine.store is None:
         raise ValueError("the service needs a run store")
-    service = _Service(engine)
+    if token is not None and not token.strip():
+        raise ValueError("the token is blank; give a real secret, or no token (loopback only)")
+    engine.vm.store_in_threads = True
+    service = _Service(engine, store_timeout)
+    call = service.call
 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Runs a dead server left `running` can be resumed: say so in the store.
-        engine.store.mark_abandoned()
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="planvm-io"))
+        if execute:
+            # Runs a dead server left `running` can be resumed: say so in the store. A server that
+            # only queues leaves them to the workers, who take runs whose lease ran out first.
+            try:
+                await call(engine.store.mark_abandoned)
+            except PlanVMError as exc:
+                log.warning("could not look for abandoned runs: %s", _public(str(exc), engine.store))
         yield
         for task in list(service.tasks.values()):
             task.cancel()
         if service.tasks:
             await asyncio.gather(*service.tasks.values(), return_exceptions=True)
+        service.close()
 
     app = FastAPI(
         title="planvm",
@@ -263,7 +335,9 @@ def create_app(
 
     @app.exception_handler(PlanVMError)
     async def planvm_error(request: Request, exc: PlanVMError) -> JSONResponse:
-        return _error(_status_for(exc), type(exc).__name__, str(exc), _problems(exc))
+        problems = _problems(exc)
+        return _error(_status_for(exc), type(exc).__name__, _public(str(exc), engine.store),
+                      [_public(p, engine.store) for p in problems] if problems is not None else None)
 
     @app.exception_handler(ValueError)
     async def value_error(request: Request, exc: ValueError) -> JSONResponse:
@@ -280,7 +354,9 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return _error(500, type(exc).__name__, f"unexpected error: {exc}")
+        if isinstance(exc, TimeoutError):
+            return _error(503, "StoreUnavailable", "the run store did not answer in time; try again")
+        return _error(500, type(exc).__name__, f"unexpected error: {_public(str(exc), engine.store)}")
 
     if cors_origins:
         app.add_middleware(
@@ -309,8 +385,10 @@ def create_app(
         if wait:
             result = await asyncio.shield(task)
             # The run's own result when it ran here (what `planvm exec --json` prints), else the store's.
-            return JSONResponse(result_json(result) if result is not None else stored_json(engine.store.get(run_id)))
-        return JSONResponse({"run_id": run_id, "status": engine.store.status_of(run_id)}, status_code=status)
+            if result is not None and result.status != "cancelled":
+                return JSONResponse(result_json(result))
+            return JSONResponse(await stored_outcome(service.io, run_id))
+        return JSONResponse({"run_id": run_id, "status": await call(engine.store.status_of, run_id)}, status_code=status)
 
     @app.post("/v1/runs", status_code=202, response_model=Started, responses=_ERRORS, tags=["runs"])
     async def start_run(body: RunRequest, wait: bool = Query(False, description="Answer when the run ends.")) -> Any:
@@ -318,12 +396,13 @@ def create_app(
         limits = check_limits(body.limits)
         check_tools(body.approve_tools)
         if not execute:
-            queued = await asyncio.to_thread(
+            queued = await call(
                 engine.enqueue, body.goal, metadata=body.metadata, plan=body.plan, approve_tools=body.approve_tools,
-                use_library=body.library,
+                use_library=body.library, limits=limits,
             )
             if wait:
-                return JSONResponse(stored_json(await _finished(engine.store, queued, engine.limits.max_seconds)))
+                await _finished(service, queued, (limits or {}).get("max_seconds") or engine.limits.max_seconds)
+                return JSONResponse(await stored_outcome(service.io, queued))
             return JSONResponse({"run_id": queued, "status": "queued"}, status_code=202)
         run_id, task = await service.launch(
             lambda listener: engine.run_goal(
@@ -342,7 +421,7 @@ def create_app(
     ) -> dict[str, Any]:
         """Runs, newest first, filtered and paged."""
         before = _decode_cursor(cursor) if cursor else None
-        runs = engine.store.list_runs(limit + 1, status=status, query=q, before=before)
+        runs = await call(engine.store.list_runs, limit + 1, status=status, query=q, before=before)
         more = len(runs) > limit
         runs = runs[:limit]
         next_cursor = _encode_cursor(runs[-1]["created_at"], runs[-1]["id"]) if more and runs else None
@@ -350,8 +429,15 @@ def create_app(
 
     @app.get("/v1/runs/{run_id}", tags=["runs"], responses=_ERRORS)
     async def get_run(run_id: str) -> dict[str, Any]:
-        """Status, goal, plan, planner reasoning, answer, error, parent, children and tokens."""
-        run = engine.store.get(run_id)
+        """Status, goal, plan, planner reasoning, answer, error, parent, children, tokens, and the
+        lease of the process executing it (``executor``, ``lease_expires_at``) while one does."""
+
+        def read() -> dict[str, Any]:
+            run = engine.store.get(run_id)
+            return {"run": run, "lineage": engine.store.lineage(run.id), "children": engine.store.children(run.id)}
+
+        found = await call(read)
+        run = found["run"]
         planning = dict(run.planning or {})
         attempts = planning.pop("attempts", None)
         planning["attempts"] = len(attempts) if isinstance(attempts, list) else 0
@@ -366,8 +452,8 @@ def create_app(
             "error": run.error,
             "parent_id": run.parent_id,
             "fork_seq": run.fork_seq,
-            "lineage": engine.store.lineage(run.id),
-            "children": engine.store.children(run.id),
+            "lineage": found["lineage"],
+            "children": found["children"],
             "tokens": run.token_totals(),
             "steps": len(run.steps),
             "pending": run.pending,
@@ -375,12 +461,13 @@ def create_app(
             "best_of": run.best_of,
             "created_at": run.created_at,
             "updated_at": run.updated_at,
-            "running_here": run.id in service.tasks,
+            "executor": run.owner if run.status == "running" else None,
+            "lease_expires_at": run.lease_expires_at if run.status == "running" else None,
         }
 
     @app.get("/v1/runs/{run_id}/steps", tags=["runs"], responses=_ERRORS)
     async def get_steps(run_id: str) -> dict[str, Any]:
-        run = engine.store.get(run_id)
+        run = await call(engine.store.get, run_id)
         return {"run_id": run.id, "steps": [s.to_dict() for s in run.steps]}
 
     @app.get("/v1/runs/{run_id}/variables", tags=["runs"], responses=_ERRORS)
@@ -388,7 +475,7 @@ def create_app(
         run_id: str, step: int | None = Query(None, ge=-1, lt=2**31, description="Trace position (idx); -1: before the first step.")
     ) -> dict[str, Any]:
         """The variables after step ``idx`` (all steps when it is left out)."""
-        run = engine.store.get(run_id)
+        run = await call(engine.store.get, run_id)
         if step is not None and step >= len(run.steps):
             raise ValueError(f"run '{run.id}' has {len(run.steps)} steps (idx 0 to {len(run.steps) - 1}); ask for one of those")
         upto = None if step is None else step + 1
@@ -401,24 +488,24 @@ def create_app(
         format: Literal["sse", "ai-sdk"] = Query("sse", description="sse: planvm's events; ai-sdk: the AI SDK's UI message stream."),
     ) -> StreamingResponse:
         """Server-Sent Events of the run until ``done``; ``Last-Event-ID`` resumes a stream."""
-        full_id = engine.store.resolve(run_id)
+        full_id = await call(engine.store.resolve, run_id)
         after = _last_event_id(request.headers.get("last-event-id"))
-        stream = run_events(engine.store, service.hub, full_id, after)
+        stream = run_events(service.hub, full_id, after)
         if format == "ai-sdk":
-            return StreamingResponse(ui_message_stream(full_id, stream), media_type="text/event-stream", headers=AI_SDK_HEADERS)
+            return _EventStream(ui_message_stream(full_id, stream), media_type="text/event-stream", headers=AI_SDK_HEADERS)
 
         async def sse() -> AsyncIterator[str]:
             async for event in stream:
                 yield event.sse()
 
-        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _EventStream(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.post("/v1/runs/{run_id}/fork", status_code=202, response_model=Started, responses=_ERRORS, tags=["runs"])
     async def fork(run_id: str, body: ForkRequest, wait: bool = Query(False)) -> Any:
         """A new run reusing the run's steps before ``from_seq``, with a new plan or a re-plan."""
         if (body.plan is None) == (body.suggestion is None):
             raise ValueError("give either plan or suggestion")
-        full_id = engine.store.resolve(run_id)
+        full_id = await call(engine.store.resolve, run_id)
         plan: Any = body.plan
         if body.suggestion is not None:
             suggestion = body.suggestion
@@ -428,17 +515,17 @@ def create_app(
 
     @app.post("/v1/runs/{run_id}/resume", status_code=202, response_model=Started, responses=_ERRORS, tags=["runs"])
     async def resume(run_id: str, wait: bool = Query(False)) -> Any:
-        """Continue a run that was interrupted or failed, from its last completed step."""
-        full_id = engine.store.resolve(run_id)
-        if full_id in service.tasks:
-            raise RunBusy(full_id, "this server", str(engine.store.path))
+        """Continue a run that was interrupted or failed, from its last completed step (409 while
+        a live process holds its lease, or for a completed or cancelled run)."""
+        full_id = await call(engine.store.resolve, run_id)
         new_id, task = await service.launch(lambda listener: engine.vm.aresume(full_id, listener=listener), resumed=True)
         return await respond(new_id, task, wait)
 
     @app.post("/v1/runs/{run_id}/approve", status_code=202, response_model=Started, responses=_ERRORS, tags=["runs"])
     async def approve(run_id: str, body: ApproveRequest, wait: bool = Query(False)) -> Any:
-        """Run (or reject) the tool call a waiting run waits for, and continue the run."""
-        full_id = engine.store.resolve(run_id)
+        """Run (or reject) the tool call a waiting run waits for, and continue the run (409 when
+        it is not waiting: a cancelled run runs nothing)."""
+        full_id = await call(engine.store.resolve, run_id)
         new_id, task = await service.launch(
             lambda listener: engine.vm.aapprove(
                 full_id, body.seq_no, body.approved, tool_params=body.tool_params, reason=body.reason, listener=listener
@@ -449,29 +536,22 @@ def create_app(
 
     @app.post("/v1/runs/{run_id}/cancel", tags=["runs"], responses=_ERRORS)
     async def cancel(run_id: str) -> dict[str, Any]:
-        """Stop a run: one executing here is cancelled; a waiting or interrupted one is closed."""
-        full_id = engine.store.resolve(run_id)
+        """Cancel a queued, running, waiting or interrupted run, wherever it executes: the store
+        says ``cancelled`` at once; its executor (here, or a worker) stops at its next step."""
+        full_id = await call(engine.store.cancel, run_id, "cancelled by a request to the service")
         task = service.tasks.get(full_id)
-        if task is not None:
-            service.cancelled.add(full_id)
+        if task is not None:  # executing here: stop it now rather than at its next step
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        else:
-            status = engine.store.status_of(full_id)
-            if status in _FINISHED:
-                raise StoreError(f"run '{full_id}' already {status}; nothing to cancel")
-            if status == "running":
-                raise RunBusy(full_id, "another process", str(engine.store.path))
-            engine.store.finish(full_id, "cancelled", error="cancelled by a request to the service")
-            service.hub.ended(full_id)
-        return {"run_id": full_id, "status": engine.store.status_of(full_id)}
+            await asyncio.wait([task], timeout=5)
+        service.hub.ended(full_id)
+        return {"run_id": full_id, "status": "cancelled"}
 
     @app.post("/v1/runs/{run_id}/replay", tags=["runs"], responses=_ERRORS)
     async def replay(run_id: str) -> dict[str, Any]:
         """Re-execute the run offline from its record and compare every step."""
         from vm import areplay
 
-        run = engine.store.get(run_id)
+        run = await call(engine.store.get, run_id)
         report = await areplay(run)
         return report.to_dict()
 
@@ -479,7 +559,7 @@ def create_app(
     async def judge(run_id: str) -> dict[str, Any]:
         """Grade the run's final answer with the judge model and keep the grade with the run:
         score 0-10, accept, suggestion, step_notes (409 when the run has no answer)."""
-        full_id = engine.store.resolve(run_id)
+        full_id = await call(engine.store.resolve, run_id)
         judgement = await asyncio.to_thread(engine.judge, full_id)
         return {"run_id": full_id, **judgement}
 
@@ -498,7 +578,7 @@ def create_app(
     async def validate(body: ValidateRequest) -> dict[str, Any]:
         """Every static problem of a plan against this server's tools."""
         try:
-            problems = engine.vm.validate(body.plan)
+            problems = await call(engine.vm.validate, body.plan)  # a large plan takes a while: not on the event loop
         except PlanError as exc:
             return {"valid": False, "problems": [str(exc)]}
         return {"valid": not problems, "problems": [str(p) for p in problems]}
@@ -518,14 +598,14 @@ def create_app(
             })
         return {"tools": listed}
 
-    @app.get("/healthz", tags=["service"])
+    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["service"])
     async def healthz() -> JSONResponse:
-        """Liveness, and whether the run store answers."""
-        try:
-            engine.store.list_runs(1)
-        except PlanVMError as exc:
-            return JSONResponse({"ok": False, "store": str(exc)}, status_code=503)
-        return JSONResponse({"ok": True, "store": str(engine.store.path), "runs_here": len(service.tasks)})
+        """Liveness, and whether the run store answers (503 with the cause within 100 ms when
+        it does not)."""
+        problem = await service.health()
+        if problem is not None:
+            return JSONResponse({"ok": False, "store": problem}, status_code=503)
+        return JSONResponse({"ok": True, "runs_here": len(service.tasks), "streams": service.hub.watching()})
 
     # --- the page -----------------------------------------------------------------------------
 
@@ -599,14 +679,27 @@ async def _send_error(send: Any, status: int, kind: str, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _finished(store: Any, run_id: str, max_seconds: float | None) -> Any:
-    """The run once a worker has finished it (polling the store), or as it is after max_seconds."""
+async def _finished(service: _Service, run_id: str, max_seconds: float | None) -> None:
+    """Until a worker has finished the run (or it waits), or max_seconds (and a minute) passed."""
     deadline = asyncio.get_running_loop().time() + (max_seconds or 600.0) + 60.0
     while asyncio.get_running_loop().time() < deadline:
-        if store.status_of(run_id) in _FINISHED | {"waiting"}:
-            break
+        if await service.io("status_of", run_id) in _FINISHED | {"waiting"}:
+            return
         await asyncio.sleep(0.2)
-    return store.get(run_id)
+
+
+class _EventStream(StreamingResponse):
+    """An event stream whose client stopped reading is closed after STALL_SECONDS (the socket's
+    buffer is full by then), so it holds neither a connection nor memory for ever."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def bounded(message: Any) -> None:
+            await asyncio.wait_for(send(message), STALL_SECONDS)
+
+        try:
+            await super().__call__(scope, receive, bounded)
+        except TimeoutError:
+            log.warning("closed an event stream whose client read nothing for %.0f s", STALL_SECONDS)
 
 
 def _last_event_id(value: str | None) -> int:

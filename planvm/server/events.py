@@ -14,17 +14,25 @@ of steps committed when it happened, ``B`` its place among that moment's events:
 Steps and statuses come from the store, so a client that reconnects with ``Last-Event-ID`` (or a
 second server, or a run executed by another process) gets every step it has not seen; only the
 live extras of the past (started steps, tokens) are not kept.
+
+**Cost.** However many streams are open on a run, this process holds one :class:`_Watch` for it:
+one store poll (:meth:`RunStore.head`, a few columns) every ``POLL_SECONDS`` — none while the run
+executes here, whose steps arrive as they are committed — and one bounded window of its newest
+events, each serialised once. A stream keeps only a cursor (the last id it sent): one behind the
+window, or opened on a finished run, reads the steps it lacks from the store a page at a time, so
+a stream that never reads holds one page, not the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from planvm.engine import stored_json
+from planvm.engine import outcome_json
 
 __all__ = ["EventHub", "event_id", "run_events"]
 
@@ -36,7 +44,12 @@ SPAN = 1_000_000
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 PAUSED_STATES = frozenset({"waiting", "interrupted"})
 POLL_SECONDS = 0.5
-RECENT_LIMIT = 10_000
+WINDOW_EVENTS = 4_096  # newest events kept per watched run (live tokens included)
+WINDOW_BYTES = 8 * 1024 * 1024  # and their serialised size
+PAGE_BYTES = 1024 * 1024  # a stream reading history from the store reads about this much at a time
+PAGE_STEPS = 64
+
+Io = Callable[..., Awaitable[Any]]  # calls a store method off the event loop
 
 
 def event_id(committed: int, place: int) -> int:
@@ -48,9 +61,13 @@ class Event:
     id: int
     event: str
     data: dict[str, Any]
+    _text: str | None = None
 
     def sse(self) -> str:
-        return f"id: {self.id}\nevent: {self.event}\ndata: {json.dumps(self.data, ensure_ascii=False, default=str)}\n\n"
+        """The event as Server-Sent Events text (made once, however many streams send it)."""
+        if self._text is None:
+            self._text = f"id: {self.id}\nevent: {self.event}\ndata: {json.dumps(self.data, ensure_ascii=False, default=str)}\n\n"
+        return self._text
 
 
 def step_event(index: int, step: Any) -> Event:
@@ -75,14 +92,76 @@ def step_event(index: int, step: Any) -> Event:
     return Event(event_id(index + 1, STEP), "step", data)
 
 
-@dataclass
-class _Live:
-    """One run's live state in this process: where its ids are, and who listens."""
+async def stored_outcome(io: Io, run_id: str) -> dict[str, Any]:
+    """A run's outcome (the ``done`` event's data, what ``planvm exec --json`` prints), read a
+    page of steps at a time: memory for the final variables, not for every step."""
+    from tools.llm_extractive import NO_MODEL_NOTICE
 
+    run = await io("get", run_id, steps=False)
+    variables = dict(run.variables)
+    extracted: list[dict[str, Any]] = []
+    count = 0
+    async for step in _history(io, run_id, 0):
+        count += 1
+        variables.update(step.outputs)
+        extracted.extend(c for c in step.llm_calls if c.get("reasoning") == NO_MODEL_NOTICE)
+    return outcome_json(run.id, run.status, run.final_answer, variables, count, run.error, extracted, run.pending)
+
+
+async def _history(io: Io, run_id: str, start: int, stop: int | None = None) -> AsyncIterator[Any]:
+    """Stored steps from trace position ``start`` (up to ``stop``), a bounded page at a time."""
+    limit = PAGE_STEPS
+    while stop is None or start < stop:
+        page = await io("steps_page", run_id, start, limit if stop is None else min(limit, stop - start))
+        if not page:
+            return
+        size = 0
+        for step in page:
+            size += len(json.dumps([step.inputs, step.outputs, step.result], default=str)) if limit > 1 else 0
+            yield step
+        start = page[-1].index + 1
+        # Big steps: fewer per page, so a stream that stalls holds about PAGE_BYTES.
+        if limit > 1 and size > PAGE_BYTES:
+            limit = max(1, limit * PAGE_BYTES // size)
+
+
+@dataclass
+class _Watch:
+    """One run as this process sees it: the newest events, shared by every stream open on it."""
+
+    run_id: str
+    events: list[Event] = field(default_factory=list)  # ascending ids
+    size: int = 0
+    floor: int = 0  # steps before this trace position are not in the window (read them from the store)
     committed: int = 0
     place: int = 0
-    listeners: list[asyncio.Queue[Event | None]] = field(default_factory=list)
-    recent: list[Event] = field(default_factory=list)  # live events since the last commit
+    last_id: int = -1
+    status: str | None = None
+    readers: int = 0
+    active: bool = False  # executing in this process: its steps arrive without polling
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    poller: asyncio.Task[Any] | None = None
+    started: bool = False  # the first poll is done (floor, committed and status are known)
+
+    def add(self, event: Event) -> None:
+        if event.id <= self.last_id:
+            return  # the same step, heard from the executor and read from the store
+        self.last_id = event.id
+        self.events.append(event)
+        self.size += len(event.sse())
+        if event.event == "step" and event.data.get("phase") == "finished":
+            self.committed = max(self.committed, event.data["index"] + 1)
+        while len(self.events) > WINDOW_EVENTS or (self.size > WINDOW_BYTES and len(self.events) > 1):
+            dropped = self.events.pop(0)
+            self.size -= len(dropped.sse())
+            if dropped.event == "step" and dropped.data.get("phase") == "finished":
+                self.floor = dropped.data["index"] + 1
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def after(self, sent: int) -> list[Event]:
+        return self.events[bisect.bisect_right(self.events, sent, key=lambda e: e.id):]
 
     def next_id(self) -> int:
         self.place += 1
@@ -90,139 +169,163 @@ class _Live:
 
 
 class EventHub:
-    """Fans a run's live events out to the streams open on it (all on the server's event loop)."""
+    """The runs this process streams or executes, each watched once (all on the server's event loop).
 
-    def __init__(self) -> None:
-        self._runs: dict[str, _Live] = {}
-        self._active: set[str] = set()  # runs executing in this process
+    ``io(name, *args)`` calls the store method ``name`` off the event loop."""
 
-    def live(self, run_id: str) -> _Live:
-        return self._runs.setdefault(run_id, _Live())
+    def __init__(self, io: Io) -> None:
+        self.io = io
+        self._runs: dict[str, _Watch] = {}
 
-    def publish(self, run_id: str, event: Event) -> None:
-        live = self.live(run_id)
-        if event.event == "step" and event.data.get("phase") == "finished":
-            live.recent.clear()
-        elif len(live.recent) < RECENT_LIMIT:
-            live.recent.append(event)  # a stream opened a moment later still gets them
-        for queue in live.listeners:
-            queue.put_nowait(event)
+    def watch(self, run_id: str) -> _Watch:
+        watch = self._runs.get(run_id)
+        if watch is None:
+            watch = self._runs[run_id] = _Watch(run_id)
+        return watch
 
-    def subscribe(self, run_id: str) -> asyncio.Queue[Event | None]:
-        queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        live = self.live(run_id)
-        for event in live.recent:
-            queue.put_nowait(event)
-        live.listeners.append(queue)
-        return queue
+    def watching(self) -> int:
+        return len(self._runs)
 
-    def unsubscribe(self, run_id: str, queue: asyncio.Queue[Event | None]) -> None:
-        live = self._runs.get(run_id)
-        if live is not None and queue in live.listeners:
-            live.listeners.remove(queue)
-            if not live.listeners and run_id not in self._active:
-                self._runs.pop(run_id, None)
+    def _forget(self, watch: _Watch) -> None:
+        if watch.readers == 0 and not watch.active and self._runs.get(watch.run_id) is watch:
+            del self._runs[watch.run_id]
+            if watch.poller is not None:
+                watch.poller.cancel()
 
     # --- what the VM tells us (a vm.RunListener's callbacks, bound to a run) --------------------
 
-    def started(self, run_id: str, committed: int, *, resumed: bool) -> None:
-        """The run begins (id 0 is its ``run`` event, made by :func:`run_events`) or goes on
-        after a pause (its ``running`` event comes after the paused one)."""
-        self._active.add(run_id)
-        live = self.live(run_id)
-        live.committed = committed
-        live.place = PAUSED if resumed else 0
+    def opened(self, run_id: str, committed: int, *, resumed: bool) -> None:
+        """The run begins here with ``committed`` steps (id 0 is its ``run`` event, made by
+        :func:`run_events`) or goes on after a pause (its ``running`` event follows the paused one)."""
+        watch = self.watch(run_id)
+        watch.active = True
+        if not watch.started:
+            watch.floor = watch.committed = committed
+            watch.started = True
+        watch.committed = max(watch.committed, committed)
+        watch.place = PAUSED if resumed else 0
+        watch.status = "running"
         if resumed:
-            self.publish(run_id, Event(live.next_id(), "run", {"run_id": run_id, "status": "running"}))
+            watch.add(Event(watch.next_id(), "run", {"run_id": run_id, "status": "running"}))
 
     def step_started(self, run_id: str, seq_no: int, kind: str, tool: str | None) -> None:
-        live = self.live(run_id)
-        self.publish(run_id, Event(live.next_id(), "step", {"phase": "started", "seq_no": seq_no, "type": kind, "tool": tool}))
+        watch = self.watch(run_id)
+        watch.add(Event(watch.next_id(), "step", {"phase": "started", "seq_no": seq_no, "type": kind, "tool": tool}))
 
     def step_finished(self, run_id: str, record: Any) -> None:
-        live = self.live(run_id)
-        index = live.committed
-        live.committed += 1
-        live.place = 0
-        self.publish(run_id, step_event(index, record))
+        watch = self.watch(run_id)
+        watch.place = 0
+        if watch.readers == 0:
+            # Nobody streams it: a stream opened later reads this step from the store.
+            watch.committed += 1
+            watch.floor = watch.committed
+            watch.last_id = max(watch.last_id, event_id(watch.committed, STEP))
+            watch.events.clear()
+            watch.size = 0
+            return
+        watch.add(step_event(watch.committed, record))
 
     def token(self, run_id: str, seq_no: int, delta: str) -> None:
-        live = self.live(run_id)
-        if live.place < PAUSED - 1:  # a step's tokens never reach the paused / final places
-            self.publish(run_id, Event(live.next_id(), "token", {"seq_no": seq_no, "delta": delta}))
+        watch = self.watch(run_id)
+        if watch.place < PAUSED - 1:  # a step's tokens never reach the paused / final places
+            watch.add(Event(watch.next_id(), "token", {"seq_no": seq_no, "delta": delta}))
 
     def ended(self, run_id: str) -> None:
-        """The run's task finished (or paused): wake every stream so it reads the store."""
-        self._active.discard(run_id)
-        live = self.live(run_id)
-        live.recent.clear()
-        for queue in live.listeners:
-            queue.put_nowait(None)
-        if not live.listeners:
-            self._runs.pop(run_id, None)
+        """The run's task here finished or paused (or it was cancelled): read its status now."""
+        watch = self._runs.get(run_id)
+        if watch is None:
+            return
+        watch.active = False
+        watch.wake.set()
+        self._forget(watch)
+
+    # --- polling the store, once per run ---------------------------------------------------------
+
+    def ensure_poller(self, watch: _Watch) -> None:
+        if watch.poller is None or watch.poller.done():
+            watch.poller = asyncio.create_task(self._poll(watch))
+
+    async def _poll(self, watch: _Watch) -> None:
+        run_id = watch.run_id
+        while watch.readers > 0 or watch.active:
+            try:
+                head = await self.io("head", run_id)
+            except Exception:  # the store is away: streams keep their cursor and wait
+                await self._sleep(watch)
+                continue
+            if not watch.started:
+                watch.floor = watch.committed = head["steps"]
+                watch.started = True
+            if head["steps"] > watch.committed and not watch.active:
+                async for step in _history(self.io, run_id, watch.committed, head["steps"]):
+                    watch.add(step_event(step.index, step))
+            status = head["status"]
+            if status != watch.status and not (watch.active and status == "running"):
+                if status in PAUSED_STATES or status in TERMINAL:
+                    await self._status_events(watch, head)
+                watch.status = status
+            watch.changed.set()  # wake streams waiting for the first poll
+            watch.changed = asyncio.Event()
+            if status in TERMINAL and not watch.active:
+                return
+            await self._sleep(watch)
+
+    async def _status_events(self, watch: _Watch, head: dict[str, Any]) -> None:
+        status, committed = head["status"], head["steps"]
+        if status in PAUSED_STATES:
+            data = {"run_id": watch.run_id, "status": status, "error": head["error"], "pending": head["pending"]}
+            watch.add(Event(event_id(committed, PAUSED), "run", data))
+            return
+        outcome = await stored_outcome(self.io, watch.run_id)
+        watch.add(Event(event_id(committed, FINAL), "run", {"run_id": watch.run_id, "status": status, "error": head["error"]}))
+        watch.add(Event(event_id(committed, DONE), "done", outcome))
+
+    async def _sleep(self, watch: _Watch) -> None:
+        """Until the next poll: POLL_SECONDS, or (a run executing here, which tells us of its
+        steps itself) until it ends or pauses."""
+        watch.wake.clear()
+        try:
+            await asyncio.wait_for(watch.wake.wait(), None if watch.active else POLL_SECONDS)
+        except TimeoutError:
+            pass
 
 
-def _status_events(run: Any, committed: int) -> list[Event]:
-    status = run.status
-    if status in TERMINAL:
-        data = {"run_id": run.id, "status": status, "error": run.error}
-        return [Event(event_id(committed, FINAL), "run", data), Event(event_id(committed, DONE), "done", stored_json(run))]
-    if status in PAUSED_STATES:
-        data = {"run_id": run.id, "status": status, "error": run.error, "pending": run.pending}
-        return [Event(event_id(committed, PAUSED), "run", data)]
-    return []
-
-
-async def run_events(store: Any, hub: EventHub, run_id: str, after: int = -1) -> AsyncIterator[Event]:
+async def run_events(hub: EventHub, run_id: str, after: int = -1) -> AsyncIterator[Event]:
     """Every event of ``run_id`` with an id above ``after``, in order, until ``done``.
 
-    Steps and statuses are read from the store; live events of this process arrive through the
-    hub in between. Ends after ``done``; a paused run keeps the stream open until it goes on.
-    """
-    queue = hub.subscribe(run_id)
+    Steps the shared window no longer holds (or never held: a stream opened late) are read from
+    the store a page at a time; the rest come from the window. Ends after ``done``; a paused run
+    keeps the stream open until it goes on."""
+    watch = hub.watch(run_id)
+    watch.readers += 1
+    hub.ensure_poller(watch)
     sent = after
     try:
         if sent < 0:
             sent = 0
             yield Event(0, "run", {"run_id": run_id, "status": "running"})
         while True:
-            run = store.get(run_id)
-            for index, step in enumerate(run.steps):
-                event = step_event(index, step)
-                if event.id > sent:
-                    sent = event.id
-                    yield event
-            finished = False
-            for event in _status_events(run, len(run.steps)):
-                if event.id > sent:
-                    sent = event.id
-                    yield event
-                finished = finished or event.event == "done"
-            if finished:
-                return
-            # Wait for this process's live events, or poll the store (another process may run it).
-            try:
-                item = await asyncio.wait_for(queue.get(), POLL_SECONDS)
-            except TimeoutError:
+            changed = watch.changed
+            if not watch.started:
+                await changed.wait()
                 continue
-            while item is not None:
-                if item.event == "step" and item.data.get("phase") == "finished":
-                    break  # read it from the store, with everything before it
-                if item.id > sent:
-                    sent = item.id
-                    yield item
-                try:
-                    item = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    item = await _next_or_none(queue)
-                    if item is None:
-                        break
+            # Steps this stream lacks that the window does not hold: from the store.
+            need = sent // SPAN
+            if need < watch.floor:
+                async for step in _history(hub.io, run_id, need, watch.floor):
+                    event = step_event(step.index, step)
+                    if event.id > sent:
+                        sent = event.id
+                        yield event
+                continue
+            fresh = watch.after(sent)
+            for event in fresh:
+                sent = event.id
+                yield event
+                if event.event == "done":
+                    return
+            if not fresh:
+                await changed.wait()
     finally:
-        hub.unsubscribe(run_id, queue)
-
-
-async def _next_or_none(queue: asyncio.Queue[Event | None]) -> Event | None:
-    try:
-        return await asyncio.wait_for(queue.get(), POLL_SECONDS)
-    except TimeoutError:
-        return None
+        watch.readers -= 1
+        hub._forget(watch)

@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 from pydantic_core import to_jsonable_python
 
-from vm.errors import LeaseLost, RunBusy, RunNotFound, StoreError
+from vm.errors import LeaseLost, RunBusy, RunCancelled, RunNotFound, RunStateError, StoreError, StoreUnavailable
 from vm.jsonsafe import clean_text
 from vm.redact import redact
 
@@ -371,7 +371,10 @@ class RunStore:
     existing store only to read it (an SQLite file in a folder this process may not write
     included). ``lease_seconds``: how long a run this process executes stays its own without a
     renewal. ``retry_seconds``: how long a lost database connection is retried (with backoff)
-    before an operation fails.
+    before an operation fails. ``owner``: the name this store's leases are taken under (default:
+    ``host:pid:tag`` of this process; two stores with different owners act as two processes).
+
+    A run's status changes only through :mod:`vm.store.lifecycle`'s table of transitions.
     """
 
     def __init__(
@@ -383,8 +386,10 @@ class RunStore:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         retry_seconds: float = 30.0,
         upgrade: bool | None = None,
+        owner: str | None = None,
     ) -> None:
         self.url, self.file = store_url(location)
+        self._owner = owner  # the lease owner name (default: host:pid:tag of this process)
         self.path: Any = self.file if self.file is not None else redact(_masked(str(location)))
         self.readonly = readonly
         self.lease_seconds = lease_seconds
@@ -612,7 +617,7 @@ class RunStore:
         where = str(self.path)
         if self.file is None:
             if _disconnected(exc):
-                return StoreError(
+                return StoreUnavailable(
                     f"cannot reach the run store {where} ({redact(text.strip().splitlines()[0] if text.strip() else type(orig).__name__)}); "
                     f"is the database server running and reachable?",
                     path=where,
@@ -739,7 +744,14 @@ class RunStore:
 
     @property
     def worker_id(self) -> str:
-        return _worker_id()
+        return self._owner or _worker_id()
+
+    def _change(self, conn: Any, run_id: str, event: str, **values: Any) -> str:
+        """Apply a lifecycle event to ``run_id`` in ``conn``'s transaction (see :mod:`vm.store.lifecycle`)."""
+        from vm.store.lifecycle import transition
+
+        return transition(conn, _schema(), run_id, event, worker=self.worker_id, path=str(self.path), lease_dead=_owner_dead,
+                          locking=self.dialect != "sqlite", **values)
 
     def _take_lease(self, conn: Any, run_id: str, now: float) -> None:
         t = _schema()
@@ -756,6 +768,14 @@ class RunStore:
 
     def _lost(self, run_id: str) -> LeaseLost:
         return LeaseLost(run_id, self.worker_id, str(self.path))
+
+    def _why_lost(self, conn: Any, run_id: str) -> StoreError:
+        """Why this process may not write ``run_id`` any more: cancelled, or its lease gone."""
+        import sqlalchemy as sa
+
+        t = _schema()
+        status = conn.execute(sa.select(t.runs.c.status).where(t.runs.c.id == run_id)).scalar()
+        return RunCancelled(run_id, str(self.path)) if status == "cancelled" else self._lost(run_id)
 
     # --- writing ----------------------------------------------------------------------------------
 
@@ -827,7 +847,7 @@ class RunStore:
 
         def body(conn: Any) -> None:
             if not self._renew_in(conn, run_id, time.time()):
-                raise self._lost(run_id)
+                raise self._why_lost(conn, run_id)
             try:
                 conn.execute(_hot().insert_step, row)
             except sa.exc.IntegrityError:
@@ -837,46 +857,35 @@ class RunStore:
 
         self._write(body)
 
-    def _release(self, conn: Any, run_id: str) -> None:
-        """End this process's lease on ``run_id``; ``LeaseLost`` if another owner holds it now."""
-        t = _schema()
-        held = conn.execute(sa_select_lease(t, run_id)).first()
-        if held is not None and held.owner != self.worker_id and held.expires_at >= time.time():
-            raise self._lost(run_id)
-        conn.execute(t.leases.delete().where(t.leases.c.run_id == run_id))
+    _FINISH_EVENTS = {"completed": "complete", "failed": "fail", "interrupted": "interrupt"}
 
     def finish(self, run_id: str, status: str, *, final_answer: Any = None, error: str | None = None) -> None:
-        t = _schema()
-
-        def body(conn: Any) -> None:
-            self._release(conn, run_id)
-            conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(
-                status=status, final_answer=_dumps(final_answer) if final_answer is not None else None,
-                error=redact(clean_text(error)) if error else None, owner=None, updated_at=time.time(),
-            ))
-
-        self._write(body)
+        """End the run this process executes: ``completed``, ``failed`` or ``interrupted``
+        (``RunCancelled`` when it was cancelled meanwhile: nothing is written)."""
+        event = self._FINISH_EVENTS.get(status)
+        if event is None:
+            raise ValueError(f"finish() takes completed, failed or interrupted, not {status!r} (cancel() cancels)")
+        self._write(lambda conn: self._change(
+            conn, run_id, event, final_answer=_dumps(final_answer) if final_answer is not None else None,
+            error=redact(clean_text(error)) if error else None, owner=None,
+        ))
 
     def wait(self, run_id: str, pending: dict[str, Any]) -> None:
         """Stop a run to wait for a person to approve the call ``pending`` describes."""
-        t = _schema()
-
-        def body(conn: Any) -> None:
-            self._release(conn, run_id)
-            conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(
-                status="waiting", pending=_dumps(pending), owner=None, updated_at=time.time()))
-
-        self._write(body)
+        self._write(lambda conn: self._change(conn, run_id, "wait", pending=_dumps(pending), owner=None))
 
     def release(self, run_id: str) -> None:
         """Give a run this process holds back to the queue (a worker stopping), steps kept."""
-        t = _schema()
+        self._write(lambda conn: self._change(conn, run_id, "release", owner=None))
 
-        def body(conn: Any) -> None:
-            self._release(conn, run_id)
-            conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(status="queued", owner=None, updated_at=time.time()))
-
-        self._write(body)
+    def cancel(self, run_id: str, reason: str = "cancelled") -> str:
+        """Cancel ``run_id`` (its full id or a unique prefix) from any process, whoever executes
+        it: a queued, running, waiting or interrupted run becomes ``cancelled`` at once, and its
+        executor stops at its next step commit. Returns the status it had; ``RunStateError`` for
+        a completed or cancelled run."""
+        run_id = self.resolve(run_id)
+        self._write(lambda conn: self._change(conn, run_id, "cancel", error=redact(clean_text(reason)), pending=None, owner=None))
+        return run_id
 
     def mark_abandoned(self) -> list[str]:
         """Mark runs left ``running`` by a process that is gone (its lease ran out, or it died on
@@ -884,15 +893,16 @@ class RunStore:
         t = _schema()
         now = time.time()
         rows = self._read(_running_with_leases(t))
-        dead = [r.id for r in rows if r.owner is None or r.expires_at < now or _owner_dead(r.owner)]
-        for run_id in dead:
-            def body(conn: Any, run_id: str = run_id) -> None:
-                conn.execute(t.leases.delete().where(t.leases.c.run_id == run_id))
-                conn.execute(t.runs.update().where(t.runs.c.id == run_id, t.runs.c.status == "running").values(
-                    status="interrupted", owner=None, error="the process running it ended before the run did; resume it",
-                    updated_at=time.time()))
-
-            self._write(body)
+        dead = []
+        for row in rows:
+            if not (row.owner is None or row.expires_at < now or _owner_dead(row.owner)):
+                continue
+            try:
+                self._write(lambda conn, run_id=row.id: self._change(
+                    conn, run_id, "abandon", owner=None, error="the process running it ended before the run did; resume it"))
+            except RunStateError:
+                continue  # taken or ended by another process meanwhile
+            dead.append(row.id)
         return dead
 
     def resolve(self, run_id: str) -> str:
@@ -915,43 +925,36 @@ class RunStore:
                 )
         raise RunNotFound(run_id, str(self.path))
 
-    def _claim_in(self, conn: Any, run_id: str, held: bool = False) -> None:
+    def _claim_in(self, conn: Any, run_id: str, held: bool = False, approving: bool = False) -> None:
         import sqlalchemy as sa
 
         t = _schema()
-        row = conn.execute(sa.select(t.runs.c.status).where(t.runs.c.id == run_id)).first()
-        if row is None:
-            raise RunNotFound(run_id, str(self.path))
         now = time.time()
         lease = conn.execute(sa_select_lease(t, run_id)).first()
         mine = lease is not None and lease.owner == self.worker_id
         if lease is not None and lease.expires_at >= now and not (mine and held) and not _owner_dead(lease.owner):
             raise RunBusy(run_id, f"{lease.owner}, lease for {lease.expires_at - now:.0f} s more", str(self.path))
-        if row.status == "completed":
-            raise StoreError(
-                f"run '{run_id}' already completed; nothing to resume (replay it, or fork it from a step)", path=str(self.path)
-            )
+        self._change(conn, run_id, "approve" if approving else "claim", error=None, pending=None)
         first_error = conn.execute(
             sa.select(sa.func.min(t.steps.c.idx)).where(t.steps.c.run_id == run_id, t.steps.c.error.is_not(None))
         ).scalar()
         if first_error is not None:
             conn.execute(t.steps.delete().where(t.steps.c.run_id == run_id, t.steps.c.idx >= first_error))
         self._take_lease(conn, run_id, now)
-        conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(
-            status="running", error=None, pending=None, updated_at=now))
 
-    def claim(self, run_id: str, *, held: bool = False) -> StoredRun:
+    def claim(self, run_id: str, *, held: bool = False, approving: bool = False) -> StoredRun:
         """Take over a run to execute it (queued) or resume it: refused while a lease on it is
-        live (``held=True``: unless it is this process's own, taken by :meth:`claim_next`).
-        Steps after the last completed one (a step that failed) are dropped: resuming runs them
-        again."""
+        live (``held=True``: unless it is this process's own, taken by :meth:`claim_next`), and
+        for a completed or cancelled run (``RunStateError``). ``approving``: the run is waiting
+        for an approval, and only a waiting run is taken. Steps after the last completed one (a
+        step that failed) are dropped: resuming runs them again."""
         run_id = self.resolve(run_id)
-        self._write(lambda conn: self._claim_in(conn, run_id, held))
+        self._write(lambda conn: self._claim_in(conn, run_id, held, approving))
         return self.get(run_id)
 
     def claim_next(self) -> str | None:
-        """Take the oldest queued run, or a running run whose lease ran out, for this process
-        (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL and MySQL; SQLite's write lock
+        """Take a running run whose lease ran out (its worker died), else the oldest queued run,
+        for this process (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL and MySQL; SQLite's write lock
         serializes workers on one machine). None when there is none."""
         import sqlalchemy as sa
 
@@ -960,22 +963,23 @@ class RunStore:
         def body(conn: Any) -> str | None:
             now = time.time()
             locking = self.dialect != "sqlite"
-            queued = sa.select(t.runs.c.id).where(t.runs.c.status == "queued").order_by(t.runs.c.created_at).limit(1)
-            if locking:
-                queued = queued.with_for_update(skip_locked=True)
-            found = conn.execute(queued).scalar()
+            # Runs whose worker died come first: they were taken before anything queued now.
+            stale = (
+                sa.select(t.runs.c.id)
+                .select_from(t.runs.outerjoin(t.leases, t.leases.c.run_id == t.runs.c.id))
+                .where(t.runs.c.status == "running", sa.or_(t.leases.c.run_id.is_(None), t.leases.c.expires_at < now))
+                .order_by(t.runs.c.created_at)
+                .limit(1)
+            )
+            if locking:  # PostgreSQL locks only the runs row (a lease row may be missing); MariaDB knows no OF
+                of = {"of": t.runs} if self.dialect == "postgresql" else {}
+                stale = stale.with_for_update(skip_locked=True, **of)
+            found = conn.execute(stale).scalar()
             if found is None:
-                stale = (
-                    sa.select(t.runs.c.id)
-                    .select_from(t.runs.outerjoin(t.leases, t.leases.c.run_id == t.runs.c.id))
-                    .where(t.runs.c.status == "running", sa.or_(t.leases.c.run_id.is_(None), t.leases.c.expires_at < now))
-                    .order_by(t.runs.c.created_at)
-                    .limit(1)
-                )
-                if locking:  # PostgreSQL locks only the runs row (a lease row may be missing); MariaDB knows no OF
-                    of = {"of": t.runs} if self.dialect == "postgresql" else {}
-                    stale = stale.with_for_update(skip_locked=True, **of)
-                found = conn.execute(stale).scalar()
+                queued = sa.select(t.runs.c.id).where(t.runs.c.status == "queued").order_by(t.runs.c.created_at).limit(1)
+                if locking:
+                    queued = queued.with_for_update(skip_locked=True)
+                found = conn.execute(queued).scalar()
             if found is None:
                 return None
             self._claim_in(conn, found)
@@ -985,8 +989,9 @@ class RunStore:
 
     # --- reading ----------------------------------------------------------------------------------
 
-    def get(self, run_id: str) -> StoredRun:
-        """The run ``run_id`` (its full id or a unique prefix), with its steps."""
+    def get(self, run_id: str, *, steps: bool = True) -> StoredRun:
+        """The run ``run_id`` (its full id or a unique prefix), with its steps (``steps=False``:
+        without them; read them a page at a time with :meth:`steps_page`)."""
         import sqlalchemy as sa
 
         t = _schema()
@@ -1002,22 +1007,64 @@ class RunStore:
         if not rows:
             raise RunNotFound(run_id, str(self.path))
         row = rows[0]
-        s = t.steps.c
-        steps = [
-            StoredStep(x.idx, x.seq_no, x.type, x.tool, _loads(x.inputs) or {}, _loads(x.outputs) or {}, _loads(x.result),
-                       _loads(x.llm_calls) or [], x.next_seq, x.duration_s or 0.0, x.error)
-            for x in self._read(
-                sa.select(s.idx, s.seq_no, s.type, s.tool, s.inputs, s.outputs, s.result, s.llm_calls, s.next_seq, s.duration_s, s.error)
-                .where(s.run_id == run_id).order_by(s.idx)
-            )
-        ]
         return StoredRun(
-            id=row[0], status=row[1], plan=_loads(row[2]), variables=_loads(row[3]), steps=steps, created_at=row[4],
+            id=row[0], status=row[1], plan=_loads(row[2]), variables=_loads(row[3]),
+            steps=self.steps_page(run_id) if steps else [], created_at=row[4],
             updated_at=row[5], goal=row[6], metadata=_loads(row[7]), parent_id=row[8], fork_seq=row[9],
             final_answer=_loads(row[10]), error=row[11], owner=row[12], lease_expires_at=row[13], limits=_loads(row[14]),
             planning=_loads(row[15]), pending=_loads(row[16]), approve_tools=_loads(row[17]), judgement=_loads(row[18]),
             best_of=row[19],
         )
+
+    def steps_page(self, run_id: str, start: int = 0, limit: int | None = None) -> list[StoredStep]:
+        """The steps of ``run_id`` (a full id) from trace position ``start`` on, ``limit`` of
+        them at most (all when None): what a stream reads as a run goes on, never the whole run."""
+        import sqlalchemy as sa
+
+        s = _schema().steps.c
+        statement = (
+            sa.select(s.idx, s.seq_no, s.type, s.tool, s.inputs, s.outputs, s.result, s.llm_calls, s.next_seq, s.duration_s, s.error)
+            .where(s.run_id == run_id, s.idx >= start).order_by(s.idx)
+        )
+        if limit is not None:
+            statement = statement.limit(limit)
+        return [
+            StoredStep(x.idx, x.seq_no, x.type, x.tool, _loads(x.inputs) or {}, _loads(x.outputs) or {}, _loads(x.result),
+                       _loads(x.llm_calls) or [], x.next_seq, x.duration_s or 0.0, x.error)
+            for x in self._read(statement)
+        ]
+
+    def head(self, run_id: str) -> dict[str, Any]:
+        """What a watcher polls, cheaply: status, error, pending call, step count, updated_at,
+        and the lease (owner, expires_at) while one is held."""
+        import sqlalchemy as sa
+
+        t = _schema()
+        r = t.runs.c
+        counted = sa.select(sa.func.count()).where(t.steps.c.run_id == r.id).scalar_subquery()
+        rows = self._read(
+            sa.select(r.status, r.error, r.pending, counted, r.updated_at, t.leases.c.owner, t.leases.c.expires_at)
+            .select_from(t.runs.outerjoin(t.leases, t.leases.c.run_id == r.id)).where(r.id == run_id)
+        )
+        if not rows:
+            raise RunNotFound(run_id, str(self.path))
+        status, error, pending, steps, updated_at, owner, expires_at = rows[0]
+        return {"status": status, "error": error, "pending": _loads(pending), "steps": steps, "updated_at": updated_at,
+                "owner": owner, "lease_expires_at": expires_at}
+
+    def ping(self) -> None:
+        """One round trip to the database, not retried (``StoreError`` when it does not answer)."""
+        import sqlalchemy as sa
+
+        def attempt() -> None:
+            if self._conn is not None:
+                with self._lock:
+                    self._conn.execute(sa.text("SELECT 1"))
+                return
+            with self._engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+
+        self._retrying(attempt, 0)
 
     def list_runs(
         self, limit: int = 50, *, status: str | None = None, query: str | None = None, before: tuple[float, str] | None = None,

@@ -1,0 +1,120 @@
+"""A run's lifecycle: every status change a run can make, as one table, applied compare-and-set.
+
+::
+
+    (new) ──start──▶ running ──wait──▶ waiting ──approve──▶ running
+    (new) ──enqueue─▶ queued ──claim──▶ running ──complete──▶ completed
+                                        running ──fail──────▶ failed ──claim (resume)──▶ running
+                                        running ──release───▶ queued         (a worker stopping)
+                                        running ──interrupt─▶ interrupted    (its executor stopped)
+                                        running ──abandon───▶ interrupted    (its executor died)
+                                    interrupted ──claim─────▶ running
+    queued | running | waiting | interrupted ──cancel──▶ cancelled
+
+``completed`` and ``cancelled`` are final (fork a run to go on from one of its steps). The status
+in the store is the only truth about a run: a process changes it only through :func:`transition`,
+in the transaction of the change, and only when the run is still in one of the statuses the
+event starts from (so two processes racing, e.g. an approval and a cancel, cannot both win).
+
+Events marked ``executor`` are made by the process executing the run and need its lease (a
+process whose lease another live process took gets ``LeaseLost``); the others (cancel, claim,
+abandon) may be made by any process. A cancel removes the run's lease, so its executor learns of
+it at its next step commit (``RunCancelled``) and writes nothing more.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from vm.errors import LeaseLost, RunCancelled, RunNotFound, RunStateError
+
+__all__ = ["FINAL", "STATUSES", "TRANSITIONS", "Transition", "transition"]
+
+STATUSES = frozenset({"queued", "running", "waiting", "completed", "failed", "cancelled", "interrupted"})
+FINAL = frozenset({"completed", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    sources: frozenset[str]
+    target: str
+    executor: bool  # made by the lease holder (its lease is checked)
+    refusal: str  # what to tell someone whose run is in another status
+
+
+def _t(sources: str, target: str, *, executor: bool = False, refusal: str = "") -> Transition:
+    return Transition(frozenset(sources.split()), target, executor, refusal)
+
+
+TRANSITIONS: dict[str, Transition] = {
+    "claim": _t("queued running failed interrupted", "running",
+                refusal="only a queued, interrupted or failed run can be resumed"),
+    "approve": _t("waiting", "running", refusal="only a waiting run can be approved or rejected"),
+    "wait": _t("running", "waiting", executor=True),
+    "complete": _t("running", "completed", executor=True),
+    "fail": _t("running", "failed", executor=True),
+    "interrupt": _t("running", "interrupted", executor=True),
+    "release": _t("running", "queued", executor=True),
+    "abandon": _t("running", "interrupted"),
+    "cancel": _t("queued running waiting interrupted", "cancelled", refusal="a completed or cancelled run cannot be cancelled"),
+}
+
+_HINTS = {
+    "completed": "it already completed; replay it, or fork it from a step",
+    "cancelled": "it was cancelled; fork it from a step to go on",
+    "failed": "it failed; resume it to run its failed step again",
+    "waiting": "it waits for an approval; approve or reject its pending call, or cancel it",
+    "running": "it is running",
+    "queued": "it waits in the queue for a worker",
+    "interrupted": "its executor stopped before it ended; resume it",
+}
+
+
+def transition(
+    conn: Any, tables: Any, run_id: str, event: str, *, worker: str, path: str | None, lease_dead: Any = None,
+    locking: bool = False, **values: Any
+) -> str:
+    """Apply ``event`` to ``run_id`` inside the caller's transaction; return the status it left.
+
+    Raises ``RunNotFound``; ``RunCancelled`` to an executor whose run was cancelled;
+    ``RunStateError`` when the run's status is not one the event starts from; ``LeaseLost`` when an
+    executor event comes from a process that no longer holds the lease. ``values`` are the other
+    columns the change sets. ``lease_dead(owner)`` tells whether a lease owner's process is gone
+    (for events that may take a run whose lease is still recorded). ``locking``: read the status
+    with ``FOR UPDATE`` (database servers; SQLite's write transaction already excludes others), so
+    of two processes racing the second sees the first one's change."""
+    import sqlalchemy as sa
+
+    rule = TRANSITIONS[event]
+    runs, leases = tables.runs, tables.leases
+    read = sa.select(runs.c.status).where(runs.c.id == run_id)
+    row = conn.execute(read.with_for_update() if locking else read).first()
+    if row is None:
+        raise RunNotFound(run_id, path)
+    status = row[0]
+    if status not in rule.sources:
+        if rule.executor and status == "cancelled":
+            raise RunCancelled(run_id, path)
+        if rule.executor:
+            raise LeaseLost(run_id, worker, path)
+        raise RunStateError(
+            f"run '{run_id}' is {status}: {_HINTS.get(status, '')}" + (f" ({rule.refusal})" if rule.refusal else ""),
+            run_id=run_id, status=status, path=path,
+        )
+    now = time.time()
+    lease = conn.execute(sa.select(leases.c.owner, leases.c.expires_at).where(leases.c.run_id == run_id)).first()
+    if rule.executor and lease is not None and lease.owner != worker and lease.expires_at >= now:
+        raise LeaseLost(run_id, worker, path)
+    if event == "abandon" and lease is not None and lease.expires_at >= now and not (lease_dead and lease_dead(lease.owner)):
+        raise RunStateError(f"run '{run_id}' is running under a live lease ({lease.owner})", run_id=run_id, status=status, path=path)
+    if rule.target != "running":  # claim and approve take the lease next, in the same transaction
+        conn.execute(leases.delete().where(leases.c.run_id == run_id))
+    changed = conn.execute(
+        runs.update().where(runs.c.id == run_id, runs.c.status == status).values(status=rule.target, updated_at=now, **values)
+    )
+    if changed.rowcount != 1:  # another process changed it between our read and our write
+        raise RunStateError(f"run '{run_id}' changed status while this request acted on it; try again", run_id=run_id,
+                            status=status, path=path)
+    return status
