@@ -2,6 +2,8 @@
 
     python bench/serve.py                          # 64 clients, 1,000 runs, 3 steps of 50 ms
     python bench/serve.py --clients 1 --runs 100   # the overhead of one run alone
+    python bench/serve.py --readers 10             # a 400-step run's time with 10 live event streams, and with none
+    python bench/serve.py --stuck-readers 8        # server memory with 8 streams that never read, on a 244 MB run
 
 One server process (the real `planvm serve`, its own store in a temporary folder); the clients
 are asyncio tasks of this process sharing one httpx connection pool, each posting
@@ -86,13 +88,103 @@ async def load(url: str, runs: int, clients: int, body: dict) -> tuple[list[floa
     return latencies, errors, wall
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def timed_run(url: str, body: dict, readers: int) -> tuple[float, list[int]]:
+    """Seconds from POST to the run's end, with ``readers`` live SSE streams reading it all along;
+    and the number of events each stream got."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=600)) as client:
+        async with client.post("/v1/runs", json=body) as response:
+            run_id = (await response.json())["run_id"]
+
+        async def read() -> int:
+            count = 0
+            async with client.get(f"/v1/runs/{run_id}/events") as stream:
+                async for line in stream.content:
+                    if line.startswith(b"event:"):
+                        count += 1
+                        if line.strip() == b"event: done":
+                            break
+            return count
+
+        counts = await asyncio.gather(*(read() for _ in range(readers)))
+        while True:
+            async with client.get(f"/v1/runs/{run_id}") as response:
+                run = await response.json()
+            if run["status"] in ("completed", "failed", "cancelled"):
+                break
+            await asyncio.sleep(0.01)
+        return run["updated_at"] - run["created_at"], list(counts)  # the run's own time, as the store recorded it
+
+
+def big_run_plan(steps: int, value_kb: int) -> list[dict]:
+    """Each step passes a value_kb text on (stored three times: input, output, tool result)."""
+    chain = [{"seq_no": 0, "type": "assign", "parameters": {"r": "x" * (value_kb * 1024)}}]
+    for i in range(1, steps + 1):
+        chain.append({"seq_no": i, "type": "calling", "parameters": {"tool_name": "remote_call", "tool_params": {"text": "${r}"},
+                                                                     "output_vars": ["r"]}})
+    chain.append({"seq_no": steps + 1, "type": "assign", "parameters": {"final_answer": "done"}})
+    return chain
+
+
+def stuck_readers(url: str, server_pid: int, home: Path, readers: int) -> None:
+    import socket
+
+    body = {"goal": "big", "plan": big_run_plan(400, 200)}
+    answer = httpx.post(f"{url}/v1/runs?wait=true", json=body, timeout=600).json()
+    run_id = answer["run_id"]
+    size = sum(Path(str(home / "runs.sqlite") + suffix).stat().st_size for suffix in ("", "-wal")
+               if Path(str(home / "runs.sqlite") + suffix).exists())
+    time.sleep(1)
+    before = rss_mb(server_pid)
+    host, port = url.rsplit("/", 1)[1].split(":")
+    sockets = []
+    for _ in range(readers):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect((host, int(port)))
+        s.sendall(f"GET /v1/runs/{run_id}/events HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        sockets.append(s)  # and never read
+    peak = before
+    for _ in range(40):
+        time.sleep(0.25)
+        peak = max(peak, rss_mb(server_pid))
+    healthy = httpx.get(f"{url}/healthz", timeout=5).status_code
+    started = 0
+    for s in sockets:  # each stream was answered (its first bytes wait in the socket), then held back by its reader
+        s.setblocking(False)
+        try:
+            started += s.recv(65536).startswith(b"HTTP/1.1 200")
+        except BlockingIOError:
+            pass
+    print(f"planvm serve: {readers} event streams that never read, on a finished run of {answer['steps']} steps "
+          f"({size / 1e6:.0f} MB in the store)")
+    print(f"  server memory     {before:7.1f} MB before, peak {peak:7.1f} MB over 10 s  (+{peak - before:.1f} MB); /healthz {healthy}; "
+          f"{started} of {readers} streams answered")
+    for s in sockets:
+        s.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--tool-ms", type=float, default=50.0)
+    parser.add_argument("--readers", type=int, default=None, help="Live event streams on one run of --steps (400 if not given).")
+    parser.add_argument("--stuck-readers", type=int, default=None, help="Streams that never read, on a finished 244 MB run.")
     args = parser.parse_args()
+    if args.readers is not None and args.steps == 3:
+        args.steps = 400
+    if args.readers is not None and args.tool_ms == 50.0:
+        args.tool_ms = 5.0
 
     home = Path(tempfile.mkdtemp(prefix="planvm-bench-serve-"))
     port = 18000 + os.getpid() % 1000
@@ -110,6 +202,17 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.1)
         body = {"goal": "bench", "plan": plan(args.steps)}
+        if args.stuck_readers is not None:
+            stuck_readers(url, server.pid, home, args.stuck_readers)
+            return
+        if args.readers is not None:
+            alone, _ = asyncio.run(timed_run(url, body, 0))
+            watched, counts = asyncio.run(timed_run(url, body, args.readers))
+            print(f"planvm serve: one run of {args.steps} chained steps of {args.tool_ms:g} ms")
+            print(f"  no stream         {alone:7.2f} s")
+            print(f"  {args.readers:3d} live streams  {watched:7.2f} s  ({watched / alone:.2f}x; each stream got "
+                  f"{min(counts)}-{max(counts)} events)")
+            return
         asyncio.run(load(url, 20, min(args.clients, 8), body))  # warm up
         cpu_before, client_before = cpu_seconds(server.pid), cpu_seconds(os.getpid())
         latencies, errors, wall = asyncio.run(load(url, args.runs, args.clients, body))

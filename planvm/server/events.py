@@ -109,20 +109,16 @@ async def stored_outcome(io: Io, run_id: str) -> dict[str, Any]:
 
 
 async def _history(io: Io, run_id: str, start: int, stop: int | None = None) -> AsyncIterator[Any]:
-    """Stored steps from trace position ``start`` (up to ``stop``), a bounded page at a time."""
-    limit = PAGE_STEPS
+    """Stored steps from trace position ``start`` (up to ``stop``), about PAGE_BYTES at a time (so
+    a stream whose client stalls holds one such page, whatever the run's size)."""
     while stop is None or start < stop:
-        page = await io("steps_page", run_id, start, limit if stop is None else min(limit, stop - start))
+        limit = PAGE_STEPS if stop is None else min(PAGE_STEPS, stop - start)
+        page = await io("steps_page", run_id, start, limit, max_bytes=PAGE_BYTES)
         if not page:
             return
-        size = 0
         for step in page:
-            size += len(json.dumps([step.inputs, step.outputs, step.result], default=str)) if limit > 1 else 0
             yield step
         start = page[-1].index + 1
-        # Big steps: fewer per page, so a stream that stalls holds about PAGE_BYTES.
-        if limit > 1 and size > PAGE_BYTES:
-            limit = max(1, limit * PAGE_BYTES // size)
 
 
 @dataclass

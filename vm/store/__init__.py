@@ -1016,12 +1016,24 @@ class RunStore:
             best_of=row[19],
         )
 
-    def steps_page(self, run_id: str, start: int = 0, limit: int | None = None) -> list[StoredStep]:
+    def steps_page(self, run_id: str, start: int = 0, limit: int | None = None, *, max_bytes: int | None = None) -> list[StoredStep]:
         """The steps of ``run_id`` (a full id) from trace position ``start`` on, ``limit`` of
-        them at most (all when None): what a stream reads as a run goes on, never the whole run."""
+        them at most (all when None): what a stream reads as a run goes on, never the whole run.
+        ``max_bytes``: fewer steps, so that their stored text is about that size (one at least)."""
         import sqlalchemy as sa
 
         s = _schema().steps.c
+        if max_bytes is not None:
+            size = sa.func.coalesce(sa.func.length(s.inputs), 0) + sa.func.coalesce(sa.func.length(s.outputs), 0) + \
+                sa.func.coalesce(sa.func.length(s.result), 0) + sa.func.coalesce(sa.func.length(s.llm_calls), 0)
+            sizes = self._read(sa.select(s.idx, size).where(s.run_id == run_id, s.idx >= start).order_by(s.idx).limit(limit or 1000))
+            total, taken = 0, 0
+            for _idx, bytes_ in sizes:
+                if taken and total + (bytes_ or 0) > max_bytes:
+                    break
+                total += bytes_ or 0
+                taken += 1
+            limit = max(taken, 1)
         statement = (
             sa.select(s.idx, s.seq_no, s.type, s.tool, s.inputs, s.outputs, s.result, s.llm_calls, s.next_seq, s.duration_s, s.error)
             .where(s.run_id == run_id, s.idx >= start).order_by(s.idx)
