@@ -259,6 +259,10 @@ class _Service:
                     ready.set_exception(exc)  # the request that started it reports it
                 elif "id" in cell:
                     log.warning("run %s stopped: %s", cell["id"], _public(str(exc), self.store))
+                    try:  # not left `running` under a lease nobody renews: say what happened, where we still can
+                        await self.call(self.store.finish, cell["id"], "interrupted", error=f"the server could not go on: {exc}")
+                    except PlanVMError:
+                        pass
                 return None
             except BaseException:
                 if not ready.done():

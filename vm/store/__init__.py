@@ -1377,5 +1377,8 @@ def _disconnected(exc: Exception) -> bool:
         for phrase in ("connection refused", "could not connect", "server closed the connection", "connection is closed",
                        "lost connection", "can't connect", "gone away", "terminating connection", "connection timed out",
                        "the database system is starting up", "the database system is shutting down", "broken pipe",
-                       "connection reset", "consuming input failed", "server closed")
+                       "connection reset", "consuming input failed", "server closed", "timeout expired",
+                       "timed out", "no route to host", "network is unreachable", "connection is lost",
+                       "connection failed", "could not receive data", "could not send data", "eof detected",
+                       "connection already closed")
     )
