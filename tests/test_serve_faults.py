@@ -45,16 +45,18 @@ def test_healthz_says_503_fast_while_the_database_is_cut_and_every_run_completes
                 proxy.cut()
                 began = time.monotonic()
                 answers: list[tuple[int, float]] = []
+                prober = httpx.Client(base_url=server.url, timeout=5)
                 while time.monotonic() - began < 10:
                     asked = time.perf_counter()
-                    status = httpx.get(f"{server.url}/healthz", timeout=5).status_code
+                    status = prober.get("/healthz").status_code
                     answers.append((status, time.perf_counter() - asked))
                     time.sleep(0.25)
                 proxy.restore()
+                prober.close()
                 print(f"\n/healthz during a 10 s cut: {len(answers)} answers, {sum(s == 503 for s, _ in answers)} of them 503, "
-                      f"slowest {max(t for _, t in answers) * 1000:.0f} ms")
+                      f"median {sorted(t for _, t in answers)[len(answers) // 2] * 1000:.0f} ms, slowest {max(t for _, t in answers) * 1000:.0f} ms")
                 # During the cut: answered at once, and honestly (503) once the store stopped answering.
-                assert max(took for _, took in answers) < 0.3, answers
+                assert max(took for _, took in answers) < 0.2, answers
                 assert sum(status == 503 for status, _ in answers[2:]) >= len(answers[2:]) - 1, answers
                 deadline = time.monotonic() + 90
                 while time.monotonic() < deadline:
