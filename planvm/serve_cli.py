@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 import click
 
 from planvm.cli import kb_option, make_engine, run_options, store_option, tool_options
 from planvm.render import echo_err, guarded
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from planvm.connections import is_loopback
 
 
 @click.command()
@@ -66,12 +57,12 @@ def serve(
     import uvicorn
 
     from planvm.server import create_app
-    from planvm.server.connections import header_timeout_protocol, raise_open_files_limit
+    from planvm.connections import header_timeout_protocol, raise_open_files_limit
     from vm.redact import register_secret
 
     if token is not None and not token.strip():
         raise ValueError("--token is blank; give a real secret (or leave --token out on a loopback address)")
-    if not _loopback(host) and not token:
+    if not is_loopback(host) and not token:
         raise ValueError(
             f"--host {host} reaches beyond this machine; give --token (or PLANVM_SERVE_TOKEN) so that only clients "
             f"with the token can run plans"

@@ -48,6 +48,19 @@ def explode(message: str) -> str:
 
 
 @server.tool()
+def broken() -> str:
+    """Fails with an unexpected exception (the server writes its traceback to its stderr)."""
+    import logging
+    import traceback
+
+    try:
+        raise RuntimeError("an internal bug in the testkit server")
+    except RuntimeError:
+        print(traceback.format_exc() * 10, file=sys.stderr, flush=True)  # a long traceback, as some servers print
+        raise
+
+
+@server.tool()
 async def slow(seconds: float) -> str:
     """Wait, then say so."""
     await anyio.sleep(seconds)
@@ -59,6 +72,7 @@ def crash() -> str:
     """End the server's process at once: every time with TESTKIT_CRASH_ALWAYS=1, else the first
     time only (the file TESTKIT_CRASH_MARKER names remembers it)."""
     if os.environ.get("TESTKIT_CRASH_ALWAYS") == "1":
+        print("testkit: crashing on purpose", file=sys.stderr, flush=True)
         os._exit(3)
     marker = os.environ.get("TESTKIT_CRASH_MARKER")
     if marker and not os.path.exists(marker):

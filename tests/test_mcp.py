@@ -234,3 +234,81 @@ def test_planvm_mcp_over_streamable_http(tmp_path):
     finally:
         server.terminate()
         server.wait(15)
+
+
+# --- edges: a server that never initializes, a server's own stderr, a retried call, --http beyond loopback ----------------
+
+
+def test_a_server_that_never_answers_initialize_is_stopped_and_reported_in_one_line(tmp_path):
+    marker = f"never-initializes-{os.getpid()}"
+    silent = f"{sys.executable} -c \"import sys, time; sys.argv.append('{marker}'); time.sleep(600)\" {marker}"
+    plan = write_plan(tmp_path, [step(0, "add", "final_answer", a=1)])
+    started = time.monotonic()
+    out = planvm("exec", plan, "--mcp", silent, "--no-store", env={"PLANVM_MCP_TIMEOUT": "2", "PLANVM_HOME": str(tmp_path)})
+    took = time.monotonic() - started
+    assert out.returncode == 2 and "did not answer `initialize` within 2 s" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and took < 30
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+    assert left == [], f"the server process was left running: {left}"
+
+
+def test_a_servers_stderr_goes_to_its_log_not_the_terminal(tmp_path):
+    plan = write_plan(tmp_path, [step(0, "broken", "final_answer")])
+    out = planvm("exec", plan, "--mcp", SERVER, "--no-store", env={"PLANVM_HOME": str(tmp_path)})
+    log = tmp_path / "mcp-logs" / "mcp_server.log"
+    assert out.returncode == 1 and "tool 'broken'" in out.stderr
+    assert "Traceback" not in out.stderr and str(log) in out.stderr, out.stderr
+    assert log.read_text().count("an internal bug in the testkit server") >= 10
+
+
+def test_a_call_made_again_after_a_restart_is_noted_on_its_step(tmp_path):
+    marker = tmp_path / "crashed"
+    # The second call reads the first one's output: it starts after the restart, and needs no note.
+    plan = write_plan(tmp_path, [step(0, "crash", "first"), step(1, "shout", "final_answer", text="${first}")])
+    config = tmp_path / "planvm.toml"
+    config.write_text(f'[[mcp]]\ncommand = {json.dumps([sys.executable, str(ROOT / "tests" / "mcp_server.py")])}\n'
+                      f'env = {{ TESTKIT_CRASH_MARKER = {json.dumps(str(marker))} }}\n')
+    out = planvm("exec", plan, "--json", "--store", str(tmp_path / "runs.sqlite"),
+                 env={"PLANVM_CONFIG": str(config), "PLANVM_HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    from vm import RunStore
+
+    run = RunStore(tmp_path / "runs.sqlite").get(json.loads(out.stdout)["run_id"])
+    assert len(run.steps[0].notes) == 1 and "started again and the call was made once more" in run.steps[0].notes[0]
+    assert run.steps[1].notes == []
+
+
+def test_planvm_mcp_over_http_beyond_loopback_needs_a_token(tmp_path):
+    out = planvm_here("mcp", "--http", str(free_port()), "--host", "0.0.0.0", "--store", str(tmp_path / "runs.sqlite"))
+    assert out.returncode == 2 and "--token" in out.stderr and "exec_plan" in out.stderr
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "planvm", "mcp", "--http", str(port), "--token", "mcp-secret-1",
+                               "--store", str(tmp_path / "runs.sqlite")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        answer = None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                answer = httpx.post(f"http://127.0.0.1:{port}/mcp", json={}, timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert answer is not None and answer.status_code == 401
+
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
+        async def session() -> object:
+            import httpx2  # the HTTP client the MCP SDK is built on
+
+            async with httpx2.AsyncClient(headers={"Authorization": "Bearer mcp-secret-1"}) as http:
+                async with Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http)) as client:
+                    plan = [{"seq_no": 0, "type": "assign", "parameters": {"final_answer": "with a token"}}]
+                    return await client.call_tool("exec_plan", {"plan": plan})
+
+        ran = asyncio.run(session())
+        assert ran.structured_content["final_answer"] == "with a token"
+    finally:
+        server.terminate()
+        server.wait(15)

@@ -6,20 +6,27 @@ event loop, can call its tools. Each tool becomes an :class:`McpTool`: its param
 server's input JSON Schema (checked before every call, so validation and the planner's prompt see
 them), its result a value (structured content as JSON; text as text), an error reply a
 :class:`McpToolError` naming server and tool (the VM reports it as ``ToolFailed``). A server that
-dies is started again once; if the call fails again, the step fails. Calls are async tools, so
-the VM's concurrency and time limits apply to them like to any other.
+dies is started again once; if the call fails again, the step fails; a call run again on the
+restarted server is noted on its step. Calls are async tools, so the VM's concurrency and time
+limits apply to them like to any other.
+
+A server must answer ``initialize`` within ``PLANVM_MCP_TIMEOUT`` seconds (default 20), or it is
+stopped and reported. What a stdio server writes to its stderr goes to a log file of its own
+(``mcp-logs/NAME.log`` under the planvm home), never into the user's terminal; errors name it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import os
 import re
 import shlex
 import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tools.registry import Tool, ToolRegistry
@@ -27,8 +34,14 @@ from vm.errors import BackendUnavailable, ToolParamsInvalid, ToolRegistrationErr
 
 __all__ = ["McpServer", "McpSpec", "McpTool", "McpToolError", "add_mcp_tools", "parse_specs"]
 
-_CONNECT_SECONDS = 30.0
 _open: list[McpServer] = []
+
+
+def _connect_seconds() -> float:
+    try:
+        return max(0.1, float(os.environ.get("PLANVM_MCP_TIMEOUT", "20")))
+    except ValueError:
+        raise BackendUnavailable("PLANVM_MCP_TIMEOUT must be a number of seconds, e.g. 20") from None
 
 
 class McpToolError(RuntimeError):
@@ -107,8 +120,10 @@ class McpServer:
         self._lock: asyncio.Lock | None = None
         self.tools: list[Any] = []
         self.restarts = 0
+        self.log_path: Path | None = None if spec.url else _log_path(spec)
+        self._log: Any = None
         try:
-            self._run(self._connect(), _CONNECT_SECONDS)
+            self._run(self._connect())
         except BaseException:
             self.close()
             raise
@@ -127,7 +142,7 @@ class McpServer:
             target: Any = self.spec.url
         else:
             params = StdioServerParameters(command=self.spec.command[0], args=list(self.spec.command[1:]), env=dict(self.spec.env) or None)
-            target = stdio_client(params, errlog=_server_log())
+            target = stdio_client(params, errlog=self._open_log())
         assert self._stop is not None
         try:
             async with Client(target) as client:
@@ -144,17 +159,62 @@ class McpServer:
     async def _connect(self) -> None:
         self._stop = asyncio.Event()
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even when no one waits any more
         self._runner = asyncio.create_task(self._session(ready))
+        seconds = _connect_seconds()
         try:
-            await ready
-        except Exception as exc:
+            await asyncio.wait_for(asyncio.shield(ready), seconds)
+        except TimeoutError:
+            await self._abandon()
             raise BackendUnavailable(
-                f"cannot start or reach the MCP server {self.label} ({type(exc).__name__}: {_first_line(exc)}); check the "
-                f"command or address given with --mcp / --mcp-url"
+                f"the MCP server {self.label} did not answer `initialize` within {seconds:g} s, so it was stopped"
+                f"{self._see_log()}; check that it speaks MCP on {'that address' if self.spec.url else 'stdio'}, or raise "
+                f"PLANVM_MCP_TIMEOUT"
+            ) from None
+        except Exception as exc:
+            await self._abandon()
+            raise BackendUnavailable(
+                f"cannot start or reach the MCP server {self.label} ({type(exc).__name__}: {_first_line(exc)}){self._see_log()}; "
+                f"check the command or address given with --mcp / --mcp-url"
             ) from None
         self._lock = self._lock or asyncio.Lock()
         info = getattr(self._client, "server_info", None)
         self.name = self.name or _identifier(getattr(info, "name", None) or self.label.split()[0].rsplit("/", 1)[-1])
+
+    async def _abandon(self) -> None:
+        """Stop a session that never became ready (its server process ends with it)."""
+        if self._runner is not None:
+            self._runner.cancel()
+            try:
+                await asyncio.wait_for(self._runner, 10)
+            except BaseException:  # noqa: BLE001 - it ends one way or another
+                pass
+            self._runner = None
+
+    def _open_log(self) -> Any:
+        """The file a stdio server's stderr goes to (appended; the first lines say when it started)."""
+        if self.log_path is None:
+            return _server_log()
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            if self._log is None or self._log.closed:
+                self._log = open(self.log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - kept open for the server
+            import time
+
+            self._log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.label}\n")
+            self._log.flush()
+            return self._log
+        except OSError:
+            self.log_path = None
+            return _server_log()
+
+    def _see_log(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        tail = [line for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-200:]
+                if line.strip() and not line.startswith("--- ")]
+        last = f"; its last message: {tail[-1].strip()[:200]}" if tail else ""
+        return f" (its stderr is in {self.log_path}{last})"
 
     async def _disconnect(self) -> None:
         if self._stop is not None:
@@ -185,7 +245,7 @@ class McpServer:
             return False, None
         return True, error if error is not None else call.result()
 
-    async def _call(self, name: str, arguments: dict[str, Any]) -> Any:
+    async def _call(self, name: str, arguments: dict[str, Any], notes: list[str] | None = None) -> Any:
         generation = self.restarts
         answered, outcome = await self._attempt(name, arguments)
         if not answered:
@@ -200,16 +260,20 @@ class McpServer:
                         await self._connect()
                     except BackendUnavailable as exc:
                         raise McpToolError(f"MCP server {self.label} stopped during tool '{name}' and could not be started again: {exc}") from None
+            if notes is not None:
+                notes.append(f"the MCP server {self.label} stopped during this call; it was started again and the call "
+                             f"was made once more (the first call may have had effects){self._see_log()}")
             answered, outcome = await self._attempt(name, arguments)
             if not answered:
-                raise McpToolError(f"MCP server {self.label} stopped during tool '{name}', again after a restart")
+                raise McpToolError(f"MCP server {self.label} stopped during tool '{name}', again after a restart{self._see_log()}")
         if isinstance(outcome, BaseException):
             raise McpToolError(f"MCP server {self.label}, tool '{name}': {_first_line(outcome)}")
         return outcome
 
-    async def call(self, name: str, arguments: dict[str, Any]) -> Any:
-        """Call tool ``name`` from any event loop; cancelling the caller cancels the call."""
-        future = asyncio.run_coroutine_threadsafe(self._call(name, arguments), self._loop)
+    async def call(self, name: str, arguments: dict[str, Any], notes: list[str] | None = None) -> Any:
+        """Call tool ``name`` from any event loop; cancelling the caller cancels the call. What
+        happened on the way (a restart and a second call) is appended to ``notes``."""
+        future = asyncio.run_coroutine_threadsafe(self._call(name, arguments, notes), self._loop)
         return await asyncio.wrap_future(future)
 
     def close(self) -> None:
@@ -220,8 +284,23 @@ class McpServer:
                 pass
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if self._log is not None:
+            self._log.close()
         if self in _open:
             _open.remove(self)
+
+
+def _log_path(spec: McpSpec) -> Path:
+    """mcp-logs/NAME.log under the planvm home (PLANVM_HOME, or the user data folder)."""
+    home = os.environ.get("PLANVM_HOME")
+    if home:
+        base = Path(home)
+    else:
+        import platformdirs
+
+        base = Path(platformdirs.user_data_dir("planvm"))
+    stem = spec.name or Path(spec.command[-1] if spec.command else "server").stem
+    return base / "mcp-logs" / f"{_identifier(stem)}.log"
 
 
 def _server_log() -> Any:
@@ -327,9 +406,11 @@ class McpTool(Tool):
         return found.group(1) if found else None
 
     async def call(self, bound: dict[str, Any], ctx: Any = None) -> Any:  # type: ignore[override]
-        result = await self.server.call(self.remote_name, bound)
+        notes = getattr(ctx, "notes", None)
+        result = await self.server.call(self.remote_name, bound, notes)
         if getattr(result, "is_error", False):
-            raise McpToolError(f"MCP server {self.server.label}, tool '{self.remote_name}': {_value(result, None) or 'an error'}")
+            raise McpToolError(f"MCP server {self.server.label}, tool '{self.remote_name}': "
+                               f"{_value(result, None) or 'an error'}{self.server._see_log()}")
         return _value(result, self.output_schema)
 
     def parameters_schema(self) -> dict[str, Any]:

@@ -336,6 +336,7 @@ class Interpreter:
         bound = spec.bind(params)
         record.llm_calls = calls = []
         ctx = CallContext(step.seq_no, name, step.output_vars, StepLLM(self.llm, f"tool '{name}'", calls, seq_no=step.seq_no))
+        record.notes = ctx.notes
         try:
             async with self.calls_in_flight:
                 if telemetry.tracer is not None:

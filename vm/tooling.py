@@ -14,7 +14,7 @@ import functools
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vm.errors import (
@@ -288,3 +288,4 @@ class CallContext:
     tool_name: str
     output_vars: tuple[str, ...]
     llm: StepLLM
+    notes: list[str] = field(default_factory=list)  # said on the step's record (e.g. "called again after a restart")

@@ -24,10 +24,12 @@ class StepRecord:
     reasoning text; ``outputs``: the variables the step set (only those: the state at any step is
     the run's initial variables plus the outputs of the steps before it); ``result``: the raw tool
     reply, or a jump's verdict ``{"result", "explanation"}``; ``llm_calls``: every LLM exchange
-    the step made (prompt, text, reasoning); ``next_seq``: where a jump went.
+    the step made (prompt, text, reasoning); ``next_seq``: where a jump went; ``notes``: what
+    happened on the way that the outcome does not show (a call made again after its MCP server
+    restarted).
     """
 
-    __slots__ = ("duration_s", "error", "inputs", "llm_calls", "next_seq", "outputs", "result", "seq_no", "tool", "type")
+    __slots__ = ("duration_s", "error", "inputs", "llm_calls", "next_seq", "notes", "outputs", "result", "seq_no", "tool", "type")
 
     def __init__(self, seq_no: int, type: str) -> None:  # noqa: A002 - the plan's own field name
         self.seq_no = seq_no
@@ -40,6 +42,7 @@ class StepRecord:
         self.next_seq: int | None = None
         self.error: str | None = None
         self.llm_calls: Sequence[dict[str, Any]] = ()
+        self.notes: Sequence[str] = ()
 
     def __repr__(self) -> str:
         return f"StepRecord(seq_no={self.seq_no}, type={self.type!r}, tool={self.tool!r}, error={self.error!r})"
@@ -56,6 +59,7 @@ class StepRecord:
             "duration_s": self.duration_s,
             "error": self.error,
             "llm_calls": list(self.llm_calls),
+            "notes": list(self.notes),
         }
 
     @classmethod
@@ -70,6 +74,7 @@ class StepRecord:
         record.next_seq = stored.next_seq
         record.error = stored.error
         record.llm_calls = stored.llm_calls
+        record.notes = stored.notes
         return record
 
 

@@ -85,6 +85,7 @@ def step_event(index: int, step: Any) -> Event:
         "next_seq": step.next_seq,
         "duration_s": step.duration_s,
         "error": step.error,
+        "notes": list(step.notes),
         "prompt_tokens": sum(c.get("prompt_tokens") or 0 for c in calls),
         "completion_tokens": sum(c.get("completion_tokens") or 0 for c in calls),
         "models": sorted({str(c["model"]) for c in calls if c.get("model")}),

@@ -162,6 +162,7 @@ class StoredStep:
     next_seq: int | None = None
     duration_s: float = 0.0
     error: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -176,6 +177,7 @@ class StoredStep:
             "next_seq": self.next_seq,
             "duration_s": self.duration_s,
             "error": self.error,
+            "notes": self.notes,
         }
 
     @classmethod
@@ -212,6 +214,7 @@ class StoredStep:
             next_seq=field_of("next_seq", int, None),
             duration_s=float(field_of("duration_s", (int, float), 0.0)),
             error=field_of("error", str, None),
+            notes=[str(n) for n in field_of("notes", list, [])],
         )
 
 
@@ -816,10 +819,11 @@ class RunStore:
                 s = t.steps
                 copied = sa.select(
                     sa.literal(run_id, sa.String(32)), s.c.idx, s.c.seq_no, s.c.type, s.c.tool, s.c.inputs, s.c.outputs,
-                    s.c.result, s.c.llm_calls, s.c.next_seq, s.c.duration_s, s.c.error,
+                    s.c.result, s.c.llm_calls, s.c.next_seq, s.c.duration_s, s.c.error, s.c.notes,
                 ).where(s.c.run_id == parent_id, s.c.idx < inherit_steps)
                 conn.execute(s.insert().from_select(
-                    ["run_id", "idx", "seq_no", "type", "tool", "inputs", "outputs", "result", "llm_calls", "next_seq", "duration_s", "error"],
+                    ["run_id", "idx", "seq_no", "type", "tool", "inputs", "outputs", "result", "llm_calls", "next_seq", "duration_s", "error",
+                     "notes"],
                     copied,
                 ))
 
@@ -843,6 +847,7 @@ class RunStore:
             run_id=run_id, idx=index, seq_no=record.seq_no, type=record.type, tool=record.tool, inputs=_dumps(dict(record.inputs)),
             outputs=_dumps(dict(record.outputs)), result=_dumps(record.result), llm_calls=_dumps(list(record.llm_calls)),
             next_seq=record.next_seq, duration_s=record.duration_s, error=redact(clean_text(record.error)) if record.error else None,
+            notes=_dumps(list(record.notes)) if record.notes else None,
         )
 
         def body(conn: Any) -> None:
@@ -1035,14 +1040,15 @@ class RunStore:
                 taken += 1
             limit = max(taken, 1)
         statement = (
-            sa.select(s.idx, s.seq_no, s.type, s.tool, s.inputs, s.outputs, s.result, s.llm_calls, s.next_seq, s.duration_s, s.error)
+            sa.select(s.idx, s.seq_no, s.type, s.tool, s.inputs, s.outputs, s.result, s.llm_calls, s.next_seq, s.duration_s, s.error,
+                      s.notes)
             .where(s.run_id == run_id, s.idx >= start).order_by(s.idx)
         )
         if limit is not None:
             statement = statement.limit(limit)
         return [
             StoredStep(x.idx, x.seq_no, x.type, x.tool, _loads(x.inputs) or {}, _loads(x.outputs) or {}, _loads(x.result),
-                       _loads(x.llm_calls) or [], x.next_seq, x.duration_s or 0.0, x.error)
+                       _loads(x.llm_calls) or [], x.next_seq, x.duration_s or 0.0, x.error, _loads(x.notes) or [])
             for x in self._read(statement)
         ]
 

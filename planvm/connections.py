@@ -1,4 +1,4 @@
-"""Connection limits for ``planvm serve``: slow or half-open clients cannot lock others out.
+"""Connection limits for ``planvm serve`` and ``planvm mcp --http``: slow or half-open clients cannot lock others out.
 
 uvicorn closes idle keep-alive connections (``timeout_keep_alive``) and answers 503 past
 ``limit_concurrency``, but waits for a request's headers without end: a thousand clients that
@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-__all__ = ["header_timeout_protocol", "raise_open_files_limit"]
+__all__ = ["BearerToken", "header_timeout_protocol", "is_loopback", "raise_open_files_limit"]
 
 
 def header_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
@@ -61,6 +61,18 @@ def header_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
     return HeaderTimeoutProtocol
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def raise_open_files_limit() -> int | None:
     """Lift this process's soft limit on open files to its hard limit; return the new limit."""
     try:
@@ -76,3 +88,23 @@ def raise_open_files_limit() -> int | None:
             return soft
         return target
     return soft
+
+
+class BearerToken:
+    """ASGI middleware: every HTTP request needs ``Authorization: Bearer <token>`` (401 otherwise)."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        import hmac
+
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+        self._same = hmac.compare_digest
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not self._same(dict(scope.get("headers") or []).get(b"authorization", b""), self.expected):
+            body = b'{"error": {"type": "Unauthorized", "message": "this server needs Authorization: Bearer <token>"}}'
+            await send({"type": "http.response.start", "status": 401, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"www-authenticate", b"Bearer")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)

@@ -1,0 +1,12 @@
+"""Notes on steps: what happened while a step ran that its outcome does not show."""
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import mysql
+
+revision = "0004"
+down_revision = "0003"
+
+
+def upgrade() -> None:
+    op.add_column("steps", sa.Column("notes", sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")))
