@@ -95,6 +95,8 @@ def report_run(result: Any, as_json: bool) -> int:
             )
         elif result.ok:
             click.echo(as_text(result.final_answer))
+        elif result.status == "cancelled":
+            echo_err("cancelled: the run was cancelled (by `planvm runs cancel` or the service) and stopped; fork it to go on")
         else:
             echo_err(f"error: {result.error}")
             cause = result.error.__cause__ if result.error else None

@@ -1,4 +1,4 @@
-"""``planvm runs …`` (list, show, export) and ``planvm replay``: reading the run store."""
+"""``planvm runs …`` (list, show, export, best, cancel) and ``planvm replay``: reading the run store."""
 
 from __future__ import annotations
 
@@ -248,6 +248,22 @@ def best(run_id: str, store_path: str | None, label: str | None) -> None:
     entry_id, replaced = PlanLibrary.for_settings(store, load_settings({})).keep(store.get(run_id), label=label)
     click.echo(f"kept the plan of run {store.resolve(run_id)} as best plan {entry_id}"
                + (f" (replacing {', '.join(replaced)})" if replaced else ""))
+
+
+@runs.command()
+@click.argument("run_id")
+@store_option
+@click.option("--reason", default="cancelled with `planvm runs cancel`", show_default=True, help="Kept with the run as its error.")
+@guarded
+def cancel(run_id: str, store_path: str | None, reason: str) -> None:
+    """Cancel RUN_ID, wherever it executes: a queued, running, waiting or interrupted run becomes
+    cancelled at once, and the process executing it (a server, a worker, a `planvm run`) stops
+    at its next step."""
+    from vm import RunStore
+
+    store = RunStore(store_path)
+    full_id = store.cancel(run_id, reason)
+    click.echo(f"cancelled run {full_id}")
 
 
 @click.command()

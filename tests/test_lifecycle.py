@@ -290,3 +290,18 @@ def test_mark_abandoned_leaves_runs_of_live_processes(tmp_path: Path) -> None:
 def test_a_vm_without_a_store_needs_none_for_the_lifecycle() -> None:
     result = VM(make_registry()).run([{"seq_no": 0, "type": "assign", "parameters": {"final_answer": 2}}])
     assert result.status == "completed" and result.run_id is None
+
+
+def test_planvm_runs_cancel_from_the_command_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from planvm.cli import build_cli
+
+    store = RunStore(tmp_path / "runs.sqlite", owner="a worker somewhere", lease_seconds=300)
+    run_id = store.create_run([{"seq_no": 0, "type": "assign", "parameters": {"final_answer": 1}}])
+    cli = build_cli()
+    done = CliRunner().invoke(cli, ["runs", "cancel", run_id[:6], "--store", str(tmp_path / "runs.sqlite")])
+    assert done.exit_code == 0 and f"cancelled run {run_id}" in done.stdout
+    assert store.head(run_id)["status"] == "cancelled"
+    again = CliRunner().invoke(cli, ["runs", "cancel", run_id, "--store", str(tmp_path / "runs.sqlite")])
+    assert again.exit_code == 2 and "is cancelled" in again.stderr and "fork it" in again.stderr

@@ -145,3 +145,24 @@ def test_plugin_errors(tmp_path, content, message):
         path.write_text(content)
     with pytest.raises(ToolRegistrationError, match=message):
         load_plugin(path)
+
+
+@pytest.mark.parametrize("params, refused", [
+    ({"amount": True}, "amount"),
+    ({"amount": 5, "count": False}, "count"),
+])
+def test_true_and_false_are_not_numbers(params, refused):
+    from tools import ToolRegistry, tool
+    from vm import ToolParamsInvalid
+
+    @tool
+    def pay(amount: float, count: int | None = 1, confirm: bool = False) -> float:
+        """Pay."""
+        return amount
+
+    spec = ToolRegistry([pay]).get("pay")
+    with pytest.raises(ToolParamsInvalid, match="a number is needed") as caught:
+        spec.bind(params)
+    assert caught.value.parameter == refused
+    # Numbers, numeric text (as LLMs write it) and real booleans still pass.
+    assert spec.bind({"amount": "5", "count": 3, "confirm": True}) == {"amount": 5.0, "count": 3, "confirm": True}

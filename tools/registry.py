@@ -57,6 +57,8 @@ class Tool:
         self.description = (description or summary or "").strip()
         param_docs = {p.arg_name: (p.description or "").strip() for p in doc.params}
         self.context_param, self.params_model = self._build_model(param_docs)
+        # Numbers that true / false must not pass as (pydantic's lax mode reads true as 1).
+        self._numbers = frozenset(n for n, f in self.params_model.model_fields.items() if _numeric(f.annotation))
         self.__doc__ = fn.__doc__
         self.__name__ = self.name
 
@@ -95,6 +97,10 @@ class Tool:
 
     def bind(self, params: dict[str, Any]) -> dict[str, Any]:
         """Validate ``params`` against the tool's signature; return the keyword arguments."""
+        for name in self._numbers:
+            if isinstance(params.get(name), bool):
+                raise ToolParamsInvalid(self.name, name, f"{name}: a number is needed, got {str(params[name]).lower()}; "
+                                        f"pass a number (true and false are not numbers)")
         try:
             model = self.params_model.model_validate(params)
         except ValidationError as exc:
@@ -124,6 +130,15 @@ class Tool:
 
     def __repr__(self) -> str:
         return f"<Tool {self.name}({', '.join(self.params_model.model_fields)})>"
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a parameter takes numbers and not booleans: int, float, or an Optional / Union of them."""
+    if annotation in (int, float):
+        return True
+    args = typing.get_args(annotation)
+    return bool(args) and any(a in (int, float) for a in args) and bool not in args and all(
+        a in (int, float, type(None)) for a in args)
 
 
 def _describe(error: Any) -> str:
