@@ -179,7 +179,7 @@ class Planner:
                 if program is not None and not attempt.problems:
                     return PlanResult(plan=program.to_data(), program=program, reasoning=reasoning, attempts=attempts, planner=self.name,
                                       adapter=_adapter_of(self.llm), examples=[str(e["id"]) for e in self.examples or () if "id" in e])
-            ask = render("repair.md.j2", prompt=prompt, reply=text, problems=attempt.problems)
+            ask = render("repair.md.j2", prompt=prompt, reply=_excerpt(text), problems=attempt.problems)
         last = "; ".join(attempts[-1].problems[:5]) or "unknown"
         raise PlanningError(
             f"the planner produced no valid plan in {len(attempts)} attempt(s); the last problems: {last}. "
@@ -268,3 +268,15 @@ def _variables_before(run: Any, from_seq: int) -> dict[str, Any]:
             state.update(record.outputs)
         return state
     return {}
+
+
+REPAIR_QUOTE_CHARS = 12_000  # of a reply sent back for repair: its head and its tail
+
+
+def _excerpt(text: str, limit: int = REPAIR_QUOTE_CHARS) -> str:
+    """A reply as a repair prompt quotes it: whole when short, else its start and end (a 20 MB
+    reply is not sent back to the model)."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[… {len(text) - limit:,} characters left out …]\n{text[-half:]}"

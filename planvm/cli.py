@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the plan is invalid (``validate``), the run failed, or a replay did not
 reproduce its record; 2 unusable input (a missing file, text that is not JSON, a plan that cannot
-run, a bad plugin, an unusable run store or run id). Each subcommand imports what it needs when
+run, a bad plugin, an unusable run store or run id); 130 interrupted by Ctrl-C (a run in progress is
+stored as interrupted: resume it). Each subcommand imports what it needs when
 it runs, so ``planvm --help`` stays fast.
 """
 
@@ -10,7 +11,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -363,6 +368,39 @@ def build_cli() -> click.Group:
     return cli
 
 
+_INTERRUPTED = threading.Event()
+EXIT_INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
+INTERRUPT_GRACE_SECONDS = 1.0
+
+
+def _on_interrupt(signum: int, frame: Any) -> None:
+    """Ctrl-C: stop as Python does (KeyboardInterrupt: a run in progress is stored as
+    interrupted), and be gone within a second even if a model call holds a thread."""
+    if not _INTERRUPTED.is_set():
+        _INTERRUPTED.set()
+
+        def gone() -> None:
+            time.sleep(INTERRUPT_GRACE_SECONDS)
+            sys.stderr.write("interrupted\n")
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+
+        threading.Thread(target=gone, name="planvm-interrupt", daemon=True).start()
+    signal.default_int_handler(signum, frame)
+
+
 def main() -> None:
+    from vm.redact import mask_log_records
+
     _quiet_third_parties()
-    build_cli()(prog_name="planvm")
+    mask_log_records()  # keys never reach a log line, a traceback included
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_interrupt)
+    try:
+        build_cli()(prog_name="planvm")
+    except SystemExit:
+        if _INTERRUPTED.is_set():  # not the generic "Aborted!" exit 1, and no wait for a model call's thread
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        raise

@@ -67,6 +67,32 @@ def stored_json(run: Any) -> dict[str, Any]:
     )
 
 
+def _in_daemon_thread(work: Callable[[], Any]) -> asyncio.Future[Any]:
+    """``work()`` in a thread of its own that does not hold the process open: a planner call cut
+    off by the run's deadline (or Ctrl-C) is left to end by itself while the command exits."""
+    import threading
+
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if not future.done():
+            future.set_exception(error) if error is not None else future.set_result(result)
+
+    def run() -> None:
+        try:
+            outcome, error = work(), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            outcome, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, outcome, error)
+        except RuntimeError:
+            pass  # the loop is gone: nobody waits for this any more
+
+    threading.Thread(target=run, name="planvm-planner", daemon=True).start()
+    return future
+
+
 class Engine:
     """Settings resolved once: tools, store, model roles, limits. Cheap to share between runs.
 
@@ -269,15 +295,37 @@ class Engine:
     ) -> RunResult:
         """Plan ``goal`` (unless ``plan`` is given), validate, run and record it.
 
-        ``planned(result)`` is called with the planner's result before the run starts. Raises
-        ``PlanningError``, ``PlanValidationError`` or ``ValueError`` before anything is recorded.
+        ``planned(result)`` is called with the planner's result before the run starts. Planning
+        counts against the run's ``max_seconds``. Raises ``PlanValidationError`` or ``ValueError``
+        before anything is recorded; ``PlanningError`` or ``LLMError`` when planning fails, after
+        recording a failed run with the planner's attempts (its id on the error as ``run_id``).
         """
+        import time
+
+        from vm.errors import LLMError, PlanningError
+
         vm = self.with_limits(limits)
         if plan is None:
             template = planner_kind == "template" or (planner_kind == "auto" and not self.has_model("planner"))
             if template:
                 self.check_knowledge_base(None)  # the template plan always retrieves: say so before planning
-            result = await asyncio.to_thread(lambda: self.plan(goal, metadata, planner_kind, use_library=use_library))
+            began = time.monotonic()
+            budget = vm.limits.max_seconds
+            try:
+                result = await asyncio.wait_for(
+                    _in_daemon_thread(lambda: self.plan(goal, metadata, planner_kind, use_library=use_library)), budget)
+            except TimeoutError:
+                error: Exception = PlanningError(
+                    f"planning took more than the run's {budget:g} s (--max-seconds / max_seconds, which planning counts "
+                    f"against); raise it, or check the planner's model server", attempts=[])
+                self._record_planning_failure(goal, metadata, error)
+                raise error from None
+            except (PlanningError, LLMError) as exc:
+                self._record_planning_failure(goal, metadata, exc)
+                raise
+            if budget is not None:  # what planning used is gone from the run's wall-clock budget
+                left = max(budget - (time.monotonic() - began), 0.001)
+                vm = vm.derive(limits=vm.limits.model_copy(update={"max_seconds": left}))
             if planned is not None:
                 planned(result)
             program, planning = result.program, result.record()
@@ -289,6 +337,21 @@ class Engine:
         return await vm.arun(
             program, goal=goal, metadata=metadata or None, approve_tools=approve_tools, listener=listener, planning=planning
         )
+
+    def _record_planning_failure(self, goal: str, metadata: dict[str, Any] | None, exc: Exception) -> None:
+        """Keep a planning that failed as a failed run (goal, attempts, error), so that the page and
+        ``runs list`` show it; its id goes on the error as ``run_id``."""
+        if self.store is None:
+            return
+        attempts = [a.to_dict() for a in getattr(exc, "attempts", None) or ()]
+        planning = {"planner": "llm" if self.has_model("planner") else "template", "attempts": attempts, "error": str(exc)}
+        try:
+            exc.run_id = self.store.create_run(  # type: ignore[attr-defined]
+                None, goal=goal, metadata=metadata or None, limits=self.limits.model_dump(), planning=planning, status="failed",
+                error=f"planning failed: {exc}",
+            )
+        except PlanVMError:
+            pass  # the store is away: the error itself is what matters
 
     def enqueue(
         self, goal: str | None, *, metadata: dict[str, Any] | None = None, plan: Any = None, approve_tools: Iterable[str] = (),

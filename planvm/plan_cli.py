@@ -28,25 +28,36 @@ no_library_option = click.option(
 
 
 def _keep_attempts(exc: Any) -> Path | None:
-    """Write a failed planning's attempts next to the run store; return the file."""
+    """Write a failed planning's attempts next to the run store; return the file (None when
+    there were none: the model server failed before answering)."""
+    import uuid
+
+    from vm.redact import redact_all
     from vm.store import default_store_path
 
+    attempts = getattr(exc, "attempts", None)
+    if not attempts:
+        return None
     folder = default_store_path().parent / "failed-plans"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
-        path.write_text(json.dumps([a.to_dict() for a in exc.attempts], ensure_ascii=False, indent=2), encoding="utf-8")
+        # A random suffix: two failures in the same second keep both files.
+        path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.json"
+        path.write_text(json.dumps(redact_all([a.to_dict() for a in attempts]), ensure_ascii=False, indent=2), encoding="utf-8")
         return path
     except OSError:
         return None
 
 
 def _planning_failed(exc: Any, as_json: bool) -> None:
+    """A planning that failed (no valid plan, or the model server failed): exit 1, as documented."""
     kept = _keep_attempts(exc)
+    run_id = getattr(exc, "run_id", None)
     if as_json:
-        print_json({"status": "planning_failed", "error": str(exc), "attempts_file": str(kept) if kept else None})
+        print_json({"run_id": run_id, "status": "planning_failed", "error": str(exc), "attempts_file": str(kept) if kept else None})
     else:
-        echo_err(f"error: {exc}" + (f"\n  the attempts are in {kept}" if kept else ""))
+        echo_err(f"error: {exc}" + (f"\n  the attempts are in {kept}" if kept else "")
+                 + (f"\n  kept as failed run {run_id} (planvm runs show {run_id})" if run_id else ""))
     exit_now(EXIT_FAILED)
 
 
@@ -64,12 +75,12 @@ def _planning_failed(exc: Any, as_json: bool) -> None:
 def plan(goal: str, metadata: str | None, planner_kind: str, out: str | None, as_json: bool, **options: Any) -> None:
     """Write a plan for GOAL and print the planner's reasoning and the plan."""
     from planner.prompt import parse_metadata
-    from vm import PlanningError
+    from vm import LLMError, PlanningError
 
     with make_engine(options, record=False) as engine:
         try:
             result = engine.plan(goal, parse_metadata(metadata), planner_kind)
-        except PlanningError as exc:
+        except (PlanningError, LLMError) as exc:
             _planning_failed(exc, as_json)
             return
     text = json.dumps(result.plan, ensure_ascii=False, indent=2)
@@ -101,7 +112,7 @@ def run(goal: str, metadata: str | None, planner_kind: str, queue: bool, **optio
     import asyncio
 
     from planner.prompt import parse_metadata
-    from vm import PlanningError
+    from vm import LLMError, PlanningError
 
     as_json = options.get("as_json", False)
     if queue:
@@ -121,7 +132,7 @@ def run(goal: str, metadata: str | None, planner_kind: str, queue: bool, **optio
             outcome = asyncio.run(
                 engine.run_goal(goal, metadata=parse_metadata(metadata), planner_kind=planner_kind, planned=planned)
             )
-        except PlanningError as exc:
+        except (PlanningError, LLMError) as exc:
             _planning_failed(exc, as_json)
             return
     exit_now(report_run(outcome, as_json))

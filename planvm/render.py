@@ -29,18 +29,16 @@ def as_text(value: Any) -> str:
 
 
 def print_json(data: Any) -> None:
-    """One JSON document on stdout: always valid JSON (NaN and infinities are written as text)."""
+    """One JSON document on stdout: always valid JSON (NaN and infinities are written as text),
+    credentials masked in every string at any depth."""
     from vm.jsonsafe import ValueLimitError, storable
-
-    from vm.redact import redact
+    from vm.redact import redact_all
 
     try:
         data = storable(data)
     except ValueLimitError:
         pass  # an object with no JSON form: written with str() below
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        data = {**data, "error": redact(data["error"])}
-    click.echo(json.dumps(data, ensure_ascii=False, default=str))
+    click.echo(json.dumps(redact_all(data), ensure_ascii=False, default=str))
 
 
 def preview(value: Any, limit: int = 60) -> str:

@@ -25,8 +25,8 @@ def chat_reply(content: str, reasoning: str | None = None, *, model: str = "test
 
 
 class FakeChatServer:
-    """Serves queued actions in order: ``("json", status, body)``, ``("raw", status, text)``,
-    ``("sleep", seconds, body)``; once they are spent, ``responder(request body)`` (when set)
+    """Serves queued actions in order: ``("json", status, body[, headers])``, ``("raw", status, text)``,
+    ``("sleep", seconds, body)``, ``("trickle", seconds_per_byte, body)``, ``("stream_cut", text)``; once they are spent, ``responder(request body)`` (when set)
     answers: a reply's text, or a whole reply object. Records every request body and its headers."""
 
     def __init__(self) -> None:
@@ -67,6 +67,23 @@ class FakeChatServer:
                 else:
                     action = ("json", 500, {"error": {"message": "no scripted reply"}})
                 kind = action[0]
+                if kind == "stream_cut":  # a stream that stops without a finish_reason or [DONE]
+                    self._stream(chat_reply(action[1]), end=False)
+                    return
+                if kind == "trickle":  # headers at once, then the body one byte every action[1] seconds
+                    data = json.dumps(action[2]).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    try:
+                        for i in range(len(data)):
+                            self.wfile.write(data[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(action[1])
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    return
                 if kind == "sleep":
                     time.sleep(action[1])
                     self._send(200, json.dumps(action[2]))
@@ -78,8 +95,9 @@ class FakeChatServer:
                     extra = action[3] if len(action) > 3 else None
                     self._send(action[1], json.dumps(action[2]), extra)
 
-            def _stream(self, reply: dict[str, Any]) -> None:
-                """A scripted reply sent as the protocol's stream: one chunk per word, then the usage."""
+            def _stream(self, reply: dict[str, Any], end: bool = True) -> None:
+                """A scripted reply sent as the protocol's stream: one chunk per word, then the usage
+                (``end=False``: the connection just closes after the words)."""
                 content = reply["choices"][0]["message"]["content"]
                 words = [w + " " for w in content.split(" ")]
                 words[-1] = words[-1][:-1]
@@ -92,6 +110,9 @@ class FakeChatServer:
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
                     time.sleep(server.stream_pause)
+                if not end:
+                    self.close_connection = True
+                    return
                 usage = {**base, "choices": [], "usage": reply.get("usage")}
                 self.wfile.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
                 self.wfile.flush()

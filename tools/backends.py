@@ -23,8 +23,9 @@ __all__ = [
 RETRIEVAL_TOOLS = frozenset({"vector_search", "retrieve_knowledge_graph"})
 
 
-def make_llm(settings: Settings) -> Any:
-    """The LLM backend: ``openai``, ``local`` or the offline ``extractive`` baseline."""
+def make_llm(settings: Settings, setting_names: dict[str, str] | None = None) -> Any:
+    """The LLM backend: ``openai``, ``local`` or the offline ``extractive`` baseline.
+    ``setting_names``: the variables that set its timeout, max tokens and key (for hints)."""
     backend = settings.chosen_llm_backend()
     if backend == "openai":
         if not settings.llm_model:
@@ -40,6 +41,7 @@ def make_llm(settings: Settings) -> Any:
             temperature=settings.llm_temperature,
             max_tokens=settings.llm_max_tokens,
             json_mode=settings.llm_json_mode,
+            setting_names=setting_names,
         )
     if backend == "local":
         if not settings.local_model:
@@ -65,7 +67,9 @@ def make_llms(settings: Settings, roles: tuple[str, ...] = ("planner", "answer",
     for role in roles:
         key = settings.role_key(role)
         if key not in made:
-            made[key] = make_llm(settings.for_role(role))
+            own = getattr(settings, role).model_dump(exclude_none=True) if hasattr(settings, role) else {}
+            names = {name: f"PLANVM_{role.upper()}_{name.upper()}" for name in ("timeout", "max_tokens", "api_key") if name in own}
+            made[key] = make_llm(settings.for_role(role), names)
         llms[role] = made[key]
     return llms
 

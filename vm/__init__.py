@@ -24,6 +24,9 @@ from vm.errors import (
     TokenLimitExceeded,
     ToolRejected,
     LLMError,
+    LLMBadReply,
+    AnswerTruncated,
+    EmptyAnswer,
     LLMNotConfigured,
     LLMUnavailable,
     NoFinalAnswer,
@@ -60,14 +63,17 @@ from vm.tooling import CallContext, ToolCatalog, ToolSpec
 from vm.validate import compile_plan, validate_plan
 
 __all__ = [
+    "AnswerTruncated",
     "ApprovalNeeded",
     "BackendUnavailable",
     "CallContext",
     "Completion",
     "ConditionError",
+    "EmptyAnswer",
     "ExpressionError",
     "ForkError",
     "LLM",
+    "LLMBadReply",
     "LLMCallFailed",
     "LLMCallLimitExceeded",
     "LLMError",

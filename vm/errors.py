@@ -18,7 +18,10 @@
     ├── ReplayError                    a record that cannot be replayed (its plan no longer matches)
     ├── PlanningError                  the planner produced no valid plan (``attempts``)
     ├── LLMError                       an LLM backend failed or is not configured
-    │   └── LLMNotConfigured           the backend is no model (the offline extractive baseline)
+    │   ├── LLMNotConfigured           the backend is no model (the offline extractive baseline)
+    │   ├── LLMBadReply                a 200 reply that is not a chat completion (no message, text that is not text)
+    │   ├── AnswerTruncated            the answer was cut: its token limit, or a stream that ended early
+    │   └── EmptyAnswer                no answer text (nothing, or reasoning only)
     ├── BackendUnavailable             a built-in tool's backend (e.g. a knowledge base) is not set up
     └── RunError                       a step failed while the plan ran (``seq_no``, ``instruction_type``)
         ├── VariableUndefined          ``${x}`` read before anything assigned ``x``
@@ -53,25 +56,28 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "AnswerTruncated",
     "ApprovalNeeded",
     "BackendUnavailable",
     "ConditionError",
+    "EmptyAnswer",
     "ExpressionError",
     "ForkError",
-    "LeaseLost",
-    "LimitExceeded",
+    "LLMBadReply",
     "LLMCallFailed",
     "LLMCallLimitExceeded",
     "LLMError",
     "LLMNotConfigured",
     "LLMUnavailable",
+    "LeaseLost",
+    "LimitExceeded",
     "NoFinalAnswer",
     "OutputMappingError",
     "PlanError",
     "PlanLoadError",
-    "PlanningError",
-    "PlanValidationError",
     "PlanVMError",
+    "PlanValidationError",
+    "PlanningError",
     "Problem",
     "ReferencePathError",
     "ReplayError",
@@ -99,7 +105,14 @@ __all__ = [
 
 
 class PlanVMError(Exception):
-    """Base of every error planvm raises on purpose."""
+    """Base of every error planvm raises on purpose. Its message is masked here (configured keys
+    and tokens, credential shapes; see :mod:`vm.redact`), before anything can print, store, log,
+    send or shorten it."""
+
+    def __init__(self, *args: Any) -> None:
+        from vm.redact import redact
+
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 # --- before anything runs -------------------------------------------------------------------
@@ -244,6 +257,20 @@ class LLMNotConfigured(LLMError):
     that needs judgement fails with :class:`LLMUnavailable`, saying once how to configure one."""
 
 
+class LLMBadReply(LLMError):
+    """The server answered 200 with something that is not a chat completion: no choices, a choice
+    without a message, or content that is not text."""
+
+
+class AnswerTruncated(LLMError):
+    """The answer was cut: the model reached its token limit (``finish_reason: length``), or a
+    streamed reply ended before the server said it was complete. A cut answer never passes as one."""
+
+
+class EmptyAnswer(LLMError):
+    """The reply had no answer text: nothing at all, or only a reasoning model's thinking."""
+
+
 class BackendUnavailable(PlanVMError):
     """A built-in tool has no backend to serve it (a tool raising it fails its step)."""
 
@@ -258,7 +285,7 @@ class RunError(PlanVMError):
         super().__init__(message)
         self.seq_no = seq_no
         self.instruction_type = instruction_type
-        self.detail = message
+        self.detail = self.args[0] if self.args else message  # masked
 
     def locate(self, seq_no: int, instruction_type: str) -> RunError:
         """Attach the step's position if it is not known yet (errors raised deep inside evaluation)."""

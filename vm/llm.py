@@ -26,17 +26,20 @@ __all__ = ["LLM", "Completion", "StreamingLLM", "as_completion", "split_reasonin
 @dataclass(frozen=True, slots=True)
 class Completion:
     """An LLM reply: the answer ``text`` and, apart from it, a reasoning model's ``reasoning``;
-    the ``model`` that wrote it and the exchange's token counts, when the backend knows them."""
+    the ``model`` that wrote it, the exchange's token counts and ``finish_reason``, when the backend
+    knows them."""
 
     text: str
     reasoning: str | None = None
     model: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    finish_reason: str | None = None  # the server's word on why the answer ended ("stop", "length"…)
 
     def usage(self) -> dict[str, Any]:
-        """What a run records about the exchange besides its text: model and token counts."""
-        return {"model": self.model, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        """What a run records about the exchange besides its text: model, token counts, finish reason."""
+        return {"model": self.model, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "finish_reason": self.finish_reason}
 
 
 @runtime_checkable

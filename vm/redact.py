@@ -8,15 +8,19 @@ may carry ``user:password@``. :func:`redact` replaces, in any text:
 * API-key shapes: ``sk-…`` keys, ``api_key=…`` / ``token=…`` / ``access_token=…`` parameters;
 * the credentials part of a URL (``https://user:secret@host`` → ``https://***@host``).
 
-Every error column of the run store and every line the command line prints goes through it.
+Every planvm error's message is masked when the error is made (``PlanVMError``), before anything
+can shorten, print, store, log or send it; ``--json`` output, HTTP error bodies, recorded LLM
+exchanges and log records are masked too, and every value the run store writes has the
+registered secrets (:func:`mask_secrets`) replaced.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+from typing import Any
 
-__all__ = ["redact", "register_secret"]
+__all__ = ["mask_log_records", "mask_secrets", "redact", "redact_all", "register_secret"]
 
 MASK = "***"
 _SECRETS: set[str] = set()
@@ -37,13 +41,61 @@ def register_secret(value: str | None) -> None:
             _SECRETS.add(value)
 
 
-def redact(text: str) -> str:
-    """``text`` with credentials replaced by ``***``."""
-    if not text:
+def mask_secrets(text: str) -> str:
+    """``text`` with the registered secrets (only) replaced: cheap enough for every stored value."""
+    if not text or not _SECRETS:
         return text
     for secret in sorted(_SECRETS, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, MASK)
+    return text
+
+
+def redact_all(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings) with every string in it redacted, at any depth."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_all(k) if isinstance(k, str) else k: redact_all(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_all(v) for v in value]
+    return value
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials replaced by ``***``."""
+    if not text:
+        return text
+    text = mask_secrets(text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+_MASKING_LOGS = False
+
+
+def mask_log_records() -> None:
+    """From now on, mask credentials in every log record this process makes: its message with
+    its arguments, and the traceback of an exception it carries (chained exceptions included)."""
+    global _MASKING_LOGS
+    import logging
+    import traceback
+
+    with _LOCK:
+        if _MASKING_LOGS:
+            return
+        _MASKING_LOGS = True
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            record.msg, record.args = redact(record.getMessage()), None
+        except Exception:  # noqa: BLE001 - a record whose arguments do not format is left as it is
+            pass
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = redact("".join(traceback.format_exception(*record.exc_info))).rstrip("\n")
+        return record
+
+    logging.setLogRecordFactory(factory)

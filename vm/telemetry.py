@@ -113,10 +113,19 @@ def fail(current: Any, error: BaseException | str) -> None:
         return
     from opentelemetry.trace import Status, StatusCode
 
+    from vm.redact import redact
+
     if isinstance(error, BaseException):
-        current.record_exception(error)
+        # As the SDK's record_exception, with the text masked (keys never leave in a trace).
+        import traceback
+
+        current.add_event("exception", {
+            "exception.type": type(error).__qualname__,
+            "exception.message": redact(str(error)),
+            "exception.stacktrace": redact("".join(traceback.format_exception(error))),
+        })
         current.set_attribute("error.type", type(error).__name__)
-    current.set_status(Status(StatusCode.ERROR, str(error)[:1000]))
+    current.set_status(Status(StatusCode.ERROR, redact(str(error))[:1000]))
 
 
 def llm_span(role: str, model: Any, seq_no: int | None = None) -> Any:

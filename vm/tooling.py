@@ -27,6 +27,7 @@ from vm.errors import (
     ValueTooLarge,
 )
 from vm import telemetry
+from vm.redact import redact
 from vm.jsonsafe import text_size
 from vm.llm import LLM, Completion, as_completion
 
@@ -247,9 +248,10 @@ class StepLLM:
 
     def _record(self, prompt: str, system: str | None, reply: Completion) -> Completion:
         self.records.append(
-            {"prompt": prompt, "system": system, "text": reply.text, "reasoning": reply.reasoning, "role": self._role,
+            {"prompt": prompt, "system": system, "text": redact(reply.text), "reasoning": redact(reply.reasoning or "") or None,
+             "role": self._role,
              "model": reply.model or self._run_llm.model_of(self._role), "prompt_tokens": reply.prompt_tokens,
-             "completion_tokens": reply.completion_tokens}
+             "completion_tokens": reply.completion_tokens, "finish_reason": reply.finish_reason}
         )
         return reply
 

@@ -264,8 +264,11 @@ def render_text(value: Any) -> str:
 
 
 def shorten(value: Any, limit: int = 200) -> str:
-    """A value as one line of text (whitespace collapsed), cut to ``limit`` characters with "…"."""
-    text = " ".join(render_text(value).split())
+    """A value as one line of text (whitespace collapsed), cut to ``limit`` characters with "…".
+    Credentials are masked first (:func:`vm.redact.redact`): a cut never leaves part of a key."""
+    from vm.redact import redact
+
+    text = " ".join(redact(render_text(value)).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -145,9 +145,11 @@ _ERRORS = {
 
 
 def _error(status: int, kind: str, message: str, problems: list[str] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"type": kind, "message": message}
+    from vm.redact import redact
+
+    body: dict[str, Any] = {"type": kind, "message": redact(message)}
     if problems is not None:
-        body["problems"] = problems
+        body["problems"] = [redact(p) for p in problems]
     return JSONResponse({"error": body}, status_code=status)
 
 
@@ -307,6 +309,9 @@ def create_app(
     if token is not None and not token.strip():
         raise ValueError("the token is blank; give a real secret, or no token (loopback only)")
     engine.vm.store_in_threads = True
+    from vm.redact import mask_log_records
+
+    mask_log_records()  # an error a model server echoed a key into never reaches the server's log
     service = _Service(engine, store_timeout)
     call = service.call
 

@@ -44,7 +44,7 @@ from pydantic_core import to_jsonable_python
 
 from vm.errors import LeaseLost, RunBusy, RunCancelled, RunNotFound, RunStateError, StoreError, StoreUnavailable
 from vm.jsonsafe import clean_text
-from vm.redact import redact
+from vm.redact import mask_secrets, redact
 
 __all__ = ["RunStore", "StoredRun", "StoredStep", "default_store_path", "store_missing", "store_url"]
 
@@ -142,7 +142,7 @@ def _owner_dead(owner: str) -> bool:
 def _dumps(value: Any) -> str:
     # Values reach the store through vm.jsonsafe.storable; this is the last guard for the rest
     # (LLM exchanges, inputs): no NaN, no text SQLite cannot encode.
-    return clean_text(json.dumps(value, ensure_ascii=False, default=to_jsonable_python))
+    return mask_secrets(clean_text(json.dumps(value, ensure_ascii=False, default=to_jsonable_python)))
 
 
 def _loads(text: str | None) -> Any:
@@ -796,10 +796,14 @@ class RunStore:
         planning: dict[str, Any] | None = None,
         approve_tools: list[str] | None = None,
         status: str = "running",
+        error: str | None = None,
     ) -> str:
         """Start a run owned by this process (``status="queued"``: store it for a worker, owned by
-        no one; ``plan`` None: a goal the worker plans); a fork copies its parent's first
+        no one; ``plan`` None: a goal the worker plans; ``"failed"`` with ``error``: a goal whose
+        planning failed, kept with its attempts); a fork copies its parent's first
         ``inherit_steps`` steps."""
+        if status not in ("running", "queued", "failed"):
+            raise ValueError(f"a run starts running, queued or failed (planning failed), not {status!r}")
         import sqlalchemy as sa
 
         t = _schema()
@@ -812,6 +816,7 @@ class RunStore:
                 metadata=_dumps(metadata) if metadata is not None else None, plan=_dumps(plan), variables=_dumps(variables or {}),
                 parent_id=parent_id, fork_seq=fork_seq, steps=inherit_steps, limits=_dumps(limits) if limits is not None else None,
                 planning=_dumps(planning) if planning is not None else None, approve_tools=_dumps(approve_tools) if approve_tools else None,
+                error=redact(clean_text(error)) if error else None,
             ))
             if status == "running":
                 self._take_lease(conn, run_id, now)
