@@ -211,6 +211,9 @@ def executes(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(package_name="planvm")
 def cli() -> None:
     """planvm: plan with an LLM, execute the plan in a validated VM."""
+    from planvm.render import note_threads
+
+    note_threads()
 
 
 @cli.command()

@@ -132,11 +132,23 @@ def guarded(fn: Any) -> Any:
     return wrapper
 
 
+_BEFORE: set[int] = set()  # threads alive when the command began (an embedding process's own)
+
+
+def note_threads() -> None:
+    """Remember the threads alive as a command begins: :func:`exit_now` leaves those alone."""
+    _BEFORE.clear()
+    _BEFORE.update(t.ident for t in threading.enumerate() if t.ident is not None)
+
+
 def exit_now(code: int) -> None:
     """Exit when the run has ended, even if a thread is still running: a sync tool cut off by the
-    time budget, or a thread a tool started and left behind (Python would wait for it at exit)."""
+    time budget, or a thread a tool started and left behind (Python would wait for it at exit).
+    Only threads that began during this command count (a process that runs planvm's command
+    in-process, such as a test runner, keeps its own)."""
     main = threading.main_thread()
-    if any(t is not main and t.is_alive() and (not t.daemon or t.name.startswith("planvm-tool")) for t in threading.enumerate()):
+    if any(t is not main and t.is_alive() and t.ident not in _BEFORE and (not t.daemon or t.name.startswith("planvm-tool"))
+           for t in threading.enumerate()):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
