@@ -338,6 +338,61 @@ class Engine:
             program, goal=goal, metadata=metadata or None, approve_tools=approve_tools, listener=listener, planning=planning
         )
 
+    def open_planning(
+        self, goal: str, *, metadata: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
+        approve_tools: Iterable[str] = (), use_library: bool | None = None,
+    ) -> str:
+        """Store ``goal`` as a run in status ``planning``, held by this process, and return its id
+        at once (the service answers with it before the planner has said a word);
+        :meth:`plan_and_run` goes on with it."""
+        store = self._store()
+        if not self.has_model("planner"):
+            self.check_knowledge_base(None)  # the template plan always retrieves: say so now
+        return store.create_run(
+            None, goal=goal, metadata=metadata or None, limits=self.limits.model_copy(update=limits or {}).model_dump(),
+            approve_tools=sorted(self.approve_tools | frozenset(approve_tools)) or None, status="planning",
+            planning={"no_library": True} if use_library is False else None,
+        )
+
+    async def plan_and_run(
+        self, run_id: str, goal: str, *, metadata: dict[str, Any] | None = None, planner_kind: str = "auto",
+        limits: dict[str, Any] | None = None, listener: RunListener | None = None, use_library: bool | None = None,
+    ) -> RunResult | None:
+        """Plan a run :meth:`open_planning` stored, then run it; planning counts against its
+        ``max_seconds``. A planning that fails ends the run as failed, with its attempts (None is
+        returned); a run cancelled meanwhile is left as it is."""
+        import time
+
+        from vm.errors import LLMError, PlanningError, RunCancelled, RunStateError
+
+        vm = self.with_limits(limits)
+        budget = vm.limits.max_seconds
+        began = time.monotonic()
+        try:
+            result = await asyncio.wait_for(
+                _in_daemon_thread(lambda: self.plan(goal, metadata, planner_kind, use_library=use_library)), budget)
+            self.check_knowledge_base(result.plan)
+        except (TimeoutError, PlanningError, LLMError, ValueError) as exc:
+            error = (f"planning took more than the run's {budget:g} s (max_seconds, which planning counts against)"
+                     if isinstance(exc, TimeoutError) else str(exc))
+            attempts = [a.to_dict() for a in getattr(exc, "attempts", None) or ()]
+            try:
+                await asyncio.to_thread(self._store().fail_planning, run_id, f"planning failed: {error}",
+                                        {"planner": planner_kind, "attempts": attempts, "error": error})
+            except RunStateError:
+                pass  # cancelled while it was being planned
+            return None
+        try:
+            await asyncio.to_thread(self._store().set_plan, run_id, result.plan, result.record())
+        except RunCancelled:
+            return None
+        if budget is not None:
+            vm = vm.derive(limits=vm.limits.model_copy(update={"max_seconds": max(budget - (time.monotonic() - began), 0.001)}))
+        try:
+            return await vm.aresume(run_id, claimed=True, listener=listener)
+        except RunStateError:
+            return None  # cancelled between its plan and its first step
+
     def _record_planning_failure(self, goal: str, metadata: dict[str, Any] | None, exc: Exception) -> None:
         """Keep a planning that failed as a failed run (goal, attempts, error), so that the page and
         ``runs list`` show it; its id goes on the error as ``run_id``."""

@@ -48,13 +48,13 @@ class Lifecycle(RuleBasedStateMachine):
             store.close()
         self.folder.cleanup()
 
-    @initialize(queued=st.booleans(), owner=st.sampled_from(OWNERS))
-    def start(self, queued: bool, owner: str) -> None:
+    @initialize(status=st.sampled_from(["queued", "running", "planning"]), owner=st.sampled_from(OWNERS))
+    def start(self, status: str, owner: str) -> None:
         store = self.stores[owner]
         plan = [{"seq_no": 0, "type": "assign", "parameters": {"final_answer": 1}}]
-        self.run_id = store.create_run(plan, status="queued" if queued else "running")
-        self.status = "queued" if queued else "running"
-        self.holder, self.live = (None, False) if queued else (owner, True)
+        self.run_id = store.create_run(plan, status=status)
+        self.status = status
+        self.holder, self.live = (None, False) if status == "queued" else (owner, True)
 
     # --- what the model expects ------------------------------------------------------------------
 
@@ -75,10 +75,10 @@ class Lifecycle(RuleBasedStateMachine):
         action()
         self.status, self.holder, self.live = ok  # type: ignore[misc]
 
-    def executor_refusal(self, owner: str) -> type[Exception] | None:
+    def executor_refusal(self, owner: str, sources: frozenset[str] = frozenset({"running"})) -> type[Exception] | None:
         if self.status == "cancelled":
             return RunCancelled
-        if self.status != "running":
+        if self.status not in sources:
             return LeaseLost
         if self.live and self.holder != owner:
             return LeaseLost
@@ -90,7 +90,7 @@ class Lifecycle(RuleBasedStateMachine):
     def resume(self, owner: str) -> None:
         if self.live:
             error: type[Exception] | None = RunBusy
-        elif self.status in {"queued", "running", "failed", "interrupted"}:
+        elif self.status in {"queued", "running", "failed", "interrupted", "planning"}:
             error = None
         else:
             error = RunStateError
@@ -121,8 +121,9 @@ class Lifecycle(RuleBasedStateMachine):
 
     @rule(owner=st.sampled_from(OWNERS), status=st.sampled_from(["completed", "failed", "interrupted"]))
     def finish(self, owner: str, status: str) -> None:
+        sources = frozenset({"running", "planning"} if status == "failed" else {"running"})  # planning may fail, not complete
         self.expect(lambda: self.stores[owner].finish(self.run_id, status), ok=(status, None, False),
-                    error=self.executor_refusal(owner))
+                    error=self.executor_refusal(owner, sources))
 
     @rule(owner=st.sampled_from(OWNERS))
     def release(self, owner: str) -> None:
@@ -130,7 +131,7 @@ class Lifecycle(RuleBasedStateMachine):
 
     @rule(owner=st.sampled_from(OWNERS))
     def cancel(self, owner: str) -> None:
-        error = None if self.status in {"queued", "running", "waiting", "interrupted"} else RunStateError
+        error = None if self.status in {"planning", "queued", "running", "waiting", "interrupted"} else RunStateError
         self.expect(lambda: self.stores[owner].cancel(self.run_id, "stop"), ok=("cancelled", None, False), error=error)
 
     @precondition(lambda self: self.live)
@@ -157,12 +158,12 @@ class Lifecycle(RuleBasedStateMachine):
         assert head["steps"] == self.steps
         # A lease exists only on a running run, and only a live one is the holder's.
         if head["owner"] is not None:
-            assert self.status == "running"
+            assert self.status in ("running", "planning")
         if self.live:
             assert head["owner"] == self.holder and head["lease_expires_at"] > time.time()
 
 
-Lifecycle.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None,
+Lifecycle.TestCase.settings = settings(max_examples=150, stateful_step_count=20, deadline=None,
                                        suppress_health_check=[HealthCheck.too_slow])
 test_lifecycle_transitions = Lifecycle.TestCase
 

@@ -303,3 +303,61 @@ def test_ctrl_c_ends_a_command_within_a_second_and_keeps_the_run_as_interrupted(
     if command == "exec":
         [listed] = RunStore(home / "runs.sqlite").list_runs()
         assert listed["status"] == "interrupted"
+
+
+# --- the service answers before the planner does -------------------------------------------------------------
+
+
+def planner_reply(plan: list[dict[str, Any]]) -> dict[str, Any]:
+    return chat_reply(f"<think>One step answers it.</think>\n```json\n{json.dumps(plan)}\n```")
+
+
+def test_the_service_answers_202_with_the_run_id_while_planning_then_runs_it(tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from planvm.engine import Engine
+    from planvm.server import create_app
+
+    assign = [{"seq_no": 0, "type": "assign", "parameters": {"final_answer": "planned and run"}}]
+    with FakeChatServer() as server:
+        server.actions.extend([("sleep", 2.0, planner_reply(assign)), ("sleep", 2.0, planner_reply(assign))])
+        for name, value in llm_env(server, tmp_path / "home").items():
+            monkeypatch.setenv(name, value)
+        engine = Engine({"store_path": str(tmp_path / "runs.sqlite")})
+        with TestClient(create_app(engine)) as http:
+            began = time.monotonic()
+            started = http.post("/v1/runs", json={"goal": "What is planvm?", "planner": "llm"})
+            answered = time.monotonic() - began
+            assert started.status_code == 202 and started.json()["status"] == "planning" and answered < 1.0
+            run_id = started.json()["run_id"]
+            with http.stream("GET", f"/v1/runs/{run_id}/events") as stream:
+                events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: ")]
+            assert events[-1]["status"] == "completed" and events[-1]["final_answer"] == "planned and run"
+            run = http.get(f"/v1/runs/{run_id}").json()
+            assert run["planning"]["planner"] == "llm" and run["plan"] == assign
+            # Cancelled while it is being planned: it never runs.
+            other = http.post("/v1/runs", json={"goal": "Another?", "planner": "llm"}).json()["run_id"]
+            assert http.post(f"/v1/runs/{other}/cancel").json()["status"] == "cancelled"
+            time.sleep(2.5)
+            after = http.get(f"/v1/runs/{other}").json()
+            assert after["status"] == "cancelled" and after["plan"] is None and after["steps"] == 0
+        engine.close()
+
+
+def test_a_planning_that_fails_in_the_service_is_a_failed_run_with_its_attempts(tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from planvm.engine import Engine
+    from planvm.server import create_app
+
+    with FakeChatServer() as server:
+        server.actions.extend([("json", 200, chat_reply("no plan here"))] * 3)
+        for name, value in llm_env(server, tmp_path / "home").items():
+            monkeypatch.setenv(name, value)
+        engine = Engine({"store_path": str(tmp_path / "runs.sqlite")})
+        with TestClient(create_app(engine)) as http:
+            done = http.post("/v1/runs?wait=true", json={"goal": "What is planvm?", "planner": "llm"}).json()
+            assert done["status"] == "failed" and "planning failed" in done["error"]
+            run = http.get(f"/v1/runs/{done['run_id']}").json()
+            assert run["planning"]["attempts"] == 3 and run["steps"] == 0
+        engine.close()

@@ -281,6 +281,35 @@ class _Service:
         run_id = await ready
         return run_id, task
 
+    def start(self, run_id: str, start: Callable[[RunListener], Awaitable[Any]]) -> asyncio.Task[Any]:
+        """Run ``start`` in the background for a run already in the store (a goal being planned)."""
+        hub = self.hub
+        listener = RunListener(
+            on_open=lambda rid, committed: hub.opened(rid, committed, resumed=False),
+            on_step=lambda record: hub.step_finished(run_id, record),
+            on_step_start=lambda seq_no, kind, tool: hub.step_started(run_id, seq_no, kind, tool),
+            on_token=lambda seq_no, delta: hub.token(run_id, seq_no, delta),
+        )
+
+        async def drive() -> Any:
+            try:
+                return await start(listener)
+            except Exception as exc:
+                log.warning("run %s stopped: %s", run_id, _public(str(exc), self.store))
+                try:
+                    await self.call(self.store.finish, run_id, "interrupted", error=f"the server could not go on: {exc}")
+                except PlanVMError:
+                    pass
+                return None
+            finally:
+                if self.tasks.get(run_id) is task:
+                    del self.tasks[run_id]
+                hub.ended(run_id)
+
+        task = asyncio.create_task(drive())
+        self.tasks[run_id] = task
+        return task
+
     def close(self) -> None:
         self._health_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -392,7 +421,8 @@ def create_app(
 
     async def respond(run_id: str, task: asyncio.Task[Any], wait: bool, status: int = 202) -> JSONResponse:
         if wait:
-            result = await asyncio.shield(task)
+            await asyncio.wait([task])
+            result = None if task.cancelled() or task.exception() is not None else task.result()
             # The run's own result when it ran here (what `planvm exec --json` prints), else the store's.
             if result is not None and result.status != "cancelled":
                 return JSONResponse(result_json(result))
@@ -413,6 +443,15 @@ def create_app(
                 await _finished(service, queued, (limits or {}).get("max_seconds") or engine.limits.max_seconds)
                 return JSONResponse(await stored_outcome(service.io, queued))
             return JSONResponse({"run_id": queued, "status": "queued"}, status_code=202)
+        if body.plan is None:
+            # Planning happens after the answer: the run exists (status `planning`) and streams like
+            # any other, so a client never waits on a planner to learn its run's id.
+            run_id = await call(engine.open_planning, body.goal, metadata=body.metadata, limits=limits,
+                                approve_tools=body.approve_tools, use_library=body.library)
+            task = service.start(run_id, lambda listener: engine.plan_and_run(
+                run_id, body.goal, metadata=body.metadata, planner_kind=body.planner, limits=limits, listener=listener,
+                use_library=body.library))
+            return await respond(run_id, task, wait)
         run_id, task = await service.launch(
             lambda listener: engine.run_goal(
                 body.goal, metadata=body.metadata, planner_kind=body.planner, plan=body.plan, limits=limits,

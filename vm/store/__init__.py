@@ -761,8 +761,11 @@ class RunStore:
         conn.execute(t.leases.delete().where(t.leases.c.run_id == run_id))
         conn.execute(t.leases.insert().values(run_id=run_id, owner=self.worker_id, expires_at=now + self.lease_seconds))
 
-    def _renew_in(self, conn: Any, run_id: str, now: float) -> bool:
-        done = conn.execute(_hot().renew, {"r": run_id, "o": self.worker_id, "now": now, "until": now + self.lease_seconds})
+    def _renew_in(self, conn: Any, run_id: str, now: float, *, running: bool = False) -> bool:
+        """Extend this process's live lease; ``running``: only while the run is ``running`` (a step
+        commit: a planning, waiting or cancelled run takes no step)."""
+        statement = _hot().renew_running if running else _hot().renew
+        done = conn.execute(statement, {"r": run_id, "o": self.worker_id, "now": now, "until": now + self.lease_seconds})
         return done.rowcount == 1
 
     def renew(self, run_id: str) -> bool:
@@ -802,8 +805,8 @@ class RunStore:
         no one; ``plan`` None: a goal the worker plans; ``"failed"`` with ``error``: a goal whose
         planning failed, kept with its attempts); a fork copies its parent's first
         ``inherit_steps`` steps."""
-        if status not in ("running", "queued", "failed"):
-            raise ValueError(f"a run starts running, queued or failed (planning failed), not {status!r}")
+        if status not in ("running", "queued", "failed", "planning"):
+            raise ValueError(f"a run starts running, queued, planning or failed (planning failed), not {status!r}")
         import sqlalchemy as sa
 
         t = _schema()
@@ -818,7 +821,7 @@ class RunStore:
                 planning=_dumps(planning) if planning is not None else None, approve_tools=_dumps(approve_tools) if approve_tools else None,
                 error=redact(clean_text(error)) if error else None,
             ))
-            if status == "running":
+            if status in ("running", "planning"):  # this process is at work on it
                 self._take_lease(conn, run_id, now)
             if parent_id is not None and inherit_steps:
                 s = t.steps
@@ -835,13 +838,26 @@ class RunStore:
         self._write(body)
         return run_id
 
+    def fail_planning(self, run_id: str, error: str, planning: dict[str, Any] | None) -> None:
+        """End a ``planning`` run whose planning failed, keeping how it went (``RunCancelled``
+        when it was cancelled meanwhile)."""
+        self._write(lambda conn: self._change(
+            conn, run_id, "fail", error=redact(clean_text(error)), owner=None,
+            planning=_dumps(planning) if planning is not None else None))
+
     def set_plan(self, run_id: str, plan: list[Any], planning: dict[str, Any] | None) -> None:
-        """Give a queued goal its plan (the worker planned it)."""
+        """Give a goal its plan (a worker, or the service, planned it); ``RunCancelled`` when the
+        run was cancelled meanwhile (nothing is written then)."""
         t = _schema()
-        self._write(lambda conn: conn.execute(
-            t.runs.update().where(t.runs.c.id == run_id).values(
-                plan=_dumps(plan), planning=_dumps(planning) if planning is not None else None, updated_at=time.time())
-        ))
+
+        def body(conn: Any) -> None:
+            done = conn.execute(
+                t.runs.update().where(t.runs.c.id == run_id, t.runs.c.status.in_(("queued", "running", "planning"))).values(
+                    plan=_dumps(plan), planning=_dumps(planning) if planning is not None else None, updated_at=time.time()))
+            if done.rowcount != 1:
+                raise self._why_lost(conn, run_id)
+
+        self._write(body)
 
     def record_step(self, run_id: str, index: int, record: Any) -> None:
         """Write one executed step (a :class:`vm.StepRecord`) in its own transaction, if this
@@ -856,7 +872,7 @@ class RunStore:
         )
 
         def body(conn: Any) -> None:
-            if not self._renew_in(conn, run_id, time.time()):
+            if not self._renew_in(conn, run_id, time.time(), running=True):
                 raise self._why_lost(conn, run_id)
             try:
                 conn.execute(_hot().insert_step, row)
@@ -1339,6 +1355,8 @@ class _HotStatements:
             .where(t.leases.c.run_id == sa.bindparam("r"), t.leases.c.owner == sa.bindparam("o"), t.leases.c.expires_at >= sa.bindparam("now"))
             .values(expires_at=sa.bindparam("until"))
         )
+        self.renew_running = self.renew.where(
+            sa.exists().where(t.runs.c.id == sa.bindparam("r"), t.runs.c.status == "running"))
         self.insert_step = t.steps.insert()
 
 

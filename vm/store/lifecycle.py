@@ -4,12 +4,14 @@
 
     (new) ──start──▶ running ──wait──▶ waiting ──approve──▶ running
     (new) ──enqueue─▶ queued ──claim──▶ running ──complete──▶ completed
+    (new) ──open────▶ planning ──claim──▶ running       (a goal planned after its id was given out)
+                      planning ──fail───▶ failed        (planning failed; its attempts kept)
                                         running ──fail──────▶ failed ──claim (resume)──▶ running
                                         running ──release───▶ queued         (a worker stopping)
                                         running ──interrupt─▶ interrupted    (its executor stopped)
                                         running ──abandon───▶ interrupted    (its executor died)
                                     interrupted ──claim─────▶ running
-    queued | running | waiting | interrupted ──cancel──▶ cancelled
+    planning | queued | running | waiting | interrupted ──cancel──▶ cancelled
 
 ``completed`` and ``cancelled`` are final (fork a run to go on from one of its steps). The status
 in the store is the only truth about a run: a process changes it only through :func:`transition`,
@@ -32,7 +34,7 @@ from vm.errors import LeaseLost, RunCancelled, RunNotFound, RunStateError
 
 __all__ = ["FINAL", "STATUSES", "TRANSITIONS", "Transition", "transition"]
 
-STATUSES = frozenset({"queued", "running", "waiting", "completed", "failed", "cancelled", "interrupted"})
+STATUSES = frozenset({"planning", "queued", "running", "waiting", "completed", "failed", "cancelled", "interrupted"})
 FINAL = frozenset({"completed", "cancelled"})
 
 
@@ -49,16 +51,17 @@ def _t(sources: str, target: str, *, executor: bool = False, refusal: str = "") 
 
 
 TRANSITIONS: dict[str, Transition] = {
-    "claim": _t("queued running failed interrupted", "running",
+    "claim": _t("planning queued running failed interrupted", "running",
                 refusal="only a queued, interrupted or failed run can be resumed"),
     "approve": _t("waiting", "running", refusal="only a waiting run can be approved or rejected"),
     "wait": _t("running", "waiting", executor=True),
     "complete": _t("running", "completed", executor=True),
-    "fail": _t("running", "failed", executor=True),
+    "fail": _t("running planning", "failed", executor=True),
     "interrupt": _t("running", "interrupted", executor=True),
     "release": _t("running", "queued", executor=True),
     "abandon": _t("running", "interrupted"),
-    "cancel": _t("queued running waiting interrupted", "cancelled", refusal="a completed or cancelled run cannot be cancelled"),
+    "cancel": _t("planning queued running waiting interrupted", "cancelled",
+                 refusal="a completed or cancelled run cannot be cancelled"),
 }
 
 _HINTS = {
@@ -67,6 +70,7 @@ _HINTS = {
     "failed": "it failed; resume it to run its failed step again",
     "waiting": "it waits for an approval; approve or reject its pending call, or cancel it",
     "running": "it is running",
+    "planning": "its plan is being written",
     "queued": "it waits in the queue for a worker",
     "interrupted": "its executor stopped before it ended; resume it",
 }
