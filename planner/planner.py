@@ -41,8 +41,10 @@ class Attempt:
     completion_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The attempt as a run keeps it: a huge reply as a bounded excerpt (its head and tail)."""
         return {
-            "prompt": self.prompt, "reply": self.reply, "reasoning": self.reasoning, "plan": self.plan, "problems": self.problems,
+            "prompt": self.prompt, "reply": _excerpt(self.reply, KEPT_REPLY_CHARS), "reasoning": self.reasoning, "plan": self.plan,
+            "problems": self.problems,
             "model": self.model, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
         }
 
@@ -271,6 +273,7 @@ def _variables_before(run: Any, from_seq: int) -> dict[str, Any]:
 
 
 REPAIR_QUOTE_CHARS = 12_000  # of a reply sent back for repair: its head and its tail
+KEPT_REPLY_CHARS = 64_000  # of a reply kept in a run's planning record
 
 
 def _excerpt(text: str, limit: int = REPAIR_QUOTE_CHARS) -> str:
