@@ -361,3 +361,20 @@ def test_a_planning_that_fails_in_the_service_is_a_failed_run_with_its_attempts(
             run = http.get(f"/v1/runs/{done['run_id']}").json()
             assert run["planning"]["attempts"] == 3 and run["steps"] == 0
         engine.close()
+
+
+def test_a_reply_without_usage_still_counts_against_the_token_budget():
+    import asyncio
+
+    from vm import VM, Completion, Limits, TokenLimitExceeded
+    from tools import default_registry
+
+    class NoUsage:
+        def complete(self, prompt: str, *, system: str | None = None, json_schema: Any = None) -> Completion:
+            return Completion("word " * 400)  # 2,000 characters, no token counts: about 500 tokens
+
+    plan = [{"seq_no": i, "type": "calling", "parameters": {"tool_name": "llm_generate", "tool_params": {"prompt": f"q{i}"},
+                                                            "output_vars": [f"a{i}"]}} for i in range(5)]
+    plan.append({"seq_no": 5, "type": "assign", "parameters": {"final_answer": "${a4}"}})
+    result = asyncio.run(VM(default_registry(), llm=NoUsage(), limits=Limits(max_tokens=1200), concurrency=1).arun(plan))
+    assert result.status == "failed" and isinstance(result.error, TokenLimitExceeded)

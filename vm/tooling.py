@@ -126,8 +126,13 @@ class RunLLM:
         )
 
     def _checked(self, reply: Completion, purpose: str) -> Completion:
-        """The reply, counted against the token budget, unless it is larger than a value may be."""
-        spent = (reply.prompt_tokens or 0) + (reply.completion_tokens or 0)
+        """The reply, counted against the token budget, unless it is larger than a value may be.
+        A reply whose server reported no usage (some streams) counts an estimate of its completion
+        (about 4 characters a token), so a token budget is never blind."""
+        completion = reply.completion_tokens
+        if completion is None:
+            completion = -(-(len(reply.text) + len(reply.reasoning or "")) // 4)
+        spent = (reply.prompt_tokens or 0) + completion
         if spent:
             with self._lock:
                 self.tokens += spent
