@@ -378,3 +378,15 @@ def test_a_reply_without_usage_still_counts_against_the_token_budget():
     plan.append({"seq_no": 5, "type": "assign", "parameters": {"final_answer": "${a4}"}})
     result = asyncio.run(VM(default_registry(), llm=NoUsage(), limits=Limits(max_tokens=1200), concurrency=1).arun(plan))
     assert result.status == "failed" and isinstance(result.error, TokenLimitExceeded)
+
+
+def test_hints_name_the_setting_in_effect(monkeypatch):
+    from tools.backends import make_llms
+    from tools.settings import Settings
+
+    monkeypatch.setenv("PLANVM_LLM_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("PLANVM_LLM_MODEL", "general")
+    monkeypatch.setenv("PLANVM_PLANNER_TIMEOUT", "7")
+    llms = make_llms(Settings(), ("planner", "answer"))
+    assert llms["planner"].names["timeout"] == "PLANVM_PLANNER_TIMEOUT" and llms["planner"].timeout == 7
+    assert llms["answer"].names["timeout"] == "PLANVM_LLM_TIMEOUT"
