@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from planvm.engine import Engine
 from planvm.server import create_app
-from tests.serve_helpers import TOOLS, slow_plan
+from tests.serve_helpers import TOOLS, slow_plan, wait_status
 from vm import RunStore
 
 ECHO = {"tool_name": "slow_echo", "tool_params": {"text": "draft", "seconds": 0.01}, "output_vars": ["d"]}
@@ -44,16 +44,6 @@ def service(tmp_path: Path, **kwargs: Any) -> tuple[TestClient, Engine]:
     return TestClient(create_app(engine, **kwargs)), engine
 
 
-def wait_for(client: TestClient, run_id: str, statuses: set[str], timeout: float = 20) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = client.get(f"/v1/runs/{run_id}").json()
-        if run["status"] in statuses:
-            return run
-        time.sleep(0.02)
-    raise AssertionError(f"run {run_id} never reached {statuses}")
-
-
 def sent(calls: Path) -> list[str]:
     return [line for line in calls.read_text().splitlines() if line.startswith("send_email")] if calls.exists() else []
 
@@ -62,7 +52,7 @@ def test_cancel_of_a_waiting_run_cancels_it_and_a_later_approve_runs_nothing(tmp
     client, engine = service(tmp_path)
     with client:
         run_id = client.post("/v1/runs", json={"goal": "mail", "plan": mail_plan()}).json()["run_id"]
-        wait_for(client, run_id, {"waiting"})
+        wait_status(client, run_id, {"waiting"})
         cancelled = client.post(f"/v1/runs/{run_id}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
         approve = client.post(f"/v1/runs/{run_id}/approve?wait=true", json={"seq_no": 1, "approved": True})
@@ -83,7 +73,7 @@ def test_resume_after_a_reject_or_a_first_step_failure_is_not_busy(tmp_path, cal
     client, engine = service(tmp_path)
     with client:
         run_id = client.post("/v1/runs", json={"goal": "mail", "plan": mail_plan()}).json()["run_id"]
-        wait_for(client, run_id, {"waiting"})
+        wait_status(client, run_id, {"waiting"})
         rejected = client.post(f"/v1/runs/{run_id}/approve?wait=true", json={"seq_no": 1, "approved": False, "reason": "no"})
         assert rejected.json()["status"] == "failed"
         again = client.post(f"/v1/runs/{run_id}/resume?wait=true")
@@ -242,13 +232,15 @@ def test_smaller_edges(tmp_path, calls, caplog):
     client, engine = service(tmp_path, token="s3cret-token")
     auth = {"Authorization": "Bearer s3cret-token"}
     with client:
+        assert client.get("/v1/runs").status_code == 401
         assert client.head("/healthz").status_code == 200
         health = client.get("/healthz").text
         assert str(tmp_path) not in health and "runs.sqlite" not in health
         missing = client.get("/v1/runs/feedfacefeedface", headers=auth)
         assert missing.status_code == 404 and str(tmp_path) not in missing.text and "runs.sqlite" not in missing.text
         run_id = client.post("/v1/runs", json={"goal": "mail", "plan": mail_plan()}, headers=auth).json()["run_id"]
-        wait_for(AuthClient(client, auth), run_id, {"waiting"})
+        client.headers.update(auth)
+        wait_status(client, run_id, {"waiting"})
         yes = client.post(f"/v1/runs/{run_id}/approve", json={"seq_no": 1, "approved": "yes"}, headers=auth)
         assert yes.status_code == 422 and "approved" in yes.text
         negative = client.post(f"/v1/runs/{run_id}/approve", json={"seq_no": -3, "approved": True}, headers=auth)
@@ -262,13 +254,3 @@ def test_smaller_edges(tmp_path, calls, caplog):
     engine.close()
     with pytest.raises(ValueError, match="blank"):
         create_app(Engine({"store_path": str(tmp_path / "r2.sqlite"), "no_builtins": True}), token="  ")
-
-
-class AuthClient:
-    """A TestClient whose GETs carry a bearer token (for wait_for)."""
-
-    def __init__(self, client: TestClient, headers: dict[str, str]) -> None:
-        self.client, self.headers = client, headers
-
-    def get(self, url: str) -> Any:
-        return self.client.get(url, headers=self.headers)

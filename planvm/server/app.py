@@ -234,17 +234,30 @@ class _Service:
     ) -> tuple[str, asyncio.Task[Any]]:
         """Start a run in the background; answer its id once it is in the store (or raise what
         stopped it before that: an invalid plan, a planning failure, a run in another state)."""
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[str] = loop.create_future()
-        hub = self.hub
-        cell: dict[str, str] = {}
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        task = self._drive(start, None, ready=ready, resumed=resumed)
+        return await ready, task
 
-        def on_open(run_id: str, committed: int) -> None:
-            cell["id"] = run_id
-            self.tasks[run_id] = task
-            hub.opened(run_id, committed, resumed=resumed)
-            if not ready.done():
-                ready.set_result(run_id)
+    def start(self, run_id: str, start: Callable[[RunListener], Awaitable[Any]]) -> asyncio.Task[Any]:
+        """Run ``start`` in the background for a run already in the store (a goal being planned)."""
+        return self._drive(start, run_id)
+
+    def _drive(
+        self, start: Callable[[RunListener], Awaitable[Any]], run_id: str | None, *, ready: asyncio.Future[str] | None = None,
+        resumed: bool = False,
+    ) -> asyncio.Task[Any]:
+        """The task executing one run here, its events fed to the hub. An error before the run is in
+        the store goes to ``ready`` (the request reports it); one after it is logged, and the run,
+        if still ``running`` under this process, is marked ``interrupted``."""
+        hub = self.hub
+        cell: dict[str, str] = {"id": run_id} if run_id is not None else {}
+
+        def on_open(opened: str, committed: int) -> None:
+            cell["id"] = opened
+            self.tasks[opened] = task
+            hub.opened(opened, committed, resumed=resumed)
+            if ready is not None and not ready.done():
+                ready.set_result(opened)
 
         listener = RunListener(
             on_open=on_open,
@@ -257,7 +270,7 @@ class _Service:
             try:
                 return await start(listener)
             except Exception as exc:
-                if not ready.done():
+                if ready is not None and not ready.done():
                     ready.set_exception(exc)  # the request that started it reports it
                 elif "id" in cell:
                     log.warning("run %s stopped: %s", cell["id"], _public(str(exc), self.store))
@@ -267,47 +280,19 @@ class _Service:
                         pass
                 return None
             except BaseException:
-                if not ready.done():
+                if ready is not None and not ready.done():
                     ready.set_exception(RuntimeError("the server stopped before the run started"))
                 raise
             finally:
-                run_id = cell.get("id")
-                if run_id is not None:
-                    if self.tasks.get(run_id) is task:
-                        del self.tasks[run_id]
-                    hub.ended(run_id)
+                done_id = cell.get("id")
+                if done_id is not None:
+                    if self.tasks.get(done_id) is task:
+                        del self.tasks[done_id]
+                    hub.ended(done_id)
 
         task = asyncio.create_task(drive())
-        run_id = await ready
-        return run_id, task
-
-    def start(self, run_id: str, start: Callable[[RunListener], Awaitable[Any]]) -> asyncio.Task[Any]:
-        """Run ``start`` in the background for a run already in the store (a goal being planned)."""
-        hub = self.hub
-        listener = RunListener(
-            on_open=lambda rid, committed: hub.opened(rid, committed, resumed=False),
-            on_step=lambda record: hub.step_finished(run_id, record),
-            on_step_start=lambda seq_no, kind, tool: hub.step_started(run_id, seq_no, kind, tool),
-            on_token=lambda seq_no, delta: hub.token(run_id, seq_no, delta),
-        )
-
-        async def drive() -> Any:
-            try:
-                return await start(listener)
-            except Exception as exc:
-                log.warning("run %s stopped: %s", run_id, _public(str(exc), self.store))
-                try:
-                    await self.call(self.store.finish, run_id, "interrupted", error=f"the server could not go on: {exc}")
-                except PlanVMError:
-                    pass
-                return None
-            finally:
-                if self.tasks.get(run_id) is task:
-                    del self.tasks[run_id]
-                hub.ended(run_id)
-
-        task = asyncio.create_task(drive())
-        self.tasks[run_id] = task
+        if run_id is not None:
+            self.tasks[run_id] = task
         return task
 
     def close(self) -> None:
