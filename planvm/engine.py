@@ -330,9 +330,7 @@ class Engine:
                 planned(result)
             program, planning = result.program, result.record()
         else:
-            # A large plan takes a while to check: off the event loop where other work shares it.
-            compiled = await asyncio.to_thread(vm.compile, plan) if vm.store_in_threads else vm.compile(plan)
-            program, planning = compiled, {"planner": "given", "reasoning": None}
+            program, planning = await vm.acompile(plan), {"planner": "given", "reasoning": None}
         self.check_knowledge_base(program.to_data())
         return await vm.arun(
             program, goal=goal, metadata=metadata or None, approve_tools=approve_tools, listener=listener, planning=planning

@@ -140,7 +140,7 @@ def worker(concurrency: int, lease_seconds: float, poll_seconds: float, grace_se
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO, force=True)
     options["lease_seconds"] = lease_seconds
     engine = make_engine(options)
-    engine.vm.store_in_threads = True  # many runs share this event loop: none waits on the database
+    engine.vm.store_in_threads = engine.store.dialect != "sqlite"  # many runs share this loop: none waits on a database server
     engine.vm.stopped_status = "queued"  # runs stopped with the worker go back to the queue
     engine.vm.on_step = None
     engine.vm.on_start = None

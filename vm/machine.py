@@ -6,6 +6,7 @@ The interpreter itself is in :mod:`vm.interpreter`; the run store in :mod:`vm.st
 from __future__ import annotations
 
 import asyncio
+import functools
 import copy
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -87,6 +88,9 @@ class VM:
         self.stopped_status = "interrupted"
         self.concurrency = concurrency
         self._pool = _Threads(max_threads)
+        # Store calls from async code (store_in_threads): SQLite serializes writers anyway, so one
+        # thread in order (no threads fighting over its lock); a database server gets a few.
+        self._store_pool = _Threads(1 if getattr(store, "dialect", "sqlite") == "sqlite" else 8, "planvm-store")
         telemetry.configure_from_env()
 
     # --- validation ---------------------------------------------------------------------------
@@ -135,7 +139,7 @@ class VM:
         """The async form of :meth:`run`; ``listener`` hears this run's progress, ``planning``
         (how the plan was made: planner, reasoning, model, tokens) is recorded with it."""
         state: dict[str, Any] = dict(variables or {})
-        program = await self._io(self.compile, plan, variables=state)
+        program = await self.acompile(plan, variables=state)
         approve = self.approve_tools | frozenset(approve_tools or ())
         run_id = None
         if self.store is not None:
@@ -169,7 +173,7 @@ class VM:
         stored = await self._io(store.claim, run_id, held=claimed, approving=approving)
         run_id = stored.id  # the full id, when a prefix was given
         try:
-            program = await self._io(self.compile, stored.plan, variables=stored.variables)
+            program = await self.acompile(stored.plan, variables=stored.variables)
         except BaseException:
             await self._io(store.finish, run_id, "failed", error="the recorded plan no longer validates against these tools")
             raise
@@ -243,7 +247,7 @@ class VM:
                 path=str(store.path),
             )
         prefix = reached[0]
-        program = await self._io(self.compile, plan, variables=parent.variables)
+        program = await self.acompile(plan, variables=parent.variables)
         if from_seq not in program.position:
             raise ForkError(f"the new plan has no seq_no {from_seq} to continue from; add it or fork from another step")
         old = {ins["seq_no"]: canonical_instruction(ins) for ins in load_plan_data(parent.plan) if isinstance(ins, dict)}
@@ -308,7 +312,7 @@ class VM:
         if store is not None:
             if self.store_in_threads:
                 async def persist(index: int, record: StepRecord) -> None:
-                    await asyncio.to_thread(store.record_step, run_id, index, record)
+                    await self._io(store.record_step, run_id, index, record)
             else:
                 def persist(index: int, record: StepRecord) -> None:
                     store.record_step(run_id, index, record)
@@ -396,10 +400,19 @@ class VM:
     # --- plumbing -------------------------------------------------------------------------------
 
     async def _io(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``function(*args, **kwargs)``: in a worker thread when ``store_in_threads`` is set."""
-        if self.store_in_threads:
-            return await asyncio.to_thread(function, *args, **kwargs)
-        return function(*args, **kwargs)
+        """``function(*args, **kwargs)`` (a store call): in the store's threads when
+        ``store_in_threads`` is set."""
+        if not self.store_in_threads:
+            return function(*args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._store_pool.get(), functools.partial(function, *args, **kwargs))
+
+    async def acompile(self, plan: Any, *, variables: Iterable[str] = ()) -> Program:
+        """:meth:`compile`; a large plan (seconds of checking) in a worker thread, so an event loop
+        that serves other work meanwhile is not held."""
+        if _large(plan):
+            return await asyncio.to_thread(self.compile, plan, variables=variables)
+        return self.compile(plan, variables=variables)
 
     def _need_store(self, what: str) -> RunStore:
         if self.store is None:
@@ -425,6 +438,7 @@ class VM:
     def close(self) -> None:
         """Release the thread pool used for sync tools (also done by ``with VM(...) as vm``)."""
         self._pool.close()
+        self._store_pool.close()
 
     def __enter__(self) -> VM:
         return self
@@ -437,15 +451,16 @@ class VM:
 
 
 class _Threads:
-    """The thread pool sync tools and LLMs run in, made on first use."""
+    """A thread pool (sync tools and LLMs; store calls), made on first use."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, name: str = "planvm-tool") -> None:
         self.size = size
+        self.name = name
         self.executor: ThreadPoolExecutor | None = None
 
     def get(self) -> ThreadPoolExecutor:
         if self.executor is None:
-            self.executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="planvm-tool")
+            self.executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix=self.name)
         return self.executor
 
     def close(self) -> None:
@@ -486,6 +501,14 @@ async def _heartbeat(store: RunStore, run_id: str, cancel: _Cancel) -> None:
                 return
         except StoreError:
             continue  # the database is away: the commit that follows retries or reports it
+
+
+def _large(plan: Any) -> bool:
+    """Whether checking ``plan`` takes long enough to move off an event loop (about 20 µs an
+    instruction: 500 instructions take 10 ms)."""
+    if isinstance(plan, (list, str, bytes)):
+        return len(plan) > (500 if isinstance(plan, list) else 200_000)
+    return False
 
 
 def _both(first: Callable[..., None] | None, second: Callable[..., None] | None) -> Callable[..., None] | None:
