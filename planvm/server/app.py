@@ -6,8 +6,10 @@ Runs execute as tasks of the server's event loop and outlive the requests that s
 
 The run store is the truth about every run: its status changes only by the store's lifecycle
 transitions (a cancel is one, whichever process executes the run), and whether a run is being
-executed is told by its lease. Store calls and large validations run in worker threads, bounded
-by ``store_timeout``, so the event loop (and ``/healthz``) never waits on the database.
+executed is told by its lease. Requests read the store in worker threads, bounded by
+``store_timeout``; runs call a database server's store in threads (SQLite commits, local and
+short, inline); large plans are checked in a thread: the event loop (and ``/healthz``) never waits
+on a database.
 """
 
 from __future__ import annotations
