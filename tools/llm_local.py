@@ -102,7 +102,10 @@ class LocalChat:
 
     def _completion(self, text: str, prompt_tokens: int, completion_tokens: int) -> Completion:
         reply = split_reasoning(text)
-        return Completion(reply.text, reply.reasoning, model=self.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        # As a server would say it: a generation that used every token it was allowed was cut there.
+        finish = "length" if completion_tokens >= self.max_new_tokens else "stop"
+        return Completion(reply.text, reply.reasoning, model=self.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                          finish_reason=finish)
 
     def complete(self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None) -> Completion:
         return self._completion(*self.generate(self.prompt_ids(prompt, system)))
