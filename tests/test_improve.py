@@ -281,9 +281,9 @@ def test_bad_input_gets_one_clear_error(models, example_kb, tmp_path):
     # A run whose plan no longer validates is reported by the export, not written.
     legacy = RunStore(store_path)
     old = legacy.create_run([{"seq_no": 0, "type": "calling", "parameters": {"tool_name": "retired_tool", "tool_params": {},
-                                                                             "output_vars": ["final_answer"]}}], goal="An old goal")
+                                                                             "output_vars": ["final_answer"]}}], goal="An old goal",
+                            planning={"planner": "llm", "reasoning": "Once there was a tool for this."})
     legacy.finish(old, "completed", final_answer="old")
-    legacy.set_plan(old, legacy.get(old).plan, {"planner": "llm", "reasoning": "Once there was a tool for this."})
     out = planvm("runs", "export", "--training", str(tmp_path / "rows.jsonl"), "--store", store)
     assert out.exit_code == 0 and f"run {old} left out: invalid plan" in out.stderr and "wrote 1 training row(s)" in out.stdout
     out = planvm("runs", "export", "--training", str(tmp_path / "later.jsonl"), "--store", store, "--since", "2999-01-01")
