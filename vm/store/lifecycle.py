@@ -32,10 +32,9 @@ from typing import Any
 
 from vm.errors import LeaseLost, RunCancelled, RunNotFound, RunStateError
 
-__all__ = ["FINAL", "STATUSES", "TRANSITIONS", "Transition", "transition"]
+__all__ = ["STATUSES", "TRANSITIONS", "Transition", "transition"]
 
 STATUSES = frozenset({"planning", "queued", "running", "waiting", "completed", "failed", "cancelled", "interrupted"})
-FINAL = frozenset({"completed", "cancelled"})
 
 
 @dataclass(frozen=True, slots=True)
