@@ -199,7 +199,7 @@ class EventHub:
         if not watch.started:
             watch.floor = watch.committed = committed
             watch.started = True
-        watch.committed = max(watch.committed, committed)
+        watch.committed = committed  # the executor's count (a resume may have dropped a failed step)
         watch.place = PAUSED if resumed else 0
         watch.status = "running"
         if resumed:
@@ -297,6 +297,7 @@ async def run_events(hub: EventHub, run_id: str, after: int = -1) -> AsyncIterat
     watch.readers += 1
     hub.ensure_poller(watch)
     sent = after
+    exhausted = -1  # a window floor below which the store turned out to hold nothing more
     try:
         if sent < 0:
             sent = 0
@@ -308,12 +309,15 @@ async def run_events(hub: EventHub, run_id: str, after: int = -1) -> AsyncIterat
                 continue
             # Steps this stream lacks that the window does not hold: from the store.
             need = sent // SPAN
-            if need < watch.floor:
+            if need < watch.floor and watch.floor != exhausted:
+                before = sent
                 async for step in _history(hub.io, run_id, need, watch.floor):
                     event = step_event(step.index, step)
                     if event.id > sent:
                         sent = event.id
                         yield event
+                if sent == before:  # fewer steps than counted (a resume dropped a failed one): go on from the window
+                    exhausted = watch.floor
                 continue
             fresh = watch.after(sent)
             for event in fresh:
