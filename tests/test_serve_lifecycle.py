@@ -255,3 +255,47 @@ def test_smaller_edges(tmp_path, calls, caplog):
     engine.close()
     with pytest.raises(ValueError, match="blank"):
         create_app(Engine({"store_path": str(tmp_path / "r2.sqlite"), "no_builtins": True}), token="  ")
+
+
+def test_a_stream_whose_window_starts_past_the_stored_steps_does_not_spin(tmp_path):
+    """A resume drops a failed step, so the store can hold fewer steps than a watch counted: the
+    stream reads what there is, then goes on from the window (no busy loop, no hang)."""
+    import asyncio
+
+    from planvm.server.events import SPAN, Event, EventHub, run_events
+    from vm import StepRecord
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    run_id = store.create_run(slow_plan(3, 0.0))
+    for i in range(2):
+        record = StepRecord(i, "calling")
+        record.outputs = {"r": i}
+        store.record_step(run_id, i, record)
+    reads: list[int] = []
+
+    async def io(name: str, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0)  # as a thread hop would: a stream that spun would still let the test go on
+        if name == "steps_page":
+            reads.append(args[1])
+        return getattr(store, name)(*args, **kwargs)
+
+    async def main() -> list[Event]:
+        hub = EventHub(io)
+        watch = hub.watch(run_id)
+        watch.started, watch.floor, watch.committed, watch.status = True, 3, 3, "running"  # counted 3, the store has 2
+        watch.active = True  # no poller needed: this test feeds the window
+        seen: list[Event] = []
+
+        async def read() -> None:
+            async for event in run_events(hub, run_id):
+                seen.append(event)
+
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(0.2)
+        watch.add(Event(3 * SPAN + 999_999, "done", {"status": "failed"}))
+        await asyncio.wait_for(reader, 5)
+        return seen
+
+    seen = asyncio.run(main())
+    assert [e.event for e in seen] == ["run", "step", "step", "done"]
+    assert len(reads) <= 3  # the history was read, once past its end, not in a loop
