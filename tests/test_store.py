@@ -511,3 +511,39 @@ def test_judgements_marks_and_the_plan_library_on_every_backend(store):
     assert store.library_remove(third[:10]) == third and store.library_signature()[0] == 1
     with pytest.raises(StoreError, match="no best plan"):
         store.library_remove(third)
+
+
+def test_a_commit_whose_answer_was_lost_is_not_made_twice():
+    """The server committed, then the connection died before its answer came: the retry finds the
+    step (or the status) already there and does not fail with LeaseLost."""
+    from contextlib import contextmanager
+
+    import sqlalchemy as sa
+    from databases import postgres_store_url
+
+    from vm import StepRecord
+
+    with postgres_store_url() as url:
+        store = RunStore(url)
+        run_id = store.create_run([assign(0, final_answer=1)])
+        original = store._transaction
+        lost = {"next": True}
+
+        @contextmanager
+        def answer_lost_once():
+            with original() as conn:
+                yield conn
+            if lost["next"]:  # committed; now the answer is lost
+                lost["next"] = False
+                raise sa.exc.OperationalError("COMMIT", None, Exception("server closed the connection unexpectedly"))
+
+        store._transaction = answer_lost_once
+        record = StepRecord(0, "assign")
+        record.outputs = {"final_answer": 1}
+        store.record_step(run_id, 0, record)
+        lost["next"] = True
+        store.finish(run_id, "completed", final_answer=1)
+        store._transaction = original
+        run = store.get(run_id)
+        assert run.status == "completed" and len(run.steps) == 1 and run.final_answer == 1
+        store.close()

@@ -706,14 +706,28 @@ class RunStore:
         with self._engine.begin() as conn:
             yield conn
 
-    def _write(self, body: Callable[[Any], T]) -> T:
-        """``body(connection)`` in one transaction, retried whole after a lost connection."""
+    def _write(self, body: Callable[[Any], T], landed: Callable[[Any], bool] | None = None) -> T | None:
+        """``body(connection)`` in one transaction, retried whole after a lost connection.
+        ``landed(connection)``, asked before each retry: whether the attempt before did commit (a
+        connection lost after the server committed, before its answer came back); then nothing
+        is done again."""
+        tries = 0
 
-        def attempt() -> T:
+        def attempt() -> T | None:
+            nonlocal tries
+            tries += 1
             with self._transaction() as conn:
+                if tries > 1 and landed is not None and landed(conn):
+                    return None
                 return body(conn)
 
         return self._retrying(attempt)
+
+    def _status_is(self, status: str, run_id: str) -> Callable[[Any], bool]:
+        import sqlalchemy as sa
+
+        t = _schema()
+        return lambda conn: conn.execute(sa.select(t.runs.c.status).where(t.runs.c.id == run_id)).scalar() == status
 
     def _read(self, statement: Any) -> list[Any]:
         def attempt() -> list[Any]:
@@ -881,7 +895,12 @@ class RunStore:
             # No UPDATE of the runs row here: it holds the plan, and rewriting it per step would make
             # recording cost grow with the plan's size. Step counts are read from the steps table.
 
-        self._write(body)
+        def landed(conn: Any) -> bool:
+            s = _schema().steps.c
+            found = conn.execute(sa.select(s.seq_no, s.type).where(s.run_id == run_id, s.idx == index)).first()
+            return found is not None and (found[0], found[1]) == (record.seq_no, record.type)
+
+        self._write(body, landed)
 
     _FINISH_EVENTS = {"completed": "complete", "failed": "fail", "interrupted": "interrupt"}
 
@@ -894,11 +913,11 @@ class RunStore:
         self._write(lambda conn: self._change(
             conn, run_id, event, final_answer=_dumps(final_answer) if final_answer is not None else None,
             error=redact(clean_text(error)) if error else None, owner=None,
-        ))
+        ), self._status_is(status, run_id))
 
     def wait(self, run_id: str, pending: dict[str, Any]) -> None:
         """Stop a run to wait for a person to approve the call ``pending`` describes."""
-        self._write(lambda conn: self._change(conn, run_id, "wait", pending=_dumps(pending), owner=None))
+        self._write(lambda conn: self._change(conn, run_id, "wait", pending=_dumps(pending), owner=None), self._status_is("waiting", run_id))
 
     def release(self, run_id: str) -> None:
         """Give a run this process holds back to the queue (a worker stopping), steps kept."""
