@@ -543,7 +543,12 @@ def test_a_commit_whose_answer_was_lost_is_not_made_twice():
         store.record_step(run_id, 0, record)
         lost["next"] = True
         store.finish(run_id, "completed", final_answer=1)
+        lost["next"] = True
+        other = store.create_run([assign(0, final_answer=2)], status="queued")
+        lost["next"] = True
+        assert store.cancel(other) == other
         store._transaction = original
         run = store.get(run_id)
         assert run.status == "completed" and len(run.steps) == 1 and run.final_answer == 1
+        assert [r["id"] for r in store.list_runs()].count(other) == 1 and store.status_of(other) == "cancelled"
         store.close()

@@ -849,7 +849,7 @@ class RunStore:
                     copied,
                 ))
 
-        self._write(body)
+        self._write(body, lambda conn: conn.execute(sa.select(t.runs.c.id).where(t.runs.c.id == run_id)).first() is not None)
         return run_id
 
     def fail_planning(self, run_id: str, error: str, planning: dict[str, Any] | None) -> None:
@@ -921,7 +921,7 @@ class RunStore:
 
     def release(self, run_id: str) -> None:
         """Give a run this process holds back to the queue (a worker stopping), steps kept."""
-        self._write(lambda conn: self._change(conn, run_id, "release", owner=None))
+        self._write(lambda conn: self._change(conn, run_id, "release", owner=None), self._status_is("queued", run_id))
 
     def cancel(self, run_id: str, reason: str = "cancelled") -> str:
         """Cancel ``run_id`` (its full id or a unique prefix) from any process, whoever executes
@@ -929,7 +929,8 @@ class RunStore:
         executor stops at its next step commit. Returns the status it had; ``RunStateError`` for
         a completed or cancelled run."""
         run_id = self.resolve(run_id)
-        self._write(lambda conn: self._change(conn, run_id, "cancel", error=redact(clean_text(reason)), pending=None, owner=None))
+        self._write(lambda conn: self._change(conn, run_id, "cancel", error=redact(clean_text(reason)), pending=None, owner=None),
+                    self._status_is("cancelled", run_id))
         return run_id
 
     def mark_abandoned(self) -> list[str]:
@@ -994,7 +995,11 @@ class RunStore:
         for an approval, and only a waiting run is taken. Steps after the last completed one (a
         step that failed) are dropped: resuming runs them again."""
         run_id = self.resolve(run_id)
-        self._write(lambda conn: self._claim_in(conn, run_id, held, approving))
+        def landed(conn: Any) -> bool:
+            lease = conn.execute(sa_select_lease(_schema(), run_id)).first()
+            return lease is not None and lease.owner == self.worker_id and self._status_is("running", run_id)(conn)
+
+        self._write(lambda conn: self._claim_in(conn, run_id, held, approving), landed)
         return self.get(run_id)
 
     def claim_next(self) -> str | None:
