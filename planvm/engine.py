@@ -300,8 +300,6 @@ class Engine:
         before anything is recorded; ``PlanningError`` or ``LLMError`` when planning fails, after
         recording a failed run with the planner's attempts (its id on the error as ``run_id``).
         """
-        import time
-
         from vm.errors import LLMError, PlanningError
 
         vm = self.with_limits(limits)
@@ -309,23 +307,11 @@ class Engine:
             template = planner_kind == "template" or (planner_kind == "auto" and not self.has_model("planner"))
             if template:
                 self.check_knowledge_base(None)  # the template plan always retrieves: say so before planning
-            began = time.monotonic()
-            budget = vm.limits.max_seconds
             try:
-                result = await asyncio.wait_for(
-                    _in_daemon_thread(lambda: self.plan(goal, metadata, planner_kind, use_library=use_library)), budget)
-            except TimeoutError:
-                error: Exception = PlanningError(
-                    f"planning took more than the run's {budget:g} s (--max-seconds / max_seconds, which planning counts "
-                    f"against); raise it, or check the planner's model server", attempts=[])
-                self._record_planning_failure(goal, metadata, error)
-                raise error from None
+                result, vm = await self._plan_within(vm, goal, metadata, planner_kind, use_library)
             except (PlanningError, LLMError) as exc:
                 self._record_planning_failure(goal, metadata, exc)
                 raise
-            if budget is not None:  # what planning used is gone from the run's wall-clock budget
-                left = max(budget - (time.monotonic() - began), 0.001)
-                vm = vm.derive(limits=vm.limits.model_copy(update={"max_seconds": left}))
             if planned is not None:
                 planned(result)
             program, planning = result.program, result.record()
@@ -359,24 +345,14 @@ class Engine:
         """Plan a run :meth:`open_planning` stored, then run it; planning counts against its
         ``max_seconds``. A planning that fails ends the run as failed, with its attempts (None is
         returned); a run cancelled meanwhile is left as it is."""
-        import time
-
         from vm.errors import LLMError, PlanningError, RunCancelled, RunStateError
 
-        vm = self.with_limits(limits)
-        budget = vm.limits.max_seconds
-        began = time.monotonic()
         try:
-            result = await asyncio.wait_for(
-                _in_daemon_thread(lambda: self.plan(goal, metadata, planner_kind, use_library=use_library)), budget)
+            result, vm = await self._plan_within(self.with_limits(limits), goal, metadata, planner_kind, use_library)
             self.check_knowledge_base(result.plan)
-        except (TimeoutError, PlanningError, LLMError, ValueError) as exc:
-            error = (f"planning took more than the run's {budget:g} s (max_seconds, which planning counts against)"
-                     if isinstance(exc, TimeoutError) else str(exc))
-            attempts = [a.to_dict() for a in getattr(exc, "attempts", None) or ()]
+        except (PlanningError, LLMError, ValueError) as exc:
             try:
-                await asyncio.to_thread(self._store().fail_planning, run_id, f"planning failed: {error}",
-                                        {"planner": planner_kind, "attempts": attempts, "error": error})
+                await asyncio.to_thread(self._store().fail_planning, run_id, f"planning failed: {exc}", self._planning_failure(exc))
             except RunStateError:
                 pass  # cancelled while it was being planned
             return None
@@ -384,24 +360,47 @@ class Engine:
             await asyncio.to_thread(self._store().set_plan, run_id, result.plan, result.record())
         except RunCancelled:
             return None
-        if budget is not None:
-            vm = vm.derive(limits=vm.limits.model_copy(update={"max_seconds": max(budget - (time.monotonic() - began), 0.001)}))
         try:
             return await vm.aresume(run_id, claimed=True, listener=listener)
         except RunStateError:
             return None  # cancelled between its plan and its first step
+
+    async def _plan_within(
+        self, vm: VM, goal: str, metadata: dict[str, Any] | None, planner_kind: str, use_library: bool | None
+    ) -> tuple[Any, VM]:
+        """Plan ``goal`` within ``vm``'s wall-clock budget (``PlanningError`` past it); return the
+        plan and the VM to run it with, whose budget is what planning left."""
+        import time
+
+        from vm.errors import PlanningError
+
+        budget = vm.limits.max_seconds
+        began = time.monotonic()
+        try:
+            result = await asyncio.wait_for(
+                _in_daemon_thread(lambda: self.plan(goal, metadata, planner_kind, use_library=use_library)), budget)
+        except TimeoutError:
+            raise PlanningError(
+                f"planning took more than the run's {budget:g} s (--max-seconds / max_seconds, which planning counts "
+                f"against); raise it, or check the planner's model server", attempts=[]) from None
+        if budget is not None:  # what planning used is gone from the run's wall-clock budget
+            vm = vm.derive(limits=vm.limits.model_copy(update={"max_seconds": max(budget - (time.monotonic() - began), 0.001)}))
+        return result, vm
+
+    def _planning_failure(self, exc: Exception) -> dict[str, Any]:
+        """The planning record of a planning that failed: planner, attempts, error."""
+        attempts = [a.to_dict() for a in getattr(exc, "attempts", None) or ()]
+        return {"planner": "llm" if self.has_model("planner") else "template", "attempts": attempts, "error": str(exc)}
 
     def _record_planning_failure(self, goal: str, metadata: dict[str, Any] | None, exc: Exception) -> None:
         """Keep a planning that failed as a failed run (goal, attempts, error), so that the page and
         ``runs list`` show it; its id goes on the error as ``run_id``."""
         if self.store is None:
             return
-        attempts = [a.to_dict() for a in getattr(exc, "attempts", None) or ()]
-        planning = {"planner": "llm" if self.has_model("planner") else "template", "attempts": attempts, "error": str(exc)}
         try:
             exc.run_id = self.store.create_run(  # type: ignore[attr-defined]
-                None, goal=goal, metadata=metadata or None, limits=self.limits.model_dump(), planning=planning, status="failed",
-                error=f"planning failed: {exc}",
+                None, goal=goal, metadata=metadata or None, limits=self.limits.model_dump(), planning=self._planning_failure(exc),
+                status="failed", error=f"planning failed: {exc}",
             )
         except PlanVMError:
             pass  # the store is away: the error itself is what matters

@@ -211,8 +211,10 @@ class McpServer:
     def _see_log(self) -> str:
         if self.log_path is None or not self.log_path.exists():
             return ""
-        tail = [line for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-200:]
-                if line.strip() and not line.startswith("--- ")]
+        with open(self.log_path, "rb") as log:  # its end only: the file grows with every start of the server
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 16_384))
+            text = log.read().decode("utf-8", errors="replace")
+        tail = [line for line in text.splitlines()[-200:] if line.strip() and not line.startswith("--- ")]
         last = f"; its last message: {tail[-1].strip()[:200]}" if tail else ""
         return f" (its stderr is in {self.log_path}{last})"
 

@@ -160,7 +160,7 @@ def _status_for(exc: Exception) -> int:
 
     if isinstance(exc, RunNotFound):
         return 404
-    if isinstance(exc, (StoreUnavailable, TimeoutError)):
+    if isinstance(exc, StoreUnavailable):
         return 503
     if isinstance(exc, RunStateError):
         return 409
