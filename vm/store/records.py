@@ -1,0 +1,260 @@
+"""What the store keeps: a run and its steps as Python objects, and how values become stored text."""
+
+from __future__ import annotations
+
+import array
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+
+from vm.errors import StoreError
+from vm.jsonsafe import clean_text
+from vm.redact import mask_secrets
+
+__all__ = ["StoredRun", "StoredStep"]
+
+
+def _dumps(value: Any) -> str:
+    # Values reach the store through vm.jsonsafe.storable; this is the last guard for the rest
+    # (LLM exchanges, inputs): no NaN, no text SQLite cannot encode.
+    return mask_secrets(clean_text(json.dumps(value, ensure_ascii=False, default=to_jsonable_python)))
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+@dataclass(slots=True)
+class StoredStep:
+    index: int
+    seq_no: int
+    type: str
+    tool: str | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    llm_calls: list[dict[str, Any]] = field(default_factory=list)
+    next_seq: int | None = None
+    duration_s: float = 0.0
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "seq_no": self.seq_no,
+            "type": self.type,
+            "tool": self.tool,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "result": self.result,
+            "llm_calls": self.llm_calls,
+            "next_seq": self.next_seq,
+            "duration_s": self.duration_s,
+            "error": self.error,
+            "notes": self.notes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StoredStep:
+        """A step from an export; raises ``ValueError`` naming the field that is not as written."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a step is a JSON object, got {type(data).__name__}")
+
+        def field_of(name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+            value = data.get(name)
+            if value is None:
+                return default
+            if not isinstance(value, kind) or isinstance(value, bool):  # no field of a step is a bool
+                kinds = kind if isinstance(kind, tuple) else (kind,)
+                wanted = " or ".join(k.__name__ for k in kinds)
+                raise ValueError(f"'{name}' should be {wanted}, got {type(value).__name__}")
+            return value
+
+        for name in ("index", "seq_no", "type"):
+            if name not in data:
+                raise ValueError(f"'{name}' is missing")
+        calls = field_of("llm_calls", list, [])
+        if not all(isinstance(c, dict) for c in calls):
+            raise ValueError("'llm_calls' should be a list of objects")
+        return cls(
+            index=field_of("index", int, 0),
+            seq_no=field_of("seq_no", int, 0),
+            type=field_of("type", str, ""),
+            tool=field_of("tool", str, None),
+            inputs=field_of("inputs", dict, {}),
+            outputs=field_of("outputs", dict, {}),
+            result=data.get("result"),
+            llm_calls=calls,
+            next_seq=field_of("next_seq", int, None),
+            duration_s=float(field_of("duration_s", (int, float), 0.0)),
+            error=field_of("error", str, None),
+            notes=[str(n) for n in field_of("notes", list, [])],
+        )
+
+
+@dataclass(slots=True)
+class StoredRun:
+    id: str
+    status: str
+    plan: list[Any]
+    variables: dict[str, Any]
+    steps: list[StoredStep]
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    goal: str | None = None
+    metadata: dict[str, Any] | None = None
+    parent_id: str | None = None
+    fork_seq: int | None = None
+    final_answer: Any = None
+    error: str | None = None
+    owner: str | None = None  # the worker whose lease it is, while a run is executed
+    lease_expires_at: float | None = None
+    limits: dict[str, Any] | None = None  # the run's Limits (None in runs recorded before they were kept)
+    planning: dict[str, Any] | None = None  # how the plan was made (planner, reasoning, model, tokens)
+    pending: dict[str, Any] | None = None  # a waiting run's call: {seq_no, tool, tool_params, index}
+    approve_tools: list[str] | None = None
+    judgement: dict[str, Any] | None = None  # the judge's grade (`planvm judge`), None until judged
+    best_of: str | None = None  # set when a plan search from that run chose this one as its best
+
+    @property
+    def score(self) -> float | None:
+        value = (self.judgement or {}).get("score")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    def token_totals(self) -> dict[str, dict[str, int]]:
+        """Prompt and completion tokens per model role (planner, answer, condition), and in all."""
+        totals: dict[str, dict[str, int]] = {}
+
+        def add(role: str, prompt: Any, completion: Any) -> None:
+            for key in (role, "total"):
+                row = totals.setdefault(key, {"prompt_tokens": 0, "completion_tokens": 0})
+                row["prompt_tokens"] += prompt if isinstance(prompt, int) else 0
+                row["completion_tokens"] += completion if isinstance(completion, int) else 0
+
+        if self.planning:
+            add("planner", self.planning.get("prompt_tokens"), self.planning.get("completion_tokens"))
+        for step in self.steps:
+            for call in step.llm_calls:
+                add(str(call.get("role") or ("condition" if step.type == "jmp" else "answer")),
+                    call.get("prompt_tokens"), call.get("completion_tokens"))
+        return totals
+
+    def variables_at(self, step: int | None = None) -> dict[str, Any]:
+        """The variables before trace position ``step`` (None: after the last step)."""
+        state = dict(self.variables)
+        for s in self.steps[: step if step is not None else len(self.steps)]:
+            state.update(s.outputs)
+        return state
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run as one JSON-ready document (the format ``planvm runs export`` writes)."""
+        return {
+            "format": "planvm-run/1",
+            "run": {
+                "id": self.id,
+                "status": self.status,
+                "goal": self.goal,
+                "metadata": self.metadata,
+                "parent_id": self.parent_id,
+                "fork_seq": self.fork_seq,
+                "created_at": self.created_at,
+                "updated_at": self.updated_at,
+                "final_answer": self.final_answer,
+                "error": self.error,
+                "variables": self.variables,
+                "limits": self.limits,
+                "planning": self.planning,
+                "judgement": self.judgement,
+                "best_of": self.best_of,
+            },
+            "plan": self.plan,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StoredRun:
+        """A run from an export (``planvm runs export``); raises ``StoreError`` naming what is wrong."""
+        if not isinstance(data, dict) or data.get("format") != "planvm-run/1":
+            raise StoreError("not a planvm run export (expected a JSON object with \"format\": \"planvm-run/1\")")
+
+        def bad(what: str) -> StoreError:
+            return StoreError(f"not a usable planvm run export: {what}; export the run again with `planvm runs export`")
+
+        run = data.get("run") or {}
+        if not isinstance(run, dict):
+            raise bad(f"'run' should be an object, got {type(run).__name__}")
+        plan = data.get("plan") or []
+        if isinstance(plan, str):
+            try:
+                plan = json.loads(plan)
+            except (ValueError, RecursionError):
+                raise bad("'plan' is text that is not a JSON array") from None
+        if not isinstance(plan, list):
+            raise bad(f"'plan' should be an array of instructions, got {type(plan).__name__}")
+        variables = run.get("variables") or {}
+        if not isinstance(variables, dict):
+            raise bad(f"'run.variables' should be an object, got {type(variables).__name__}")
+        metadata = run.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise bad(f"'run.metadata' should be an object, got {type(metadata).__name__}")
+        raw_steps = data.get("steps") or []
+        if not isinstance(raw_steps, list):
+            raise bad(f"'steps' should be an array, got {type(raw_steps).__name__}")
+        steps = []
+        for i, raw in enumerate(raw_steps):
+            try:
+                steps.append(StoredStep.from_dict(raw))
+            except (ValueError, TypeError) as exc:
+                raise bad(f"steps[{i}]: {exc}") from None
+
+        def text(name: str) -> str | None:
+            value = run.get(name)
+            return value if isinstance(value, str) else None
+
+        def number(name: str) -> float:
+            value = run.get(name)
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+        fork_seq = run.get("fork_seq")
+        limits = run.get("limits")
+        if limits is not None and not isinstance(limits, dict):
+            raise bad(f"'run.limits' should be an object, got {type(limits).__name__}")
+        return cls(
+            id=text("id") or "exported",
+            status=text("status") or "unknown",
+            plan=plan,
+            variables=variables,
+            steps=steps,
+            created_at=number("created_at"),
+            updated_at=number("updated_at"),
+            goal=text("goal"),
+            metadata=metadata,
+            parent_id=text("parent_id"),
+            fork_seq=fork_seq if isinstance(fork_seq, int) and not isinstance(fork_seq, bool) else None,
+            final_answer=run.get("final_answer"),
+            error=text("error"),
+            limits=limits,
+            planning=run.get("planning") if isinstance(run.get("planning"), dict) else None,
+            judgement=run.get("judgement") if isinstance(run.get("judgement"), dict) else None,
+            best_of=text("best_of"),
+        )
+
+
+def _floats_to_bytes(values: Any) -> bytes:
+    """float32, little-endian: an embedding in a quarter of its JSON size, read back without parsing."""
+    packed = array.array("f", (float(v) for v in values))
+    if sys.byteorder == "big":  # pragma: no cover - the stored form is little-endian everywhere
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _bytes_to_floats(data: bytes) -> list[float]:
+    packed = array.array("f")
+    packed.frombytes(bytes(data))
+    if sys.byteorder == "big":  # pragma: no cover
+        packed.byteswap()
+    return packed.tolist()
