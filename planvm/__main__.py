@@ -1,3 +1,3 @@
-from planvm.cli import main
+from planvm.cli.main import main
 
 main()

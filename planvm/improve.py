@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vm.errors import PlanVMError
+from vm.errors import BadInput, PlanVMError
 
 __all__ = ["Branch", "SearchReport", "fork_point", "optimize", "training_rows", "write_rows"]
 
@@ -101,11 +101,11 @@ def optimize(engine: Any, run_id: str, *, rounds: int = 3, width: int = 2, progr
     from vm.errors import PlanningError
 
     if rounds < 1:
-        raise ValueError("--rounds must be at least 1 (each round re-plans, runs and judges --width branches)")
+        raise BadInput("--rounds must be at least 1 (each round re-plans, runs and judges --width branches)")
     if width < 1:
-        raise ValueError("--width must be at least 1 (branches tried per round)")
+        raise BadInput("--width must be at least 1 (branches tried per round)")
     if not engine.has_model("planner") or not engine.has_model("judge"):
-        raise ValueError("optimize needs a planner and a judge model: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL "
+        raise BadInput("optimize needs a planner and a judge model: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL "
                          "(or the PLANVM_PLANNER_* and PLANVM_JUDGE_* settings)")
     store = engine._store()
     root = store.get(run_id)

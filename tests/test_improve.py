@@ -22,7 +22,7 @@ from conftest import ROOT
 from fake_openai import FakeChatServer, chat_reply
 
 from planner.judge import JUDGE_SYSTEM
-from planvm.cli import build_cli
+from planvm.cli.main import build_cli
 from vm import RunStore
 
 GOALS = [

@@ -64,7 +64,7 @@ def test_searching_uses_the_export_and_finds_the_same_chunks(kb, embedder):
 def test_a_search_in_a_fresh_process_imports_no_torch(kb):
     code = (
         "import sys, runpy; sys.argv = ['planvm', 'search', 'How do runs end?', '--kb', sys.argv[1], '--json'];"
-        "from planvm.cli import main\n"
+        "from planvm.cli.main import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'sentence_transformers'))\n"
         "print('HEAVY', heavy, file=sys.stderr)"

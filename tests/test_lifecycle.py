@@ -296,7 +296,7 @@ def test_a_vm_without_a_store_needs_none_for_the_lifecycle() -> None:
 def test_planvm_runs_cancel_from_the_command_line(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from planvm.cli import build_cli
+    from planvm.cli.main import build_cli
 
     store = RunStore(tmp_path / "runs.sqlite", owner="a worker somewhere", lease_seconds=300)
     run_id = store.create_run([{"seq_no": 0, "type": "assign", "parameters": {"final_answer": 1}}])

@@ -30,7 +30,7 @@ def planvm_here(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
     """The planvm command in this process (the MCP servers it starts are still processes of their own)."""
     from click.testing import CliRunner
 
-    from planvm.cli import build_cli
+    from planvm.cli.main import build_cli
 
     result = CliRunner().invoke(build_cli(), list(args), env=env, catch_exceptions=False)
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)

@@ -114,7 +114,7 @@ def test_limits_of_a_queued_run_are_kept_and_only_lowered(tmp_path, calls):
         too_high = client.post("/v1/runs", json={"goal": "x", "plan": slow_plan(1, 0.0), "limits": {"max_steps": 10**6}})
         assert too_high.status_code == 422
     engine.close()
-    from planvm.worker_cli import Worker
+    from planvm.worker import Worker
     import asyncio
 
     with Engine({"store_path": str(tmp_path / "runs.sqlite"), "no_builtins": True, "plugins": [TOOLS]}) as worker_engine:

@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 __all__ = ["ROLES", "RoleSettings", "Settings"]
@@ -162,6 +162,20 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, _RoleEnvironment(settings_cls), _GeneralEnvironment(settings_cls), TomlConfigSettingsSource(settings_cls, toml_file=_config_file()))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _planner_choice(cls, data: Any) -> Any:
+        """``planner = "template"`` in planvm.toml is the planner choice, ``[planner]`` the planner
+        model's table (TOML allows one of them: then ``kind = "template"`` in the table); the choice
+        is kept as ``planner_kind``."""
+        if isinstance(data, dict) and isinstance(data.get("planner"), str):
+            data = {**data, "planner_kind": data["planner"]}
+            del data["planner"]
+        elif isinstance(data, dict) and isinstance(data.get("planner"), dict) and "kind" in data["planner"]:
+            table = dict(data["planner"])  # [planner] with kind = "template": the choice, beside the model's settings
+            data = {**data, "planner": table, "planner_kind": table.pop("kind")}
+        return data
 
     def model_post_init(self, context: Any, /) -> None:
         # Keys and tokens never reach a printed line or a stored error (see vm.redact).

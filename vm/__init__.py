@@ -4,6 +4,7 @@ This package imports no other planvm package and no heavy dependency.
 """
 
 from vm.errors import (
+    BadInput,
     PlanningError,
     LLMCallFailed,
     ForkError,
@@ -66,6 +67,7 @@ __all__ = [
     "AnswerTruncated",
     "ApprovalNeeded",
     "BackendUnavailable",
+    "BadInput",
     "CallContext",
     "Completion",
     "ConditionError",

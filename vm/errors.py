@@ -59,6 +59,7 @@ __all__ = [
     "AnswerTruncated",
     "ApprovalNeeded",
     "BackendUnavailable",
+    "BadInput",
     "ConditionError",
     "EmptyAnswer",
     "ExpressionError",
@@ -113,6 +114,12 @@ class PlanVMError(Exception):
         from vm.redact import redact
 
         super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
+
+
+class BadInput(PlanVMError, ValueError):
+    """What was asked for is not usable as given (an option, a request field, a setting): the
+    message says what to change. Front ends answer it as bad input (HTTP 422, exit 2, an MCP tool
+    error); any exception that is not a :class:`PlanVMError` is a bug."""
 
 
 # --- before anything runs -------------------------------------------------------------------

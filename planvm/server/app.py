@@ -19,9 +19,8 @@ import base64
 import hmac
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
-
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, Literal
@@ -34,13 +33,15 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from planvm.engine import Engine, result_json
+from planvm.engine import Engine
+from planvm.engine.shapes import PlanView, RunDetail, RunOutcome, RunPage
 from planvm.server.aisdk import HEADERS as AI_SDK_HEADERS
 from planvm.server.aisdk import ui_message_stream
 from planvm.server.events import EventHub, run_events, stored_outcome
 from vm import RunListener
 from vm.errors import (
     BackendUnavailable,
+    BadInput,
     ForkError,
     LLMError,
     PlanError,
@@ -86,8 +87,8 @@ class RunRequest(BaseModel):
     goal: str = Field(..., min_length=1, max_length=20_000, description="What the run should achieve.")
     metadata: dict[str, Any] | None = Field(None, description="Goal metadata: response_format, label_path, background...")
     plan: list[Any] | None = Field(None, description="A plan to run instead of planning one (a JSON array of instructions).")
-    planner: Literal["auto", "llm", "template"] = "auto"
-    library: bool = Field(True, description="Reuse a best plan kept for this goal, and show similar ones to the planner.")
+    planner: Literal["auto", "llm", "template"] | None = Field(None, description="Who plans (default: the server's configured choice).")
+    library: bool | None = Field(None, description="Reuse a best plan kept for this goal, and show similar ones to the planner (default: the server's setting).")
     limits: LimitsOverride | None = None
     approve_tools: list[str] = Field(default_factory=list, description="Tools whose calls wait for approval in this run.")
 
@@ -114,8 +115,8 @@ class PlanRequest(BaseModel):
 
     goal: str = Field(..., min_length=1, max_length=20_000)
     metadata: dict[str, Any] | None = None
-    planner: Literal["auto", "llm", "template"] = "auto"
-    library: bool = Field(True, description="Reuse a best plan kept for this goal, and show similar ones to the planner.")
+    planner: Literal["auto", "llm", "template"] | None = Field(None, description="Who plans (default: the server's configured choice).")
+    library: bool | None = Field(None, description="Reuse a best plan kept for this goal, and show similar ones to the planner (default: the server's setting).")
 
 
 class ValidateRequest(BaseModel):
@@ -170,7 +171,7 @@ def _status_for(exc: Exception) -> int:
         return 502
     if isinstance(exc, (RunBusy, ForkError)):
         return 409
-    if isinstance(exc, (PlanValidationError, PlanError, PlanningError, ValueError)):
+    if isinstance(exc, (PlanValidationError, PlanError, PlanningError, BadInput)):
         return 422
     if isinstance(exc, LLMError):
         return 502
@@ -321,9 +322,9 @@ def create_app(
     queued, for ``planvm worker`` processes sharing the store. ``store_timeout``: seconds a
     request waits on the store before it is answered 503."""
     if engine.store is None:
-        raise ValueError("the service needs a run store")
+        raise BadInput("the service needs a run store")
     if token is not None and not token.strip():
-        raise ValueError("the token is blank; give a real secret, or no token (loopback only)")
+        raise BadInput("the token is blank; give a real secret, or no token (loopback only)")
     # A database server's calls (network, retries while it is away) never wait on the event loop;
     # an SQLite commit (a local file, about 0.3 ms) costs less inline than a thread hop.
     engine.vm.store_in_threads = engine.store.dialect != "sqlite"
@@ -366,10 +367,6 @@ def create_app(
         return _error(_status_for(exc), type(exc).__name__, _public(str(exc), engine.store),
                       [_public(p, engine.store) for p in problems] if problems is not None else None)
 
-    @app.exception_handler(ValueError)
-    async def value_error(request: Request, exc: ValueError) -> JSONResponse:
-        return _error(422, "InvalidRequest", str(exc))
-
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
@@ -383,7 +380,11 @@ def create_app(
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, TimeoutError):
             return _error(503, "StoreUnavailable", "the run store did not answer in time; try again")
-        return _error(500, type(exc).__name__, f"unexpected error: {_public(str(exc), engine.store)}")
+        import uuid
+
+        error_id = uuid.uuid4().hex[:10]
+        log.error("error %s in %s %s", error_id, request.method, request.url.path, exc_info=exc)
+        return _error(500, "InternalError", f"unexpected error (error id {error_id}; its traceback is in the server's log)")
 
     if cors_origins:
         app.add_middleware(
@@ -400,13 +401,13 @@ def create_app(
         for name, value in overrides.items():
             ceiling = getattr(engine.limits, name)
             if ceiling is not None and value > ceiling:
-                raise ValueError(f"limits.{name} = {value} is above this server's {ceiling}; ask for {ceiling} or less")
+                raise BadInput(f"limits.{name} = {value} is above this server's {ceiling}; ask for {ceiling} or less")
         return overrides
 
     def check_tools(names: list[str]) -> None:
         unknown = sorted(set(names) - set(engine.registry.names()))
         if unknown:
-            raise ValueError(f"approve_tools names tools this server does not have: {', '.join(unknown)}")
+            raise BadInput(f"approve_tools names tools this server does not have: {', '.join(unknown)}")
 
     async def respond(run_id: str, task: asyncio.Task[Any], wait: bool, status: int = 202) -> JSONResponse:
         if wait:
@@ -414,7 +415,7 @@ def create_app(
             result = None if task.cancelled() or task.exception() is not None else task.result()
             # The run's own result when it ran here (what `planvm exec --json` prints), else the store's.
             if result is not None and result.status != "cancelled":
-                return JSONResponse(result_json(result))
+                return JSONResponse(RunOutcome.from_result(result).dump())
             return JSONResponse(await stored_outcome(service.io, run_id))
         return JSONResponse({"run_id": run_id, "status": await call(engine.store.status_of, run_id)}, status_code=status)
 
@@ -449,7 +450,7 @@ def create_app(
         )
         return await respond(run_id, task, wait)
 
-    @app.get("/v1/runs", tags=["runs"], responses=_ERRORS)
+    @app.get("/v1/runs", tags=["runs"], responses=_ERRORS, response_model=RunPage, response_model_exclude_none=False)
     async def list_runs(
         status: str | None = Query(None, max_length=32),
         q: str | None = Query(None, max_length=500, description="Text in the goal, or the start of an id."),
@@ -462,45 +463,13 @@ def create_app(
         more = len(runs) > limit
         runs = runs[:limit]
         next_cursor = _encode_cursor(runs[-1]["created_at"], runs[-1]["id"]) if more and runs else None
-        return {"runs": runs, "next_cursor": next_cursor}
+        return RunPage(runs=runs, next_cursor=next_cursor).dump()
 
-    @app.get("/v1/runs/{run_id}", tags=["runs"], responses=_ERRORS)
-    async def get_run(run_id: str) -> dict[str, Any]:
-        """Status, goal, plan, planner reasoning, answer, error, parent, children, tokens, and the
+    @app.get("/v1/runs/{run_id}", tags=["runs"], responses=_ERRORS, response_model=RunDetail, response_model_exclude_none=True)
+    async def get_run(run_id: str, steps: bool = Query(False, description="Also return the run's steps (trace).")) -> Any:
+        """Status, goal, plan, planning, answer, variables, error, parent, children, tokens, and the
         lease of the process executing it (``executor``, ``lease_expires_at``) while one does."""
-
-        def read() -> dict[str, Any]:
-            run = engine.store.get(run_id)
-            return {"run": run, "lineage": engine.store.lineage(run.id), "children": engine.store.children(run.id)}
-
-        found = await call(read)
-        run = found["run"]
-        planning = dict(run.planning or {})
-        attempts = planning.pop("attempts", None)
-        planning["attempts"] = len(attempts) if isinstance(attempts, list) else 0
-        return {
-            "id": run.id,
-            "status": run.status,
-            "goal": run.goal,
-            "metadata": run.metadata,
-            "plan": run.plan,
-            "planning": planning,
-            "final_answer": run.final_answer,
-            "error": run.error,
-            "parent_id": run.parent_id,
-            "fork_seq": run.fork_seq,
-            "lineage": found["lineage"],
-            "children": found["children"],
-            "tokens": run.token_totals(),
-            "steps": len(run.steps),
-            "pending": run.pending,
-            "judgement": run.judgement,
-            "best_of": run.best_of,
-            "created_at": run.created_at,
-            "updated_at": run.updated_at,
-            "executor": run.owner if run.status == "running" else None,
-            "lease_expires_at": run.lease_expires_at if run.status == "running" else None,
-        }
+        return JSONResponse((await call(engine.get_run, run_id, steps=steps)).dump())
 
     @app.get("/v1/runs/{run_id}/steps", tags=["runs"], responses=_ERRORS)
     async def get_steps(run_id: str) -> dict[str, Any]:
@@ -514,7 +483,7 @@ def create_app(
         """The variables after step ``idx`` (all steps when it is left out)."""
         run = await call(engine.store.get, run_id)
         if step is not None and step >= len(run.steps):
-            raise ValueError(f"run '{run.id}' has {len(run.steps)} steps (idx 0 to {len(run.steps) - 1}); ask for one of those")
+            raise BadInput(f"run '{run.id}' has {len(run.steps)} steps (idx 0 to {len(run.steps) - 1}); ask for one of those")
         upto = None if step is None else step + 1
         return {"run_id": run.id, "step": step, "variables": run.variables_at(upto)}
 
@@ -539,15 +508,13 @@ def create_app(
 
     @app.post("/v1/runs/{run_id}/fork", status_code=202, response_model=Started, responses=_ERRORS, tags=["runs"])
     async def fork(run_id: str, body: ForkRequest, wait: bool = Query(False)) -> Any:
-        """A new run reusing the run's steps before ``from_seq``, with a new plan or a re-plan."""
+        """A new run reusing the run's steps before ``from_seq``, with a new plan or a re-plan
+        (whose planning is kept with the new run)."""
         if (body.plan is None) == (body.suggestion is None):
-            raise ValueError("give either plan or suggestion")
+            raise BadInput("give either plan or suggestion")
         full_id = await call(engine.store.resolve, run_id)
-        plan: Any = body.plan
-        if body.suggestion is not None:
-            suggestion = body.suggestion
-            plan = (await asyncio.to_thread(engine.replan, full_id, body.from_seq, suggestion)).plan
-        new_id, task = await service.launch(lambda listener: engine.vm.afork(full_id, body.from_seq, plan, listener=listener))
+        new_id, task = await service.launch(
+            lambda listener: engine.fork(full_id, body.from_seq, plan=body.plan, suggestion=body.suggestion, listener=listener))
         return await respond(new_id, task, wait)
 
     @app.post("/v1/runs/{run_id}/resume", status_code=202, response_model=Started, responses=_ERRORS, tags=["runs"])
@@ -555,7 +522,7 @@ def create_app(
         """Continue a run that was interrupted or failed, from its last completed step (409 while
         a live process holds its lease, or for a completed or cancelled run)."""
         full_id = await call(engine.store.resolve, run_id)
-        new_id, task = await service.launch(lambda listener: engine.vm.aresume(full_id, listener=listener), resumed=True)
+        new_id, task = await service.launch(lambda listener: engine.resume(full_id, listener=listener), resumed=True)
         return await respond(new_id, task, wait)
 
     @app.post("/v1/runs/{run_id}/approve", status_code=202, response_model=Started, responses=_ERRORS, tags=["runs"])
@@ -564,7 +531,7 @@ def create_app(
         it is not waiting: a cancelled run runs nothing)."""
         full_id = await call(engine.store.resolve, run_id)
         new_id, task = await service.launch(
-            lambda listener: engine.vm.aapprove(
+            lambda listener: engine.approve(
                 full_id, body.seq_no, body.approved, tool_params=body.tool_params, reason=body.reason, listener=listener
             ),
             resumed=True,
@@ -575,7 +542,7 @@ def create_app(
     async def cancel(run_id: str) -> dict[str, Any]:
         """Cancel a queued, running, waiting or interrupted run, wherever it executes: the store
         says ``cancelled`` at once; its executor (here, or a worker) stops at its next step."""
-        full_id = await call(engine.store.cancel, run_id, "cancelled by a request to the service")
+        full_id = await call(engine.cancel, run_id, "cancelled by a request to the service")
         task = service.tasks.get(full_id)
         if task is not None:  # executing here: stop it now rather than at its next step
             task.cancel()
@@ -586,11 +553,7 @@ def create_app(
     @app.post("/v1/runs/{run_id}/replay", tags=["runs"], responses=_ERRORS)
     async def replay(run_id: str) -> dict[str, Any]:
         """Re-execute the run offline from its record and compare every step."""
-        from vm import areplay
-
-        run = await call(engine.store.get, run_id)
-        report = await areplay(run)
-        return report.to_dict()
+        return (await engine.replay(run_id)).to_dict()
 
     @app.post("/v1/runs/{run_id}/judge", tags=["runs"], responses=_ERRORS)
     async def judge(run_id: str) -> dict[str, Any]:
@@ -602,14 +565,11 @@ def create_app(
 
     # --- plans and tools ----------------------------------------------------------------------
 
-    @app.post("/v1/plans", tags=["plans"], responses=_ERRORS)
-    async def make_plan(body: PlanRequest) -> dict[str, Any]:
+    @app.post("/v1/plans", tags=["plans"], responses=_ERRORS, response_model=PlanView)
+    async def make_plan(body: PlanRequest) -> Any:
         """The planner's reasoning, plan and attempts for a goal, without running it."""
         result = await asyncio.to_thread(lambda: engine.plan(body.goal, body.metadata, body.planner, use_library=body.library))
-        record = result.record()
-        return {"planner": result.planner, "reasoning": result.reasoning, "plan": result.plan, "model": record["model"],
-                "prompt_tokens": record["prompt_tokens"], "completion_tokens": record["completion_tokens"],
-                "attempts": record["attempts"], "library": result.library}
+        return JSONResponse(PlanView.of(result).dump())
 
     @app.post("/v1/validate", tags=["plans"], responses=_ERRORS)
     async def validate(body: ValidateRequest) -> dict[str, Any]:
@@ -757,7 +717,7 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
         created_at, run_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         return float(created_at), str(run_id)
     except (ValueError, TypeError):
-        raise ValueError("cursor is not one this server gave out; use next_cursor from the previous page") from None
+        raise BadInput("cursor is not one this server gave out; use next_cursor from the previous page") from None
 
 
 def _version() -> str:

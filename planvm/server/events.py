@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from planvm.engine import outcome_json
+from planvm.engine.shapes import RunOutcome
 
 __all__ = ["EventHub", "event_id", "run_events"]
 
@@ -106,7 +106,7 @@ async def stored_outcome(io: Io, run_id: str) -> dict[str, Any]:
         count += 1
         variables.update(step.outputs)
         extracted.extend(c for c in step.llm_calls if c.get("reasoning") == NO_MODEL_NOTICE)
-    return outcome_json(run.id, run.status, run.final_answer, variables, count, run.error, extracted, run.pending)
+    return RunOutcome.of(run.id, run.status, run.final_answer, variables, count, run.error, extracted, run.pending).dump()
 
 
 async def _history(io: Io, run_id: str, start: int, stop: int | None = None) -> AsyncIterator[Any]:

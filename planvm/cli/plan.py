@@ -9,22 +9,18 @@ from typing import Any
 
 import click
 
-from planvm.cli import kb_option, make_engine, run_options, store_option, tool_options
-from planvm.render import EXIT_FAILED, echo_err, exit_now, guarded, print_json, report_run
-
-planner_option = click.option(
-    "--planner",
-    "planner_kind",
-    type=click.Choice(["auto", "llm", "template"]),
-    default="auto",
-    show_default=True,
-    envvar="PLANVM_PLANNER",
-    help="llm: the configured LLM plans; template: the canonical retrieval plan, no model; auto: llm when an LLM is configured.",
+from planvm.cli.common import guarded, make_engine
+from planvm.cli.options import (
+    json_option,
+    kb_option,
+    metadata_option,
+    no_library_option,
+    planner_option,
+    run_options,
+    store_option,
+    tool_options,
 )
-metadata_option = click.option("--metadata", help="Goal metadata as a JSON object (response_format, label_path...).")
-no_library_option = click.option(
-    "--no-library", is_flag=True, help="Neither reuse a best plan kept for this goal nor show similar ones to the planner."
-)
+from planvm.cli.render import EXIT_FAILED, echo_err, exit_now, print_json, report_run
 
 
 def _keep_attempts(exc: Any) -> Path | None:
@@ -72,7 +68,7 @@ def _planning_failed(exc: Any, as_json: bool) -> None:
 @kb_option
 @store_option
 @guarded
-def plan(goal: str, metadata: str | None, planner_kind: str, out: str | None, as_json: bool, **options: Any) -> None:
+def plan(goal: str, metadata: str | None, planner_kind: str | None, out: str | None, as_json: bool, **options: Any) -> None:
     """Write a plan for GOAL and print the planner's reasoning and the plan."""
     from planner.prompt import parse_metadata
     from vm import LLMError, PlanningError
@@ -87,10 +83,9 @@ def plan(goal: str, metadata: str | None, planner_kind: str, out: str | None, as
     if out:
         Path(out).write_text(text + "\n", encoding="utf-8")
     if as_json:
-        data = {"planner": result.planner, "reasoning": result.reasoning, "plan": result.plan, "attempts": len(result.attempts)}
-        if result.library is not None:
-            data["library"] = result.library
-        print_json(data)
+        from planvm.engine.shapes import PlanView
+
+        print_json(PlanView.of(result).dump())
         return
     click.echo(f"<think>\n{result.reasoning}\n</think>")
     click.echo(text)
@@ -106,8 +101,9 @@ def plan(goal: str, metadata: str | None, planner_kind: str, out: str | None, as
 @click.option("--queue", is_flag=True, help="Store the goal as a queued run; a `planvm worker` plans and runs it. Prints its id.")
 @no_library_option
 @run_options
+@json_option
 @guarded
-def run(goal: str, metadata: str | None, planner_kind: str, queue: bool, **options: Any) -> None:
+def run(goal: str, metadata: str | None, planner_kind: str | None, queue: bool, **options: Any) -> None:
     """Plan GOAL, run the plan, and print the answer (the plan and run are stored for replay)."""
     import asyncio
 
@@ -116,7 +112,7 @@ def run(goal: str, metadata: str | None, planner_kind: str, queue: bool, **optio
 
     as_json = options.get("as_json", False)
     if queue:
-        from planvm.cli import print_queued
+        from planvm.cli.common import print_queued
 
         with make_engine(options) as engine:
             run_id = engine.enqueue(goal, metadata=parse_metadata(metadata))

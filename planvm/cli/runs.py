@@ -10,8 +10,9 @@ from typing import Any
 
 import click
 
-from planvm.cli import make_vm, store_option, tool_options
-from planvm.render import EXIT_FAILED, as_text, guarded, preview, print_json
+from planvm.cli.common import guarded, make_engine
+from planvm.cli.options import store_option, tool_options
+from planvm.cli.render import EXIT_FAILED, as_text, echo_err, preview, print_json
 
 
 def _open_store(store_path: str | None) -> Any:
@@ -49,10 +50,8 @@ def list_(store_path: str | None, limit: int, judged: bool, min_score: float | N
         print_json(rows)
         return
     from rich.console import Console
-    from rich.table import Table
-
     from rich.markup import escape
-    from rich.table import Column
+    from rich.table import Column, Table
 
     # Ids are never cut (any unique prefix of one is accepted wherever a run id is taken).
     table = Table(
@@ -211,16 +210,15 @@ def export(run_id: str | None, store_path: str | None, out: str | None, training
 
 def _export_training(store_path: str | None, out: str, min_score: float | None, best_only: bool, since: float | None,
                      tool_opts: dict[str, Any]) -> None:
-    from planvm.cli import load_settings, make_registry_for
+    from planvm.engine import EngineConfig, make_registry
     from planvm.improve import training_rows, write_rows
-    from planvm.render import echo_err
+    from vm import BadInput
     from vm.store import store_missing
 
     missing = store_missing(store_path)
     if missing:
-        raise ValueError(f"no run store at {missing} yet: there are no runs to export; run some goals first (planvm run)")
-    options = {**tool_opts, "kb_path": None}
-    registry = make_registry_for(options, load_settings(options))
+        raise BadInput(f"no run store at {missing} yet: there are no runs to export; run some goals first (planvm run)")
+    registry = make_registry(EngineConfig.load(tool_opts))
     rows, skipped = training_rows(_open_store(store_path), registry, min_score=min_score, best_only=best_only, since=since)
     for run_id, why in skipped:
         echo_err(f"warning: run {run_id} left out: {why}")
@@ -241,7 +239,7 @@ def _export_training(store_path: str | None, out: str, min_score: float | None, 
 def best(run_id: str, store_path: str | None, label: str | None) -> None:
     """Keep RUN_ID's plan as the best plan for its goal: reused for the same goal, an example for similar ones."""
     from planner.library import PlanLibrary
-    from planvm.cli import load_settings
+    from planvm.cli.common import load_settings
     from vm import RunStore
 
     store = RunStore(store_path)
@@ -279,9 +277,8 @@ def replay(source: str, live: bool, store_path: str | None, as_json: bool, **too
     Offline by default: every tool and LLM reply comes from the record. Exit code 1 when a step
     did not reproduce its record.
     """
-    from vm import StoredRun, StoreError
+    from vm import StoredRun, StoreError, replay_live
     from vm import replay as replay_offline
-    from vm import replay_live
 
     path = Path(source)
     if path.suffix == ".json" or path.is_file():
@@ -296,8 +293,8 @@ def replay(source: str, live: bool, store_path: str | None, as_json: bool, **too
     else:
         run = _open_store(store_path).get(source)
     if live:
-        with make_vm({**tool_opts, "concurrency": 1}, record=False) as vm:
-            report = replay_live(run, vm)
+        with make_engine({**tool_opts, "concurrency": 1}, record=False) as engine:
+            report = replay_live(run, engine.vm)
     else:
         report = replay_offline(run)
     if as_json:

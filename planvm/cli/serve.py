@@ -6,9 +6,16 @@ from typing import Any
 
 import click
 
-from planvm.cli import kb_option, make_engine, run_options, store_option, tool_options
-from planvm.render import echo_err, guarded
+from planvm.cli.common import guarded, make_engine
+from planvm.cli.options import (
+    kb_option,
+    run_options,
+    store_option,
+    tool_options,
+)
+from planvm.cli.render import echo_err
 from planvm.connections import is_loopback
+from vm.errors import BadInput
 
 
 @click.command()
@@ -56,14 +63,14 @@ def serve(
     """Serve planvm over HTTP: submit goals, stream runs, fork, resume, approve; a page at /."""
     import uvicorn
 
-    from planvm.server import create_app
     from planvm.connections import header_timeout_protocol, raise_open_files_limit
+    from planvm.server import create_app
     from vm.redact import register_secret
 
     if token is not None and not token.strip():
-        raise ValueError("--token is blank; give a real secret (or leave --token out on a loopback address)")
+        raise BadInput("--token is blank; give a real secret (or leave --token out on a loopback address)")
     if not is_loopback(host) and not token:
-        raise ValueError(
+        raise BadInput(
             f"--host {host} reaches beyond this machine; give --token (or PLANVM_SERVE_TOKEN) so that only clients "
             f"with the token can run plans"
         )

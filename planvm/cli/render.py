@@ -77,12 +77,12 @@ def report_run(result: Any, as_json: bool) -> int:
     Answers of the extractive baseline say so: in ``--json``, ``"model_used": false`` and
     ``"answer_found"`` (false when the knowledge base held nothing close to the question).
     """
-    from planvm.engine import result_json
+    from planvm.engine.shapes import RunOutcome
     from tools.llm_extractive import NO_MODEL_NOTICE
 
     extracted = [call for step in result.trace for call in step.llm_calls if call.get("reasoning") == NO_MODEL_NOTICE]
     if as_json:
-        print_json(result_json(result))
+        print_json(RunOutcome.from_result(result).dump())
     else:
         if result.status == "waiting":
             pending = result.pending or {}
@@ -107,29 +107,6 @@ def report_run(result: Any, as_json: bool) -> int:
     if result.status == "waiting":
         return EXIT_WAITING
     return 0 if result.ok else EXIT_FAILED
-
-
-def guarded(fn: Any) -> Any:
-    """Turn planvm errors (and ValueError from bad options) into one line on stderr and exit code 2;
-    with ``--json`` the line is ``{"status": "invalid", "error": ...}`` on stdout."""
-    import functools
-    import logging
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from vm import PlanVMError
-
-        logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
-        try:
-            return fn(*args, **kwargs)
-        except (PlanVMError, ValueError) as exc:
-            if kwargs.get("as_json"):
-                print_json({"status": "invalid", "error": str(exc)})
-            else:
-                echo_err(f"error: {exc}")
-            sys.exit(EXIT_UNUSABLE)
-
-    return wrapper
 
 
 _BEFORE: set[int] = set()  # threads alive when the command began (an embedding process's own)

@@ -1,70 +1,46 @@
-"""The one path from a goal to a recorded run, shared by every front end.
+"""The engine: one method per operation, called by every front end.
 
-``planvm run``, ``POST /v1/runs`` and the service's forks and resumes all go through an
-:class:`Engine`: it resolves the settings once into the registry, the run store and one LLM per
-model role (planner, answer, condition), and runs plan → validate → run → record. The CLI and the
-service add only transport: printing, or HTTP and event streams.
+The command line, the HTTP service, the MCP server, workers and the plan search all go through an
+:class:`Engine`: built from an :class:`~planvm.engine.config.EngineConfig`, it resolves the
+settings once into the tool registry, the run store and one LLM per model role (planner, answer,
+condition, judge), and runs plan → validate → run → record. The knowledge-base check, the
+constrained decoding wrapper and the plan library's examples happen here, once. Front ends add
+only transport: printing, HTTP and event streams, MCP messages, scheduling.
+
+This module imports no click, FastAPI or MCP SDK.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from planvm.engine.config import EngineConfig
 from vm import VM, Limits, RunListener, RunResult
-from vm.errors import PlanVMError
+from vm.errors import BadInput, PlanVMError
 
-__all__ = ["Engine", "outcome_json"]
-
-
-def outcome_json(
-    run_id: str | None,
-    status: str,
-    final_answer: Any,
-    variables: dict[str, Any],
-    steps: int,
-    error: str | None,
-    llm_calls: Iterable[dict[str, Any]],
-    pending: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A run's outcome as ``planvm exec --json`` prints it (and the service's ``done`` event).
-
-    Answers of the extractive baseline say so: ``"model_used": false`` and ``"answer_found"``
-    (false when the knowledge base held nothing close to the question)."""
-    from tools.llm_extractive import NO_MODEL_NOTICE
-
-    data: dict[str, Any] = {
-        "run_id": run_id,
-        "status": status,
-        "final_answer": final_answer,
-        "variables": variables,
-        "steps": steps,
-        "error": error,
-    }
-    if pending is not None:
-        data["pending"] = pending
-    extracted = [call for call in llm_calls if call.get("reasoning") == NO_MODEL_NOTICE]
-    if extracted:
-        data["model_used"] = False
-        data["answer_found"] = all(call.get("found", True) for call in extracted)
-        data["notice"] = NO_MODEL_NOTICE
-    return data
+__all__ = ["Engine"]
 
 
-def result_json(result: RunResult) -> dict[str, Any]:
-    return outcome_json(
-        result.run_id, result.status, result.final_answer, result.variables, result.steps,
-        str(result.error) if result.error else None, (c for r in result.trace for c in r.llm_calls), result.pending,
-    )
+def make_registry(config: EngineConfig) -> Any:
+    """The built-in tools (unless ``no_builtins``), every plugin's tools and the MCP servers' tools."""
+    from tools import ToolRegistry, load_plugin
+    from tools.backends import make_registry as builtin_registry
 
+    registry = ToolRegistry() if config.no_builtins else builtin_registry(config)
+    try:
+        for path in config.plugins:
+            for t in load_plugin(path):
+                registry.register(t)
+        if config.mcp_commands or config.mcp_urls or config.mcp:
+            from tools.mcp_tools import add_mcp_tools, parse_specs
 
-def stored_json(run: Any) -> dict[str, Any]:
-    """The same object for a run read back from the store."""
-    return outcome_json(
-        run.id, run.status, run.final_answer, run.variables_at(), len(run.steps), run.error,
-        (c for s in run.steps for c in s.llm_calls), run.pending,
-    )
+            add_mcp_tools(registry, parse_specs(config.mcp_commands, config.mcp_urls, config.mcp, prefix=config.mcp_prefix))
+    except BaseException:
+        registry.close()
+        raise
+    return registry
 
 
 def _in_daemon_thread(work: Callable[[], Any]) -> asyncio.Future[Any]:
@@ -96,32 +72,27 @@ def _in_daemon_thread(work: Callable[[], Any]) -> asyncio.Future[Any]:
 class Engine:
     """Settings resolved once: tools, store, model roles, limits. Cheap to share between runs.
 
-    ``options`` are the command-line options of ``exec`` (``plugins``, ``no_builtins``,
-    ``store_path``, ``kb_path``, ``max_*`` budgets, ``allow_tools``, ``concurrency``,
-    ``approve_tools``); ``record=False`` keeps runs out of the store.
+    ``config``: an :class:`EngineConfig`, or a front end's options (``store_path``, ``kb_path``,
+    ``plugins``, ``max_steps``…) laid over ``PLANVM_*`` variables and ``planvm.toml``.
+    ``record=False`` keeps runs out of the store. ``notify`` receives notes for the user (a planner
+    chosen for them, a missing optional package).
     """
 
-    def __init__(self, options: dict[str, Any], *, record: bool = True, notify: Callable[[str], None] | None = None) -> None:
-        from planvm.cli import load_settings, make_registry_for
+    def __init__(
+        self, config: EngineConfig | Mapping[str, Any] | None = None, *, record: bool = True,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
         from tools.backends import make_llms
         from vm import RunStore
 
-        self.options = options
+        self.config = config if isinstance(config, EngineConfig) else EngineConfig.load(config)
+        self.settings = self.config
         self.notify = notify or (lambda _message: None)
-        self.settings = load_settings(options)
-        self.registry = make_registry_for(options, self.settings)
-        self.llms = make_llms(self.settings, ("planner", "answer", "condition", "judge"))
-        budgets = {
-            k: options[k]
-            for k in ("max_steps", "max_seconds", "max_value_bytes", "max_plan_bytes", "max_tokens", "max_llm_calls")
-            if options.get(k) is not None
-        }
-        self.limits = Limits(**budgets)
-        from vm.store import DEFAULT_LEASE_SECONDS
-
-        lease = options.get("lease_seconds") or DEFAULT_LEASE_SECONDS
-        self.store = RunStore(options.get("store_path"), lease_seconds=lease) if record else None
-        self.approve_tools = frozenset(options.get("approve_tools") or ())
+        self.registry = make_registry(self.config)
+        self.llms = make_llms(self.config, ("planner", "answer", "condition", "judge"))
+        self.limits = Limits(**self.config.limits.given())
+        self.store = RunStore(self.config.store, lease_seconds=self.config.lease_seconds) if record else None
+        self.approve_tools = frozenset(self.config.approve_tools)
         self._library: Any = None
         self._library_store: Any = None  # a store opened only to read the library (when runs are not recorded)
         self.vm = VM(
@@ -129,9 +100,9 @@ class Engine:
             llm=self.llms["answer"],
             condition_llm=self.llms["condition"],
             limits=self.limits,
-            allowed_tools=options.get("allow_tools") or None,
+            allowed_tools=self.config.allow_tools or None,
             store=self.store,
-            concurrency=options.get("concurrency") or 8,
+            concurrency=self.config.concurrency,
             approve_tools=self.approve_tools,
         )
 
@@ -158,13 +129,16 @@ class Engine:
     def has_model(self, role: str = "planner") -> bool:
         return self.settings.for_role(role).chosen_llm_backend() != "extractive"
 
-    def planner(self, kind: str = "auto") -> Any:
-        """The planner ``kind`` names (``auto``, ``llm`` or ``template``) over these tools."""
+    def planner(self, kind: str | None = None) -> Any:
+        """The planner ``kind`` names (``auto``, ``llm`` or ``template``; default: the configured
+        choice) over these tools; an LLM planner on a local model decodes under the plan schema
+        when xgrammar is installed."""
         from planner import Planner, TemplatePlanner
 
+        kind = kind or self.config.planner_kind
         has_model = self.has_model("planner")
         if kind == "llm" and not has_model:
-            raise ValueError(
+            raise BadInput(
                 "--planner llm needs an LLM: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL (or PLANVM_PLANNER_BASE_URL and "
                 "PLANVM_PLANNER_MODEL), or PLANVM_LOCAL_MODEL"
             )
@@ -198,31 +172,31 @@ class Engine:
 
             store = self.store
             if store is None:
-                if store_missing(self.options.get("store_path")):
+                if store_missing(self.config.store):
                     return None
                 try:
-                    store = self._library_store = RunStore(self.options.get("store_path"), readonly=True)
+                    store = self._library_store = RunStore(self.config.store, readonly=True)
                 except PlanVMError:
                     return None
             self._library = PlanLibrary.for_settings(store, self.settings)
         return self._library
 
     def available_tools(self) -> set[str]:
-        allowed = self.options.get("allow_tools")
+        allowed = self.config.allow_tools
         names = set(self.registry.names())
         return names & set(allowed) if allowed else names
 
-    def plan(self, goal: str, metadata: dict[str, Any] | None = None, kind: str = "auto", *, use_library: bool | None = None) -> Any:
+    def plan(self, goal: str, metadata: dict[str, Any] | None = None, kind: str | None = None, *, use_library: bool | None = None) -> Any:
         """A validated plan for ``goal`` (a ``PlanResult``); raises ``PlanningError``.
 
         Unless the library is off (``use_library=False`` or the ``no_library`` option), a best
         plan kept for the same goal is reused without asking the planner, and the most similar
         ones are shown to an LLM planner as examples."""
-        from planner import Planner, PlanResult
+        from planner import PlanResult
         from vm.validate import validate_plan
 
         if use_library is None:
-            use_library = not self.options.get("no_library")
+            use_library = not self.config.no_library
         library = self.library if use_library else None
         tools = self.available_tools()
         if library is not None:
@@ -234,19 +208,26 @@ class Engine:
                     return PlanResult(plan=program.to_data(), program=program, reasoning=hit.entry.get("reasoning") or "",
                                       planner="library", library=hit.describe())
         planner = self.planner(kind)
-        if library is not None and isinstance(planner, Planner):
-            planner.examples = library.examples(goal, metadata, tools) or None
+        self._show_examples(planner, library, goal, metadata)
         return planner.plan(goal, metadata)
 
-    def replan(self, run_id: str, from_seq: int, suggestion: str) -> Any:
-        """A new plan for a stored run from ``from_seq`` on, as ``suggestion`` asks (the planner's LLM)."""
+    def _show_examples(self, planner: Any, library: Any, goal: str, metadata: dict[str, Any] | None) -> None:
+        """Give an LLM planner the library's most similar kept plans as examples."""
         from planner import Planner
 
+        if library is not None and isinstance(planner, Planner):
+            planner.examples = library.examples(goal, metadata, self.available_tools()) or None
+
+    def replan(self, run_id: str, from_seq: int, suggestion: str) -> Any:
+        """A new plan for a stored run from ``from_seq`` on, as ``suggestion`` asks: the same LLM
+        planner :meth:`plan` uses (constrained decoding, the library's examples)."""
         if not self.has_model("planner"):
-            raise ValueError("a suggestion needs an LLM to re-plan: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL")
+            raise BadInput("a suggestion needs an LLM to re-plan: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL")
         stored = self._store().get(run_id)
         goal = stored.goal or f"Revise the plan as suggested: {suggestion}"  # runs of `exec` record no goal
-        return Planner(self.llms["planner"], self.registry).update(stored.plan, stored, from_seq, suggestion, goal=goal)
+        planner = self.planner("llm")
+        self._show_examples(planner, None if self.config.no_library else self.library, goal, stored.metadata)
+        return planner.update(stored.plan, stored, from_seq, suggestion, goal=goal)
 
     def judge(self, run_id: str) -> dict[str, Any]:
         """Grade a stored run with the judge model and keep the judgement with it (``JudgeError``
@@ -254,7 +235,7 @@ class Engine:
         from planner.judge import Judge
 
         if not self.has_model("judge"):
-            raise ValueError(
+            raise BadInput(
                 "judging needs an LLM: set PLANVM_JUDGE_BASE_URL and PLANVM_JUDGE_MODEL (or the general PLANVM_LLM_BASE_URL and "
                 "PLANVM_LLM_MODEL), or PLANVM_LOCAL_MODEL"
             )
@@ -268,15 +249,15 @@ class Engine:
         """Refuse, before running, a plan that retrieves from a knowledge base that is not there."""
         from tools.backends import RETRIEVAL_TOOLS, knowledge_base_missing
 
-        if self.options.get("no_builtins"):
+        if self.config.no_builtins:
             return
         missing = knowledge_base_missing(self.settings)
         if missing is None:
             return
         if plan is None:
-            raise ValueError(missing)
+            raise BadInput(missing)
         if any(isinstance(ins, dict) and ins.get("parameters", {}).get("tool_name") in RETRIEVAL_TOOLS for ins in plan):
-            raise ValueError(f"the plan retrieves from the knowledge base, but there is {missing}")
+            raise BadInput(f"the plan retrieves from the knowledge base, but there is {missing}")
 
     # --- running --------------------------------------------------------------------------------
 
@@ -285,7 +266,7 @@ class Engine:
         goal: str,
         *,
         metadata: dict[str, Any] | None = None,
-        planner_kind: str = "auto",
+        planner_kind: str | None = None,
         plan: Any = None,
         limits: dict[str, Any] | None = None,
         approve_tools: Iterable[str] = (),
@@ -296,7 +277,7 @@ class Engine:
         """Plan ``goal`` (unless ``plan`` is given), validate, run and record it.
 
         ``planned(result)`` is called with the planner's result before the run starts. Planning
-        counts against the run's ``max_seconds``. Raises ``PlanValidationError`` or ``ValueError``
+        counts against the run's ``max_seconds``. Raises ``PlanValidationError`` or ``BadInput``
         before anything is recorded; ``PlanningError`` or ``LLMError`` when planning fails, after
         recording a failed run with the planner's attempts (its id on the error as ``run_id``).
         """
@@ -304,7 +285,8 @@ class Engine:
 
         vm = self.with_limits(limits)
         if plan is None:
-            template = planner_kind == "template" or (planner_kind == "auto" and not self.has_model("planner"))
+            kind = planner_kind or self.config.planner_kind
+            template = kind == "template" or (kind == "auto" and not self.has_model("planner"))
             if template:
                 self.check_knowledge_base(None)  # the template plan always retrieves: say so before planning
             try:
@@ -339,7 +321,7 @@ class Engine:
         )
 
     async def plan_and_run(
-        self, run_id: str, goal: str, *, metadata: dict[str, Any] | None = None, planner_kind: str = "auto",
+        self, run_id: str, goal: str, *, metadata: dict[str, Any] | None = None, planner_kind: str | None = None,
         limits: dict[str, Any] | None = None, listener: RunListener | None = None, use_library: bool | None = None,
     ) -> RunResult | None:
         """Plan a run :meth:`open_planning` stored, then run it; planning counts against its
@@ -350,7 +332,7 @@ class Engine:
         try:
             result, vm = await self._plan_within(self.with_limits(limits), goal, metadata, planner_kind, use_library)
             self.check_knowledge_base(result.plan)
-        except (PlanningError, LLMError, ValueError) as exc:
+        except (PlanningError, LLMError, BadInput) as exc:
             try:
                 await asyncio.to_thread(self._store().fail_planning, run_id, f"planning failed: {exc}", self._planning_failure(exc))
             except RunStateError:
@@ -366,7 +348,7 @@ class Engine:
             return None  # cancelled between its plan and its first step
 
     async def _plan_within(
-        self, vm: VM, goal: str, metadata: dict[str, Any] | None, planner_kind: str, use_library: bool | None
+        self, vm: VM, goal: str, metadata: dict[str, Any] | None, planner_kind: str | None, use_library: bool | None
     ) -> tuple[Any, VM]:
         """Plan ``goal`` within ``vm``'s wall-clock budget (``PlanningError`` past it); return the
         plan and the VM to run it with, whose budget is what planning left."""
@@ -421,9 +403,96 @@ class Engine:
             program.to_data() if program is not None else None, goal=goal, metadata=metadata or None,
             limits=self.limits.model_copy(update=limits or {}).model_dump(), status="queued",
             planning={"planner": "given", "reasoning": None} if program is not None else (
-                {"no_library": True} if use_library is False or (use_library is None and self.options.get("no_library")) else None),
+                {"no_library": True} if use_library is False or (use_library is None and self.config.no_library) else None),
             approve_tools=sorted(self.approve_tools | frozenset(approve_tools)) or None,
         )
+
+    async def exec_plan(
+        self, plan: Any, *, goal: str | None = None, metadata: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
+        approve_tools: Iterable[str] = (), listener: RunListener | None = None,
+    ) -> RunResult:
+        """Validate and run a plan given as data, a file path or JSON text (the knowledge base
+        checked first, as for a planned goal)."""
+        vm = self.with_limits(limits)
+        program = await vm.acompile(plan)
+        self.check_knowledge_base(program.to_data())
+        return await vm.arun(program, goal=goal, metadata=metadata or None, approve_tools=approve_tools, listener=listener,
+                             planning={"planner": "given", "reasoning": None})
+
+    async def resume(self, run_id: str, *, listener: RunListener | None = None) -> RunResult:
+        """Continue a stored run (interrupted, failed or queued) from its last completed step."""
+        return await self.vm.aresume(run_id, listener=listener)
+
+    async def fork(
+        self, run_id: str, from_seq: int, *, plan: Any = None, suggestion: str | None = None, listener: RunListener | None = None,
+    ) -> RunResult:
+        """A new run reusing ``run_id``'s steps before ``from_seq``, going on with ``plan``, or with a
+        re-plan the planner writes as ``suggestion`` asks (its planning kept with the new run)."""
+        if (plan is None) == (suggestion is None):
+            raise BadInput("give either a plan or a suggestion for the fork")
+        run_id = await asyncio.to_thread(self._store().resolve, run_id)
+        if suggestion is None:
+            return await self.vm.afork(run_id, from_seq, plan, listener=listener)
+        replanned = await _in_daemon_thread(lambda: self.replan(run_id, from_seq, suggestion))
+        return await self.vm.afork(run_id, from_seq, replanned.plan, listener=listener,
+                                   planning={**replanned.record(), "suggestion": suggestion})
+
+    async def approve(
+        self, run_id: str, seq_no: int, approved: bool = True, *, tool_params: dict[str, Any] | None = None,
+        reason: str | None = None, listener: RunListener | None = None,
+    ) -> RunResult:
+        """Run (or reject) the call a waiting run waits for, and continue the run."""
+        return await self.vm.aapprove(run_id, seq_no, approved, tool_params=tool_params, reason=reason, listener=listener)
+
+    def cancel(self, run_id: str, reason: str = "cancelled") -> str:
+        """Cancel a run wherever it executes (its full id is returned)."""
+        return self._store().cancel(run_id, reason)
+
+    async def replay(self, run_id: str) -> Any:
+        """Re-execute a stored run offline from its record (a :class:`vm.ReplayReport`)."""
+        from vm import areplay
+
+        return await areplay(await asyncio.to_thread(self._store().get, run_id))
+
+    async def run_queued(self, run_id: str) -> RunResult | None:
+        """What a worker does with a run it claimed: plan it when it is a goal (without the plan
+        library when it was queued so), check it, run it under the limits kept with it. A
+        planning that fails ends the run as failed (None is returned)."""
+        store = self._store()
+        stored = await asyncio.to_thread(store.get, run_id)
+        if stored.plan is None:
+            from vm.errors import LLMError, PlanningError
+
+            library = False if (stored.planning or {}).get("no_library") else None
+            vm = self.for_stored(stored.limits)
+            try:
+                planned, vm = await self._plan_within(vm, stored.goal or "", stored.metadata, None, library)
+                self.check_knowledge_base(planned.plan)
+            except (PlanningError, LLMError, BadInput) as exc:
+                await asyncio.to_thread(store.finish, run_id, "failed", error=f"planning failed: {exc}")
+                return None
+            await asyncio.to_thread(store.set_plan, run_id, planned.plan, planned.record())
+            return await vm.aresume(run_id, claimed=True)
+        return await self.for_stored(stored.limits).aresume(run_id, claimed=True)
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def get_run(self, run_id: str, *, steps: bool = False, step: int | None = None) -> Any:
+        """A stored run as every front end shows it (a :class:`RunDetail`); ``steps``: with its
+        trace; ``step``: with the variables after that trace position."""
+        from planvm.engine.shapes import RunDetail
+
+        store = self._store()
+        run = store.get(run_id)
+        if step is not None and not 0 <= step < len(run.steps):
+            raise BadInput(f"run '{run.id}' has {len(run.steps)} steps (idx 0 to {len(run.steps) - 1}); ask for one of those")
+        return RunDetail.of(run, lineage=store.lineage(run.id), children=store.children(run.id), trace=steps, step=step)
+
+    def outcome(self, run_id: str) -> Any:
+        """How a stored run ended (a :class:`RunOutcome`)."""
+        from planvm.engine.shapes import RunOutcome
+
+        return RunOutcome.from_stored(self._store().get(run_id))
 
     def _store(self) -> Any:
         if self.store is None:

@@ -9,8 +9,10 @@ from typing import Any
 
 import click
 
-from planvm.cli import kb_option, load_settings
-from planvm.render import EXIT_FAILED, echo_err, guarded
+from planvm.cli.common import guarded, load_settings
+from planvm.cli.options import kb_option
+from planvm.cli.render import EXIT_FAILED, echo_err
+from vm.errors import BadInput
 
 
 @click.command(name="tiny-model")
@@ -24,7 +26,7 @@ def tiny_model(folder: str, data: str | None, hidden_size: int, vocab_size: int)
     from training.tiny import build_tiny_model, planner_corpus
 
     if data is not None and not Path(data).is_file():
-        raise ValueError(f"{data}: no such file; pass training rows (JSONL) with --data")
+        raise BadInput(f"{data}: no such file; pass training rows (JSONL) with --data")
     path = build_tiny_model(folder, vocab_size=vocab_size, corpus=planner_corpus(data), hidden_size=hidden_size)
     click.echo(f"tiny base model in {path}; train it with: planvm train --config examples/train/train.toml --base-model {path} --max-steps 30")
 
@@ -61,7 +63,7 @@ def _adapter_base(adapter: str) -> str:
             value = json.loads(path.read_text(encoding="utf-8")).get(key)
             if value:
                 return str(value)
-    raise ValueError(f"{adapter} holds no training_config.json or adapter_config.json naming the base model; pass --base-model")
+    raise BadInput(f"{adapter} holds no training_config.json or adapter_config.json naming the base model; pass --base-model")
 
 
 def _default_held_out() -> str | None:
@@ -99,14 +101,14 @@ def eval_(adapter: str | None, base_model: str | None, data: str | None, constra
 
     if endpoint is not None or served_model is not None or compare_model is not None:
         if endpoint is None or served_model is None:
-            raise ValueError("--endpoint and --model go together: the server's address and the served model to score")
+            raise BadInput("--endpoint and --model go together: the server's address and the served model to score")
         if adapter or base_model:
-            raise ValueError("score either a served model (--endpoint, --model) or an in-process one (--adapter, --base-model), not both")
+            raise BadInput("score either a served model (--endpoint, --model) or an in-process one (--adapter, --base-model), not both")
     elif not adapter and not base_model:
-        raise ValueError("pass --adapter (and/or --base-model), or --endpoint URL --model NAME")
+        raise BadInput("pass --adapter (and/or --base-model), or --endpoint URL --model NAME")
     data = data or _default_held_out()
     if data is None:
-        raise ValueError("pass --data with the held-out rows to judge on")
+        raise BadInput("pass --data with the held-out rows to judge on")
     registry = default_registry()
     rows = load_rows(data, registry).rows
     reports = []
@@ -174,7 +176,7 @@ def datagen(kb_path: str | None, out_file: str, max_rows: int, questions_per_chu
 
     settings = load_settings({"kb_path": kb_path})
     if settings.chosen_llm_backend() == "extractive":
-        raise ValueError("datagen needs a teacher LLM: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL (or PLANVM_LOCAL_MODEL)")
+        raise BadInput("datagen needs a teacher LLM: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL (or PLANVM_LOCAL_MODEL)")
     teacher = make_llm(settings)
     registry = make_registry(settings)
     kb = LocalKnowledgeBase(settings.kb_path())

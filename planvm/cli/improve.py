@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
-from planvm.cli import kb_option, make_engine, store_option, tool_options
-from planvm.render import EXIT_FAILED, echo_err, guarded, preview, print_json
+from planvm.cli.common import guarded, make_engine
+from planvm.cli.options import kb_option, store_option, tool_options
+from planvm.cli.render import EXIT_FAILED, echo_err, preview, print_json
 
 _TOOL_DEFAULTS = {"plugins": (), "no_builtins": False, "kb_path": None}  # judging needs no tools of its own
 

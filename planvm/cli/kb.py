@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
-from planvm.cli import kb_option, load_settings
-from planvm.render import echo_err, guarded, preview, print_json
+from planvm.cli.common import guarded, load_settings
+from planvm.cli.options import kb_option
+from planvm.cli.render import echo_err, preview, print_json
 
 
 @click.command()
@@ -84,7 +85,14 @@ def _index_progress(every: float = 5.0) -> Iterator[Any]:
     import time
 
     if sys.stderr.isatty():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         columns = (TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("eta"), TimeRemainingColumn())

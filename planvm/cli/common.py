@@ -1,0 +1,138 @@
+"""What the commands share: the engine their options describe, and one error boundary.
+
+The boundary: planvm's own errors (bad input, an unusable store, a plan that cannot run) are one
+line on stderr and exit code 2 (``{"status": "invalid", "error": …}`` with ``--json``); any other
+exception is a bug: exit 1 with one line naming an error id, its traceback kept in
+``errors.log`` beside the run store.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any
+
+import click
+
+from planvm.cli.render import (
+    EXIT_FAILED,
+    EXIT_UNUSABLE,
+    announce_run,
+    echo_err,
+    exit_now,
+    print_json,
+    progress_printer,
+    report_run,
+)
+
+__all__ = ["executes", "guarded", "load_settings", "make_engine", "make_vm", "print_queued"]
+
+
+def make_engine(options: dict[str, Any], *, record: bool = True) -> Any:
+    """The engine the command's options describe (over ``PLANVM_*`` and planvm.toml), its VM
+    printing progress on a terminal."""
+    from planvm.engine import Engine
+
+    engine = Engine(options, record=record, notify=lambda message: echo_err(f"note: {message}"))
+    engine.vm.on_step = progress_printer() if sys.stderr.isatty() else None
+    engine.vm.on_start = announce_run
+    return engine
+
+
+def make_vm(options: dict[str, Any], *, record: bool = True) -> Any:
+    """The VM the command's options describe."""
+    return make_engine(options, record=record).vm
+
+
+def print_queued(run_id: str, as_json: bool) -> None:
+    if as_json:
+        print_json({"run_id": run_id, "status": "queued"})
+    else:
+        click.echo(run_id)
+        echo_err("queued: a `planvm worker` on this store will run it")
+
+
+def _keep_traceback(exc: BaseException) -> tuple[str, str | None]:
+    """An id for an unexpected error, and the file its traceback was appended to (None when it could not be written)."""
+    import time
+    import traceback
+    import uuid
+
+    from vm.redact import redact
+    from vm.store import default_store_path
+
+    error_id = uuid.uuid4().hex[:10]
+    path = default_store_path().parent / "errors.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} error {error_id}: planvm {' '.join(sys.argv[1:])}\n")
+            log.write(redact("".join(traceback.format_exception(exc))))
+        return error_id, str(path)
+    except OSError:
+        return error_id, None
+
+
+def fail(exc: BaseException, as_json: bool) -> None:
+    """The one error boundary of the command line (see the module's docstring)."""
+    from vm import PlanValidationError, PlanVMError
+
+    if isinstance(exc, PlanValidationError):
+        if as_json:
+            print_json({"status": "invalid", "error": str(exc), "problems": [str(p) for p in exc.problems]})
+        else:
+            echo_err("error: the plan is not valid:")
+            for problem in exc.problems:
+                echo_err(f"  {problem}")
+        sys.exit(EXIT_UNUSABLE)
+    if isinstance(exc, PlanVMError):
+        if as_json:
+            print_json({"status": "invalid", "error": str(exc)})
+        else:
+            echo_err(f"error: {exc}")
+        sys.exit(EXIT_UNUSABLE)
+    from vm.redact import redact
+
+    error_id, kept = _keep_traceback(exc)
+    where = f"; its traceback is in {kept}" if kept else ""
+    message = f"unexpected {type(exc).__name__}: {redact(str(exc))} (error id {error_id}{where}); please report it"
+    if as_json:
+        print_json({"status": "error", "error": message, "error_id": error_id})
+    else:
+        echo_err(f"error: {message}")
+    sys.exit(EXIT_FAILED)
+
+
+def guarded(fn: Any) -> Any:
+    """Run a command inside the error boundary."""
+    import logging
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
+        try:
+            return fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            fail(exc, bool(kwargs.get("as_json")))
+
+    return wrapper
+
+
+def executes(fn: Any) -> Any:
+    """A command that returns a RunResult: rendered, inside the error boundary."""
+
+    @functools.wraps(fn)
+    def wrapper(**options: Any) -> None:
+        result = guarded(fn)(**options)
+        exit_now(report_run(result, options.get("as_json", False)))
+
+    return wrapper
+
+
+def load_settings(options: dict[str, Any]) -> Any:
+    """The configuration (model roles, knowledge base…) the command's options describe."""
+    from planvm.engine import EngineConfig
+
+    return EngineConfig.load(options)

@@ -1,0 +1,12 @@
+"""The engine every front end calls: one configuration, one method per operation, one shape per thing.
+
+Front ends (``planvm.cli``, ``planvm.server``, ``planvm.mcp``, workers) parse their transport and
+call :class:`Engine`; the engine calls the VM, the tools, the planner and the run store, and
+imports none of the front ends.
+"""
+
+from planvm.engine.config import EngineConfig, LimitsTable
+from planvm.engine.engine import Engine, make_registry
+from planvm.engine.shapes import PlanView, RunDetail, RunOutcome, RunSummary, StepView
+
+__all__ = ["Engine", "EngineConfig", "LimitsTable", "PlanView", "RunDetail", "RunOutcome", "RunSummary", "StepView", "make_registry"]

@@ -1,0 +1,240 @@
+"""One configuration for every front end: :class:`EngineConfig`.
+
+Sources, strongest first: the front end's flags (values passed in code), ``PLANVM_*`` variables,
+``planvm.toml`` (in the current folder, or the file ``PLANVM_CONFIG`` names), then the defaults.
+On top of the model roles and the knowledge base (:class:`tools.settings.Settings`), it holds what
+a run is made with: the run store, limits, concurrency, the planner choice, the tools (plugins,
+MCP servers, built-ins, allow and approve lists), the plan library and leases::
+
+    # planvm.toml
+    store = "sqlite:///runs.sqlite"     # or a path, postgresql://…, mysql://…
+    planner = "template"                # auto, llm or template (or kind = "…" in a [planner] table)
+    concurrency = 4
+    plugins = ["tools/weather.py"]
+
+    [limits]
+    max_steps = 50
+    max_llm_calls = 20
+
+Each limit's variable is ``PLANVM_MAX_STEPS`` and so on; ``planvm config`` prints every value
+with the source it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+)
+
+from tools.settings import Settings
+from vm.errors import BackendUnavailable
+
+__all__ = ["LIMIT_NAMES", "EngineConfig", "LimitsTable", "config_file"]
+
+#: The run budgets a front end may set (``[limits]`` in planvm.toml, ``PLANVM_MAX_*``, ``--max-*``).
+LIMIT_NAMES = ("max_steps", "max_seconds", "max_llm_calls", "max_tokens", "max_value_bytes", "max_plan_bytes", "max_depth")
+
+# Command-line option names that differ from the configuration's.
+_OPTION_NAMES = {"store_path": "store", "kb_path": "kb"}
+
+
+def config_file() -> Path:
+    return Path(os.environ.get("PLANVM_CONFIG", "planvm.toml"))
+
+
+class LimitsTable(BaseModel):
+    """``[limits]``: the budgets every run is held to (unset: :class:`vm.Limits`' defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int | None = Field(None, ge=1, description="Executed instructions per run (default 1000).")
+    max_seconds: float | None = Field(None, gt=0, description="Wall-clock seconds per run, planning included (default 600).")
+    max_llm_calls: int | None = Field(None, ge=0, description="LLM calls per run (default 200).")
+    max_tokens: int | None = Field(None, ge=1, description="Prompt plus completion tokens per run (default: no budget).")
+    max_value_bytes: int | None = Field(None, ge=1024, description="Largest value a step may produce, as JSON text (default 4 MiB).")
+    max_plan_bytes: int | None = Field(None, ge=1024, description="Largest plan file or text (default 32 MiB).")
+    max_depth: int | None = Field(None, ge=4, le=400, description="Nesting of lists and objects in a plan or a value (default 100).")
+
+    def given(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class _EngineEnvironment(PydanticBaseSettingsSource):
+    """The variables whose names are not ``PLANVM_<FIELD>``: ``PLANVM_PLANNER`` (the planner
+    choice) and ``PLANVM_MAX_*`` (the ``[limits]`` table)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        planner = os.environ.get("PLANVM_PLANNER")
+        if planner:
+            found["planner_kind"] = planner
+        limits = {name: os.environ[f"PLANVM_{name.upper()}"] for name in LIMIT_NAMES if os.environ.get(f"PLANVM_{name.upper()}")}
+        if limits:
+            found["limits"] = limits
+        return found
+
+
+class EngineConfig(Settings):
+    """Everything a front end can set, resolved once; an :class:`planvm.engine.Engine` is built from it."""
+
+    # --- runs -------------------------------------------------------------------------------------
+    store: str | None = Field(
+        None, description="Run store: an SQLite file or sqlite:///path, postgresql://…, mysql://… (default: $PLANVM_HOME/runs.sqlite)."
+    )
+    limits: LimitsTable = Field(default_factory=LimitsTable, description="Run budgets ([limits] table; PLANVM_MAX_* variables).")
+    concurrency: int = Field(8, ge=1, description="Tool calls that may overlap when steps are independent.")
+    planner_kind: Literal["auto", "llm", "template"] = Field(
+        "auto", description="Who writes plans: llm, template (no model), or auto (llm when an LLM is configured). planner = … in planvm.toml."
+    )
+    no_library: bool = Field(False, description="Neither reuse kept best plans nor show them to the planner.")
+    lease_seconds: float = Field(30.0, ge=1, description="How long a run this process executes stays its own without a heartbeat.")
+
+    # --- tools ------------------------------------------------------------------------------------
+    plugins: list[str] = Field(default_factory=list, description="Python files whose @tool functions are registered.")
+    no_builtins: bool = Field(False, description="Leave out the built-in tools.")
+    mcp_commands: list[str] = Field(default_factory=list, description="MCP servers started over stdio (--mcp).")
+    mcp_urls: list[str] = Field(default_factory=list, description="MCP servers reached over streamable HTTP (--mcp-url).")
+    mcp_prefix: bool = Field(False, description="Name MCP tools SERVER_TOOL.")
+    allow_tools: list[str] = Field(default_factory=list, description="Limit runs to these tools (empty: every tool).")
+    approve_tools: list[str] = Field(default_factory=list, description="Calls to these tools wait for an approval.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        init, roles, general, toml = super().settings_customise_sources(
+            settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings)
+        return init, roles, _EngineEnvironment(settings_cls), general, toml
+
+    # --- building one -------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, flags: Mapping[str, Any] | None = None) -> EngineConfig:
+        """The configuration with ``flags`` on top (named as the fields are, or as the command
+        line's options: ``store_path``, ``kb_path``, ``max_steps``…). A flag that is None, empty
+        or False counts as not given. ``BackendUnavailable`` says which setting is not valid."""
+        import tomllib
+
+        try:
+            return cls(**cls.flags_from(flags or {}))
+        except tomllib.TOMLDecodeError as exc:
+            raise BackendUnavailable(f"{config_file()} is not valid TOML ({exc}); fix it, or point PLANVM_CONFIG at another file") from None
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise BackendUnavailable(f"the settings (flags, PLANVM_* variables or {config_file()}) are not valid: {problems}") from None
+
+    @classmethod
+    def flags_from(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Keyword arguments for the fields, from a front end's options (those not given left out)."""
+        flags: dict[str, Any] = {}
+        limits: dict[str, Any] = {}
+        for name, value in options.items():
+            if value is None or value is False or (isinstance(value, (tuple, list)) and not value):
+                continue
+            name = _OPTION_NAMES.get(name, name)
+            if name in LIMIT_NAMES:
+                limits[name] = value
+            elif name == "limits" and isinstance(value, Mapping):
+                limits.update({k: v for k, v in value.items() if v is not None})
+            elif name in cls.model_fields:
+                flags[name] = list(value) if isinstance(value, tuple) else value
+        if limits:
+            flags["limits"] = limits
+        return flags
+
+    # --- explaining one -----------------------------------------------------------------------------
+
+    @classmethod
+    def explain(cls, flags: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Every setting as ``planvm config`` prints it: ``key`` (``limits.max_steps`` for a
+        table's entry), ``value`` (keys and passwords masked) and ``source`` (``flag``,
+        ``PLANVM_…``, ``planvm.toml`` or ``default``)."""
+        from tools.settings import ROLES
+        from vm.redact import redact
+
+        import tomllib
+
+        given = cls.flags_from(flags or {})
+        config = cls.load(flags)
+        try:
+            toml = tomllib.loads(config_file().read_text(encoding="utf-8")) if config_file().is_file() else {}
+        except (OSError, tomllib.TOMLDecodeError):
+            toml = {}
+        planner = toml.get("planner")
+        if isinstance(planner, str):
+            toml["planner_kind"] = planner
+        elif isinstance(planner, dict) and "kind" in planner:
+            toml["planner_kind"] = planner["kind"]
+
+        def has(values: Mapping[str, Any], path: tuple[str, ...]) -> bool:
+            node: Any = values
+            for part in path:
+                if not isinstance(node, Mapping) or node.get(part) is None:
+                    return False
+                node = node[part]
+            return True
+
+        def variables(path: tuple[str, ...]) -> list[str]:
+            if path[0] in ROLES and len(path) == 2:
+                return [f"PLANVM_{path[0]}_{path[1]}".upper()]
+            if path[0] == "limits" and len(path) == 2:
+                return [f"PLANVM_{path[1]}".upper()]
+            if path[0] == "planner_kind":
+                return ["PLANVM_PLANNER"]
+            if path[0] == "llm_api_key":
+                return ["PLANVM_LLM_API_KEY", "OPENAI_API_KEY"]
+            return [f"PLANVM_{path[0]}".upper()]
+
+        def origin(path: tuple[str, ...]) -> str:
+            if has(given, path):
+                return "flag"
+            for name in variables(path):
+                if os.environ.get(name):
+                    return name
+            if has(toml, path):
+                return str(config_file())
+            return "default"
+
+        def shown(value: Any) -> Any:
+            if isinstance(value, SecretStr):
+                return "***" if value.get_secret_value() else ""
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, str):
+                from vm.store.locations import _masked
+
+                return redact(_masked(value))
+            return value
+
+        rows = []
+        for name in cls.model_fields:
+            value = getattr(config, name)
+            if isinstance(value, BaseModel):
+                for inner in type(value).model_fields:
+                    inner_value = getattr(value, inner)
+                    if name == "limits" and inner_value is None:
+                        from vm.limits import Limits
+
+                        inner_value = Limits.model_fields[inner].default  # what a run gets
+                    if name in ROLES and inner_value is None:
+                        continue  # a role's unset field: the general setting above applies
+                    rows.append({"key": f"{name}.{inner}", "value": shown(inner_value), "source": origin((name, inner))})
+                continue
+            key = "planner" if name == "planner_kind" else name
+            rows.append({"key": key, "value": shown(value), "source": origin((name,))})
+        return rows

@@ -1,0 +1,1 @@
+"""planvm as an MCP server (:mod:`planvm.mcp.server`); ``planvm mcp`` serves it."""
