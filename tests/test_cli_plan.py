@@ -33,7 +33,7 @@ def test_run_offline_end_to_end(tmp_path):
     result = json.loads(out.stdout)
     assert result["status"] == "completed" and "[" in result["final_answer"] and result["steps"] == 3
     stored = json.loads(planvm("runs", "show", result["run_id"], "--json").stdout)
-    assert stored["run"]["goal"] == "When does a planvm run end?" and len(stored["plan"]) == 3
+    assert stored["goal"] == "When does a planvm run end?" and len(stored["plan"]) == 3
     assert planvm("replay", result["run_id"]).returncode == 0
 
 

@@ -199,4 +199,4 @@ def test_queue_from_the_command_line_and_a_worker(tmp_path):
     runs = {r["id"]: r for r in json.loads(planvm("runs", "list", "--store", store, "--json").stdout)}
     assert all(r["status"] == "completed" and r["owner"] is None for r in runs.values())
     goal_run = json.loads(planvm("runs", "show", json.loads(queued_goal.stdout)["run_id"], "--store", store, "--json").stdout)
-    assert goal_run["run"]["planning"]["planner"] == "template"  # the worker planned it
+    assert goal_run["planning"]["planner"] == "template"  # the worker planned it

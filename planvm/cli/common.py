@@ -25,7 +25,7 @@ from planvm.cli.render import (
     report_run,
 )
 
-__all__ = ["executes", "guarded", "load_settings", "make_engine", "make_vm", "print_queued"]
+__all__ = ["executes", "guarded", "load_settings", "make_engine", "make_vm", "print_queued", "store_location"]
 
 
 def make_engine(options: dict[str, Any], *, record: bool = True) -> Any:
@@ -136,3 +136,12 @@ def load_settings(options: dict[str, Any]) -> Any:
     from planvm.engine import EngineConfig
 
     return EngineConfig.load(options)
+
+
+def store_location(store_path: str | None) -> str | None:
+    """The run store a command uses: --store, else PLANVM_STORE, else planvm.toml's ``store``, else the default (None)."""
+    if store_path:
+        return store_path
+    from planvm.engine import EngineConfig
+
+    return EngineConfig.load({}).store

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from planvm.cli.common import guarded, make_engine
+from planvm.cli.common import guarded, make_engine, store_location
 from planvm.cli.options import kb_option, store_option, tool_options
 from planvm.cli.render import EXIT_FAILED, echo_err, preview, print_json
 
@@ -101,7 +101,7 @@ def library_list(store_path: str | None, as_json: bool) -> None:
     from vm import RunStore
     from vm.store import store_missing
 
-    entries = [] if store_missing(store_path) else RunStore(store_path, readonly=True).library_entries()
+    entries = [] if store_missing(store_location(store_path)) else RunStore(store_location(store_path), readonly=True).library_entries()
     if as_json:
         print_json([{k: v for k, v in e.items() if k != "embedding"} for e in entries])
         return
@@ -126,5 +126,5 @@ def library_remove(entry_id: str, store_path: str | None) -> None:
     """Remove a best plan (ENTRY_ID from `planvm library list`, or a unique prefix of it)."""
     from vm import RunStore
 
-    removed = RunStore(store_path).library_remove(entry_id)
+    removed = RunStore(store_location(store_path)).library_remove(entry_id)
     click.echo(f"removed best plan {removed}")

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from planvm.cli.common import guarded, make_engine
+from planvm.cli.common import guarded, make_engine, store_location
 from planvm.cli.options import store_option, tool_options
 from planvm.cli.render import EXIT_FAILED, as_text, echo_err, preview, print_json
 
@@ -19,7 +19,7 @@ def _open_store(store_path: str | None) -> Any:
     """The run store, opened only to read (so a store in a read-only folder can still be listed)."""
     from vm import RunStore
 
-    return RunStore(store_path, readonly=True)
+    return RunStore(store_location(store_path), readonly=True)
 
 
 def _when(timestamp: float) -> str:
@@ -42,7 +42,7 @@ def list_(store_path: str | None, limit: int, judged: bool, min_score: float | N
     """The newest runs: id, status, time, steps, goal, parent, judge's score."""
     from vm.store import store_missing
 
-    if store_missing(store_path):
+    if store_missing(store_location(store_path)):
         rows: list[dict[str, Any]] = []  # nothing recorded yet
     else:
         rows = _open_store(store_path).list_runs(limit, judged=judged, min_score=min_score)
@@ -84,7 +84,7 @@ def upgrade(store_path: str | None) -> None:
     """Bring the run store's schema up to this planvm (versioned migrations; no run is lost)."""
     from vm import RunStore
 
-    store = RunStore(store_path, upgrade=True)
+    store = RunStore(store_location(store_path), upgrade=True)
     before, now = store.upgrade()
     if before == now:
         click.echo(f"{store.path}: already at schema version {now}")
@@ -96,10 +96,13 @@ def upgrade(store_path: str | None) -> None:
 @click.argument("run_id")
 @store_option
 @click.option("--step", type=click.IntRange(min=0), help="Also show the variables after trace position STEP (the idx column).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (what GET /v1/runs/{id} and MCP get_run answer) instead of tables.")
+@click.option("--steps", "with_steps", is_flag=True, help="With --json: include the steps (trace).")
 @guarded
-def show(run_id: str, store_path: str | None, step: int | None, as_json: bool) -> None:
+def show(run_id: str, store_path: str | None, step: int | None, as_json: bool, with_steps: bool) -> None:
     """One run: its steps, its branch tree, and (with --step) the variables at a step."""
+    from planvm.engine.shapes import RunDetail
+
     store = _open_store(store_path)
     run = store.get(run_id)
     if step is not None and step >= len(run.steps):
@@ -109,13 +112,7 @@ def show(run_id: str, store_path: str | None, step: int | None, as_json: bool) -
     children = store.children(run_id)
     variables = run.variables_at(step + 1) if step is not None else None
     if as_json:
-        data = run.to_dict()
-        data["lineage"] = lineage
-        data["children"] = children
-        data["tokens"] = run.token_totals()
-        if variables is not None:
-            data["variables_at_step"] = {"step": step, "variables": variables}
-        print_json(data)
+        print_json(RunDetail.of(run, lineage=lineage, children=children, trace=with_steps, step=step).dump())
         return
     from rich.console import Console
     from rich.table import Table
@@ -215,7 +212,7 @@ def _export_training(store_path: str | None, out: str, min_score: float | None, 
     from vm import BadInput
     from vm.store import store_missing
 
-    missing = store_missing(store_path)
+    missing = store_missing(store_location(store_path))
     if missing:
         raise BadInput(f"no run store at {missing} yet: there are no runs to export; run some goals first (planvm run)")
     registry = make_registry(EngineConfig.load(tool_opts))
@@ -242,7 +239,7 @@ def best(run_id: str, store_path: str | None, label: str | None) -> None:
     from planvm.cli.common import load_settings
     from vm import RunStore
 
-    store = RunStore(store_path)
+    store = RunStore(store_location(store_path))
     entry_id, replaced = PlanLibrary.for_settings(store, load_settings({})).keep(store.get(run_id), label=label)
     click.echo(f"kept the plan of run {store.resolve(run_id)} as best plan {entry_id}"
                + (f" (replacing {', '.join(replaced)})" if replaced else ""))
@@ -259,7 +256,7 @@ def cancel(run_id: str, store_path: str | None, reason: str) -> None:
     at its next step."""
     from vm import RunStore
 
-    store = RunStore(store_path)
+    store = RunStore(store_location(store_path))
     full_id = store.cancel(run_id, reason)
     click.echo(f"cancelled run {full_id}")
 

@@ -30,7 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from planvm.engine import Engine
@@ -84,13 +84,19 @@ class LimitsOverride(BaseModel):
 class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    goal: str = Field(..., min_length=1, max_length=20_000, description="What the run should achieve.")
+    goal: str | None = Field(None, min_length=1, max_length=20_000, description="What the run should achieve (needed unless a plan is given).")
     metadata: dict[str, Any] | None = Field(None, description="Goal metadata: response_format, label_path, background...")
     plan: list[Any] | None = Field(None, description="A plan to run instead of planning one (a JSON array of instructions).")
     planner: Literal["auto", "llm", "template"] | None = Field(None, description="Who plans (default: the server's configured choice).")
     library: bool | None = Field(None, description="Reuse a best plan kept for this goal, and show similar ones to the planner (default: the server's setting).")
     limits: LimitsOverride | None = None
     approve_tools: list[str] = Field(default_factory=list, description="Tools whose calls wait for approval in this run.")
+
+    @model_validator(mode="after")
+    def _goal_or_plan(self) -> RunRequest:
+        if self.goal is None and self.plan is None:
+            raise ValueError("give a goal to plan, or a plan to run (or both)")
+        return self
 
 
 class ForkRequest(BaseModel):
@@ -443,9 +449,8 @@ def create_app(
                 use_library=body.library))
             return await respond(run_id, task, wait)
         run_id, task = await service.launch(
-            lambda listener: engine.run_goal(
-                body.goal, metadata=body.metadata, planner_kind=body.planner, plan=body.plan, limits=limits,
-                approve_tools=body.approve_tools, listener=listener, use_library=body.library,
+            lambda listener: engine.exec_plan(
+                body.plan, goal=body.goal, metadata=body.metadata, limits=limits, approve_tools=body.approve_tools, listener=listener,
             )
         )
         return await respond(run_id, task, wait)

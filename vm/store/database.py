@@ -424,6 +424,12 @@ class Database:
             if self._engine is not None:
                 self._engine.dispose()
 
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def sqlite_connection(self) -> Any:
         """The sqlite3 connection of an SQLite store (None for a database server), for diagnostics."""
