@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 import subprocess
 import sys
 
@@ -58,3 +59,95 @@ def test_exported_members(module):
         assert hasattr(mod, name), name
     public = {n for n, v in vars(mod).items() if not n.startswith("_") and not isinstance(v, type(sys))}
     assert public <= set(mod.__all__) | {"annotations"}
+
+
+# --- the application layer: front ends call the engine, the engine imports no front end ----------------
+
+FRONT_ENDS = ("planvm.cli", "planvm.server", "planvm.mcp")
+
+
+def _planvm_imports() -> dict[str, set[str]]:
+    """Every planvm module and the planvm modules it imports (at the top or inside a function)."""
+    modules: dict[str, Path] = {}
+    for path in (ROOT / "planvm").rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target.startswith("planvm") and target != name:
+                    found.add(target)
+        graph[name] = found
+    return graph
+
+
+def test_the_engine_imports_no_front_end_library():
+    code = "import sys, planvm.engine; print([m for m in ('click', 'fastapi', 'starlette', 'uvicorn', 'mcp') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_front_ends_call_the_engine_and_not_each_other():
+    graph = _planvm_imports()
+    for module, imported in graph.items():
+        if module.startswith("planvm.engine"):
+            assert not {m for m in imported if m.startswith(FRONT_ENDS)}, f"{module} imports a front end"
+        for front in ("planvm.server", "planvm.mcp"):
+            if module.startswith(front):
+                others = {m for m in imported if m.startswith(FRONT_ENDS) and not m.startswith(front)}
+                assert not others, f"{module} imports {others}"
+    # The command line starts the service and the MCP server (it is the composition root), from one module each.
+    starters = {m for m, imported in graph.items() if m.startswith("planvm.cli") and any(i.startswith(("planvm.server", "planvm.mcp")) for i in imported)}
+    assert starters == {"planvm.cli.serve", "planvm.cli.mcp"}
+
+
+def test_no_import_circle_among_planvm_modules():
+    graph = _planvm_imports()
+    # A package's __init__ re-exporting its own modules is not a circle: leave out edges into a module's own package.
+    edges = {m: {i for i in imported if not m.startswith(i + ".")} for m, imported in graph.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[set[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in edges.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                member = stack.pop()
+                component.add(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                circles.append(component)
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    assert circles == []
+
+
+def test_no_module_of_the_application_layer_is_a_god_module():
+    for folder in ("vm/store", "planvm/server", "planvm/engine"):
+        for path in (ROOT / folder).glob("*.py"):
+            lines = len(path.read_text().splitlines())
+            assert lines <= 560, f"{path.relative_to(ROOT)} has {lines} lines"

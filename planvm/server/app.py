@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -30,15 +29,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from planvm.engine import Engine
 from planvm.engine.shapes import PlanView, RunDetail, RunOutcome, RunPage
 from planvm.server.aisdk import HEADERS as AI_SDK_HEADERS
 from planvm.server.aisdk import ui_message_stream
-from planvm.server.events import EventHub, run_events, stored_outcome
-from vm import RunListener
+from planvm.server.events import run_events, stored_outcome
+from planvm.server.guard import _Guard
+from planvm.server.models import (
+    _ERRORS,
+    ApproveRequest,
+    ForkRequest,
+    LimitsOverride,
+    PlanRequest,
+    RunRequest,
+    Started,
+    ValidateRequest,
+)
+from planvm.server.service import _finished, _public, _Service
 from vm.errors import (
     BackendUnavailable,
     BadInput,
@@ -59,98 +69,9 @@ __all__ = ["create_app"]
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_STORE_TIMEOUT = 60.0  # seconds a request waits for the run store before 503
-HEALTH_TIMEOUT = 0.05  # /healthz answers within 100 ms, whatever the database does
 STALL_SECONDS = 60.0  # an event stream whose client reads nothing for this long is closed
-_FINISHED = frozenset({"completed", "failed", "cancelled"})
 _SEQ = Field(..., ge=-(2**63), lt=2**63)  # any seq_no a plan may use
 log = logging.getLogger("planvm.serve")
-
-
-# --- request and response models (they make the OpenAPI schema) -------------------------------
-
-
-class LimitsOverride(BaseModel):
-    """Budgets for one run; each may only be lower than the server's own."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_steps: int | None = Field(None, ge=1)
-    max_seconds: float | None = Field(None, gt=0)
-    max_llm_calls: int | None = Field(None, ge=0)
-    max_tokens: int | None = Field(None, ge=1)
-    max_value_bytes: int | None = Field(None, ge=1024)
-
-
-class RunRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    goal: str | None = Field(None, min_length=1, max_length=20_000, description="What the run should achieve (needed unless a plan is given).")
-    metadata: dict[str, Any] | None = Field(None, description="Goal metadata: response_format, label_path, background...")
-    plan: list[Any] | None = Field(None, description="A plan to run instead of planning one (a JSON array of instructions).")
-    planner: Literal["auto", "llm", "template"] | None = Field(None, description="Who plans (default: the server's configured choice).")
-    library: bool | None = Field(None, description="Reuse a best plan kept for this goal, and show similar ones to the planner (default: the server's setting).")
-    limits: LimitsOverride | None = None
-    approve_tools: list[str] = Field(default_factory=list, description="Tools whose calls wait for approval in this run.")
-
-    @model_validator(mode="after")
-    def _goal_or_plan(self) -> RunRequest:
-        if self.goal is None and self.plan is None:
-            raise ValueError("give a goal to plan, or a plan to run (or both)")
-        return self
-
-
-class ForkRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    from_seq: int = Field(..., ge=-(2**63), lt=2**63, description="The seq_no the new run continues from.")
-    plan: list[Any] | None = Field(None, description="The new plan (instructions before from_seq unchanged).")
-    suggestion: str | None = Field(None, min_length=1, max_length=20_000, description="Or: ask the planner to change the plan.")
-
-
-class ApproveRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    seq_no: int = _SEQ
-    approved: StrictBool = Field(..., description="true runs the call, false rejects it (JSON booleans only).")
-    tool_params: dict[str, Any] | None = Field(None, description="Run the call with these parameters instead.")
-    reason: str | None = Field(None, max_length=2_000)
-
-
-class PlanRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    goal: str = Field(..., min_length=1, max_length=20_000)
-    metadata: dict[str, Any] | None = None
-    planner: Literal["auto", "llm", "template"] | None = Field(None, description="Who plans (default: the server's configured choice).")
-    library: bool | None = Field(None, description="Reuse a best plan kept for this goal, and show similar ones to the planner (default: the server's setting).")
-
-
-class ValidateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    plan: list[Any]
-
-
-class Started(BaseModel):
-    run_id: str
-    status: str
-
-
-class ErrorBody(BaseModel):
-    type: str
-    message: str
-    problems: list[str] | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
-_ERRORS = {
-    404: {"model": ErrorResponse, "description": "No such run."},
-    409: {"model": ErrorResponse, "description": "The run is busy, finished, or not in the state the request needs."},
-    422: {"model": ErrorResponse, "description": "The request or the plan is not valid."},
-}
 
 
 def _error(status: int, kind: str, message: str, problems: list[str] | None = None) -> JSONResponse:
@@ -197,121 +118,6 @@ def _problems(exc: Exception) -> list[str] | None:
 
 
 # --- the application ---------------------------------------------------------------------------
-
-
-class _Service:
-    """The server's state: the engine, the event hub, and a cache of the runs executing here."""
-
-    def __init__(self, engine: Engine, store_timeout: float) -> None:
-        self.engine = engine
-        self.store = engine.store
-        self.store_timeout = store_timeout
-        self.hub = EventHub(self.io)
-        # A cache, never the truth (that is the store's status and lease): the tasks of runs this
-        # process executes, to stop one at once when it is cancelled, and to end them on shutdown.
-        self.tasks: dict[str, asyncio.Task[Any]] = {}
-        self._health: asyncio.Future[Any] | None = None
-        self._health_pool = ThreadPoolExecutor(1, thread_name_prefix="planvm-health")
-
-    async def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``function(*args, **kwargs)`` in a worker thread, bounded by the store timeout."""
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(function, *args, **kwargs), self.store_timeout)
-        except TimeoutError:
-            raise StoreUnavailable(
-                f"the run store did not answer within {self.store_timeout:g} s; try again when it is back"
-            ) from None
-
-    async def io(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return await self.call(getattr(self.store, name), *args, **kwargs)
-
-    async def health(self) -> str | None:
-        """None when the store answers within HEALTH_TIMEOUT, else why not. One ping at a time:
-        while one hangs (a database cut off), later checks wait on it, not on a new one."""
-        if self._health is None or self._health.done():
-            self._health = asyncio.get_running_loop().run_in_executor(self._health_pool, self.store.ping)
-        try:
-            await asyncio.wait_for(asyncio.shield(self._health), HEALTH_TIMEOUT)
-        except TimeoutError:
-            return f"the run store did not answer within {HEALTH_TIMEOUT * 1000:.0f} ms"
-        except PlanVMError as exc:
-            return _public(str(exc), self.store)
-        return None
-
-    async def launch(
-        self, start: Callable[[RunListener], Awaitable[Any]], *, resumed: bool = False
-    ) -> tuple[str, asyncio.Task[Any]]:
-        """Start a run in the background; answer its id once it is in the store (or raise what
-        stopped it before that: an invalid plan, a planning failure, a run in another state)."""
-        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        task = self._drive(start, None, ready=ready, resumed=resumed)
-        return await ready, task
-
-    def start(self, run_id: str, start: Callable[[RunListener], Awaitable[Any]]) -> asyncio.Task[Any]:
-        """Run ``start`` in the background for a run already in the store (a goal being planned)."""
-        return self._drive(start, run_id)
-
-    def _drive(
-        self, start: Callable[[RunListener], Awaitable[Any]], run_id: str | None, *, ready: asyncio.Future[str] | None = None,
-        resumed: bool = False,
-    ) -> asyncio.Task[Any]:
-        """The task executing one run here, its events fed to the hub. An error before the run is in
-        the store goes to ``ready`` (the request reports it); one after it is logged, and the run,
-        if still ``running`` under this process, is marked ``interrupted``."""
-        hub = self.hub
-        cell: dict[str, str] = {"id": run_id} if run_id is not None else {}
-
-        def on_open(opened: str, committed: int) -> None:
-            cell["id"] = opened
-            self.tasks[opened] = task
-            hub.opened(opened, committed, resumed=resumed)
-            if ready is not None and not ready.done():
-                ready.set_result(opened)
-
-        listener = RunListener(
-            on_open=on_open,
-            on_step=lambda record: hub.step_finished(cell["id"], record),
-            on_step_start=lambda seq_no, kind, tool: hub.step_started(cell["id"], seq_no, kind, tool),
-            on_token=lambda seq_no, delta: hub.token(cell["id"], seq_no, delta),
-        )
-
-        async def drive() -> Any:
-            try:
-                return await start(listener)
-            except Exception as exc:
-                if ready is not None and not ready.done():
-                    ready.set_exception(exc)  # the request that started it reports it
-                elif "id" in cell:
-                    log.warning("run %s stopped: %s", cell["id"], _public(str(exc), self.store))
-                    try:  # not left `running` under a lease nobody renews: say what happened, where we still can
-                        await self.call(self.store.finish, cell["id"], "interrupted", error=f"the server could not go on: {exc}")
-                    except PlanVMError:
-                        pass
-                return None
-            except BaseException:
-                if ready is not None and not ready.done():
-                    ready.set_exception(RuntimeError("the server stopped before the run started"))
-                raise
-            finally:
-                done_id = cell.get("id")
-                if done_id is not None:
-                    if self.tasks.get(done_id) is task:
-                        del self.tasks[done_id]
-                    hub.ended(done_id)
-
-        task = asyncio.create_task(drive())
-        if run_id is not None:
-            self.tasks[run_id] = task
-        return task
-
-    def close(self) -> None:
-        self._health_pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _public(message: str, store: Any) -> str:
-    """A message as an HTTP client may see it: without the store's file path or URL."""
-    where = str(getattr(store, "path", "") or "")
-    return message.replace(where, "the run store") if where else message
 
 
 def create_app(
@@ -622,72 +428,6 @@ def create_app(
 
 
 # --- plumbing ------------------------------------------------------------------------------------
-
-
-class _Guard:
-    """ASGI middleware: bearer token (when set) on every path but /healthz; request body size."""
-
-    def __init__(self, app: Any, *, token: str | None, max_body_bytes: int) -> None:
-        self.app = app
-        self.expected = f"Bearer {token}".encode() if token else None
-        self.max_body_bytes = max_body_bytes
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        if self.expected is not None and scope.get("path") != "/healthz" and scope.get("method") != "OPTIONS":
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                await _send_error(send, 401, "Unauthorized", "this server needs Authorization: Bearer <token> (the --token it was started with)")
-                return
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            await _send_error(send, 413, "RequestTooLarge", f"the request body is larger than this server accepts ({self.max_body_bytes:,} bytes)")
-            return
-        received = 0
-        limit = self.max_body_bytes
-        refused = False
-
-        async def bounded_receive() -> dict[str, Any]:
-            # A body sent without a length (chunked) is counted as it arrives: past the limit the
-            # client gets 413 and the application sees the client gone.
-            nonlocal received, refused
-            if refused:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    refused = True
-                    await _send_error(send, 413, "RequestTooLarge", f"the request body is larger than this server accepts ({limit:,} bytes)")
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def guarded_send(message: dict[str, Any]) -> None:
-            if not refused:
-                await send(message)
-
-        await self.app(scope, bounded_receive, guarded_send)
-
-
-async def _send_error(send: Any, status: int, kind: str, message: str) -> None:
-    body = json.dumps({"error": {"type": kind, "message": message}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _finished(service: _Service, run_id: str, max_seconds: float | None) -> None:
-    """Until a worker has finished the run (or it waits), or max_seconds (and a minute) passed."""
-    deadline = asyncio.get_running_loop().time() + (max_seconds or 600.0) + 60.0
-    while asyncio.get_running_loop().time() < deadline:
-        if await service.io("status_of", run_id) in _FINISHED | {"waiting"}:
-            return
-        await asyncio.sleep(0.2)
 
 
 class _EventStream(StreamingResponse):

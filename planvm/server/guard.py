@@ -1,0 +1,64 @@
+"""Bearer token and body size checks in front of every request (plain ASGI, before FastAPI)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+
+class _Guard:
+    """ASGI middleware: bearer token (when set) on every path but /healthz; request body size."""
+
+    def __init__(self, app: Any, *, token: str | None, max_body_bytes: int) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token else None
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if self.expected is not None and scope.get("path") != "/healthz" and scope.get("method") != "OPTIONS":
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                await _send_error(send, 401, "Unauthorized", "this server needs Authorization: Bearer <token> (the --token it was started with)")
+                return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            await _send_error(send, 413, "RequestTooLarge", f"the request body is larger than this server accepts ({self.max_body_bytes:,} bytes)")
+            return
+        received = 0
+        limit = self.max_body_bytes
+        refused = False
+
+        async def bounded_receive() -> dict[str, Any]:
+            # A body sent without a length (chunked) is counted as it arrives: past the limit the
+            # client gets 413 and the application sees the client gone.
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    refused = True
+                    await _send_error(send, 413, "RequestTooLarge", f"the request body is larger than this server accepts ({limit:,} bytes)")
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, bounded_receive, guarded_send)
+
+
+async def _send_error(send: Any, status: int, kind: str, message: str) -> None:
+    body = json.dumps({"error": {"type": kind, "message": message}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,143 @@
+"""The service's state: the engine, the event hub, the runs executing in this process (a cache:
+the store's leases say who executes a run), and the store reached from threads within a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from planvm.engine import Engine
+from planvm.server.events import EventHub
+from vm import RunListener
+from vm.errors import PlanVMError, StoreUnavailable
+
+log = logging.getLogger("planvm.serve")
+_FINISHED = frozenset({"completed", "failed", "cancelled"})
+HEALTH_TIMEOUT = 0.05  # /healthz answers within 100 ms, whatever the database does
+
+
+def _public(message: str, store: Any) -> str:
+    """A message as an HTTP client may see it: without the store's file path or URL."""
+    where = str(getattr(store, "path", "") or "")
+    return message.replace(where, "the run store") if where else message
+
+
+class _Service:
+    """The server's state: the engine, the event hub, and a cache of the runs executing here."""
+
+    def __init__(self, engine: Engine, store_timeout: float) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.store_timeout = store_timeout
+        self.hub = EventHub(self.io)
+        # A cache, never the truth (that is the store's status and lease): the tasks of runs this
+        # process executes, to stop one at once when it is cancelled, and to end them on shutdown.
+        self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self._health: asyncio.Future[Any] | None = None
+        self._health_pool = ThreadPoolExecutor(1, thread_name_prefix="planvm-health")
+
+    async def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``function(*args, **kwargs)`` in a worker thread, bounded by the store timeout."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(function, *args, **kwargs), self.store_timeout)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"the run store did not answer within {self.store_timeout:g} s; try again when it is back"
+            ) from None
+
+    async def io(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return await self.call(getattr(self.store, name), *args, **kwargs)
+
+    async def health(self) -> str | None:
+        """None when the store answers within HEALTH_TIMEOUT, else why not. One ping at a time:
+        while one hangs (a database cut off), later checks wait on it, not on a new one."""
+        if self._health is None or self._health.done():
+            self._health = asyncio.get_running_loop().run_in_executor(self._health_pool, self.store.ping)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._health), HEALTH_TIMEOUT)
+        except TimeoutError:
+            return f"the run store did not answer within {HEALTH_TIMEOUT * 1000:.0f} ms"
+        except PlanVMError as exc:
+            return _public(str(exc), self.store)
+        return None
+
+    async def launch(
+        self, start: Callable[[RunListener], Awaitable[Any]], *, resumed: bool = False
+    ) -> tuple[str, asyncio.Task[Any]]:
+        """Start a run in the background; answer its id once it is in the store (or raise what
+        stopped it before that: an invalid plan, a planning failure, a run in another state)."""
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        task = self._drive(start, None, ready=ready, resumed=resumed)
+        return await ready, task
+
+    def start(self, run_id: str, start: Callable[[RunListener], Awaitable[Any]]) -> asyncio.Task[Any]:
+        """Run ``start`` in the background for a run already in the store (a goal being planned)."""
+        return self._drive(start, run_id)
+
+    def _drive(
+        self, start: Callable[[RunListener], Awaitable[Any]], run_id: str | None, *, ready: asyncio.Future[str] | None = None,
+        resumed: bool = False,
+    ) -> asyncio.Task[Any]:
+        """The task executing one run here, its events fed to the hub. An error before the run is in
+        the store goes to ``ready`` (the request reports it); one after it is logged, and the run,
+        if still ``running`` under this process, is marked ``interrupted``."""
+        hub = self.hub
+        cell: dict[str, str] = {"id": run_id} if run_id is not None else {}
+
+        def on_open(opened: str, committed: int) -> None:
+            cell["id"] = opened
+            self.tasks[opened] = task
+            hub.opened(opened, committed, resumed=resumed)
+            if ready is not None and not ready.done():
+                ready.set_result(opened)
+
+        listener = RunListener(
+            on_open=on_open,
+            on_step=lambda record: hub.step_finished(cell["id"], record),
+            on_step_start=lambda seq_no, kind, tool: hub.step_started(cell["id"], seq_no, kind, tool),
+            on_token=lambda seq_no, delta: hub.token(cell["id"], seq_no, delta),
+        )
+
+        async def drive() -> Any:
+            try:
+                return await start(listener)
+            except Exception as exc:
+                if ready is not None and not ready.done():
+                    ready.set_exception(exc)  # the request that started it reports it
+                elif "id" in cell:
+                    log.warning("run %s stopped: %s", cell["id"], _public(str(exc), self.store))
+                    try:  # not left `running` under a lease nobody renews: say what happened, where we still can
+                        await self.call(self.store.finish, cell["id"], "interrupted", error=f"the server could not go on: {exc}")
+                    except PlanVMError:
+                        pass
+                return None
+            except BaseException:
+                if ready is not None and not ready.done():
+                    ready.set_exception(RuntimeError("the server stopped before the run started"))
+                raise
+            finally:
+                done_id = cell.get("id")
+                if done_id is not None:
+                    if self.tasks.get(done_id) is task:
+                        del self.tasks[done_id]
+                    hub.ended(done_id)
+
+        task = asyncio.create_task(drive())
+        if run_id is not None:
+            self.tasks[run_id] = task
+        return task
+
+    def close(self) -> None:
+        self._health_pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def _finished(service: _Service, run_id: str, max_seconds: float | None) -> None:
+    """Until a worker has finished the run (or it waits), or max_seconds (and a minute) passed."""
+    deadline = asyncio.get_running_loop().time() + (max_seconds or 600.0) + 60.0
+    while asyncio.get_running_loop().time() < deadline:
+        if await service.io("status_of", run_id) in _FINISHED | {"waiting"}:
+            return
+        await asyncio.sleep(0.2)
