@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vm.errors import BadInput
 from vm.plan import load_plan_data
 
 __all__ = ["NEAR_MATCH", "LibraryMatch", "PlanLibrary", "label_of", "normalise_goal", "plan_tools"]
@@ -179,9 +180,9 @@ class PlanLibrary:
         """Keep a stored run's plan as the best plan for its goal; returns (entry id, replaced ids).
         Raises ``ValueError`` for a run that has no goal or did not complete."""
         if not run.goal:
-            raise ValueError(f"run '{run.id}' has no goal (it ran a plan file); only runs of a goal can be kept as best plans")
+            raise BadInput(f"run '{run.id}' has no goal (it ran a plan file); only runs of a goal can be kept as best plans")
         if run.status != "completed":
-            raise ValueError(f"run '{run.id}' is {run.status}; only a completed run's plan can be kept as a best plan")
+            raise BadInput(f"run '{run.id}' is {run.status}; only a completed run's plan can be kept as a best plan")
         planning = run.planning or {}
         return self.store.library_put({
             "run_id": run.id,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from planner.prompt import build_prompt, render
-from vm.errors import PlanError, PlanningError
+from vm.errors import BadInput, PlanError, PlanningError
 from vm.jsontext import extract_json
 from vm.llm import as_completion
 from vm.plan import canonical_instruction, load_plan_data
@@ -133,7 +133,7 @@ class Planner:
         constrained: bool = True,
     ) -> None:
         if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+            raise BadInput("max_attempts must be at least 1")
         self.llm = llm
         self.registry = registry
         self.examples = examples
@@ -202,7 +202,7 @@ class Planner:
         """
         goal = goal or getattr(run, "goal", None)
         if not goal:
-            raise ValueError("re-planning needs the goal: pass goal=... (or a stored run that recorded it)")
+            raise BadInput("re-planning needs the goal: pass goal=... (or a stored run that recorded it)")
         metadata = metadata if metadata is not None else getattr(run, "metadata", None)
         old = [ins for ins in load_plan_data(plan) if isinstance(ins, dict)]
         kept = {_key(ins) for ins in old if _seq(ins) is not None and _seq(ins) < from_seq}

@@ -13,6 +13,8 @@ from typing import Any
 
 from jinja2 import Environment, StrictUndefined, Template
 
+from vm.errors import BadInput
+
 __all__ = [
     "build_prompt",
     "build_training_example",
@@ -56,9 +58,9 @@ def parse_metadata(metadata: Any) -> dict[str, Any]:
         try:
             metadata = json.loads(metadata)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"metadata is not valid JSON ({exc.msg}, column {exc.colno}); pass a JSON object") from None
+            raise BadInput(f"metadata is not valid JSON ({exc.msg}, column {exc.colno}); pass a JSON object") from None
     if not isinstance(metadata, dict):
-        raise ValueError(f"metadata must be a JSON object, got {type(metadata).__name__}")
+        raise BadInput(f"metadata must be a JSON object, got {type(metadata).__name__}")
     return metadata
 
 
@@ -96,7 +98,7 @@ def describe_goal(goal: str, metadata: Any = None) -> str:
     """The goal and what its metadata says about the answer, one line each."""
     goal = goal.strip()
     if not goal:
-        raise ValueError("the goal is empty; say what the plan should achieve")
+        raise BadInput("the goal is empty; say what the plan should achieve")
     meta = parse_metadata(metadata)
     lines = [f"Goal: {goal}"]
     response_format = _get(meta, "response_format")

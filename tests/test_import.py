@@ -151,3 +151,19 @@ def test_no_module_of_the_application_layer_is_a_god_module():
         for path in (ROOT / folder).glob("*.py"):
             lines = len(path.read_text().splitlines())
             assert lines <= 560, f"{path.relative_to(ROOT)} has {lines} lines"
+
+
+def test_an_sqlite_store_on_the_hot_path_loads_neither_the_orm_nor_alembic(tmp_path):
+    """Opening an existing SQLite store and recording a run imports SQLAlchemy Core only: its ORM
+    and Alembic are for migrations, loaded when a store's schema is behind."""
+    from vm import RunStore
+
+    RunStore(tmp_path / "runs.sqlite").close()  # made (and migrated) here
+    code = (
+        "import sys; from vm import RunStore; s = RunStore(sys.argv[1]); r = s.create_run([{'seq_no': 0, 'type': 'assign', "
+        "'parameters': {'final_answer': 1}}]); s.finish(r, 'completed', final_answer=1); s.get(r); "
+        "print(sorted({m.split('.')[0] + ('.orm' if m.startswith('sqlalchemy.orm') else '') for m in sys.modules "
+        "if m.startswith(('sqlalchemy.orm', 'alembic'))}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs.sqlite")], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"

@@ -157,7 +157,7 @@ def test_planvm_as_an_mcp_server_runs_a_goal_offline_and_reads_the_run(tmp_path,
         names = sorted(t.name for t in (await client.list_tools()).tools)
         ran = await client.call_tool("run_goal", {"goal": "What does the assign instruction do?"})
         run_id = ran.structured_content["run_id"]
-        read = await client.call_tool("get_run", {"run_id": run_id[:8]})
+        read = await client.call_tool("get_run", {"run_id": run_id[:8], "steps": True})
         replayed = await client.call_tool("replay_run", {"run_id": run_id})
         checked = await client.call_tool("validate_plan", {"plan": [step(0, "nope", "final_answer")]})
         missing = await client.call_tool("get_run", {"run_id": "0000"})
@@ -168,7 +168,7 @@ def test_planvm_as_an_mcp_server_runs_a_goal_offline_and_reads_the_run(tmp_path,
     ran = got["ran"].structured_content
     assert ran["status"] == "completed" and "assign" in ran["final_answer"] and ran["model_used"] is False
     read = got["read"].structured_content
-    assert read["run_id"] == ran["run_id"] and read["planner"] == "template" and [t["tool"] for t in read["trace"]] == [
+    assert read["id"] == ran["run_id"] and read["planning"]["planner"] == "template" and [t["tool"] for t in read["trace"]] == [
         "retrieve_knowledge_graph", "vector_search", "llm_generate"]
     assert got["replayed"].structured_content["ok"] is True
     assert got["checked"].structured_content["valid"] is False and "unknown tool 'nope'" in got["checked"].structured_content["problems"][0]

@@ -10,12 +10,11 @@ import asyncio
 import re
 from typing import Any, Protocol
 
+from tools.registry import Tool, ToolRegistry
 from vm.errors import BackendUnavailable
 from vm.jsontext import extract_json
 from vm.tooling import CallContext
 from vm.values import render_text
-
-from tools.registry import Tool, ToolRegistry
 
 __all__ = ["KnowledgeBase", "builtin_tools", "default_registry"]
 

@@ -30,7 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from tools.registry import Tool, ToolRegistry
-from vm.errors import BackendUnavailable, ToolParamsInvalid, ToolRegistrationError
+from vm.errors import (
+    BackendUnavailable,
+    BadInput,
+    ToolParamsInvalid,
+    ToolRegistrationError,
+)
 
 __all__ = ["McpServer", "McpSpec", "McpTool", "McpToolError", "add_mcp_tools", "parse_specs"]
 
@@ -70,30 +75,30 @@ def parse_specs(commands: Iterable[str] = (), urls: Iterable[str] = (), tables: 
         try:
             words = shlex.split(text)
         except ValueError as exc:
-            raise ValueError(f"--mcp {text!r}: cannot split it into a command and arguments ({exc})") from None
+            raise BadInput(f"--mcp {text!r}: cannot split it into a command and arguments ({exc})") from None
         if not words:
-            raise ValueError("--mcp needs a command to start the server, e.g. --mcp 'python my_server.py'")
+            raise BadInput("--mcp needs a command to start the server, e.g. --mcp 'python my_server.py'")
         specs.append(McpSpec(command=tuple(words), prefix=prefix))
     for url in urls:
         if not re.match(r"^https?://", url):
-            raise ValueError(f"--mcp-url {url!r}: give the server's streamable-HTTP address, http://host:port/mcp")
+            raise BadInput(f"--mcp-url {url!r}: give the server's streamable-HTTP address, http://host:port/mcp")
         specs.append(McpSpec(url=url, prefix=prefix))
     for i, table in enumerate(tables):
         where = f"[[mcp]] table {i + 1} in planvm.toml"
         if not isinstance(table, dict):
-            raise ValueError(f"{where}: expected a table with 'command' or 'url'")
+            raise BadInput(f"{where}: expected a table with 'command' or 'url'")
         unknown = set(table) - {"command", "url", "name", "prefix", "env"}
         if unknown:
-            raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; use command, url, name, prefix, env")
+            raise BadInput(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; use command, url, name, prefix, env")
         command, url = table.get("command"), table.get("url")
         if (command is None) == (url is None):
-            raise ValueError(f"{where}: give exactly one of 'command' (stdio) or 'url' (streamable HTTP)")
+            raise BadInput(f"{where}: give exactly one of 'command' (stdio) or 'url' (streamable HTTP)")
         words = shlex.split(command) if isinstance(command, str) else list(command or [])
         if command is not None and (not words or not all(isinstance(w, str) for w in words)):
-            raise ValueError(f"{where}: 'command' must be a command line or a list of strings")
+            raise BadInput(f"{where}: 'command' must be a command line or a list of strings")
         env = table.get("env") or {}
         if not isinstance(env, dict):
-            raise ValueError(f"{where}: 'env' must be a table of strings")
+            raise BadInput(f"{where}: 'env' must be a table of strings")
         specs.append(McpSpec(command=tuple(words), url=url, name=table.get("name"), prefix=bool(table.get("prefix", prefix)),
                              env=tuple(sorted((str(k), str(v)) for k, v in env.items()))))
     return specs

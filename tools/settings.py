@@ -30,8 +30,23 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from vm.errors import BadInput
 
 __all__ = ["ROLES", "RoleSettings", "Settings"]
 
@@ -188,7 +203,7 @@ class Settings(BaseSettings):
     def for_role(self, role: str) -> Settings:
         """These settings as the ``role`` sees them: its own fields over the general ones."""
         if role not in ROLES:
-            raise ValueError(f"unknown model role {role!r}; the roles are {', '.join(ROLES)}")
+            raise BadInput(f"unknown model role {role!r}; the roles are {', '.join(ROLES)}")
         own = getattr(self, role).model_dump(exclude_none=True)
         if not own:
             return self

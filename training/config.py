@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from vm.errors import BadInput
+
 __all__ = ["TrainConfig"]
 
 
@@ -65,7 +67,7 @@ class TrainConfig(BaseModel):
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ValueError(f"{path}: no such config file") from None
+            raise BadInput(f"{path}: no such config file") from None
         if path.suffix in (".yaml", ".yml"):
             import yaml
 
@@ -74,7 +76,7 @@ class TrainConfig(BaseModel):
             try:
                 data = tomllib.loads(text)
             except tomllib.TOMLDecodeError as exc:
-                raise ValueError(f"{path}: not valid TOML ({exc})") from None
+                raise BadInput(f"{path}: not valid TOML ({exc})") from None
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.build(**data)
 
@@ -85,4 +87,4 @@ class TrainConfig(BaseModel):
             return cls(**values)
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
-            raise ValueError(f"the training config is not valid: {problems}") from None
+            raise BadInput(f"the training config is not valid: {problems}") from None

@@ -25,6 +25,7 @@ from typing import Any
 
 from training.config import TrainConfig
 from training.data import load_rows, to_sft_records
+from vm.errors import BadInput
 
 __all__ = ["TrainResult", "train"]
 
@@ -49,7 +50,7 @@ def _check(config: TrainConfig) -> tuple[str, bool]:
     if use_cpu or not cuda:
         gpu_only = [name for name, on in (("load_in_4bit", config.load_in_4bit), ("optim=adamw_8bit", config.optim == "adamw_8bit"), ("backend=unsloth", config.backend == "unsloth")) if on]
         if gpu_only:
-            raise ValueError(f"{', '.join(gpu_only)} needs a CUDA GPU, and this run is on the CPU; remove it from the config")
+            raise BadInput(f"{', '.join(gpu_only)} needs a CUDA GPU, and this run is on the CPU; remove it from the config")
     backend = "hf"
     if config.backend in ("auto", "unsloth") and cuda and not use_cpu:
         try:
@@ -60,11 +61,11 @@ def _check(config: TrainConfig) -> tuple[str, bool]:
         except ImportError:  # pragma: no cover
             pass
         if config.backend == "unsloth" and backend != "unsloth":
-            raise ValueError("backend=unsloth but unsloth is not installed: pip install 'planvm[gpu]'")
+            raise BadInput("backend=unsloth but unsloth is not installed: pip install 'planvm[gpu]'")
     base = Path(config.base_model).expanduser()
     looks_local = config.base_model.startswith((".", "/", "~")) or base.exists()
     if looks_local and not (base / "config.json").is_file():
-        raise ValueError(f"base model {config.base_model!r} is not a model folder (no config.json there)")
+        raise BadInput(f"base model {config.base_model!r} is not a model folder (no config.json there)")
     if not looks_local:
         _check_hub_model(config.base_model)
     return backend, use_cpu
@@ -86,18 +87,18 @@ def _check_hub_model(name: str) -> None:
     try:
         cached = try_to_load_from_cache(name, "config.json")
     except ValueError:  # not a valid repository id
-        raise ValueError(f"base model {name!r} is neither a model folder nor a model name; {_TRY_OFFLINE}") from None
+        raise BadInput(f"base model {name!r} is neither a model folder nor a model name; {_TRY_OFFLINE}") from None
     if isinstance(cached, str):
         return
     if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
-        raise ValueError(f"base model {name!r} is not in the local model cache and HF_HUB_OFFLINE is set; {_TRY_OFFLINE}")
+        raise BadInput(f"base model {name!r} is not in the local model cache and HF_HUB_OFFLINE is set; {_TRY_OFFLINE}")
     import httpx
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     try:
         httpx.head(endpoint, timeout=5.0)
     except httpx.HTTPError as exc:
-        raise ValueError(
+        raise BadInput(
             f"base model {name!r} is not in the local model cache and the model hub ({endpoint}) cannot be reached "
             f"({type(exc).__name__}); {_TRY_OFFLINE}"
         ) from None
@@ -110,7 +111,7 @@ def _load_hf(config: TrainConfig) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(config.base_model)
         model = AutoModelForCausalLM.from_pretrained(config.base_model, dtype="auto")
     except OSError as exc:
-        raise ValueError(f"cannot load the base model {config.base_model!r}: {exc}") from exc
+        raise BadInput(f"cannot load the base model {config.base_model!r}: {exc}") from exc
     return model, tokenizer
 
 
@@ -169,7 +170,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     model, tokenizer = _load_unsloth(config) if backend == "unsloth" else _load_hf(config)
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"the tokenizer of {config.base_model!r} has no chat template; the planner's prompt needs one")
+        raise BadInput(f"the tokenizer of {config.base_model!r} has no chat template; the planner's prompt needs one")
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_ds = Dataset.from_list(to_sft_records(train_rows.rows, registry))

@@ -15,6 +15,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from vm.errors import BadInput
+
 __all__ = ["CHAT_TEMPLATE", "build_tiny_model", "default_rows_file", "planner_corpus"]
 
 CHAT_TEMPLATE = (
@@ -69,7 +71,7 @@ def build_tiny_model(
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     if hidden_size % 4:
-        raise ValueError("hidden_size must be a multiple of 4 (the model has 4 attention heads)")
+        raise BadInput("hidden_size must be a multiple of 4 (the model has 4 attention heads)")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     bpe = Tokenizer(models.BPE())

@@ -4,63 +4,70 @@ This package imports no other planvm package and no heavy dependency.
 """
 
 from vm.errors import (
-    BadInput,
-    PlanningError,
-    LLMCallFailed,
-    ForkError,
-    ReplayError,
-    RunBusy,
-    RunCancelled,
-    RunNotFound,
-    RunStateError,
-    StoreError,
-    StoreUnavailable,
-    BackendUnavailable,
-    ConditionError,
-    ExpressionError,
-    LimitExceeded,
-    LLMCallLimitExceeded,
-    LeaseLost,
-    ApprovalNeeded,
-    TokenLimitExceeded,
-    ToolRejected,
-    LLMError,
-    LLMBadReply,
     AnswerTruncated,
+    ApprovalNeeded,
+    BackendUnavailable,
+    BadInput,
+    ConditionError,
     EmptyAnswer,
+    ExpressionError,
+    ForkError,
+    LeaseLost,
+    LimitExceeded,
+    LLMBadReply,
+    LLMCallFailed,
+    LLMCallLimitExceeded,
+    LLMError,
     LLMNotConfigured,
     LLMUnavailable,
     NoFinalAnswer,
     OutputMappingError,
     PlanError,
     PlanLoadError,
+    PlanningError,
     PlanValidationError,
     PlanVMError,
     Problem,
     ReferencePathError,
+    ReplayError,
+    RunBusy,
+    RunCancelled,
     RunError,
+    RunNotFound,
+    RunStateError,
     StepLimitExceeded,
+    StoreError,
+    StoreUnavailable,
     TimeLimitExceeded,
-    UnstorableValue,
-    ValueTooLarge,
+    TokenLimitExceeded,
     ToolError,
     ToolFailed,
     ToolNotAllowed,
     ToolNotFound,
     ToolParamsInvalid,
     ToolRegistrationError,
+    ToolRejected,
+    UnstorableValue,
+    ValueTooLarge,
     VariableUndefined,
 )
 from vm.jsontext import extract_json
 from vm.limits import Limits
 from vm.llm import LLM, Completion, split_reasoning
 from vm.machine import VM
-from vm.replay import ReplayReport, StepCheck, areplay, areplay_live, replay, replay_live
-from vm.store import RunStore, StoredRun, StoredStep
-from vm.trace import RunListener, RunResult, StepRecord
 from vm.plan import load_plan_data, plan_json_schema
 from vm.program import Program
+from vm.replay import (
+    ReplayReport,
+    StepCheck,
+    areplay,
+    areplay_live,
+    replay,
+    replay_live,
+)
+from vm.store import RunStore, StoredRun, StoredStep
 from vm.tooling import CallContext, ToolCatalog, ToolSpec
+from vm.trace import RunListener, RunResult, StepRecord
 from vm.validate import compile_plan, validate_plan
 
 __all__ = [

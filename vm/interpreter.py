@@ -31,6 +31,7 @@ from typing import Any
 from vm import telemetry
 from vm.condition import evaluate_condition
 from vm.errors import (
+    ApprovalNeeded,
     NoFinalAnswer,
     RunError,
     StepLimitExceeded,
@@ -38,11 +39,21 @@ from vm.errors import (
     ToolFailed,
     ToolNotAllowed,
     ToolNotFound,
+    ToolRejected,
+    UnstorableValue,
+    ValueTooLarge,
 )
-from vm.errors import ApprovalNeeded, ToolRejected, UnstorableValue, ValueTooLarge
 from vm.jsonsafe import ValueLimitError, storable
 from vm.outputs import map_outputs
-from vm.program import FINAL_ANSWER, AssignStep, CallingStep, JmpStep, Program, ReasoningStep, Step
+from vm.program import (
+    FINAL_ANSWER,
+    AssignStep,
+    CallingStep,
+    JmpStep,
+    Program,
+    ReasoningStep,
+    Step,
+)
 from vm.tooling import CallContext, RunLLM, StepLLM
 from vm.trace import StepRecord
 from vm.values import TEXT_LIMIT, render_text

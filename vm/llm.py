@@ -16,8 +16,8 @@ A :class:`Completion` may say which ``model`` wrote it and how many ``prompt_tok
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["LLM", "Completion", "StreamingLLM", "as_completion", "split_reasoning"]

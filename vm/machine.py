@@ -6,15 +6,26 @@ The interpreter itself is in :mod:`vm.interpreter`; the run store in :mod:`vm.st
 from __future__ import annotations
 
 import asyncio
-import functools
 import copy
+import functools
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from vm.errors import ApprovalNeeded, ForkError, LeaseLost, Problem, RunCancelled, RunError, RunStateError, StoreError, ToolRejected
 from vm import telemetry
+from vm.errors import (
+    ApprovalNeeded,
+    BadInput,
+    ForkError,
+    LeaseLost,
+    Problem,
+    RunCancelled,
+    RunError,
+    RunStateError,
+    StoreError,
+    ToolRejected,
+)
 from vm.interpreter import Interpreter
 from vm.limits import Limits
 from vm.llm import LLM
@@ -69,7 +80,7 @@ class VM:
         store_in_threads: bool = False,
     ) -> None:
         if concurrency < 1:
-            raise ValueError("concurrency must be at least 1 (1 runs one step at a time)")
+            raise BadInput("concurrency must be at least 1 (1 runs one step at a time)")
         self.registry = registry
         self.llm = llm
         self.limits = limits or Limits()
@@ -416,7 +427,7 @@ class VM:
 
     def _need_store(self, what: str) -> RunStore:
         if self.store is None:
-            raise ValueError(f"{what} needs a run store: VM(..., store=RunStore())")
+            raise BadInput(f"{what} needs a run store: VM(..., store=RunStore())")
         return self.store
 
     @staticmethod

@@ -7,7 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
-from vm.plan import AssignInstruction, CallingInstruction, JmpInstruction, ReasoningInstruction
+from vm.plan import (
+    AssignInstruction,
+    CallingInstruction,
+    JmpInstruction,
+    ReasoningInstruction,
+)
 from vm.values import DictValue, Value, compile_value
 
 __all__ = ["AssignStep", "CallingStep", "JmpStep", "Program", "ReasoningStep", "Step", "compile_instruction"]

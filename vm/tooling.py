@@ -17,6 +17,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from vm import telemetry
 from vm.errors import (
     LLMCallFailed,
     LLMCallLimitExceeded,
@@ -26,10 +27,9 @@ from vm.errors import (
     TokenLimitExceeded,
     ValueTooLarge,
 )
-from vm import telemetry
-from vm.redact import redact
 from vm.jsonsafe import text_size
 from vm.llm import LLM, Completion, as_completion
+from vm.redact import redact
 
 __all__ = ["CallContext", "RunLLM", "StepLLM", "ToolCatalog", "ToolSpec"]
 

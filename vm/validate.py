@@ -25,7 +25,12 @@ from pydantic import ValidationError
 
 from vm.errors import PlanValidationError, Problem
 from vm.limits import Limits
-from vm.plan import INSTRUCTION_ADAPTER, AssignInstruction, CallingInstruction, load_plan_data
+from vm.plan import (
+    INSTRUCTION_ADAPTER,
+    AssignInstruction,
+    CallingInstruction,
+    load_plan_data,
+)
 from vm.program import FINAL_ANSWER, CallingStep, JmpStep, Program, compile_instruction
 from vm.tooling import ToolCatalog
 from vm.values import ValueSyntaxError

@@ -36,7 +36,12 @@ from typing import Any
 import pydantic_core
 from simpleeval import InvalidExpression, SimpleEval
 
-from vm.errors import ExpressionError, ReferencePathError, ValueTooLarge, VariableUndefined
+from vm.errors import (
+    ExpressionError,
+    ReferencePathError,
+    ValueTooLarge,
+    VariableUndefined,
+)
 
 __all__ = [
     "Arithmetic",

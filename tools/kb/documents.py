@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+from vm.errors import BadInput
+
 __all__ = ["DEFAULT_MAX_FILE_BYTES", "Chunk", "Document", "chunk_document", "find_documents", "read_document"]
 
 DEFAULT_INCLUDE = ("*.md", "*.markdown", "*.txt", "*.rst", "*.html", "*.htm")
@@ -221,9 +223,9 @@ def chunk_document(doc: Document, size: int = 1000, overlap: int = 150) -> list[
     then paragraphs, sentences and characters; a chunk repeats up to ``overlap`` characters of
     whole paragraphs or sentences from the end of the previous chunk of its section."""
     if size < 50:
-        raise ValueError("chunk size must be at least 50 characters")
+        raise BadInput("chunk size must be at least 50 characters")
     if not 0 <= overlap < size:
-        raise ValueError("overlap must be at least 0 and smaller than the chunk size")
+        raise BadInput("overlap must be at least 0 and smaller than the chunk size")
     text = doc.text
     chunks: list[Chunk] = []
     for heading, sec_start, sec_end in _sections(text):

@@ -38,12 +38,26 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tools.kb.documents import DEFAULT_INCLUDE, DEFAULT_MAX_FILE_BYTES, Chunk, chunk_document, find_documents, read_document
+from tools.kb.documents import (
+    DEFAULT_INCLUDE,
+    DEFAULT_MAX_FILE_BYTES,
+    Chunk,
+    chunk_document,
+    find_documents,
+    read_document,
+)
 from tools.kb.embedding import Embedder
 from tools.kb.graph import CooccurrenceExtractor, Graph, GraphData
 from tools.kb.onnx_embedding import embedder_for, export_onnx, load_exported
-from tools.kb.store import ANN_FILE, DEFAULT_ANN_THRESHOLD, AnnIndex, ChunkFile, build_ann, write_chunks
-from vm.errors import BackendUnavailable
+from tools.kb.store import (
+    ANN_FILE,
+    DEFAULT_ANN_THRESHOLD,
+    AnnIndex,
+    ChunkFile,
+    build_ann,
+    write_chunks,
+)
+from vm.errors import BackendUnavailable, BadInput
 
 __all__ = ["ByLengthEmbedder", "IndexReport", "LocalKnowledgeBase", "import_graph", "index_folder"]
 
@@ -459,7 +473,7 @@ class LocalKnowledgeBase:
         import numpy as np
 
         if not query.strip():
-            raise ValueError("the query is empty; say what to look for")
+            raise BadInput("the query is empty; say what to look for")
         vectors = self._version.embeddings
         if len(vectors) == 0 or top_k <= 0:
             return []
@@ -483,7 +497,7 @@ class LocalKnowledgeBase:
         import numpy as np
 
         if not query.strip():
-            raise ValueError("the query is empty; say what to look for")
+            raise BadInput("the query is empty; say what to look for")
         graph = self._version.graph
         if not graph.relationships:
             return {"entities": [], "relationships": []}

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from vm.errors import StoreError
+from vm.errors import BadInput, StoreError
 from vm.jsonsafe import clean_text
 from vm.redact import mask_secrets
 
@@ -62,7 +62,7 @@ class StoredStep:
     def from_dict(cls, data: dict[str, Any]) -> StoredStep:
         """A step from an export; raises ``ValueError`` naming the field that is not as written."""
         if not isinstance(data, dict):
-            raise ValueError(f"a step is a JSON object, got {type(data).__name__}")
+            raise BadInput(f"a step is a JSON object, got {type(data).__name__}")
 
         def field_of(name: str, kind: type | tuple[type, ...], default: Any) -> Any:
             value = data.get(name)
@@ -71,15 +71,15 @@ class StoredStep:
             if not isinstance(value, kind) or isinstance(value, bool):  # no field of a step is a bool
                 kinds = kind if isinstance(kind, tuple) else (kind,)
                 wanted = " or ".join(k.__name__ for k in kinds)
-                raise ValueError(f"'{name}' should be {wanted}, got {type(value).__name__}")
+                raise BadInput(f"'{name}' should be {wanted}, got {type(value).__name__}")
             return value
 
         for name in ("index", "seq_no", "type"):
             if name not in data:
-                raise ValueError(f"'{name}' is missing")
+                raise BadInput(f"'{name}' is missing")
         calls = field_of("llm_calls", list, [])
         if not all(isinstance(c, dict) for c in calls):
-            raise ValueError("'llm_calls' should be a list of objects")
+            raise BadInput("'llm_calls' should be a list of objects")
         return cls(
             index=field_of("index", int, 0),
             seq_no=field_of("seq_no", int, 0),
