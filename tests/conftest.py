@@ -1,5 +1,12 @@
-"""Shared helpers. The only fake here is ScriptedLLM: an LLM at the edge whose replies a test
-scripts in advance (and which records the prompts it was given)."""
+"""Shared helpers, in one place: the ``planvm`` command runner, the per-test private home, the
+example knowledge base and the tiny model (each built once per session), and a registry of small
+tools. The only fake here is ScriptedLLM: an LLM at the edge whose replies a test scripts in
+advance (and which records the prompts it was given).
+
+Tests are laid out like the code: ``vm/``, ``store/``, ``tools/``, ``planner/``, ``training/``,
+``engine/``, ``cli/``, ``server/``, ``mcp/``; other helpers (a scripted chat-completions server, an
+MCP server, a TCP proxy, database URLs) are modules beside this file.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,21 @@ from vm import VM, CallContext, Completion
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+
+
+def planvm(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | str | None = None, prefix: list[str] | None = None,
+) -> Any:
+    """The ``planvm`` command in a process of its own (``python -m planvm``), as a user runs it:
+    stdin closed, output captured as text, the environment of the test plus ``env``."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-m", "planvm", *args], capture_output=True, text=True, timeout=timeout,
+        cwd=cwd or ROOT, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
 
 
 class ScriptedLLM:
@@ -89,6 +111,15 @@ def _private_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
         if name.startswith("PLANVM_") or name == "OPENAI_API_KEY":
             monkeypatch.delenv(name)
     monkeypatch.setenv("PLANVM_HOME", str(tmp_path_factory.mktemp("planvm_home")))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Qwen2 model with a tokenizer trained here on planner text (tests/tiny_model.py),
+    built once per session: loading, training, generation and constrained decoding run on it."""
+    from tiny_model import build_tiny_model, planner_corpus
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), vocab_size=1500, corpus=planner_corpus())
 
 
 @pytest.fixture(scope="session")

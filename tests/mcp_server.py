@@ -50,7 +50,6 @@ def explode(message: str) -> str:
 @server.tool()
 def broken() -> str:
     """Fails with an unexpected exception (the server writes its traceback to its stderr)."""
-    import logging
     import traceback
 
     try:

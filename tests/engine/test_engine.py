@@ -12,24 +12,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT
+from conftest import planvm
 from fake_openai import FakeChatServer
 
 from planvm.cli.main import build_cli
 from planvm.engine import Engine, EngineConfig
 from vm import RunStore
 
-
-def planvm(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "planvm", *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
 def assigns(n: int) -> list[dict[str, Any]]:

@@ -9,15 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, ROOT, assign, call, jmp
+from conftest import EXAMPLES, ROOT, assign, call, jmp, planvm
 
 PLUGIN = EXAMPLES / "plugins" / "offline_tools.py"
 
-
-def planvm(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "planvm", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, stdin=subprocess.DEVNULL
-    )
 
 
 def write(tmp_path: Path, data, name: str = "plan.json") -> str:

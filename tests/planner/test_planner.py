@@ -17,7 +17,7 @@ from planner.prompt import format_completion
 from tools import default_registry
 from vm import VM, Completion, PlanningError
 
-GOLDEN = Path(__file__).parent / "golden" / "planner_prompt.md"
+GOLDEN = Path(__file__).parent.parent / "golden" / "planner_prompt.md"
 META = {
     "response_format": {"Background": "TiDB documentation", "Annotations": "Be brief", "Lang": "English", "Format": "Markdown"},
     "label_path": [{"label": "Basic Knowledge"}, {"label": "Versions"}],
@@ -206,11 +206,9 @@ def test_template_plan_runs_with_scripted_llm():
 # --- constrained decoding ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from tiny_model import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_planner"))
+@pytest.fixture(scope="session")
+def tiny(tiny_model):
+    return tiny_model
 
 
 def test_constrained_decoding_makes_even_a_random_model_schema_valid(tiny):

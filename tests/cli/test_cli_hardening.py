@@ -11,21 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, ROOT, assign, call
+from conftest import EXAMPLES, ROOT, assign, call, planvm
 
 EXIT_FAILED, EXIT_UNUSABLE = 1, 2
 
-
-def planvm(*args: str, timeout: float = 60, env: dict[str, str] | None = None, prefix: list[str] | None = None):
-    return subprocess.run(
-        [*(prefix or []), sys.executable, "-m", "planvm", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def no_traceback(out: subprocess.CompletedProcess[str]) -> None:

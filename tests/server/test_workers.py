@@ -17,7 +17,7 @@ from databases import mysql_store_url, postgres_store_url
 
 from vm import RunStore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOOLS = '''
 import os, time
 from tools import tool

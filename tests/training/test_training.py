@@ -119,11 +119,9 @@ def test_accelerate_config_is_accepted():
 # --- training, reloading, evaluating, merging -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from tiny_model import build_tiny_model, planner_corpus
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_train"), vocab_size=1500, corpus=planner_corpus())
+@pytest.fixture(scope="session")
+def tiny(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

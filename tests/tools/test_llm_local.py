@@ -4,15 +4,14 @@ template, generation, and a PEFT adapter."""
 from __future__ import annotations
 
 import pytest
-from tiny_model import build_tiny_model
 
 from tools.llm_local import LocalChat, load_model
 from vm import VM, LLMError
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+@pytest.fixture(scope="session")
+def tiny(tiny_model):
+    return tiny_model
 
 
 def test_generates_through_the_chat_template(tiny):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import planvm
 from fake_openai import FakeChatServer, chat_reply
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from tools.llm_openai import OpenAIChat
 from vm import AnswerTruncated, EmptyAnswer, LLMBadReply, LLMError, RunStore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "zz-custom-key-abcdefgh12345678"  # not an sk- key: only its configured value can find it
 
 
@@ -42,10 +43,6 @@ def echoed_401() -> tuple[Any, ...]:
 def client(server: FakeChatServer, **kw: Any) -> OpenAIChat:
     return OpenAIChat(**{"model": "m", "base_url": server.url, "api_key": KEY, "max_retries": 0, "timeout": 5.0, **kw})
 
-
-def planvm(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "planvm", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **env})
 
 
 def llm_env(server: FakeChatServer, home: Path, **extra: str) -> dict[str, str]:

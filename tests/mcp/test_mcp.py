@@ -13,17 +13,12 @@ import time
 
 import httpx
 import pytest
-from conftest import EXAMPLES, ROOT
+from conftest import EXAMPLES, ROOT, planvm
 
 from tests.serve_helpers import free_port
 
 SERVER = f"{sys.executable} {ROOT / 'tests' / 'mcp_server.py'}"
 
-
-def planvm(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """The planvm command in a process of its own."""
-    return subprocess.run([sys.executable, "-m", "planvm", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
 
 
 def planvm_here(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
