@@ -84,6 +84,7 @@ class VM:
         self.registry = registry
         self.llm = llm
         self.limits = limits or Limits()
+        self.kept_limits: Limits | None = None  # the limits a new run is stored with, when not these (see derive)
         self.allowed_tools = frozenset(allowed_tools) if allowed_tools is not None else None
         self.on_step = on_step
         self.on_start = on_start
@@ -156,7 +157,7 @@ class VM:
         if self.store is not None:
             run_id = await self._io(
                 self.store.create_run, program.to_data(), variables=state, goal=goal, metadata=metadata,
-                limits=self.limits.model_dump(), planning=planning, approve_tools=sorted(approve) or None,
+                limits=(self.kept_limits or self.limits).model_dump(), planning=planning, approve_tools=sorted(approve) or None,
             )
         return await self._execute(program, state, run_id=run_id, listener=listener, approve_tools=approve)
 
@@ -439,11 +440,13 @@ class VM:
         coro.close()
         raise RuntimeError("a blocking VM method was called from a running event loop; use its async form (await vm.arun(...))")
 
-    def derive(self, *, limits: Limits) -> VM:
+    def derive(self, *, limits: Limits, keep: Limits | None = None) -> VM:
         """A VM with other limits, sharing this one's tools, LLMs, store and thread pool (close
-        only the original)."""
+        only the original). ``keep``: the limits its new runs are stored with instead (a run
+        whose planning used part of its time runs with what is left, and keeps what was asked)."""
         other = copy.copy(self)
         other.limits = limits
+        other.kept_limits = keep
         return other
 
     def close(self) -> None:

@@ -366,7 +366,8 @@ class Engine:
                 f"planning took more than the run's {budget:g} s (--max-seconds / max_seconds, which planning counts "
                 f"against); raise it, or check the planner's model server", attempts=[]) from None
         if budget is not None:  # what planning used is gone from the run's wall-clock budget
-            vm = vm.derive(limits=vm.limits.model_copy(update={"max_seconds": max(budget - (time.monotonic() - began), 0.001)}))
+            left = max(budget - (time.monotonic() - began), 0.001)
+            vm = vm.derive(limits=vm.limits.model_copy(update={"max_seconds": left}), keep=vm.kept_limits or vm.limits)
         return result, vm
 
     def _planning_failure(self, exc: Exception) -> dict[str, Any]:
