@@ -4,6 +4,7 @@
     python bench/serve.py --clients 1 --runs 100   # the overhead of one run alone
     python bench/serve.py --readers 10             # a 400-step run's time with 10 live event streams, and with none
     python bench/serve.py --stuck-readers 8        # server memory with 8 streams that never read, on a 244 MB run
+    python bench/serve.py --clients 1 --runs 200 --code /tmp/previous   # this checkout, then another, in one run
 
 One server process (the real `planvm serve`, its own store in a temporary folder); the clients
 are asyncio tasks of this process sharing one httpx connection pool, each posting
@@ -180,7 +181,16 @@ def main() -> None:
     parser.add_argument("--tool-ms", type=float, default=50.0)
     parser.add_argument("--readers", type=int, default=None, help="Live event streams on one run of --steps (400 if not given).")
     parser.add_argument("--stuck-readers", type=int, default=None, help="Streams that never read, on a finished 244 MB run.")
+    parser.add_argument("--code", type=Path, action="append", default=[],
+                        help="Another checkout whose server is measured the same way after this one's.")
     args = parser.parse_args()
+    for code in [ROOT, *args.code]:
+        if args.code:
+            print(f"--- {code}")
+        measure(args, code)
+
+
+def measure(args: argparse.Namespace, code: Path) -> None:
     if args.readers is not None and args.steps == 3:
         args.steps = 400
     if args.readers is not None and args.tool_ms == 50.0:
@@ -191,7 +201,7 @@ def main() -> None:
     env = {**os.environ, "PLANVM_HOME": str(home), "PLANVM_BENCH_TOOL_SECONDS": str(args.tool_ms / 1000)}
     server = subprocess.Popen(
         [sys.executable, "-m", "planvm", "serve", "--port", str(port), "--no-builtins", "--plugin", str(ROOT / "bench" / "_serve_tools.py")],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=code, env={**env, "PYTHONPATH": str(code)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -68,6 +68,8 @@ class Database:
         self.upgraded_from: str | None = None  # the schema revision this opening migrated from
         self._engine: Any = None
         self._conn: Any = None  # SQLite: the one connection, used under the lock
+        self._raw: Any = None  # SQLite: its sqlite3 connection
+        self._statements: dict[Any, Any] = {}  # see _sql
         if self.file is not None:
             self.dialect = "sqlite"
             self._open_sqlite(timeout)
@@ -113,6 +115,7 @@ class Database:
         self._engine = sa.create_engine("sqlite://", creator=lambda: raw, poolclass=StaticPool)
         try:
             self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._raw = self._conn.connection.dbapi_connection
             if not self.readonly:
                 self._setup_sqlite()
         except sa.exc.DBAPIError as exc:
@@ -324,6 +327,8 @@ class Database:
                 return operation()
             except (StoreError, LeaseLost):
                 raise
+            except sqlite3.Error as exc:  # a statement run on the raw connection (see _sql)
+                raise self._translate(exc) from None
             except sa.exc.DBAPIError as exc:
                 if self.file is not None or not _disconnected(exc) or time.monotonic() + delay > deadline:
                     raise self._translate(exc) from None
@@ -392,6 +397,40 @@ class Database:
 
         t = _schema()
         return lambda conn: conn.execute(sa.select(t.runs.c.status).where(t.runs.c.id == run_id)).scalar() == status
+
+    def _sql(self, conn: Any, key: Any, build: Callable[[], Any], params: dict[str, Any] | None = None) -> Any:
+        """Execute the statement ``build()`` makes, built once per ``key`` (building and compiling
+        one costs more than running it). On SQLite it is compiled once to SQL text and run on the
+        raw sqlite3 connection: the hot path of every step commit. Returns a cursor: ``rowcount``,
+        ``fetchone()``, ``fetchall()`` (rows indexed by position)."""
+        found = self._statements.get(key)
+        if found is None:
+            statement = build()
+            if self._raw is not None:
+                compiled = statement.compile(dialect=self._engine.dialect)
+                if compiled.positiontup is None or "POSTCOMPILE" in str(compiled):
+                    raise StoreError(f"statement {key!r} cannot be compiled once (an expanding IN?); run it with _read")
+                defaults = {name: bind.effective_value for name, bind in compiled.binds.items()}  # literals; None for the rest
+                found = (str(compiled), tuple(compiled.positiontup), defaults)
+            else:
+                found = statement
+            self._statements[key] = found
+        if self._raw is not None:
+            sql, names, defaults = found
+            given = params or {}
+            return self._raw.execute(sql, [given[n] if n in given else defaults[n] for n in names])
+        return conn.execute(found, params or {})
+
+    def _read_sql(self, key: Any, build: Callable[[], Any], params: dict[str, Any] | None = None) -> list[Any]:
+        """Rows of the statement ``build()`` makes (built once per ``key``; see :meth:`_sql`)."""
+        def attempt() -> list[Any]:
+            if self._conn is not None:
+                with self._lock:
+                    return self._sql(self._conn, key, build, params).fetchall()
+            with self._engine.connect() as conn:
+                return self._sql(conn, key, build, params).fetchall()
+
+        return self._retrying(attempt)
 
     def _read(self, statement: Any) -> list[Any]:
         def attempt() -> list[Any]:

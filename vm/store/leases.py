@@ -28,18 +28,21 @@ class Leases:
         from vm.store.lifecycle import transition
 
         return transition(conn, _schema(), run_id, event, worker=self.worker_id, path=str(self.path), lease_dead=_owner_dead,
-                          locking=self.dialect != "sqlite", **values)
+                          locking=self.dialect != "sqlite", sql=self._sql, **values)
 
     def _take_lease(self, conn: Any, run_id: str, now: float) -> None:
         t = _schema()
-        conn.execute(t.leases.delete().where(t.leases.c.run_id == run_id))
-        conn.execute(t.leases.insert().values(run_id=run_id, owner=self.worker_id, expires_at=now + self.lease_seconds))
+        self._sql(conn, "lease-drop", lambda: t.leases.delete().where(t.leases.c.run_id == sa_param("r")), {"r": run_id})
+        self._sql(conn, "lease-take", lambda: t.leases.insert().values(
+            run_id=sa_param("r"), owner=sa_param("o"), expires_at=sa_param("until")),
+            {"r": run_id, "o": self.worker_id, "until": now + self.lease_seconds})
 
     def _renew_in(self, conn: Any, run_id: str, now: float, *, running: bool = False) -> bool:
         """Extend this process's live lease; ``running``: only while the run is ``running`` (a step
         commit: a planning, waiting or cancelled run takes no step)."""
-        statement = _hot().renew_running if running else _hot().renew
-        done = conn.execute(statement, {"r": run_id, "o": self.worker_id, "now": now, "until": now + self.lease_seconds})
+        key = "renew-running" if running else "renew"
+        build = (lambda: _hot().renew_running) if running else (lambda: _hot().renew)
+        done = self._sql(conn, key, build, {"r": run_id, "o": self.worker_id, "now": now, "until": now + self.lease_seconds})
         return done.rowcount == 1
 
     def renew(self, run_id: str) -> bool:
@@ -199,6 +202,12 @@ def _hot() -> _HotStatements:
     if _HOT is None:
         _HOT = _HotStatements()
     return _HOT
+
+
+def sa_param(name: str) -> Any:
+    import sqlalchemy as sa
+
+    return sa.bindparam(name)
 
 
 def sa_select_lease(t: Any, run_id: str) -> Any:

@@ -77,7 +77,7 @@ _HINTS = {
 
 def transition(
     conn: Any, tables: Any, run_id: str, event: str, *, worker: str, path: str | None, lease_dead: Any = None,
-    locking: bool = False, **values: Any
+    locking: bool = False, sql: Any = None, **values: Any
 ) -> str:
     """Apply ``event`` to ``run_id`` inside the caller's transaction; return the status it left.
 
@@ -87,13 +87,24 @@ def transition(
     columns the change sets. ``lease_dead(owner)`` tells whether a lease owner's process is gone
     (for events that may take a run whose lease is still recorded). ``locking``: read the status
     with ``FOR UPDATE`` (database servers; SQLite's write transaction already excludes others), so
-    of two processes racing the second sees the first one's change."""
+    of two processes racing the second sees the first one's change. ``sql(conn, key, build,
+    params)`` runs a statement built once per key (the store's :meth:`~vm.store.database.Database._sql`;
+    default: built each time)."""
     import sqlalchemy as sa
+
+    if sql is None:
+        def sql(conn: Any, _key: Any, build: Any, params: Any = None) -> Any:
+            return conn.execute(build(), params or {})
 
     rule = TRANSITIONS[event]
     runs, leases = tables.runs, tables.leases
-    read = sa.select(runs.c.status).where(runs.c.id == run_id)
-    row = conn.execute(read.with_for_update() if locking else read).first()
+    rid = sa.bindparam("rid")
+
+    def read_status() -> Any:
+        read = sa.select(runs.c.status).where(runs.c.id == rid)
+        return read.with_for_update() if locking else read
+
+    row = sql(conn, ("status", locking), read_status, {"rid": run_id}).fetchone()
     if row is None:
         raise RunNotFound(run_id, path)
     status = row[0]
@@ -107,16 +118,23 @@ def transition(
             run_id=run_id, status=status, path=path,
         )
     now = time.time()
-    lease = conn.execute(sa.select(leases.c.owner, leases.c.expires_at).where(leases.c.run_id == run_id)).first()
-    if rule.executor and lease is not None and lease.owner != worker and lease.expires_at >= now:
+    lease = sql(conn, "lease", lambda: sa.select(leases.c.owner, leases.c.expires_at).where(leases.c.run_id == rid),
+                {"rid": run_id}).fetchone()
+    owner, expires_at = (lease[0], lease[1]) if lease is not None else (None, None)
+    if rule.executor and lease is not None and owner != worker and expires_at >= now:
         raise LeaseLost(run_id, worker, path)
-    if event == "abandon" and lease is not None and lease.expires_at >= now and not (lease_dead and lease_dead(lease.owner)):
-        raise RunStateError(f"run '{run_id}' is running under a live lease ({lease.owner})", run_id=run_id, status=status, path=path)
+    if event == "abandon" and lease is not None and expires_at >= now and not (lease_dead and lease_dead(owner)):
+        raise RunStateError(f"run '{run_id}' is running under a live lease ({owner})", run_id=run_id, status=status, path=path)
     if rule.target != "running":  # claim and approve take the lease next, in the same transaction
-        conn.execute(leases.delete().where(leases.c.run_id == run_id))
-    changed = conn.execute(
-        runs.update().where(runs.c.id == run_id, runs.c.status == status).values(status=rule.target, updated_at=now, **values)
-    )
+        sql(conn, "lease-drop", lambda: leases.delete().where(leases.c.run_id == sa.bindparam("r")), {"r": run_id})
+    names = tuple(sorted(values))
+
+    def update() -> Any:
+        return runs.update().where(runs.c.id == rid, runs.c.status == sa.bindparam("old")).values(
+            {"status": sa.bindparam("new"), "updated_at": sa.bindparam("now"), **{n: sa.bindparam(f"v_{n}") for n in names}})
+
+    changed = sql(conn, ("change", names), update,
+                  {"rid": run_id, "old": status, "new": rule.target, "now": now, **{f"v_{n}": v for n, v in values.items()}})
     if changed.rowcount != 1:  # another process changed it between our read and our write
         raise RunStateError(f"run '{run_id}' changed status while this request acted on it; try again", run_id=run_id,
                             status=status, path=path)

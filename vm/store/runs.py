@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from typing import Any
@@ -49,14 +50,16 @@ class Runs:
         run_id = uuid.uuid4().hex[:16]
         now = time.time()
 
+        row = dict(
+            id=run_id, created_at=now, updated_at=now, status=status, goal=clean_text(goal) if goal else goal,
+            metadata=_dumps(metadata) if metadata is not None else None, plan=_dumps(plan), variables=_dumps(variables or {}),
+            parent_id=parent_id, fork_seq=fork_seq, steps=inherit_steps, limits=_dumps(limits) if limits is not None else None,
+            planning=_dumps(planning) if planning is not None else None, approve_tools=_dumps(approve_tools) if approve_tools else None,
+            error=redact(clean_text(error)) if error else None,
+        )
+
         def body(conn: Any) -> None:
-            conn.execute(t.runs.insert().values(
-                id=run_id, created_at=now, updated_at=now, status=status, goal=clean_text(goal) if goal else goal,
-                metadata=_dumps(metadata) if metadata is not None else None, plan=_dumps(plan), variables=_dumps(variables or {}),
-                parent_id=parent_id, fork_seq=fork_seq, steps=inherit_steps, limits=_dumps(limits) if limits is not None else None,
-                planning=_dumps(planning) if planning is not None else None, approve_tools=_dumps(approve_tools) if approve_tools else None,
-                error=redact(clean_text(error)) if error else None,
-            ))
+            self._sql(conn, "run-insert", t.runs.insert, row)
             if status in ("running", "planning"):  # this process is at work on it
                 self._take_lease(conn, run_id, now)
             if parent_id is not None and inherit_steps:
@@ -111,8 +114,8 @@ class Runs:
             if not self._renew_in(conn, run_id, time.time(), running=True):
                 raise self._why_lost(conn, run_id)
             try:
-                conn.execute(_hot().insert_step, row)
-            except sa.exc.IntegrityError:
+                self._sql(conn, "step-insert", lambda: _hot().insert_step, row)
+            except (sa.exc.IntegrityError, sqlite3.IntegrityError):
                 raise self._lost(run_id) from None  # another process recorded this position: it owns the run
             # No UPDATE of the runs row here: it holds the plan, and rewriting it per step would make
             # recording cost grow with the plan's size. Step counts are read from the steps table.
@@ -160,7 +163,7 @@ class Runs:
         import sqlalchemy as sa
 
         t = _schema()
-        if self._read(sa.select(t.runs.c.id).where(t.runs.c.id == run_id)):
+        if self._read_sql("run-exists", lambda: sa.select(t.runs.c.id).where(t.runs.c.id == sa.bindparam("rid")), {"rid": run_id}):
             return run_id
         if run_id and all(c in "0123456789abcdef" for c in run_id) and len(run_id) < 32:
             rows = self._read(
@@ -185,13 +188,13 @@ class Runs:
         t = _schema()
         run_id = self.resolve(run_id)
         r = t.runs.c
-        rows = self._read(
+        rows = self._read_sql("run-get", lambda: (
             sa.select(r.id, r.status, r.plan, r.variables, r.created_at, r.updated_at, r.goal, r["metadata"], r.parent_id, r.fork_seq,
                       r.final_answer, r.error, t.leases.c.owner, t.leases.c.expires_at, r.limits, r.planning, r.pending, r.approve_tools,
                       r.judgement, r.best_of)
             .select_from(t.runs.outerjoin(t.leases, t.leases.c.run_id == r.id))
-            .where(r.id == run_id)
-        )
+            .where(r.id == sa.bindparam("rid"))
+        ), {"rid": run_id})
         if not rows:
             raise RunNotFound(run_id, str(self.path))
         row = rows[0]
@@ -222,17 +225,19 @@ class Runs:
                 total += bytes_ or 0
                 taken += 1
             limit = max(taken, 1)
-        statement = (
-            sa.select(s.idx, s.seq_no, s.type, s.tool, s.inputs, s.outputs, s.result, s.llm_calls, s.next_seq, s.duration_s, s.error,
-                      s.notes)
-            .where(s.run_id == run_id, s.idx >= start).order_by(s.idx)
-        )
-        if limit is not None:
-            statement = statement.limit(limit)
+        def page() -> Any:
+            statement = (
+                sa.select(s.idx, s.seq_no, s.type, s.tool, s.inputs, s.outputs, s.result, s.llm_calls, s.next_seq, s.duration_s, s.error,
+                          s.notes)
+                .where(s.run_id == sa.bindparam("rid"), s.idx >= sa.bindparam("start")).order_by(s.idx)
+            )
+            return statement if limit is None else statement.limit(sa.bindparam("lim", type_=sa.Integer))
+
+        rows = self._read_sql(("steps-page", limit is None), page, {"rid": run_id, "start": start, "lim": limit})
         return [
-            StoredStep(x.idx, x.seq_no, x.type, x.tool, _loads(x.inputs) or {}, _loads(x.outputs) or {}, _loads(x.result),
-                       _loads(x.llm_calls) or [], x.next_seq, x.duration_s or 0.0, x.error, _loads(x.notes) or [])
-            for x in self._read(statement)
+            StoredStep(x[0], x[1], x[2], x[3], _loads(x[4]) or {}, _loads(x[5]) or {}, _loads(x[6]), _loads(x[7]) or [], x[8],
+                       x[9] or 0.0, x[10], _loads(x[11]) or [])
+            for x in rows
         ]
 
     def head(self, run_id: str) -> dict[str, Any]:
@@ -242,11 +247,12 @@ class Runs:
 
         t = _schema()
         r = t.runs.c
-        counted = sa.select(sa.func.count()).where(t.steps.c.run_id == r.id).scalar_subquery()
-        rows = self._read(
-            sa.select(r.status, r.error, r.pending, counted, r.updated_at, t.leases.c.owner, t.leases.c.expires_at)
-            .select_from(t.runs.outerjoin(t.leases, t.leases.c.run_id == r.id)).where(r.id == run_id)
-        )
+        def statement() -> Any:
+            counted = sa.select(sa.func.count()).where(t.steps.c.run_id == r.id).scalar_subquery()
+            return (sa.select(r.status, r.error, r.pending, counted, r.updated_at, t.leases.c.owner, t.leases.c.expires_at)
+                    .select_from(t.runs.outerjoin(t.leases, t.leases.c.run_id == r.id)).where(r.id == sa.bindparam("rid")))
+
+        rows = self._read_sql("run-head", statement, {"rid": run_id})
         if not rows:
             raise RunNotFound(run_id, str(self.path))
         status, error, pending, steps, updated_at, owner, expires_at = rows[0]
@@ -304,7 +310,7 @@ class Runs:
         import sqlalchemy as sa
 
         t = _schema()
-        rows = self._read(sa.select(t.runs.c.status).where(t.runs.c.id == run_id))
+        rows = self._read_sql("run-status", lambda: sa.select(t.runs.c.status).where(t.runs.c.id == sa.bindparam("rid")), {"rid": run_id})
         if not rows:
             raise RunNotFound(run_id, str(self.path))
         return rows[0][0]
