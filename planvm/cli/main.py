@@ -118,6 +118,9 @@ def _on_interrupt(signum: int, frame: Any) -> None:
 def main() -> None:
     from vm.redact import mask_log_records
 
+    from planvm.cli.render import standalone
+
+    standalone()
     _quiet_third_parties()
     mask_log_records()  # keys never reach a log line, a traceback included
     if threading.current_thread() is threading.main_thread():

@@ -118,13 +118,23 @@ def note_threads() -> None:
     _BEFORE.update(t.ident for t in threading.enumerate() if t.ident is not None)
 
 
+_STANDALONE = [False]  # set by planvm.cli.main.main: this process is the `planvm` command itself
+
+
+def standalone() -> None:
+    """Say that this process is the ``planvm`` command (not a program running its click group in
+    process, such as a test runner or an application): :func:`exit_now` may then end it at once."""
+    _STANDALONE[0] = True
+
+
 def exit_now(code: int) -> None:
     """Exit when the run has ended, even if a thread is still running: a sync tool cut off by the
     time budget, or a thread a tool started and left behind (Python would wait for it at exit).
-    Only threads that began during this command count (a process that runs planvm's command
-    in-process, such as a test runner, keeps its own)."""
+    Only in the ``planvm`` command itself (:func:`standalone`), and only for threads that began
+    during this command: a process that runs planvm's click group in process, such as a test
+    runner or an application, is never ended this way."""
     main = threading.main_thread()
-    if any(t is not main and t.is_alive() and t.ident not in _BEFORE and (not t.daemon or t.name.startswith("planvm-tool"))
+    if _STANDALONE[0] and any(t is not main and t.is_alive() and t.ident not in _BEFORE and (not t.daemon or t.name.startswith("planvm-tool"))
            for t in threading.enumerate()):
         sys.stdout.flush()
         sys.stderr.flush()
