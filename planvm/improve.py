@@ -11,6 +11,7 @@ stops when a run is accepted or ``rounds`` are spent, and marks the best run it 
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import json
 import os
@@ -150,7 +151,7 @@ def optimize(engine: Any, run_id: str, *, rounds: int = 3, width: int = 2, progr
             planning = {**replanned.record(), "suggestion": suggestion, "search_root": root.id}
             _add_tokens(report.tokens, planning["prompt_tokens"], planning["completion_tokens"])
             try:
-                result = engine.vm.fork(node_id, from_seq, replanned.plan, planning=planning)
+                result = asyncio.run(engine.fork(node_id, from_seq, plan=replanned.plan, planning=planning))
             except PlanVMError as exc:  # e.g. a plan that changes a step the fork reuses: this branch only
                 branch.status, branch.error = "fork failed", str(exc)
                 continue

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from planvm.cli.common import guarded, load_settings
+from planvm.cli.common import guarded, load_settings, make_engine
 from planvm.cli.options import kb_option
 from planvm.cli.render import EXIT_FAILED, echo_err
 from vm.errors import BadInput
@@ -168,23 +168,22 @@ def datagen(kb_path: str | None, out_file: str, max_rows: int, questions_per_chu
     """Make training rows: chunks -> questions -> plans -> runs, keeping the runs that complete (resumable)."""
     from rich.progress import Progress
 
-    from planner import Planner
-    from tools.backends import make_llm, make_registry
     from tools.kb import LocalKnowledgeBase
     from training.datagen import generate_rows
-    from vm import VM
 
     settings = load_settings({"kb_path": kb_path})
     if settings.chosen_llm_backend() == "extractive":
         raise BadInput("datagen needs a teacher LLM: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL (or PLANVM_LOCAL_MODEL)")
-    teacher = make_llm(settings)
-    registry = make_registry(settings)
     kb = LocalKnowledgeBase(settings.kb_path())
     chunks = kb._version.chunks
-    with VM(registry, llm=teacher) as vm, Progress(disable=not sys.stderr.isatty()) as bar:
+    # The engine's planner (its constrained decoding, on a local teacher) and VM; runs are not recorded.
+    with make_engine({"kb_path": kb_path, "no_library": True}, record=False) as engine, \
+            Progress(disable=not sys.stderr.isatty()) as bar:
+        engine.vm.on_step = None
+        engine.vm.on_start = None
         task = bar.add_task("chunks", total=len(chunks))
         report = generate_rows(
-            chunks, teacher, Planner(teacher, registry), vm, out_file, questions_per_chunk=questions_per_chunk,
+            chunks, engine.llms["planner"], engine.planner("llm"), engine.vm, out_file, questions_per_chunk=questions_per_chunk,
             max_rows=max_rows, progress=lambda done, total: bar.update(task, completed=done),
         )
     click.echo(

@@ -426,14 +426,16 @@ class Engine:
 
     async def fork(
         self, run_id: str, from_seq: int, *, plan: Any = None, suggestion: str | None = None, listener: RunListener | None = None,
+        planning: dict[str, Any] | None = None,
     ) -> RunResult:
-        """A new run reusing ``run_id``'s steps before ``from_seq``, going on with ``plan``, or with a
-        re-plan the planner writes as ``suggestion`` asks (its planning kept with the new run)."""
+        """A new run reusing ``run_id``'s steps before ``from_seq``, going on with ``plan`` (how it
+        was made: ``planning``), or with a re-plan the planner writes as ``suggestion`` asks (its
+        planning kept with the new run)."""
         if (plan is None) == (suggestion is None):
             raise BadInput("give either a plan or a suggestion for the fork")
         run_id = await asyncio.to_thread(self._store().resolve, run_id)
         if suggestion is None:
-            return await self.vm.afork(run_id, from_seq, plan, listener=listener)
+            return await self.vm.afork(run_id, from_seq, plan, listener=listener, planning=planning)
         replanned = await _in_daemon_thread(lambda: self.replan(run_id, from_seq, suggestion))
         return await self.vm.afork(run_id, from_seq, replanned.plan, listener=listener,
                                    planning={**replanned.record(), "suggestion": suggestion})
