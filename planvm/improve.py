@@ -179,27 +179,38 @@ def optimize(engine: Any, run_id: str, *, rounds: int = 3, width: int = 2, progr
 
 
 def training_rows(
-    store: Any, registry: Any, *, min_score: float | None = None, best_only: bool = False, since: float | None = None
+    store: Any, registry: Any, *, min_score: float | None = None, best_only: bool = False, since: float | None = None,
+    include_unjudged: bool = False,
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """(rows, skipped): one row per goal — its best-scoring completed run — in the format the
-    training loader reads, and the runs left out with why. ``best_only``: only runs kept in the
-    plan library or chosen by a plan search."""
+    training loader reads, and the runs left out with why. Only runs that found their answer
+    (an extractive answer that found nothing in the knowledge base teaches nothing), and only
+    judged ones unless ``include_unjudged``. ``best_only``: only runs kept in the plan library or
+    chosen by a plan search."""
     from planner.library import normalise_goal
     from planner.template import goal_language
+    from planvm.engine.shapes import RunOutcome
     from training.data import _row
 
     runs = store.completed_runs(since)
     kept = {e.get("run_id") for e in store.library_entries(light=True)}
-    chosen = [
-        r for r in runs
-        if (min_score is None or (r["score"] is not None and r["score"] >= min_score))
-        and (not best_only or r["id"] in kept or r["best_of"] is not None)
-    ]
+    skipped: list[tuple[str, str]] = []
+    chosen = []
+    for r in runs:
+        if r["score"] is None and not include_unjudged and r["id"] not in kept and r["best_of"] is None:
+            skipped.append((r["id"], "not judged (judge it with `planvm judge`, or pass --include-unjudged)"))
+            continue
+        if not ((min_score is None or (r["score"] is not None and r["score"] >= min_score))
+                and (not best_only or r["id"] in kept or r["best_of"] is not None)):
+            continue
+        if RunOutcome.from_stored(store.get(r["id"])).answer_found is False:
+            skipped.append((r["id"], "its answer was not found in the knowledge base (an extractive answer, no model)"))
+            continue
+        chosen.append(r)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for run in chosen:
         groups.setdefault((normalise_goal(run["goal"]), goal_language(run["goal"], run["metadata"])), []).append(run)
     rows: list[dict[str, Any]] = []
-    skipped: list[tuple[str, str]] = []
     for candidates in groups.values():
         candidates.sort(key=lambda r: (r["score"] if r["score"] is not None else -1.0, r["created_at"]), reverse=True)
         for run in candidates:

@@ -182,21 +182,23 @@ def _since(text: str | None) -> float | None:
 @click.option("--min-score", type=click.FloatRange(0, 10), help="With --training: only judged runs scoring at least this.")
 @click.option("--best-only", is_flag=True, help="With --training: only runs kept as best plans or chosen by `planvm optimize`.")
 @click.option("--since", help="With --training: only runs started on or after this date (YYYY-MM-DD).")
+@click.option("--include-unjudged", is_flag=True,
+              help="With --training: also runs no judge graded (left out by default; kept best plans always count).")
 @tool_options
 @guarded
 def export(run_id: str | None, store_path: str | None, out: str | None, training_out: str | None, min_score: float | None,
-           best_only: bool, since: str | None, **tool_opts: Any) -> None:
+           best_only: bool, since: str | None, include_unjudged: bool, **tool_opts: Any) -> None:
     """One JSON document with the run, its plan and every step (replayable with `planvm replay`),
     or with --training OUT.jsonl the training rows of every goal."""
     if training_out is not None:
         if run_id is not None or out is not None:
             raise click.UsageError("--training exports every goal's best run; give no RUN_ID or --out with it")
-        _export_training(store_path, training_out, min_score, best_only, _since(since), tool_opts)
+        _export_training(store_path, training_out, min_score, best_only, _since(since), include_unjudged, tool_opts)
         return
     if run_id is None:
         raise click.UsageError("give a RUN_ID to export (or --training OUT.jsonl for training rows)")
-    if min_score is not None or best_only or since is not None:
-        raise click.UsageError("--min-score, --best-only and --since go with --training")
+    if min_score is not None or best_only or since is not None or include_unjudged:
+        raise click.UsageError("--min-score, --best-only, --since and --include-unjudged go with --training")
     data = _open_store(store_path).get(run_id).to_dict()
     text = json.dumps(data, ensure_ascii=False, indent=2, default=as_text)
     if out:
@@ -206,7 +208,7 @@ def export(run_id: str | None, store_path: str | None, out: str | None, training
 
 
 def _export_training(store_path: str | None, out: str, min_score: float | None, best_only: bool, since: float | None,
-                     tool_opts: dict[str, Any]) -> None:
+                     include_unjudged: bool, tool_opts: dict[str, Any]) -> None:
     from planvm.engine import EngineConfig, make_registry
     from planvm.improve import training_rows, write_rows
     from vm import BadInput
@@ -216,9 +218,14 @@ def _export_training(store_path: str | None, out: str, min_score: float | None, 
     if missing:
         raise BadInput(f"no run store at {missing} yet: there are no runs to export; run some goals first (planvm run)")
     registry = make_registry(EngineConfig.load(tool_opts))
-    rows, skipped = training_rows(_open_store(store_path), registry, min_score=min_score, best_only=best_only, since=since)
+    rows, skipped = training_rows(_open_store(store_path), registry, min_score=min_score, best_only=best_only, since=since,
+                                  include_unjudged=include_unjudged)
+    unjudged = [run_id for run_id, why in skipped if why.startswith("not judged")]
     for run_id, why in skipped:
-        echo_err(f"warning: run {run_id} left out: {why}")
+        if not why.startswith("not judged"):
+            echo_err(f"warning: run {run_id} left out: {why}")
+    if unjudged:
+        echo_err(f"note: {len(unjudged)} unjudged run(s) left out; judge them with `planvm judge`, or pass --include-unjudged")
     if not rows:
         filters = ", ".join(f for f, on in (("--min-score", min_score is not None), ("--best-only", best_only), ("--since", since)) if on)
         echo_err("error: no completed run of a goal to export" + (f" with {filters}" if filters else "")

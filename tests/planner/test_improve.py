@@ -284,7 +284,7 @@ def test_bad_input_gets_one_clear_error(models, example_kb, tmp_path):
                                                                              "output_vars": ["final_answer"]}}], goal="An old goal",
                             planning={"planner": "llm", "reasoning": "Once there was a tool for this."})
     legacy.finish(old, "completed", final_answer="old")
-    out = planvm("runs", "export", "--training", str(tmp_path / "rows.jsonl"), "--store", store)
+    out = planvm("runs", "export", "--training", str(tmp_path / "rows.jsonl"), "--store", store, "--include-unjudged")
     assert out.exit_code == 0 and f"run {old} left out: invalid plan" in out.stderr and "wrote 1 training row(s)" in out.stdout
     out = planvm("runs", "export", "--training", str(tmp_path / "later.jsonl"), "--store", store, "--since", "2999-01-01")
     assert out.exit_code == 1 and "with --since" in out.stderr and not (tmp_path / "later.jsonl").exists()
