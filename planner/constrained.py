@@ -7,7 +7,7 @@ the plan's JSON Schema (generated from the VM's models). The grammar bounds ever
 object (see :func:`decoding_schema`), so even a model that has learned nothing ends with a
 schema-valid plan within the token budget.
 
-xgrammar is imported only here (install it with ``pip install --no-deps xgrammar`` beside the
+xgrammar is imported only here (install it with :data:`INSTALL_LINE` beside the
 ``local`` extra).
 """
 
@@ -25,6 +25,9 @@ from vm.llm import Completion
 from vm.plan import plan_json_schema
 
 __all__ = ["ConstrainedLocal", "decoding_schema"]
+
+#: How to install constrained decoding (xgrammar's own requirements would pull in GPU-only packages).
+INSTALL_LINE = "pip install -e '.[constrained]' && pip install --no-deps 'xgrammar==0.2.8'"
 
 _NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]{0,39}$"
 
@@ -136,7 +139,7 @@ def _processor(model: str, adapter: str | None, device: str, schema: str) -> Any
     try:
         import xgrammar as xgr
     except ImportError as exc:
-        raise LLMError("constrained decoding needs xgrammar: pip install --no-deps xgrammar apache-tvm-ffi") from exc
+        raise LLMError(f"constrained decoding needs xgrammar: {INSTALL_LINE}") from exc
     from tools.llm_local import load_model
 
     loaded, tokenizer, _device = load_model(model, adapter, device)

@@ -78,16 +78,18 @@ def _default_held_out() -> str | None:
 @click.option("--adapter", type=click.Path(file_okay=False), help="The LoRA adapter folder to judge (required unless --base-model is given).")
 @click.option("--base-model", help="Base model (default: the one the adapter was trained on).")
 @click.option("--data", help="Held-out rows (JSON, JSONL or a datasets name; default: the project's examples/train/held_out.jsonl).")
-@click.option("--constrained/--free", default=True, show_default=True, help="Constrain decoding to the plan schema (needs xgrammar).")
+@click.option("--constrained/--free", default=None,
+              help="Constrain decoding to the plan schema (needs xgrammar), or not (default: constrained when xgrammar is installed).")
 @click.option("--compare-base/--no-compare-base", default=True, show_default=True, help="Also judge the base model without the adapter.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=1024, show_default=True, help="Most tokens the model may write per goal.")
-@click.option("--out", "out_file", default="eval_report.json", show_default=True, help="Where to write the JSON report.")
+@click.option("--out", "out_file", help="Where to write the JSON report (default: eval_report.json in the adapter's folder, else here).")
 @click.option("--endpoint", help="Instead of --adapter: an OpenAI-compatible server (e.g. vLLM serving the adapter) to score, as http://host:port/v1.")
 @click.option("--model", "served_model", help="With --endpoint: the served model name to score (vLLM: the adapter's --lora-modules name).")
 @click.option("--compare-model", help="With --endpoint: another served model to score beside it (e.g. the base model's name).")
 @click.option("--api-key", envvar="PLANVM_LLM_API_KEY", help="With --endpoint: the server's key, if it needs one.")
 @guarded
-def eval_(adapter: str | None, base_model: str | None, data: str | None, constrained: bool, compare_base: bool, max_new_tokens: int, out_file: str,
+def eval_(adapter: str | None, base_model: str | None, data: str | None, constrained: bool | None, compare_base: bool, max_new_tokens: int,
+          out_file: str | None,
           endpoint: str | None, served_model: str | None, compare_model: str | None, api_key: str | None) -> None:
     """Score an adapter's plans on held-out goals, against the template baseline and the base model.
 
@@ -109,6 +111,22 @@ def eval_(adapter: str | None, base_model: str | None, data: str | None, constra
     data = data or _default_held_out()
     if data is None:
         raise BadInput("pass --data with the held-out rows to judge on")
+    out_file = out_file or str(Path(adapter) / "eval_report.json" if adapter else "eval_report.json")
+    note = None
+    if endpoint is None:
+        from planner.constrained import INSTALL_LINE
+
+        try:
+            import xgrammar  # noqa: F401
+        except ImportError:
+            if constrained:
+                raise BadInput(f"--constrained needs xgrammar, which is not installed: {INSTALL_LINE} (or pass --free)") from None
+            constrained = False
+            note = f"decoding NOT constrained: xgrammar is not installed ({INSTALL_LINE})"
+            echo_err(f"warning: {note}")
+        else:
+            constrained = True if constrained is None else constrained
+    constrained = True if constrained is None else constrained
     registry = default_registry()
     rows = load_rows(data, registry).rows
     reports = []
@@ -120,7 +138,7 @@ def eval_(adapter: str | None, base_model: str | None, data: str | None, constra
                 served = OpenAIChat(model=name, base_url=endpoint, api_key=api_key, max_tokens=max_new_tokens,
                                     json_mode="schema" if constrained else "off")
                 reports.append(evaluate(served, rows, registry, name=f"{name} (served)"))
-        _finish_eval(reports, rows, registry, out_file)
+        _finish_eval(reports, rows, registry, out_file, note)
         return
     base = base_model or _adapter_base(adapter)  # type: ignore[arg-type]
 
@@ -136,10 +154,10 @@ def eval_(adapter: str | None, base_model: str | None, data: str | None, constra
         reports.append(evaluate(llm(adapter), rows, registry, name="adapter"))
     if compare_base or not adapter:
         reports.append(evaluate(llm(None), rows, registry, name="base model"))
-    _finish_eval(reports, rows, registry, out_file)
+    _finish_eval(reports, rows, registry, out_file, note)
 
 
-def _finish_eval(reports: list[Any], rows: list[Any], registry: Any, out_file: str) -> None:
+def _finish_eval(reports: list[Any], rows: list[Any], registry: Any, out_file: str, note: str | None = None) -> None:
     """Add the template baseline, write the report and print the table."""
     from rich.console import Console
     from rich.table import Table
@@ -150,7 +168,8 @@ def _finish_eval(reports: list[Any], rows: list[Any], registry: Any, out_file: s
     reports.append(evaluate(TemplatePlanner(registry), rows, registry, name="template"))
     write_report(reports, out_file)
     headers = {"parsed": "parsed", "schema_valid": "schema", "statically_valid": "valid", "executable": "runs", "tool_sequence_match": "tools", "dataflow_similarity": "flow"}
-    table = Table("planner", *(headers[m] for m in METRICS), caption="share of goals; flow: data-flow similarity to the gold plan")
+    caption = "share of goals; flow: data-flow similarity to the gold plan" + (f"\n{note}" if note else "")
+    table = Table("planner", *(headers[m] for m in METRICS), caption=caption)
     for report in reports:
         summary = report.summary()
         table.add_row(report.name, *(f"{summary[m]:.2f}" for m in METRICS))

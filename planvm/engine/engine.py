@@ -154,7 +154,9 @@ class Engine:
             try:
                 import xgrammar  # noqa: F401
             except ImportError:
-                self.notify("xgrammar is not installed, so the local model's plans are not constrained to the schema")
+                from planner.constrained import INSTALL_LINE
+
+                self.notify(f"xgrammar is not installed, so the local model's plans are not constrained to the schema ({INSTALL_LINE})")
             else:
                 from planner.constrained import ConstrainedLocal
 

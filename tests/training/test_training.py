@@ -258,3 +258,22 @@ def test_training_commands_reject_bad_input(args, message, tmp_path):
     out = subprocess.run([sys.executable, "-m", "planvm", *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 2, out.stderr[-500:]
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def _planvm_without_xgrammar(*args: str) -> subprocess.CompletedProcess[str]:
+    """`planvm` in a process where xgrammar cannot be imported (as after an install without it)."""
+    code = "import sys; sys.modules['xgrammar'] = None; from planvm.cli.main import main; sys.argv[0] = 'planvm'; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def test_eval_without_xgrammar_never_scores_silently(trained, tmp_path):
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(HELD.read_text().splitlines(keepends=True)[:1]))
+    asked = _planvm_without_xgrammar("eval", "--adapter", str(trained.output_dir), "--data", str(held), "--constrained")
+    assert asked.returncode == 2
+    assert "pip install -e '.[constrained]' && pip install --no-deps 'xgrammar==0.2.8'" in asked.stderr
+    free = _planvm_without_xgrammar("eval", "--adapter", str(trained.output_dir), "--data", str(held), "--max-new-tokens", "40",
+                                    "--no-compare-base")
+    assert free.returncode == 0, free.stderr[-2000:]
+    assert "NOT constrained" in free.stdout and "NOT constrained" in free.stderr
+    assert (trained.output_dir / "eval_report.json").is_file()  # beside the adapter
