@@ -81,6 +81,7 @@ def build_tiny_model(
         vocab_size=vocab_size,
         special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,  # its progress lines are blank lines when stderr is not a terminal
     )
     bpe.train_from_iterator(list(corpus or []) + _SEED_TEXT * 5, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
@@ -100,6 +101,14 @@ def build_tiny_model(
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
-    model.save_pretrained(folder)
+    from transformers.utils import logging as transformers_logging
+
+    quiet = not transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # a one-file model: no "writing shards" bar
+    try:
+        model.save_pretrained(folder)
+    finally:
+        if not quiet:
+            transformers_logging.enable_progress_bar()
     tokenizer.save_pretrained(folder)
     return folder

@@ -115,7 +115,8 @@ def _index_progress(every: float = 5.0) -> Iterator[Any]:
             return
         last[0] = now
         elapsed = now - started
-        eta = f", about {elapsed / done * (total - done):.0f} s left" if 0 < done < total else ""
+        # An estimate only once there is something to go by (the first files include loading the model).
+        eta = f", about {elapsed / done * (total - done):.0f} s left" if 0 < done < total and done >= max(3, total // 50) else ""
         echo_err(f"indexing: {what} {done}/{total} after {elapsed:.0f} s{eta}")
 
     yield line

@@ -55,14 +55,14 @@ def list_(store_path: str | None, limit: int, judged: bool, min_score: float | N
 
     # Ids are never cut (any unique prefix of one is accepted wherever a run id is taken).
     table = Table(
-        Column("run_id", no_wrap=True, min_width=16), "status", Column("started", no_wrap=True), "steps",
+        Column("run_id", no_wrap=True, min_width=16), "status", Column("created", no_wrap=True), "steps",
         "goal (or plan file)", Column("parent", no_wrap=True), "score", "owner (lease)",
     )
     import time
 
     for r in rows:
         parent = f"{r['parent_id']} @ seq_no {r['fork_seq']}" if r["parent_id"] else ""
-        what = r["goal"] or (f"plan file {Path(r['plan_file']).name}" if r.get("plan_file") else "")
+        what = r["goal"] or (f"plan file {Path(r['plan_file']).name}" if r.get("plan_file") else "(a plan given without a goal)")
         lease = ""
         if r.get("owner"):
             left = r["lease_expires_at"] - time.time()

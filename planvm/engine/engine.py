@@ -88,6 +88,7 @@ class Engine:
         self.config = config if isinstance(config, EngineConfig) else EngineConfig.load(config)
         self.settings = self.config
         self.notify = notify or (lambda _message: None)
+        self._noted: set[str] = set()
         self.registry = make_registry(self.config)
         self.llms = make_llms(self.config, ("planner", "answer", "condition", "judge"))
         self.limits = Limits(**self.config.limits.given())
@@ -105,6 +106,12 @@ class Engine:
             concurrency=self.config.concurrency,
             approve_tools=self.approve_tools,
         )
+
+    def _note(self, message: str) -> None:
+        """Tell the user once per engine (a service answering many requests says it once)."""
+        if message not in self._noted:
+            self._noted.add(message)
+            self.notify(message)
 
     def with_limits(self, overrides: dict[str, Any] | None) -> VM:
         """The engine's VM, or one sharing its tools, store and threads under other limits."""
@@ -144,7 +151,7 @@ class Engine:
             )
         if kind == "template" or (kind == "auto" and not has_model):
             if kind == "auto":
-                self.notify(
+                self._note(
                     "no LLM is configured, so the template planner writes the plan (set PLANVM_LLM_BASE_URL and "
                     "PLANVM_LLM_MODEL to plan with a model)"
                 )
@@ -156,7 +163,7 @@ class Engine:
             except ImportError:
                 from planner.constrained import INSTALL_LINE
 
-                self.notify(f"xgrammar is not installed, so the local model's plans are not constrained to the schema ({INSTALL_LINE})")
+                self._note(f"xgrammar is not installed, so the local model's plans are not constrained to the schema ({INSTALL_LINE})")
             else:
                 from planner.constrained import ConstrainedLocal
 

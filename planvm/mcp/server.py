@@ -113,7 +113,7 @@ def build_server(engine: Any) -> Any:
         """
         with _told():
             try:
-                result = await engine.exec_plan(plan, goal=goal)
+                result = await engine.exec_plan(plan, goal=goal, metadata={"source": "MCP exec_plan"})
             except PlanValidationError as exc:
                 return problems_of(exc)
             return RunOutcome.from_result(result).dump()

@@ -103,7 +103,7 @@ async function refreshRun() {
   const badge = $("run-status");
   badge.textContent = run.status; badge.className = "badge " + run.status;
   const total = run.tokens.total || { prompt_tokens: 0, completion_tokens: 0 };
-  show($("run-tokens"), `${run.steps} steps · ${total.prompt_tokens + total.completion_tokens} tokens`);
+  show($("run-tokens"), `${run.steps} ${run.steps === 1 ? "step" : "steps"} · ${total.prompt_tokens + total.completion_tokens} tokens`);
   $("error").hidden = !run.error; show($("error"), run.error || "");
   show($("reasoning"), run.planning.reasoning || "(no reasoning recorded)");
   show($("plan"), run.plan);
