@@ -85,6 +85,9 @@ class VM:
         self.llm = llm
         self.limits = limits or Limits()
         self.kept_limits: Limits | None = None  # the limits a new run is stored with, when not these (see derive)
+        #: Where this VM's tools came from (plugin files and hashes, MCP servers, builtins), kept with
+        #: each run it starts so that going on with the run later takes the same tools.
+        self.tool_sources: dict[str, Any] | None = None
         self.allowed_tools = frozenset(allowed_tools) if allowed_tools is not None else None
         self.on_step = on_step
         self.on_start = on_start
@@ -158,6 +161,7 @@ class VM:
             run_id = await self._io(
                 self.store.create_run, program.to_data(), variables=state, goal=goal, metadata=metadata,
                 limits=(self.kept_limits or self.limits).model_dump(), planning=planning, approve_tools=sorted(approve) or None,
+                tools=self.tool_sources,
             )
         return await self._execute(program, state, run_id=run_id, listener=listener, approve_tools=approve)
 
@@ -182,13 +186,20 @@ class VM:
         queue); ``approving``: the run waits for the approval in ``approvals`` (and is taken only
         while it still does: a run cancelled meanwhile runs nothing)."""
         store = self._need_store("resume")
-        stored = await self._io(store.claim, run_id, held=claimed, approving=approving)
+        if claimed:
+            stored = await self._io(store.claim, run_id, held=True, approving=approving)
+            try:
+                program = await self.acompile(stored.plan, variables=stored.variables)
+            except BaseException:
+                await self._io(store.finish, stored.id, "failed", error="the recorded plan no longer validates against these tools")
+                raise
+        else:
+            # Checked against these tools before the run is taken: a command given the wrong tools
+            # changes nothing (a waiting run still waits, an interrupted one can still be resumed).
+            peek = await self._io(store.get, run_id, steps=False)
+            program = await self.acompile(peek.plan, variables=peek.variables)
+            stored = await self._io(store.claim, peek.id, approving=approving)
         run_id = stored.id  # the full id, when a prefix was given
-        try:
-            program = await self.acompile(stored.plan, variables=stored.variables)
-        except BaseException:
-            await self._io(store.finish, run_id, "failed", error="the recorded plan no longer validates against these tools")
-            raise
         trace = [StepRecord.from_stored(s) for s in stored.steps]
         state = stored.variables_at()
         if trace and FINAL_ANSWER in trace[-1].outputs:  # killed after its last step was written
@@ -274,7 +285,7 @@ class VM:
         fork_id = await self._io(
             store.create_run, program.to_data(), variables=parent.variables, goal=parent.goal, metadata=parent.metadata,
             parent_id=run_id, fork_seq=from_seq, inherit_steps=prefix, limits=self.limits.model_dump(),
-            approve_tools=sorted(approve) or None, planning=planning,
+            approve_tools=sorted(approve) or None, planning=planning, tools=self.tool_sources or parent.tools,
         )
         trace = [StepRecord.from_stored(s) for s in parent.steps[:prefix]]
         state = parent.variables_at(prefix)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from planvm.cli.common import executes, guarded, make_engine, print_queued
+from planvm.cli.common import executes, guarded, make_engine, print_queued, with_run_tools
 from planvm.cli.options import (
     json_option,
     kb_option,
@@ -91,7 +91,7 @@ def exec_(plan_file: str, no_store: bool, queue: bool, **options: Any) -> Any:
 @executes
 def resume(run_id: str, **options: Any) -> Any:
     """Continue RUN_ID (killed or failed) from its last completed step, with the same tools."""
-    with make_engine(options) as engine:
+    with make_engine(with_run_tools(run_id, options)) as engine:
         return _run(engine.resume(run_id))
 
 
@@ -112,7 +112,7 @@ def fork(run_id: str, from_seq: int, plan_file: str | None, suggestion: str | No
 
     if (plan_file is None) == (suggestion is None):
         raise BadInput("give either --plan FILE or --suggestion TEXT")
-    with make_engine(options) as engine:
+    with make_engine(with_run_tools(run_id, options)) as engine:
         return _run(engine.fork(run_id, from_seq, plan=plan_file, suggestion=suggestion))
 
 
@@ -140,7 +140,7 @@ def approve(run_id: str, seq_no: int, reject: bool, tool_params: str | None, rea
             raise BadInput("--params is not JSON; give the tool's parameters as a JSON object") from None
         if not isinstance(params, dict):
             raise BadInput("--params must be a JSON object of the tool's parameters")
-    with make_engine(options) as engine:
+    with make_engine(with_run_tools(run_id, options)) as engine:
         return _run(engine.approve(run_id, seq_no, not reject, tool_params=params, reason=reason))
 
 

@@ -25,7 +25,7 @@ from planvm.cli.render import (
     report_run,
 )
 
-__all__ = ["executes", "guarded", "load_settings", "make_engine", "make_vm", "print_queued", "store_location"]
+__all__ = ["executes", "guarded", "load_settings", "make_engine", "make_vm", "print_queued", "store_location", "with_run_tools"]
 
 
 def make_engine(options: dict[str, Any], *, record: bool = True) -> Any:
@@ -73,6 +73,18 @@ def _keep_traceback(exc: BaseException) -> tuple[str, str | None]:
         return error_id, None
 
 
+def grouped_problems(problems: Any) -> list[str]:
+    """One line per problem: the same problem at several steps is one line naming them all."""
+    by_message: dict[str, list[Any]] = {}
+    for problem in problems:
+        by_message.setdefault(problem.message, []).append(problem.seq_no)
+    lines = []
+    for message, seqs in by_message.items():
+        where = [str(s) for s in seqs if s is not None]
+        lines.append((f"seq_no {', '.join(where)}" if where else "plan") + f": {message}")
+    return lines
+
+
 def fail(exc: BaseException, as_json: bool) -> None:
     """The one error boundary of the command line (see the module's docstring)."""
     from vm import PlanValidationError, PlanVMError
@@ -82,8 +94,11 @@ def fail(exc: BaseException, as_json: bool) -> None:
             print_json({"status": "invalid", "error": str(exc), "problems": [str(p) for p in exc.problems]})
         else:
             echo_err("error: the plan is not valid:")
-            for problem in exc.problems:
-                echo_err(f"  {problem}")
+            for line in grouped_problems(exc.problems):
+                echo_err(f"  {line}")
+            if any(p.code == "unknown_tool" for p in exc.problems):
+                echo_err("  (pass the tools it calls with --plugin or --mcp; going on with a stored run, leave every tool option "
+                         "out to take the tools it was started with)")
         sys.exit(EXIT_UNUSABLE)
     if isinstance(exc, PlanVMError):
         if as_json:
@@ -145,3 +160,18 @@ def store_location(store_path: str | None) -> str | None:
     from planvm.engine import EngineConfig
 
     return EngineConfig.load({}).store
+
+
+def with_run_tools(run_id: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A command's options for going on with ``run_id``: the tools the run was started with
+    unless the command names tools itself (see :func:`planvm.engine.options_for_run`)."""
+    from planvm.engine import options_for_run
+    from vm import RunStore
+    from vm.store import store_missing
+
+    location = store_location(options.get("store_path"))
+    if store_missing(location):
+        return options
+    with RunStore(location, readonly=True) as store:
+        run = store.get(run_id, steps=False)
+    return options_for_run(options, run)

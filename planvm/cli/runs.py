@@ -297,7 +297,9 @@ def replay(source: str, live: bool, store_path: str | None, as_json: bool, **too
     else:
         run = _open_store(store_path).get(source)
     if live:
-        with make_engine({**tool_opts, "concurrency": 1}, record=False) as engine:
+        from planvm.engine import options_for_run
+
+        with make_engine({**options_for_run(tool_opts, run), "concurrency": 1}, record=False) as engine:
             report = replay_live(run, engine.vm)
     else:
         report = replay_offline(run)

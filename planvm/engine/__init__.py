@@ -6,7 +6,11 @@ imports none of the front ends.
 """
 
 from planvm.engine.config import EngineConfig, LimitsTable
-from planvm.engine.engine import Engine, make_registry
+from planvm.engine.engine import Engine
+from planvm.engine.tools import make_registry, options_for_run, tool_sources
 from planvm.engine.shapes import PlanView, RunDetail, RunOutcome, RunSummary, StepView
 
-__all__ = ["Engine", "EngineConfig", "LimitsTable", "PlanView", "RunDetail", "RunOutcome", "RunSummary", "StepView", "make_registry"]
+__all__ = [
+    "Engine", "EngineConfig", "LimitsTable", "PlanView", "RunDetail", "RunOutcome", "RunSummary", "StepView", "make_registry",
+    "options_for_run", "tool_sources",
+]

@@ -17,30 +17,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from planvm.engine.config import EngineConfig
+from planvm.engine.tools import make_registry, tool_sources
 from vm import VM, Limits, RunListener, RunResult
 from vm.errors import BadInput, PlanVMError
 
 __all__ = ["Engine"]
-
-
-def make_registry(config: EngineConfig) -> Any:
-    """The built-in tools (unless ``no_builtins``), every plugin's tools and the MCP servers' tools."""
-    from tools import ToolRegistry, load_plugin
-    from tools.backends import make_registry as builtin_registry
-
-    registry = ToolRegistry() if config.no_builtins else builtin_registry(config)
-    try:
-        for path in config.plugins:
-            for t in load_plugin(path):
-                registry.register(t)
-        if config.mcp_commands or config.mcp_urls or config.mcp:
-            from tools.mcp_tools import add_mcp_tools, parse_specs
-
-            add_mcp_tools(registry, parse_specs(config.mcp_commands, config.mcp_urls, config.mcp, prefix=config.mcp_prefix))
-    except BaseException:
-        registry.close()
-        raise
-    return registry
 
 
 def _in_daemon_thread(work: Callable[[], Any]) -> asyncio.Future[Any]:
@@ -106,6 +87,7 @@ class Engine:
             concurrency=self.config.concurrency,
             approve_tools=self.approve_tools,
         )
+        self.vm.tool_sources = tool_sources(self.config)
 
     def _note(self, message: str) -> None:
         """Tell the user once per engine (a service answering many requests says it once)."""
@@ -325,7 +307,7 @@ class Engine:
             self.check_knowledge_base(None)  # the template plan always retrieves: say so now
         return store.create_run(
             None, goal=goal, metadata=metadata or None, limits=self.limits.model_copy(update=limits or {}).model_dump(),
-            approve_tools=sorted(self.approve_tools | frozenset(approve_tools)) or None, status="planning",
+            approve_tools=sorted(self.approve_tools | frozenset(approve_tools)) or None, status="planning", tools=self.vm.tool_sources,
             planning={"no_library": True} if use_library is False else None,
         )
 
@@ -392,7 +374,7 @@ class Engine:
         try:
             exc.run_id = self.store.create_run(  # type: ignore[attr-defined]
                 None, goal=goal, metadata=metadata or None, limits=self.limits.model_dump(), planning=self._planning_failure(exc),
-                status="failed", error=f"planning failed: {exc}",
+                status="failed", error=f"planning failed: {exc}", tools=self.vm.tool_sources,
             )
         except PlanVMError:
             pass  # the store is away: the error itself is what matters
@@ -414,7 +396,7 @@ class Engine:
             limits=self.limits.model_copy(update=limits or {}).model_dump(), status="queued",
             planning={"planner": "given", "reasoning": None} if program is not None else (
                 {"no_library": True} if use_library is False or (use_library is None and self.config.no_library) else None),
-            approve_tools=sorted(self.approve_tools | frozenset(approve_tools)) or None,
+            approve_tools=sorted(self.approve_tools | frozenset(approve_tools)) or None, tools=self.vm.tool_sources,
         )
 
     async def exec_plan(

@@ -276,3 +276,20 @@ def test_max_llm_calls_can_be_set(tmp_path, surface):
     else:
         with Engine({"store_path": str(tmp_path / "r.sqlite"), "no_builtins": True, "max_llm_calls": 4}) as engine:
             assert engine.vm.limits.max_llm_calls == 4
+
+
+def test_a_runs_mcp_servers_are_taken_again_unless_the_command_names_tools(tmp_path):
+    from types import SimpleNamespace
+
+    from planvm.engine import options_for_run, tool_sources
+
+    sources = tool_sources(EngineConfig.load({"mcp_commands": ("python server.py",), "mcp_urls": ("http://h/mcp",), "mcp_prefix": True}))
+    assert sources == {"plugins": [], "mcp_commands": ["python server.py"], "mcp_urls": ["http://h/mcp"], "mcp_prefix": True,
+                       "no_builtins": False}
+    run = SimpleNamespace(id="r1", tools=sources)
+    again = options_for_run({"store_path": "x.sqlite", "plugins": (), "mcp_commands": ()}, run)
+    assert again["mcp_commands"] == ["python server.py"] and again["mcp_urls"] == ["http://h/mcp"] and again["mcp_prefix"] is True
+    assert again["store_path"] == "x.sqlite"
+    named = options_for_run({"mcp_urls": ("http://other/mcp",)}, run)
+    assert named == {"mcp_urls": ("http://other/mcp",)}  # the command's own tools win
+    assert options_for_run({"kb_path": "kb"}, SimpleNamespace(id="old", tools=None)) == {"kb_path": "kb"}  # a run from before

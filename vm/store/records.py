@@ -119,6 +119,7 @@ class StoredRun:
     approve_tools: list[str] | None = None
     judgement: dict[str, Any] | None = None  # the judge's grade (`planvm judge`), None until judged
     best_of: str | None = None  # set when a plan search from that run chose this one as its best
+    tools: dict[str, Any] | None = None  # where its tools came from (plugins with their hashes, MCP servers, builtins)
 
     @property
     def score(self) -> float | None:
@@ -170,6 +171,7 @@ class StoredRun:
                 "planning": self.planning,
                 "judgement": self.judgement,
                 "best_of": self.best_of,
+                "tools": self.tools,
             },
             "plan": self.plan,
             "steps": [s.to_dict() for s in self.steps],
@@ -241,6 +243,7 @@ class StoredRun:
             planning=run.get("planning") if isinstance(run.get("planning"), dict) else None,
             judgement=run.get("judgement") if isinstance(run.get("judgement"), dict) else None,
             best_of=text("best_of"),
+            tools=run.get("tools") if isinstance(run.get("tools"), dict) else None,
         )
 
 

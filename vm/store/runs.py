@@ -37,6 +37,7 @@ class Runs:
         approve_tools: list[str] | None = None,
         status: str = "running",
         error: str | None = None,
+        tools: dict[str, Any] | None = None,
     ) -> str:
         """Start a run owned by this process (``status="queued"``: store it for a worker, owned by
         no one; ``plan`` None: a goal the worker plans; ``"failed"`` with ``error``: a goal whose
@@ -55,7 +56,7 @@ class Runs:
             metadata=_dumps(metadata) if metadata is not None else None, plan=_dumps(plan), variables=_dumps(variables or {}),
             parent_id=parent_id, fork_seq=fork_seq, steps=inherit_steps, limits=_dumps(limits) if limits is not None else None,
             planning=_dumps(planning) if planning is not None else None, approve_tools=_dumps(approve_tools) if approve_tools else None,
-            error=redact(clean_text(error)) if error else None,
+            error=redact(clean_text(error)) if error else None, tools=_dumps(tools) if tools is not None else None,
         )
 
         def body(conn: Any) -> None:
@@ -191,7 +192,7 @@ class Runs:
         rows = self._read_sql("run-get", lambda: (
             sa.select(r.id, r.status, r.plan, r.variables, r.created_at, r.updated_at, r.goal, r["metadata"], r.parent_id, r.fork_seq,
                       r.final_answer, r.error, t.leases.c.owner, t.leases.c.expires_at, r.limits, r.planning, r.pending, r.approve_tools,
-                      r.judgement, r.best_of)
+                      r.judgement, r.best_of, r.tools)
             .select_from(t.runs.outerjoin(t.leases, t.leases.c.run_id == r.id))
             .where(r.id == sa.bindparam("rid"))
         ), {"rid": run_id})
@@ -204,7 +205,7 @@ class Runs:
             updated_at=row[5], goal=row[6], metadata=_loads(row[7]), parent_id=row[8], fork_seq=row[9],
             final_answer=_loads(row[10]), error=row[11], owner=row[12], lease_expires_at=row[13], limits=_loads(row[14]),
             planning=_loads(row[15]), pending=_loads(row[16]), approve_tools=_loads(row[17]), judgement=_loads(row[18]),
-            best_of=row[19],
+            best_of=row[19], tools=_loads(row[20]),
         )
 
     def steps_page(self, run_id: str, start: int = 0, limit: int | None = None, *, max_bytes: int | None = None) -> list[StoredStep]:

@@ -13,7 +13,7 @@ from sqlalchemy.dialects import mysql
 __all__ = ["HEAD", "leases", "metadata", "plan_library", "runs", "steps"]
 
 #: The newest migration (vm/store/migrations/versions); a store at it needs no upgrade.
-HEAD = "0004"
+HEAD = "0005"
 
 
 def _long() -> sa.types.TypeEngine:
@@ -50,6 +50,7 @@ runs = sa.Table(
     sa.Column("judgement", _long()),  # JSON: the judge's grade {score, accept, suggestion, step_notes, model, …}
     sa.Column("score", _seconds()),  # the judge's score 0–10, apart for filtering (None: not judged)
     sa.Column("best_of", sa.String(32)),  # set on the run a plan search (`planvm optimize`) chose: the run it started from
+    sa.Column("tools", _long()),  # JSON: where its tools came from: plugins (path, sha256), MCP servers, builtins (0005)
     sa.Index("runs_parent", "parent_id"),
     sa.Index("runs_status", "status", "created_at"),
 )
