@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -77,8 +77,20 @@ class TrainConfig(BaseModel):
                 data = tomllib.loads(text)
             except tomllib.TOMLDecodeError as exc:
                 raise BadInput(f"{path}: not valid TOML ({exc})") from None
+        if not isinstance(data, dict):
+            raise BadInput(f"{path}: a training config is a table of settings")
+        data = _relative_to(path.parent, data)
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.build(**data)
+
+    #: The settings of ``planvm train --quick``: a short run on the tiny offline model that shows
+    #: the loss going down in about a minute on 2 CPU cores (its output layer is trained too, as
+    #: the tiny model was never pre-trained).
+    QUICK: ClassVar[dict[str, Any]] = {
+        "max_steps": 200, "learning_rate": 5e-3, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
+        "warmup_steps": 5, "lora_alpha": 32, "modules_to_save": ["lm_head"], "eval_data": None, "max_length": 6000,
+        "logging_steps": 10, "output_dir": "outputs/quick-lora",
+    }
 
     @classmethod
     def build(cls, **values: Any) -> TrainConfig:
@@ -88,3 +100,21 @@ class TrainConfig(BaseModel):
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
             raise BadInput(f"the training config is not valid: {problems}") from None
+
+
+_PATH_FIELDS = ("data", "eval_data", "output_dir", "base_model")
+
+
+def _relative_to(folder: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """Paths in a config file are relative to the file's folder: ``output_dir`` always, ``data``,
+    ``eval_data`` and ``base_model`` when they name something there (else they are dataset or
+    model names, left as they are)."""
+    found = dict(data)
+    for name in _PATH_FIELDS:
+        value = found.get(name)
+        if not isinstance(value, str) or not value or Path(value).is_absolute() or value.startswith("~"):
+            continue
+        here = folder / value
+        if name == "output_dir" or here.exists():
+            found[name] = str(here)
+    return found

@@ -18,6 +18,7 @@ unchanged under ``accelerate launch`` (multi-GPU, DeepSpeed configs).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,8 +156,11 @@ def _plot(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Fine-tune ``config.base_model`` on ``config.data``; return where the adapter is and its metrics."""
+def train(config: TrainConfig, *, progress: str = "auto") -> TrainResult:
+    """Fine-tune ``config.base_model`` on ``config.data``; return where the adapter is and its metrics.
+
+    ``progress``: ``bar`` (a rich bar with the loss and the time left), ``lines`` (a line on
+    stderr every tenth of the run), ``none``, or ``auto`` (a bar on a terminal, else lines)."""
     backend, use_cpu = _check(config)
     from tools import default_registry
 
@@ -164,10 +168,17 @@ def train(config: TrainConfig) -> TrainResult:
     train_rows = load_rows(config.data, registry, strict=config.strict)
     eval_rows = load_rows(config.eval_data, registry, strict=config.strict) if config.eval_data else None
 
+    import datasets
     from datasets import Dataset
     from peft import LoraConfig
+
+    datasets.disable_progress_bars()  # preparing 40 rows needs no bars; training_progress shows the run
     from trl import SFTConfig, SFTTrainer
 
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # no "Loading weights" bar in a log file
     model, tokenizer = _load_unsloth(config) if backend == "unsloth" else _load_hf(config)
     if not getattr(tokenizer, "chat_template", None):
         raise BadInput(f"the tokenizer of {config.base_model!r} has no chat template; the planner's prompt needs one")
@@ -197,6 +208,7 @@ def train(config: TrainConfig) -> TrainResult:
         save_strategy="no",
         seed=config.seed,
         report_to=config.report_to or "none",
+        disable_tqdm=True,  # progress is ours (training_progress): a bar with the loss, or a line every few steps
         gradient_checkpointing=config.gradient_checkpointing and not use_cpu and backend == "hf",
     )
     peft_config = None
@@ -207,8 +219,14 @@ def train(config: TrainConfig) -> TrainResult:
             modules_to_save=config.modules_to_save or None,
         )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, peft_config=peft_config)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for quiet in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(quiet)
     started = time.monotonic()
-    outcome = trainer.train()
+    with training_progress(progress) as callback:
+        trainer.add_callback(callback)
+        outcome = trainer.train()
     seconds = time.monotonic() - started
     trainer.model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -244,3 +262,80 @@ if __name__ == "__main__":  # pragma: no cover - the CLI is `planvm train`
 
     result = train(TrainConfig.from_file(sys.argv[1]))
     print(json.dumps({k: v for k, v in result.metrics.items() if k != "history"}, indent=2, default=str))
+
+
+def training_progress(mode: str = "auto") -> Any:
+    """A context giving a transformers ``TrainerCallback`` that shows training as it goes."""
+    import contextlib
+    import sys
+
+    from transformers import TrainerCallback
+
+    if mode == "auto":
+        mode = "bar" if sys.stderr.isatty() else "lines"
+
+    class Lines(TrainerCallback):
+        """A line every tenth of the run: step, the latest loss, time spent and left."""
+
+        def __init__(self) -> None:
+            self.started = time.monotonic()
+            self.loss: float | None = None
+            self.every = 1
+            self.due: tuple[int, int] | None = None  # a step to report, once its loss is logged
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.started = time.monotonic()
+            self.every = max(1, (state.max_steps or 1) // 10)
+
+        def _report(self) -> None:
+            if self.due is None or mode != "lines":
+                self.due = None
+                return
+            step, total = self.due
+            self.due = None
+            elapsed = time.monotonic() - self.started
+            left = elapsed / step * (total - step) if step else 0.0
+            loss = f", loss {self.loss:.4f}" if self.loss is not None else ""
+            print(f"training: step {step}/{total}{loss}, {elapsed:.0f} s, about {left:.0f} s left", file=sys.stderr, flush=True)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                self.loss = float(logs["loss"])
+            self._report()
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._report()  # a reported step that logged no loss
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._report()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            step, total = state.global_step, state.max_steps or 0
+            if step % self.every == 0 or step == total:
+                self.due = (step, total)
+
+    class Bar(Lines):
+        def __init__(self, bar: Any) -> None:
+            super().__init__()
+            self.bar, self.task = bar, None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            super().on_train_begin(args, state, control, **kwargs)
+            self.task = self.bar.add_task("training", total=state.max_steps, loss="")
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            loss = f"loss {self.loss:.4f}" if self.loss is not None else ""
+            self.bar.update(self.task, completed=state.global_step, loss=loss)
+
+    @contextlib.contextmanager
+    def shown() -> Any:
+        if mode == "bar":
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
+                          TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()) as bar:
+                yield Bar(bar)
+            return
+        yield Lines() if mode == "lines" else TrainerCallback()
+
+    return shown()

@@ -28,7 +28,7 @@ def tiny_model(folder: str, data: str | None, hidden_size: int, vocab_size: int)
     if data is not None and not Path(data).is_file():
         raise BadInput(f"{data}: no such file; pass training rows (JSONL) with --data")
     path = build_tiny_model(folder, vocab_size=vocab_size, corpus=planner_corpus(data), hidden_size=hidden_size)
-    click.echo(f"tiny base model in {path}; train it with: planvm train --config examples/train/train.toml --base-model {path} --max-steps 30")
+    click.echo(f"tiny base model in {path}; train it with: planvm train --quick --base-model {path}")
 
 
 @click.command(name="train")
@@ -39,13 +39,28 @@ def tiny_model(folder: str, data: str | None, hidden_size: int, vocab_size: int)
 @click.option("--output", "output_dir", help="Output folder.")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Optimizer updates in all.")
 @click.option("--merge", is_flag=True, default=None, help="Also save merged full weights.")
+@click.option("--quick", is_flag=True,
+              help="A short run that shows the loss going down on a tiny offline model (planvm tiny-model DIR) in about a minute.")
 @guarded
-def train(config_file: str | None, **flags: Any) -> None:
-    """Fine-tune the planner with LoRA (unsloth on a CUDA GPU, transformers + peft + trl otherwise)."""
+def train(config_file: str | None, quick: bool, **flags: Any) -> None:
+    """Fine-tune the planner with LoRA (unsloth on a CUDA GPU, transformers + peft + trl otherwise).
+
+    Paths in a --config file are relative to the file's folder; flags override it."""
     from training.config import TrainConfig
     from training.sft import train as run_training
 
-    config = TrainConfig.from_file(config_file, **flags) if config_file else TrainConfig.build(**{k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    if quick:
+        if config_file:
+            raise BadInput("--quick is its own configuration; give it no --config (flags still override it)")
+        if not given.get("base_model"):
+            raise BadInput("--quick trains a local model: pass --base-model DIR (make a tiny one with `planvm tiny-model DIR`)")
+        from training.tiny import default_rows_file
+
+        rows = default_rows_file()
+        config = TrainConfig.build(**{**TrainConfig.QUICK, **({"data": str(rows)} if rows else {}), **given})
+    else:
+        config = TrainConfig.from_file(config_file, **flags) if config_file else TrainConfig.build(**given)
     result = run_training(config)
     m = result.metrics
     click.echo(

@@ -376,6 +376,32 @@ def test_the_offline_training_path_trains_for_real(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "trained 2 steps" in out.stdout and (tmp_path / "lora" / "adapter_config.json").is_file()
     assert "FutureWarning" not in out.stderr and "Traceback" not in out.stderr
+    # Not a terminal: a line per tenth of the run with the loss and the time left, no bars or raw dicts.
+    assert "training: step 1/2, loss" in out.stderr and "training: step 2/2, loss" in out.stderr and "s left" in out.stderr
+    assert "{'loss'" not in out.stderr and "%|" not in out.stderr
+
+
+def test_train_quick_shows_the_loss_going_down_and_config_paths_follow_the_file(tmp_path):
+    base = tmp_path / "tiny-base"
+    assert planvm("tiny-model", str(base), "--hidden-size", "16", "--vocab-size", "400", timeout=120).returncode == 0
+    out = planvm("train", "--quick", "--base-model", str(base), "--max-steps", "30", "--output", str(tmp_path / "quick"),
+                 timeout=300, env={"HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((tmp_path / "quick" / "metrics.json").read_text())
+    assert metrics["steps"] == 30 and metrics["last_loss"] < metrics["first_loss"]
+    config = json.loads((tmp_path / "quick" / "training_config.json").read_text())
+    assert config["modules_to_save"] == ["lm_head"] and config["learning_rate"] == 5e-3
+    assert planvm("train", "--quick").returncode == 2
+
+    # A config in another folder: its relative paths are the config's, not the current folder's.
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    (folder / "rows.jsonl").write_text((EXAMPLES / "train" / "train.jsonl").read_text().split("\n", 1)[0] + "\n")
+    (folder / "train.toml").write_text(f'base_model = "{base}"\ndata = "rows.jsonl"\neval_data = ""\noutput_dir = "out"\n'
+                                       f'max_steps = 1\nper_device_train_batch_size = 1\ngradient_accumulation_steps = 1\n')
+    out = planvm("train", "--config", str(folder / "train.toml"), timeout=300, env={"HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    assert (folder / "out" / "adapter_config.json").is_file() and "trained 1 steps on 1 rows" in out.stdout
 
 
 def test_eval_help_and_defaults():
