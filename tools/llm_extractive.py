@@ -15,17 +15,48 @@ from typing import Any
 from vm.errors import LLMError, LLMNotConfigured
 from vm.llm import Completion
 
-__all__ = ["NOT_FOUND", "NO_MODEL_NOTICE", "RELEVANCE_THRESHOLD", "ExtractiveBackend"]
+__all__ = ["NOT_FOUND", "NO_MODEL_NOTICE", "RELEVANCE_THRESHOLD", "ExtractiveBackend", "relevance"]
 
-#: The answer when no sentence of the context is close enough to the question.
+#: The answer when no sentence of the context answers the question.
 NOT_FOUND = "The knowledge base does not contain an answer to this question."
-#: Cosine similarity (all-MiniLM-L6-v2) a sentence must reach with a line of the prompt to be
-#: an answer; below it, for every sentence, the answer is NOT_FOUND. Measured on examples/kb:
-#: questions it answers score 0.43-0.72, unrelated ones (capitals, sports, recipes) 0.09-0.17.
-#: Sentences more than RELEVANCE_MARGIN below the best one are left out as well.
-RELEVANCE_THRESHOLD = 0.3
-RELEVANCE_MARGIN = 0.2
+#: How a sentence is judged to answer a question (see :func:`relevance`): its cosine similarity
+#: to the question (all-MiniLM-L6-v2) plus COVERAGE_WEIGHT times the share of the question's
+#: terms it contains, each term weighted by how rare it is in the retrieved text. A sentence
+#: answers when that reaches RELEVANCE_THRESHOLD; sentences within RELEVANCE_MARGIN of the best
+#: one are kept too. An English question whose own terms are missing from the whole retrieved
+#: text (weighted, MISSING_LIMIT or more of them: "enterprise license cost") is not answered.
+#: Calibrated on bench/answers/examples_kb.jsonl (python bench/answers.py).
+RELEVANCE_THRESHOLD = 0.55
+RELEVANCE_MARGIN = 0.08
+COVERAGE_WEIGHT = 0.6
+MISSING_LIMIT = 0.4
 _HEADING_LINE = re.compile(r"^\s{0,3}#{1,6}\s.*$|^\s*(?:=+|-+)\s*$", re.MULTILINE)
+
+# Words that carry no topic: English, German, Spanish and French function and question words.
+_FUNCTION_WORDS = {
+    "en": set("""a an the and or but if of to in on at by for with from into onto about as is are was were be been being am do does did
+        doing done have has had having can could may might must shall should will would not no nor so than then that this these those
+        there here what which who whom whose when where why how i me my we our you your he she it its they them their what's
+        it's i'm isn't aren't don't doesn't didn't can't won't up down out over under again further once all any both each few more
+        most other some such only own same too very just also using use used one get got make makes much many""".split()),
+    "de": set("""der die das den dem des ein eine einen einem einer eines und oder aber wenn von zu im in am an auf bei mit nach für
+        aus als ist sind war waren sein wird werden wurde kann können muss soll nicht kein keine so wie was wer wen wem wessen wann wo
+        warum welche welcher welches ich mich mir wir uns du dich dir er sie es ihr ihnen man sich auch nur noch schon sehr viel viele
+        mehr macht machen""".split()),
+    "es": set("""el la los las un una unos unas y o pero si de del al a en con por para sin sobre como es son era fue ser está
+        están hay puede pueden no ni que qué quién quiénes cuál cuáles cuándo dónde cómo cuánto cuántos cuántas por qué yo me mi
+        nosotros tú te tu él ella ello ellos ellas su sus se lo le les también solo muy más menos hace hacer""".split()),
+    "fr": set("""le la les l un une des du de d et ou mais si à au aux en dans sur sous avec par pour sans comme est sont était être
+        a ont avoir peut peuvent ne pas plus que qu quoi qui quel quelle quels quelles quand où comment combien pourquoi je me moi
+        nous tu te toi il elle ils elles on se son sa ses leur leurs ce cette ces aussi seulement très fait faire faut""".split()),
+}
+# Words that frame a question rather than name its topic ("what happens when…", "which command…").
+_FRAMING_WORDS = set("""happen happens happened command commands kind kinds field fields order decide decides again way ways thing
+    things work works mean means check checks find type types explain describe summary summarise summarize give write answer
+    document documents english sentence short brief using""".split())
+_ALL_FUNCTION_WORDS = set().union(*_FUNCTION_WORDS.values()) | _FRAMING_WORDS
+_WORD = re.compile(r"[^\W_][\w$]*(?:[-_.][\w$]+)*", re.UNICODE)
+_SUFFIXES = ("ings", "ing", "edly", "ies", "ied", "ed", "es", "s", "ly")
 
 NO_MODEL_NOTICE = (
     "no LLM is configured, so answers are extracted from the retrieved text (the extractive baseline); "
@@ -75,6 +106,96 @@ def _question_lines(prompt: str) -> list[str]:
     return (questions or lines)[:6]
 
 
+def _sections(text: str) -> list[tuple[str, str]]:
+    """(heading, text) of each section of a passage; headings name a section and answer nothing,
+    so they are not candidate sentences, but they say what the section's sentences are about."""
+    found: list[tuple[str, str]] = []
+    heading, lines = "", []
+    for line in text.splitlines():
+        if _HEADING_LINE.fullmatch(line):
+            if lines:
+                found.append((heading, "\n".join(lines)))
+            heading, lines = (line.strip("# ").strip() if line.strip().startswith("#") else heading), []
+        else:
+            lines.append(line)
+    if lines:
+        found.append((heading, "\n".join(lines)))
+    return found
+
+
+def _stem(word: str) -> str:
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def _terms(text: str) -> list[str]:
+    """The topic words of a text, lower case and stemmed (function words of four languages left
+    out); an identifier counts as itself and as its parts (``jump_if_false``: also jump, false)."""
+    found = []
+    for match in _WORD.finditer(text):
+        word = match.group(0).lower().strip(".-")
+        parts = [word, *re.split(r"[-_.]", word)] if re.search(r"[-_.]", word) else [word]
+        found.extend(_stem(p) for p in parts if p and p not in _ALL_FUNCTION_WORDS and len(p) > 1)
+    return found
+
+
+def _same(a: str, b: str) -> bool:
+    """Whether two stems are one word's ("embed" and "embedd", "gpu" and "gpu")."""
+    if a == b:
+        return True
+    short, long_ = sorted((a, b), key=len)
+    return len(short) >= 4 and long_.startswith(short)
+
+
+def _language(text: str) -> str:
+    words = [w.lower() for w in _WORD.findall(text)]
+    shared = {w for w in words if sum(w in vocabulary for vocabulary in _FUNCTION_WORDS.values()) > 1}  # "was", "die", "a"…
+    hits = {lang: sum(w in vocabulary and w not in shared for w in words) for lang, vocabulary in _FUNCTION_WORDS.items()}
+    best = max(hits, key=lambda lang: hits[lang])
+    # English questions nearly always hold an English function word of their own ("what", "does", "the").
+    return "en" if hits["en"] >= 1 and hits["en"] >= hits[best] else (best if hits[best] else "unknown")
+
+
+def relevance(question: str, sentences: list[str], cosine: Any, *, context: str = "") -> tuple[Any, float, bool]:
+    """How well each sentence answers ``question``: (scores, missing, english).
+
+    A score is the sentence's cosine similarity to the question (``cosine``, one per sentence)
+    plus ``COVERAGE_WEIGHT`` times the weighted share of the question's terms it holds, a term
+    weighing more the rarer it is among ``sentences`` (a term none of them holds weighs most).
+    ``missing`` is the weighted share of the question's terms that neither a sentence nor
+    ``context`` (the retrieved text whole, headings included) holds; it only
+    means something for an English question (``english``), the language of the knowledge base's
+    embedding model (in another language most words are missing from English text anyway)."""
+    import math
+
+    import numpy as np
+
+    asked = list(dict.fromkeys(_terms(question)))
+    held = [set(_terms(s)) for s in sentences]
+    n = len(sentences)
+    weights, found = [], []
+    for term in asked:
+        df = sum(any(_same(term, w) for w in words) for words in held)
+        weights.append(math.log((n + 1) / (df + 0.5)))
+        found.append([any(_same(term, w) for w in words) for words in held])
+    english = _language(question) == "en"
+    total = sum(weights)
+    if not asked or total <= 0:
+        return np.asarray(cosine, dtype=np.float32), 0.0, english
+    coverage = np.array([sum(w for w, f in zip(weights, found, strict=True) if f[i]) / total for i in range(n)], dtype=np.float32)
+    around = set(_terms(context))
+    missing = sum(w for term, w, f in zip(asked, weights, found, strict=True)
+                  if not any(f) and not any(_same(term, word) for word in around)) / total
+    return np.asarray(cosine, dtype=np.float32) + COVERAGE_WEIGHT * coverage, missing, english
+
+
+def _asks(prompt: str) -> bool:
+    """Whether a prompt asks a question: it has a ``Goal:`` line (as planvm's planners write) or a question mark."""
+    return any(line.strip().lower().startswith("goal:") for line in prompt.splitlines()) or "?" in prompt or "？" in prompt
+
+
 class ExtractiveBackend:
     """Extracts answers from context; ``embedder`` ranks the sentences (a ``tools.kb.Embedder``)."""
 
@@ -107,15 +228,19 @@ class ExtractiveBackend:
         from tools.kb.embedding import Embedder
 
         candidates: list[tuple[str, str, float]] = []
+        headings: list[str] = []  # the section heading each candidate sentence is under (it names the topic)
         seen: set[str] = set()
+        whole: list[str] = []
         for text, source, score in _passages(context):
-            text = _HEADING_LINE.sub("", text)  # headings name a section; they answer nothing
-            text = re.sub(r"(?<!\n)\n(?!\n)", " ", text)  # a line break inside a paragraph ends no sentence
-            for sentence in _SENTENCE.findall(text):
-                sentence = " ".join(sentence.split()).strip("*- ")
-                if len(sentence) > 15 and " " in sentence and sentence not in seen:
-                    seen.add(sentence)
-                    candidates.append((sentence, source, score))
+            whole.append(text)
+            for heading, block in _sections(text):
+                block = re.sub(r"(?<!\n)\n(?!\n)", " ", block)  # a line break inside a paragraph ends no sentence
+                for sentence in _SENTENCE.findall(block):
+                    sentence = " ".join(sentence.split()).strip("*- ")
+                    if len(sentence) > 15 and " " in sentence and sentence not in seen:
+                        seen.add(sentence)
+                        candidates.append((sentence, source, score))
+                        headings.append(heading)
         if not candidates:
             raise LLMError(f"llm_generate got no context to extract an answer from; {NO_MODEL_NOTICE}")
         embedder = self.embedder or Embedder()
@@ -126,13 +251,22 @@ class ExtractiveBackend:
         # With several keys, each key's name is part of the question too.
         key_phrases = [key.replace("_", " ") for key in keys] if len(keys) > 1 else []
         asked = embedder.encode(lines + key_phrases)
-        relevance = (vectors @ asked.T).max(axis=1)
-        retrieval = np.array([c[2] for c in candidates], dtype=np.float32)
-        relevant = relevance >= max(RELEVANCE_THRESHOLD, float(relevance.max()) - RELEVANCE_MARGIN)
-        if float(relevance.max()) < RELEVANCE_THRESHOLD:
+        cosine = (vectors @ asked.T).max(axis=1)
+        scores, missing, english = relevance(" ".join(lines + key_phrases),
+                                             [f"{h} {c[0]}" for h, c in zip(headings, candidates, strict=True)],
+                                             cosine, context="\n".join(whole))
+        best = float(scores.max())
+        # The missing-terms test is for a question (a goal, or a line asking something); an
+        # instruction ("summarise the documents") or several keys say what to write, not what to find.
+        asking = len(keys) <= 1 and _asks(prompt)
+        if best < RELEVANCE_THRESHOLD or (asking and english and missing >= MISSING_LIMIT):
             return ({key: NOT_FOUND for key in keys} if len(keys) > 1 else NOT_FOUND), False
+        relevant = scores >= max(RELEVANCE_THRESHOLD, best - RELEVANCE_MARGIN)
+        retrieval = np.array([c[2] for c in candidates], dtype=np.float32)
         if len(keys) <= 1:
-            return self._pick(candidates, relevance + 0.25 * retrieval, relevant, self.sentences), True
+            # Ranked with the retrieval score of the sentence's chunk too (it breaks near-ties).
+            return self._pick(candidates, scores + 0.25 * retrieval, relevant, self.sentences), True
+        relevance_ = scores
         key_vectors = asked[len(lines) :]
         answers: dict[str, str] = {}
         used = np.zeros(len(candidates), dtype=bool)
@@ -141,9 +275,9 @@ class ExtractiveBackend:
             usable = relevant & ~used
             if not usable.any():
                 usable = relevant
-            scores = own + 0.5 * relevance + 0.25 * retrieval
-            answers[key] = self._pick(candidates, scores, usable, 1)
-            used[int(np.argmax(np.where(usable, scores, -np.inf)))] = True
+            ranked = own + 0.5 * relevance_ + 0.25 * retrieval
+            answers[key] = self._pick(candidates, ranked, usable, 1)
+            used[int(np.argmax(np.where(usable, ranked, -np.inf)))] = True
         return answers, True
 
     @staticmethod

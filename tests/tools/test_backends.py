@@ -100,6 +100,31 @@ def test_extractive_answers_only_what_the_context_holds():
     assert not found and answer == "The knowledge base does not contain an answer to this question."
 
 
+def test_extractive_says_not_found_for_on_topic_questions_it_cannot_answer():
+    """Close to the topic is not an answer: the question's own terms must be in the text."""
+    backend = ExtractiveBackend()
+    for question in ("How much does a planvm enterprise license cost?", "Who maintains planvm?",
+                     "Wie viel kostet eine Enterprise-Lizenz für planvm?"):
+        answer, found = backend.extract_found(f"Goal: {question}", CONTEXT)
+        assert not found and answer == "The knowledge base does not contain an answer to this question.", question
+    answer, found = backend.extract_found("Goal: How is the knowledge base built?", CONTEXT)
+    assert found and answer.startswith("The knowledge base is built by planvm index") and answer.endswith("[kb.md]")
+    answer, found = backend.extract_found("Goal: ¿Qué hace planvm resume con un run?", CONTEXT)  # another language
+    assert found and answer.startswith("A killed run continues")
+
+
+def test_relevance_weighs_rare_terms_and_reports_missing_ones():
+    from tools.llm_extractive import relevance
+
+    sentences = ["planvm resume continues a killed run.", "planvm index builds the knowledge base.", "planvm runs plans."]
+    scores, missing, english = relevance("How do I resume a killed run?", sentences, [0.5, 0.5, 0.5])
+    assert english and missing == 0.0 and scores[0] > scores[1] and scores[0] > scores[2]
+    scores, missing, english = relevance("What does an enterprise license cost?", sentences, [0.5, 0.5, 0.5])
+    assert english and missing == 1.0 and list(scores) == [0.5, 0.5, 0.5]
+    _, _, english = relevance("Wie viel kostet eine Lizenz?", sentences, [0.1, 0.1, 0.1])
+    assert not english
+
+
 def test_extractive_answers_each_key_from_its_name():
     answers = ExtractiveBackend().extract("Goal: explain the tools", CONTEXT, ("resuming_a_run", "building_the_knowledge_base"))
     assert "resume" in answers["resuming_a_run"] and "planvm index" in answers["building_the_knowledge_base"]
