@@ -206,6 +206,7 @@ class Interpreter:
 
     def _guard_sync_run(self, handler: Any, step: Step, pc: int, view: Mapping[str, Any]) -> tuple[StepRecord, int, RunError | None]:
         record = StepRecord(step.seq_no, step.type)
+        record.started_at = time.time()
         started = time.perf_counter()
         try:
             nxt = handler(step, pc, record, view)
@@ -227,6 +228,7 @@ class Interpreter:
         record = StepRecord(step.seq_no, step.type)
         if self.on_step_start is not None:
             self.on_step_start(step.seq_no, step.type, getattr(step, "tool_name", None))
+        record.started_at = time.time()
         started = time.perf_counter()
         try:
             nxt = await self._async_handlers[type(step)](step, pc, record, view)

@@ -28,7 +28,9 @@ class StepRecord:
     restarted).
     """
 
-    __slots__ = ("duration_s", "error", "inputs", "llm_calls", "next_seq", "notes", "outputs", "result", "seq_no", "tool", "type")
+    __slots__ = (
+        "duration_s", "error", "inputs", "llm_calls", "next_seq", "notes", "outputs", "result", "seq_no", "started_at", "tool", "type",
+    )
 
     def __init__(self, seq_no: int, type: str) -> None:  # noqa: A002 - the plan's own field name
         self.seq_no = seq_no
@@ -37,6 +39,7 @@ class StepRecord:
         self.outputs: Mapping[str, Any] = _NOTHING
         self.result: Any = None
         self.duration_s = 0.0
+        self.started_at: float | None = None  # seconds since the epoch (steps that overlapped show it)
         self.tool: str | None = None
         self.next_seq: int | None = None
         self.error: str | None = None
@@ -56,6 +59,7 @@ class StepRecord:
             "result": self.result,
             "next_seq": self.next_seq,
             "duration_s": self.duration_s,
+            "started_at": self.started_at,
             "error": self.error,
             "llm_calls": list(self.llm_calls),
             "notes": list(self.notes),
@@ -69,6 +73,7 @@ class StepRecord:
         record.outputs = stored.outputs
         record.result = stored.result
         record.duration_s = stored.duration_s
+        record.started_at = stored.started_at
         record.tool = stored.tool
         record.next_seq = stored.next_seq
         record.error = stored.error

@@ -90,6 +90,7 @@ class StepView(_Shape):
     duration_s: float = 0.0
     error: str | None = None
     notes: list[str] = Field(default_factory=list)
+    started_at: float | None = Field(None, description="When it started, seconds since the epoch (steps that ran at once overlap).")
 
     @classmethod
     def of(cls, step: Any) -> StepView:

@@ -84,6 +84,7 @@ def step_event(index: int, step: Any) -> Event:
         "result": step.result,
         "next_seq": step.next_seq,
         "duration_s": step.duration_s,
+        "started_at": getattr(step, "started_at", None),
         "error": step.error,
         "notes": list(step.notes),
         "prompt_tokens": sum(c.get("prompt_tokens") or 0 for c in calls),

@@ -41,6 +41,7 @@ class StoredStep:
     duration_s: float = 0.0
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    started_at: float | None = None  # seconds since the epoch (None for steps recorded before 0006)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +57,7 @@ class StoredStep:
             "duration_s": self.duration_s,
             "error": self.error,
             "notes": self.notes,
+            "started_at": self.started_at,
         }
 
     @classmethod
@@ -93,6 +95,7 @@ class StoredStep:
             duration_s=float(field_of("duration_s", (int, float), 0.0)),
             error=field_of("error", str, None),
             notes=[str(n) for n in field_of("notes", list, [])],
+            started_at=float(started) if isinstance((started := data.get("started_at")), (int, float)) and not isinstance(started, bool) else None,
         )
 
 

@@ -67,11 +67,11 @@ class Runs:
                 s = t.steps
                 copied = sa.select(
                     sa.literal(run_id, sa.String(32)), s.c.idx, s.c.seq_no, s.c.type, s.c.tool, s.c.inputs, s.c.outputs,
-                    s.c.result, s.c.llm_calls, s.c.next_seq, s.c.duration_s, s.c.error, s.c.notes,
+                    s.c.result, s.c.llm_calls, s.c.next_seq, s.c.duration_s, s.c.error, s.c.notes, s.c.started_at,
                 ).where(s.c.run_id == parent_id, s.c.idx < inherit_steps)
                 conn.execute(s.insert().from_select(
                     ["run_id", "idx", "seq_no", "type", "tool", "inputs", "outputs", "result", "llm_calls", "next_seq", "duration_s", "error",
-                     "notes"],
+                     "notes", "started_at"],
                     copied,
                 ))
 
@@ -108,7 +108,7 @@ class Runs:
             run_id=run_id, idx=index, seq_no=record.seq_no, type=record.type, tool=record.tool, inputs=_dumps(dict(record.inputs)),
             outputs=_dumps(dict(record.outputs)), result=_dumps(record.result), llm_calls=_dumps(list(record.llm_calls)),
             next_seq=record.next_seq, duration_s=record.duration_s, error=redact(clean_text(record.error)) if record.error else None,
-            notes=_dumps(list(record.notes)) if record.notes else None,
+            notes=_dumps(list(record.notes)) if record.notes else None, started_at=getattr(record, "started_at", None),
         )
 
         def body(conn: Any) -> None:
@@ -229,7 +229,7 @@ class Runs:
         def page() -> Any:
             statement = (
                 sa.select(s.idx, s.seq_no, s.type, s.tool, s.inputs, s.outputs, s.result, s.llm_calls, s.next_seq, s.duration_s, s.error,
-                          s.notes)
+                          s.notes, s.started_at)
                 .where(s.run_id == sa.bindparam("rid"), s.idx >= sa.bindparam("start")).order_by(s.idx)
             )
             return statement if limit is None else statement.limit(sa.bindparam("lim", type_=sa.Integer))
@@ -237,7 +237,7 @@ class Runs:
         rows = self._read_sql(("steps-page", limit is None), page, {"rid": run_id, "start": start, "lim": limit})
         return [
             StoredStep(x[0], x[1], x[2], x[3], _loads(x[4]) or {}, _loads(x[5]) or {}, _loads(x[6]), _loads(x[7]) or [], x[8],
-                       x[9] or 0.0, x[10], _loads(x[11]) or [])
+                       x[9] or 0.0, x[10], _loads(x[11]) or [], x[12])
             for x in rows
         ]
 

@@ -13,7 +13,7 @@ from sqlalchemy.dialects import mysql
 __all__ = ["HEAD", "leases", "metadata", "plan_library", "runs", "steps"]
 
 #: The newest migration (vm/store/migrations/versions); a store at it needs no upgrade.
-HEAD = "0005"
+HEAD = "0006"
 
 
 def _long() -> sa.types.TypeEngine:
@@ -71,6 +71,7 @@ steps = sa.Table(
     sa.Column("duration_s", _seconds()),
     sa.Column("error", _long()),
     sa.Column("notes", _long()),  # JSON array of text: what happened on the way (0004)
+    sa.Column("started_at", _seconds()),  # when the step started, seconds since the epoch (0006)
 )
 
 # Who may write a run: one row per run being executed, its owner (a worker id) and when the
