@@ -267,6 +267,12 @@ class ExtractiveBackend:
             # Ranked with the retrieval score of the sentence's chunk too (it breaks near-ties).
             return self._pick(candidates, scores + 0.25 * retrieval, relevant, self.sentences), True
         relevance_ = scores
+        # Each key wants a sentence of its own: every sentence that clears the threshold may serve,
+        # and at least as many as there are keys (the best ones).
+        relevant = scores >= RELEVANCE_THRESHOLD
+        if int(relevant.sum()) < len(keys):
+            relevant = np.zeros(len(candidates), dtype=bool)
+            relevant[np.argsort(-scores)[: len(keys)]] = True
         key_vectors = asked[len(lines) :]
         answers: dict[str, str] = {}
         used = np.zeros(len(candidates), dtype=bool)
