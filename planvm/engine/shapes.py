@@ -159,6 +159,7 @@ class RunSummary(_Shape):
     id: str
     status: str
     created_at: float
+    updated_at: float | None = Field(None, description="Its last change (for a finished run: when it ended).")
     steps: int
     goal: str | None = None
     parent_id: str | None = None

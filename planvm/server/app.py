@@ -27,7 +27,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -170,6 +170,7 @@ def create_app(
         lifespan=asynccontextmanager(lifespan),
     )
     app.state.service = service
+    app.state.engine = engine
 
     # --- errors, size, authentication ---------------------------------------------------------
 
@@ -200,7 +201,7 @@ def create_app(
 
     if cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type", "Last-Event-ID"]
+            CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type", "Last-Event-ID"]
         )
     app.add_middleware(_Guard, token=token, max_body_bytes=max_body_bytes)
 
@@ -415,15 +416,13 @@ def create_app(
             return JSONResponse({"ok": False, "store": problem}, status_code=503)
         return JSONResponse({"ok": True, "runs_here": len(service.tasks), "streams": service.hub.watching()})
 
-    # --- the page -----------------------------------------------------------------------------
+    # --- the page, and what only it asks for ---------------------------------------------------
 
-    static = resources.files("planvm.server") / "static"
+    from planvm.server.page import api_router, page_router
 
-    @app.get("/", include_in_schema=False)
-    async def page() -> HTMLResponse:
-        return HTMLResponse((static / "index.html").read_text(encoding="utf-8"))
-
-    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    app.include_router(api_router())
+    app.include_router(page_router())
+    app.mount("/static", StaticFiles(directory=str(resources.files("planvm.server") / "static")), name="static")
     return app
 
 

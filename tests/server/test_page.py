@@ -69,7 +69,8 @@ def test_the_page_runs_watches_forks_and_approves(browser, server, tmp_path):
     page.wait_for_selector("#detail-body:not([hidden])")
     variables = json.loads(page.inner_text("#detail-variables"))
     assert variables["r2"] == "start-1-2" and "r3" not in variables
-    assert list(json.loads(page.inner_text("#detail-diff"))) == ["r2"]
+    changed = page.locator("#detail-diff li")  # a coloured diff, not JSON
+    assert changed.count() == 1 and changed.get_attribute("data-var") == "r2" and changed.get_attribute("data-change") == "added"
 
     # Fork from seq_no 3 with an edited plan: a new branch, shown in the tree.
     plan = json.loads(page.input_value("#fork-plan"))

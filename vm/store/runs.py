@@ -275,7 +275,7 @@ class Runs:
         r = t.runs.c
         counted = sa.select(sa.func.count()).where(t.steps.c.run_id == r.id).scalar_subquery()
         statement = sa.select(r.id, r.status, r.created_at, counted, r.goal, r.parent_id, r.fork_seq, r["metadata"],
-                              t.leases.c.owner, t.leases.c.expires_at, r.score, r.judgement, r.best_of).select_from(
+                              t.leases.c.owner, t.leases.c.expires_at, r.score, r.judgement, r.best_of, r.updated_at).select_from(
             t.runs.outerjoin(t.leases, t.leases.c.run_id == r.id))
         if status:
             statement = statement.where(r.status == status)
@@ -296,7 +296,7 @@ class Runs:
                 "id": row[0], "status": row[1], "created_at": row[2], "steps": row[3], "goal": row[4], "parent_id": row[5],
                 "fork_seq": row[6], "plan_file": plan_file if isinstance(plan_file, str) else None,
                 "owner": row[8], "lease_expires_at": row[9], "score": row[10],
-                "accept": (_loads(row[11]) or {}).get("accept") if row[11] else None, "best_of": row[12],
+                "accept": (_loads(row[11]) or {}).get("accept") if row[11] else None, "best_of": row[12], "updated_at": row[13],
             })
         return runs
 

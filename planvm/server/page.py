@@ -1,0 +1,77 @@
+"""The page (a run inspector) and what only it asks for: the service's description and the plan
+library. The page is one HTML shell served at every address it knows (``/``, ``/runs/{id}``,
+``/library``), so a run or a step can be linked and reached with back and forward; its scripts
+are ES modules under ``/static``, with nothing inline, under a Content-Security-Policy."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse
+
+from planvm.engine import Engine
+
+__all__ = ["CONTENT_SECURITY_POLICY", "api_router", "page_router"]
+
+#: Scripts, styles and data only from this server; no inline script, no plug-ins, no framing.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+def engine_of(request: Request) -> Engine:
+    """The engine the app serves (a dependency of the routes here)."""
+    return request.app.state.engine
+
+
+def service_of(request: Request) -> Any:
+    return request.app.state.service
+
+
+def page_router() -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+    shell = (resources.files("planvm.server") / "static" / "index.html").read_text(encoding="utf-8")
+
+    def page() -> HTMLResponse:
+        return HTMLResponse(shell, headers=_HEADERS)
+
+    router.add_api_route("/", page, methods=["GET"])
+    router.add_api_route("/runs/{run_id}", page, methods=["GET"])
+    router.add_api_route("/library", page, methods=["GET"])
+    return router
+
+
+def api_router() -> APIRouter:
+    router = APIRouter(tags=["service"])
+
+    @router.get("/v1/info")
+    async def info(engine: Engine = Depends(engine_of)) -> dict[str, Any]:
+        """What this service can do: which model roles have a model (a judge makes runs gradable),
+        the tools whose calls wait for approval, and its version."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            release = version("planvm")
+        except PackageNotFoundError:  # pragma: no cover - a source tree that was not installed
+            release = "unknown"
+        return {"version": release, "models": {role: engine.has_model(role) for role in ("planner", "answer", "condition", "judge")},
+                "approve_tools": sorted(engine.approve_tools)}
+
+    @router.get("/v1/library", tags=["library"])
+    async def library(engine: Engine = Depends(engine_of), service: Any = Depends(service_of)) -> dict[str, Any]:
+        """The best plans kept for goals: id, goal, label, language, tools, score, run and when."""
+        entries = await service.call(engine.store.library_entries)
+        keep = ("id", "goal", "label", "language", "tools", "score", "run_id", "created_at", "plan")
+        return {"entries": [{k: e.get(k) for k in keep} for e in reversed(entries)]}
+
+    @router.delete("/v1/library/{entry_id}", tags=["library"])
+    async def library_remove(entry_id: str, engine: Engine = Depends(engine_of), service: Any = Depends(service_of)) -> dict[str, Any]:
+        """Remove a kept best plan (its id or a unique start of it)."""
+        removed = await service.call(engine.store.library_remove, entry_id)
+        return {"removed": removed}
+
+    return router
