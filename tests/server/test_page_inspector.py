@@ -221,3 +221,17 @@ def test_the_page_works_at_700_px_and_by_keyboard(server, page):
     page.wait_for_function("() => new URL(location.href).searchParams.get('step') === '1'")
     page.wait_for_selector("#detail-body:not([hidden])")
     json.loads(page.inner_text("#detail-variables"))  # the variables are shown
+
+
+def test_no_page_module_writes_html():
+    """The page's own scripts build the DOM from text nodes; only the vendored sanitizer parses HTML."""
+    static = Path(__file__).resolve().parents[2] / "planvm" / "server" / "static"
+    for path in [*static.glob("*.js"), *static.glob("views/*.js")]:
+        text = path.read_text(encoding="utf-8")
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+            assert sink not in text.replace("(no innerHTML anywhere in the page)", ""), f"{path.name} uses {sink}"
+    page = (static / "index.html").read_text(encoding="utf-8")
+    import re
+
+    assert re.findall(r"<script(?![^>]*\bsrc=)", page) == []  # no inline script
+    assert re.findall(r"\son[a-z]+\s*=", page) == []  # no inline event handler
