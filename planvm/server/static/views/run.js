@@ -90,10 +90,24 @@ function setSelectedParam(index) {
   state.navigate(url.pathname + url.search);
 }
 
+let drawn = null;  // what the timeline or graph shows now: drawn again only when that changes
+
 function renderViews() {
   const running = state.run && ACTIVE.has(state.run.status);
-  if (state.tab === "timeline") renderTimeline($("timeline"), state.steps, { running, selected: state.selected, onSelect: setSelectedParam });
-  if (state.tab === "graph") renderGraph($("plan-graph"), state.run && state.run.plan, state.steps, { selected: state.selected, onSelect: setSelectedParam });
+  const panel = state.tab === "timeline" ? $("timeline") : state.tab === "graph" ? $("plan-graph") : null;
+  if (!panel) return;
+  const key = JSON.stringify([state.runId, state.tab, state.selected, state.run && state.run.status, state.run && state.run.plan,
+    state.steps.map((s) => [s.index, s.phase, s.seq_no]), running ? Math.floor(Date.now() / 500) : 0]);
+  if (key === drawn && panel.childElementCount) return;
+  drawn = key;
+  // Keep the keyboard where it was: the element for the same instruction or step, drawn anew.
+  const focused = panel.contains(document.activeElement) ? document.activeElement.dataset.seq : null;
+  if (state.tab === "timeline") renderTimeline(panel, state.steps, { running, selected: state.selected, onSelect: setSelectedParam });
+  else renderGraph(panel, state.run && state.run.plan, state.steps, { selected: state.selected, onSelect: setSelectedParam });
+  if (focused != null) {
+    const again = panel.querySelector(`[data-seq="${focused}"][tabindex], button[data-seq="${focused}"]`);
+    if (again) again.focus();
+  }
 }
 
 function showTab(tab) {
