@@ -8,10 +8,10 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 
-from planvm.engine import Engine
+from planvm.server.deps import Context, context
 
 __all__ = ["CONTENT_SECURITY_POLICY", "api_router", "page_router"]
 
@@ -21,15 +21,6 @@ CONTENT_SECURITY_POLICY = (
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 _HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
-
-
-def engine_of(request: Request) -> Engine:
-    """The engine the app serves (a dependency of the routes here)."""
-    return request.app.state.engine
-
-
-def service_of(request: Request) -> Any:
-    return request.app.state.service
 
 
 def page_router() -> APIRouter:
@@ -49,7 +40,7 @@ def api_router() -> APIRouter:
     router = APIRouter(tags=["service"])
 
     @router.get("/v1/info")
-    async def info(engine: Engine = Depends(engine_of)) -> dict[str, Any]:
+    async def info(ctx: Context = Depends(context)) -> dict[str, Any]:
         """What this service can do: which model roles have a model (a judge makes runs gradable),
         the tools whose calls wait for approval, and its version."""
         from importlib.metadata import PackageNotFoundError, version
@@ -58,20 +49,20 @@ def api_router() -> APIRouter:
             release = version("planvm")
         except PackageNotFoundError:  # pragma: no cover - a source tree that was not installed
             release = "unknown"
-        return {"version": release, "models": {role: engine.has_model(role) for role in ("planner", "answer", "condition", "judge")},
-                "approve_tools": sorted(engine.approve_tools)}
+        return {"version": release, "models": {role: ctx.engine.has_model(role) for role in ("planner", "answer", "condition", "judge")},
+                "approve_tools": sorted(ctx.engine.approve_tools)}
 
     @router.get("/v1/library", tags=["library"])
-    async def library(engine: Engine = Depends(engine_of), service: Any = Depends(service_of)) -> dict[str, Any]:
+    async def library(ctx: Context = Depends(context)) -> dict[str, Any]:
         """The best plans kept for goals: id, goal, label, language, tools, score, run and when."""
-        entries = await service.call(engine.store.library_entries)
+        entries = await ctx.service.call(ctx.engine.store.library_entries)
         keep = ("id", "goal", "label", "language", "tools", "score", "run_id", "created_at", "plan")
         return {"entries": [{k: e.get(k) for k in keep} for e in reversed(entries)]}
 
     @router.delete("/v1/library/{entry_id}", tags=["library"])
-    async def library_remove(entry_id: str, engine: Engine = Depends(engine_of), service: Any = Depends(service_of)) -> dict[str, Any]:
+    async def library_remove(entry_id: str, ctx: Context = Depends(context)) -> dict[str, Any]:
         """Remove a kept best plan (its id or a unique start of it)."""
-        removed = await service.call(engine.store.library_remove, entry_id)
+        removed = await ctx.service.call(ctx.engine.store.library_remove, entry_id)
         return {"removed": removed}
 
     return router

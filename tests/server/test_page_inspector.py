@@ -155,7 +155,7 @@ def test_what_a_run_holds_is_shown_as_text_never_run(server, page):
     # A goal, a tool's result and an answer that carry markup and script, and a javascript: link.
     plan = [echo(0, XSS, "payload", 0.0),
             {"seq_no": 1, "type": "assign",
-             "parameters": {"final_answer": f"**bold** ${{payload}} [click](javascript:window.__xss=1) [site](https://example.com)"}}]
+             "parameters": {"final_answer": "**bold** ${payload} [click](javascript:window.__xss=1) [site](https://example.com)"}}]
     run_id = start(server, {"goal": f"hostile {XSS}", "plan": plan})
     page.goto(f"{server.url}/runs/{run_id}?step=0")
     page.wait_for_selector("#detail-body:not([hidden])")
