@@ -25,7 +25,7 @@ from planvm.cli.render import (
     report_run,
 )
 
-__all__ = ["executes", "guarded", "load_settings", "make_engine", "make_vm", "print_queued", "store_location", "with_run_tools"]
+__all__ = ["executes", "guarded", "load_settings", "make_engine", "print_queued", "store_location", "with_run_tools"]
 
 
 def make_engine(options: dict[str, Any], *, record: bool = True) -> Any:
@@ -37,11 +37,6 @@ def make_engine(options: dict[str, Any], *, record: bool = True) -> Any:
     engine.vm.on_step = progress_printer() if sys.stderr.isatty() else None
     engine.vm.on_start = announce_run
     return engine
-
-
-def make_vm(options: dict[str, Any], *, record: bool = True) -> Any:
-    """The VM the command's options describe."""
-    return make_engine(options, record=record).vm
 
 
 def print_queued(run_id: str, as_json: bool) -> None:
