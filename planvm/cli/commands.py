@@ -8,12 +8,17 @@ from typing import Any
 
 import click
 
-from planvm.cli.common import executes, guarded, make_engine, print_queued, with_run_tools
+from planvm.cli.common import (
+    executes,
+    guarded,
+    make_engine,
+    print_queued,
+    with_run_tools,
+)
 from planvm.cli.options import (
+    engine_options,
     json_option,
-    kb_option,
     run_options,
-    store_option,
     tool_options,
 )
 from planvm.cli.render import EXIT_FAILED, echo_err, print_json
@@ -56,9 +61,7 @@ def _run(work: Any) -> Any:
 
 @click.command(name="exec")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
-@tool_options
-@kb_option
-@store_option
+@engine_options
 @click.option("--no-store", is_flag=True, help="Do not record the run.")
 @click.option("--queue", is_flag=True, help="Only validate and store the run as queued for `planvm worker`; print its id.")
 @run_options
@@ -83,9 +86,7 @@ def exec_(plan_file: str, no_store: bool, queue: bool, **options: Any) -> Any:
 
 @click.command()
 @click.argument("run_id")
-@tool_options
-@kb_option
-@store_option
+@engine_options
 @run_options
 @json_option
 @executes
@@ -100,9 +101,7 @@ def resume(run_id: str, **options: Any) -> Any:
 @click.option("--from", "from_seq", type=int, required=True, help="The seq_no the new run continues from.")
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="The new plan (JSON).")
 @click.option("--suggestion", help="Instead of --plan: ask the planner (the configured LLM) to change the plan from --from on.")
-@tool_options
-@kb_option
-@store_option
+@engine_options
 @run_options
 @json_option
 @executes
@@ -122,9 +121,7 @@ def fork(run_id: str, from_seq: int, plan_file: str | None, suggestion: str | No
 @click.option("--reject", is_flag=True, help="Reject the call: the step fails with ToolRejected.")
 @click.option("--params", "tool_params", help="Run the call with these parameters instead (a JSON object).")
 @click.option("--reason", help="Why the call is rejected (kept with the run).")
-@tool_options
-@kb_option
-@store_option
+@engine_options
 @run_options
 @json_option
 @executes
@@ -145,9 +142,7 @@ def approve(run_id: str, seq_no: int, reject: bool, tool_params: str | None, rea
 
 
 @click.command()
-@tool_options
-@kb_option
-@store_option
+@engine_options
 @run_options
 @json_option
 @guarded

@@ -28,14 +28,16 @@ from planvm.cli.render import (
 __all__ = ["executes", "guarded", "load_settings", "make_engine", "print_queued", "store_location", "with_run_tools"]
 
 
-def make_engine(options: dict[str, Any], *, record: bool = True) -> Any:
+def make_engine(options: dict[str, Any], *, record: bool = True, quiet: bool = False) -> Any:
     """The engine the command's options describe (over ``PLANVM_*`` and planvm.toml), its VM
-    printing progress on a terminal."""
+    printing progress on a terminal (``quiet``: printing nothing per run or step, for commands
+    whose output is a protocol, a service or a log)."""
     from planvm.engine import Engine
 
     engine = Engine(options, record=record, notify=lambda message: echo_err(f"note: {message}"))
-    engine.vm.on_step = progress_printer() if sys.stderr.isatty() else None
-    engine.vm.on_start = announce_run
+    if not quiet:
+        engine.vm.on_step = progress_printer() if sys.stderr.isatty() else None
+        engine.vm.on_start = announce_run
     return engine
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from planvm.cli.common import guarded, make_engine, store_location
-from planvm.cli.options import kb_option, store_option, tool_options
+from planvm.cli.options import engine_options, kb_option, store_option
 from planvm.cli.render import EXIT_FAILED, echo_err, preview, print_json
 
 _TOOL_DEFAULTS = {"plugins": (), "no_builtins": False, "kb_path": None}  # judging needs no tools of its own
@@ -55,9 +55,7 @@ def judge(run_ids: tuple[str, ...], kb_path: str | None, store_path: str | None,
 @click.argument("run_id")
 @click.option("--rounds", type=int, default=3, show_default=True, help="Runs to expand at most (each: re-plan, run and judge --width branches).")
 @click.option("--width", type=int, default=2, show_default=True, help="Branches per round.")
-@tool_options
-@kb_option
-@store_option
+@engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print the search as JSON.")
 @guarded
 def optimize(run_id: str, rounds: int, width: int, as_json: bool, **options: Any) -> None:

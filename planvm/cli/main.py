@@ -116,9 +116,8 @@ def _on_interrupt(signum: int, frame: Any) -> None:
 
 
 def main() -> None:
-    from vm.redact import mask_log_records
-
     from planvm.cli.render import standalone
+    from vm.redact import mask_log_records
 
     standalone()
     _quiet_third_parties()

@@ -7,7 +7,10 @@ from typing import Any
 import click
 
 from planvm.cli.common import guarded, make_engine
-from planvm.cli.options import kb_option, run_options, store_option, tool_options
+from planvm.cli.options import (
+    engine_options,
+    run_options,
+)
 from planvm.cli.render import echo_err
 from vm.errors import BadInput
 
@@ -16,9 +19,7 @@ from vm.errors import BadInput
 @click.option("--http", "http_port", type=click.IntRange(1, 65535), help="Serve streamable HTTP on this port (path /mcp) instead of stdio.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="With --http: the address to listen on (beyond loopback, --token is required).")
 @click.option("--token", envvar="PLANVM_MCP_TOKEN", help="With --http: require Authorization: Bearer TOKEN on every request.")
-@tool_options
-@kb_option
-@store_option
+@engine_options
 @run_options
 @guarded
 def mcp_command(http_port: int | None, host: str, token: str | None, **options: Any) -> None:
@@ -39,9 +40,7 @@ def mcp_command(http_port: int | None, host: str, token: str | None, **options: 
         from vm.redact import register_secret
 
         register_secret(token)
-    engine = make_engine(options)
-    engine.vm.on_step = None  # stdout belongs to the protocol; nothing is printed per step
-    engine.vm.on_start = None
+    engine = make_engine(options, quiet=True)
     from planvm.mcp.server import build_server
 
     server = build_server(engine)

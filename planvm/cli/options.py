@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-__all__ = ["json_option", "kb_option", "metadata_option", "no_library_option", "planner_option", "run_options", "store_option", "tool_options"]
+__all__ = ["engine_options", "json_option", "kb_option", "metadata_option", "no_library_option", "planner_option", "run_options", "store_option", "tool_options"]
 
 
 def _stack(fn: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:
@@ -48,6 +48,11 @@ def kb_option(fn: Callable[..., Any]) -> Callable[..., Any]:
         "--kb", "kb_path", type=click.Path(file_okay=False),
         help="Knowledge-base folder (default: PLANVM_KB, planvm.toml, or $PLANVM_HOME/kb).",
     )(fn)
+
+
+def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What every command that builds an engine takes: its tools, knowledge base and run store."""
+    return tool_options(kb_option(store_option(fn)))
 
 
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:

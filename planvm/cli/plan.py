@@ -11,14 +11,12 @@ import click
 
 from planvm.cli.common import guarded, make_engine
 from planvm.cli.options import (
+    engine_options,
     json_option,
-    kb_option,
     metadata_option,
     no_library_option,
     planner_option,
     run_options,
-    store_option,
-    tool_options,
 )
 from planvm.cli.render import EXIT_FAILED, echo_err, exit_now, print_json, report_run
 
@@ -64,9 +62,7 @@ def _planning_failed(exc: Any, as_json: bool) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the plan (a JSON array) to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print {reasoning, plan, planner, attempts} as JSON.")
 @no_library_option
-@tool_options
-@kb_option
-@store_option
+@engine_options
 @guarded
 def plan(goal: str, metadata: str | None, planner_kind: str | None, out: str | None, as_json: bool, **options: Any) -> None:
     """Write a plan for GOAL and print the planner's reasoning and the plan."""
@@ -95,9 +91,7 @@ def plan(goal: str, metadata: str | None, planner_kind: str | None, out: str | N
 @click.argument("goal")
 @metadata_option
 @planner_option
-@tool_options
-@kb_option
-@store_option
+@engine_options
 @click.option("--queue", is_flag=True, help="Store the goal as a queued run; a `planvm worker` plans and runs it. Prints its id.")
 @no_library_option
 @run_options

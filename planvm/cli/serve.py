@@ -8,10 +8,8 @@ import click
 
 from planvm.cli.common import guarded, make_engine
 from planvm.cli.options import (
-    kb_option,
+    engine_options,
     run_options,
-    store_option,
-    tool_options,
 )
 from planvm.cli.render import echo_err
 from planvm.connections import is_loopback
@@ -51,9 +49,7 @@ from vm.errors import BadInput
     show_default=True,
     help="Open connections (and requests in progress) beyond which new requests are answered 503.",
 )
-@tool_options
-@kb_option
-@store_option
+@engine_options
 @run_options
 @guarded
 def serve(
@@ -76,9 +72,7 @@ def serve(
         )
     if token:
         register_secret(token)
-    engine = make_engine(options)
-    engine.vm.on_step = None  # the service streams steps; nothing is printed per step
-    engine.vm.on_start = None
+    engine = make_engine(options, quiet=True)
     app = create_app(engine, token=token, cors_origins=list(cors_origins), max_body_bytes=max_body_bytes, execute=workers > 0)
     echo_err(f"planvm serving on http://{host}:{port}/ (runs in {engine.store.path})")
     raise_open_files_limit()

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from planvm.cli.common import guarded, load_settings, make_engine
+from planvm.cli.common import guarded, make_engine
 from planvm.cli.options import kb_option
 from planvm.cli.render import EXIT_FAILED, echo_err
 from vm.errors import BadInput
@@ -205,16 +205,12 @@ def datagen(kb_path: str | None, out_file: str, max_rows: int, questions_per_chu
     from tools.kb import LocalKnowledgeBase
     from training.datagen import generate_rows
 
-    settings = load_settings({"kb_path": kb_path})
-    if settings.chosen_llm_backend() == "extractive":
-        raise BadInput("datagen needs a teacher LLM: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL (or PLANVM_LOCAL_MODEL)")
-    kb = LocalKnowledgeBase(settings.kb_path())
-    chunks = kb._version.chunks
     # The engine's planner (its constrained decoding, on a local teacher) and VM; runs are not recorded.
-    with make_engine({"kb_path": kb_path, "no_library": True}, record=False) as engine, \
+    with make_engine({"kb_path": kb_path, "no_library": True}, record=False, quiet=True) as engine, \
             Progress(disable=not sys.stderr.isatty()) as bar:
-        engine.vm.on_step = None
-        engine.vm.on_start = None
+        if not engine.has_model("planner"):
+            raise BadInput("datagen needs a teacher LLM: set PLANVM_LLM_BASE_URL and PLANVM_LLM_MODEL (or PLANVM_LOCAL_MODEL)")
+        chunks = LocalKnowledgeBase(engine.settings.kb_path())._version.chunks
         task = bar.add_task("chunks", total=len(chunks))
         report = generate_rows(
             chunks, engine.llms["planner"], engine.planner("llm"), engine.vm, out_file, questions_per_chunk=questions_per_chunk,

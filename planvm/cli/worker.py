@@ -13,14 +13,12 @@ from typing import Any
 import click
 
 from planvm.cli.common import guarded, make_engine
-from planvm.cli.options import kb_option, store_option, tool_options
+from planvm.cli.options import engine_options
 from planvm.cli.render import echo_err
 
 
 @click.command()
-@tool_options
-@kb_option
-@store_option
+@engine_options
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="Runs executed at once.")
 @click.option(
     "--lease-seconds",
@@ -37,11 +35,9 @@ def worker(concurrency: int, lease_seconds: float | None, poll_seconds: float, g
     options["lease_seconds"] = lease_seconds
     from planvm.worker import Worker
 
-    engine = make_engine(options)
+    engine = make_engine(options, quiet=True)
     engine.vm.store_in_threads = engine.store.dialect != "sqlite"  # many runs share this loop: none waits on a database server
     engine.vm.stopped_status = "queued"  # runs stopped with the worker go back to the queue
-    engine.vm.on_step = None
-    engine.vm.on_start = None
     echo_err(f"planvm worker {engine.store.worker_id} on {engine.store.path}: {concurrency} run(s) at once")
     runner = Worker(engine, concurrency=concurrency, poll_seconds=poll_seconds, grace_seconds=grace_seconds, once=once)
     done = asyncio.run(runner.serve())

@@ -392,6 +392,10 @@ def test_train_quick_shows_the_loss_going_down_and_config_paths_follow_the_file(
     config = json.loads((tmp_path / "quick" / "training_config.json").read_text())
     assert config["modules_to_save"] == ["lm_head"] and config["learning_rate"] == 5e-3
     assert planvm("train", "--quick").returncode == 2
+    with_config = planvm("train", "--quick", "--base-model", str(base), "--config", str(EXAMPLES / "train" / "train.toml"))
+    assert with_config.returncode == 2 and "--quick is its own configuration" in with_config.stderr
+    no_teacher = planvm("datagen", "--kb", str(tmp_path / "kb"), "--out", str(tmp_path / "rows.jsonl"))
+    assert no_teacher.returncode == 2 and "datagen needs a teacher LLM" in no_teacher.stderr
 
     # A config in another folder: its relative paths are the config's, not the current folder's.
     folder = tmp_path / "cfg"

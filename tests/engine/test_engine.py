@@ -254,7 +254,9 @@ def test_bad_input_over_http_is_422_and_over_mcp_a_tool_error(tmp_path):
     engine = Engine({"store_path": str(tmp_path / "r.sqlite"), "no_builtins": True})
     with TestClient(create_app(engine)) as client:
         answer = client.get("/v1/runs?cursor=not-a-cursor")
+        nothing = client.post("/v1/runs", json={"metadata": {}})
     assert answer.status_code == 422 and "next_cursor" in answer.json()["error"]["message"]
+    assert nothing.status_code == 422 and "give a goal to plan, or a plan to run" in str(nothing.json()["error"]["problems"])
 
     async def over_mcp() -> Any:
         async with Client(build_server(engine)) as mcp:
@@ -265,7 +267,7 @@ def test_bad_input_over_http_is_422_and_over_mcp_a_tool_error(tmp_path):
     engine.close()
 
 
-@pytest.mark.parametrize("surface", ["cli", "http"])
+@pytest.mark.parametrize("surface", ["cli", "engine"])
 def test_max_llm_calls_can_be_set(tmp_path, surface):
     config = EngineConfig.load({"max_llm_calls": 4})
     assert config.limits.max_llm_calls == 4

@@ -31,3 +31,6 @@ def test_info_the_library_and_the_page_addresses(tmp_path):
             assert "script-src 'self'" in page.headers["content-security-policy"]
         assert client.get("/static/vendor/dagre.esm.js").status_code == 200
         assert "openapi" not in client.get("/runs/x").text  # the shell, whatever the id (the page says when there is no such run)
+        unknown = client.get("/runs/ffffffff")
+        assert unknown.status_code == 200 and '<div id="view"' in unknown.text
+        assert client.get("/runs/x/steps").status_code == 404  # only the addresses the page knows

@@ -10,7 +10,9 @@ import { renderGraph } from "./graph.js";
 import { renderTimeline } from "./timeline.js";
 
 const ACTIVE = new Set(["queued", "planning", "running", "waiting", "interrupted"]);
-const state = { runId: null, run: null, steps: [], selected: null, stream: null, streamed: "", tab: "steps", navigate: null, info: null };
+const state = {
+  runId: null, run: null, version: 0, steps: [], selected: null, stream: null, streamed: "", tab: "steps", navigate: null, info: null,
+};
 
 export function currentRun() { return state.runId; }
 
@@ -96,8 +98,9 @@ function renderViews() {
   const running = state.run && ACTIVE.has(state.run.status);
   const panel = state.tab === "timeline" ? $("timeline") : state.tab === "graph" ? $("plan-graph") : null;
   if (!panel) return;
-  const key = JSON.stringify([state.runId, state.tab, state.selected, state.run && state.run.status, state.run && state.run.plan,
-    state.steps.map((s) => [s.index, s.phase, s.seq_no]), running ? Math.floor(Date.now() / 500) : 0]);
+  // (the run's version, not its plan: a plan of thousands of instructions is not serialised per event)
+  const key = JSON.stringify([state.runId, state.tab, state.selected, state.version, state.steps.length,
+    state.steps.filter((s) => s.phase === "started").length, running ? Math.floor(Date.now() / 500) : 0]);
   if (key === drawn && panel.childElementCount) return;
   drawn = key;
   // Keep the keyboard where it was: the element for the same instruction or step, drawn anew.
@@ -145,6 +148,7 @@ async function refreshRun() {
   const run = await api(`/v1/runs/${encodeURIComponent(state.runId)}`);
   if (run.id !== state.runId) return;
   state.run = run;
+  state.version += 1;  // what the run shows may have changed (its status, its plan once planned)
   fill($("run-goal"), run.goal || "(a plan run without a goal)");
   const badge = $("run-status");
   badge.textContent = run.status;
