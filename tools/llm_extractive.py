@@ -177,9 +177,9 @@ def relevance(question: str, sentences: list[str], cosine: Any, *, context: str 
     n = len(sentences)
     weights, found = [], []
     for term in asked:
-        df = sum(any(_same(term, w) for w in words) for words in held)
-        weights.append(math.log((n + 1) / (df + 0.5)))
-        found.append([any(_same(term, w) for w in words) for words in held])
+        holds = [any(_same(term, w) for w in words) for words in held]
+        found.append(holds)
+        weights.append(math.log((n + 1) / (sum(holds) + 0.5)))
     english = _language(question) == "en"
     total = sum(weights)
     if not asked or total <= 0:

@@ -258,14 +258,13 @@ class Engine:
         *,
         metadata: dict[str, Any] | None = None,
         planner_kind: str | None = None,
-        plan: Any = None,
         limits: dict[str, Any] | None = None,
         approve_tools: Iterable[str] = (),
         listener: RunListener | None = None,
         planned: Callable[[Any], None] | None = None,
         use_library: bool | None = None,
     ) -> RunResult:
-        """Plan ``goal`` (unless ``plan`` is given), validate, run and record it.
+        """Plan ``goal``, validate, run and record it (a plan given by hand: :meth:`exec_plan`).
 
         ``planned(result)`` is called with the planner's result before the run starts. Planning
         counts against the run's ``max_seconds``. Raises ``PlanValidationError`` or ``BadInput``
@@ -274,25 +273,20 @@ class Engine:
         """
         from vm.errors import LLMError, PlanningError
 
-        vm = self.with_limits(limits)
-        if plan is None:
-            kind = planner_kind or self.config.planner_kind
-            template = kind == "template" or (kind == "auto" and not self.has_model("planner"))
-            if template:
-                self.check_knowledge_base(None)  # the template plan always retrieves: say so before planning
-            try:
-                result, vm = await self._plan_within(vm, goal, metadata, planner_kind, use_library)
-            except (PlanningError, LLMError) as exc:
-                self._record_planning_failure(goal, metadata, exc)
-                raise
-            if planned is not None:
-                planned(result)
-            program, planning = result.program, result.record()
-        else:
-            program, planning = await vm.acompile(plan), {"planner": "given", "reasoning": None}
-        self.check_knowledge_base(program.to_data())
+        kind = planner_kind or self.config.planner_kind
+        if kind == "template" or (kind == "auto" and not self.has_model("planner")):
+            self.check_knowledge_base(None)  # the template plan always retrieves: say so before planning
+        try:
+            result, vm = await self._plan_within(self.with_limits(limits), goal, metadata, planner_kind, use_library)
+        except (PlanningError, LLMError) as exc:
+            self._record_planning_failure(goal, metadata, exc)
+            raise
+        if planned is not None:
+            planned(result)
+        self.check_knowledge_base(result.plan)
         return await vm.arun(
-            program, goal=goal, metadata=metadata or None, approve_tools=approve_tools, listener=listener, planning=planning
+            result.program, goal=goal, metadata=metadata or None, approve_tools=approve_tools, listener=listener,
+            planning=result.record(),
         )
 
     def open_planning(

@@ -347,8 +347,7 @@ class Database:
             raise StoreError(f"the run store {self.path} was opened to read only", path=str(self.path))
         if self._conn is not None:
             with self._lock:
-                conn = self._conn
-                raw = conn.connection.dbapi_connection  # BEGIN and COMMIT straight to sqlite3: the hot path
+                conn, raw = self._conn, self._raw  # BEGIN and COMMIT straight to sqlite3: the hot path
                 try:
                     raw.execute("BEGIN IMMEDIATE")
                 except Exception as exc:
