@@ -27,7 +27,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from planvm.engine import Engine
@@ -54,8 +53,6 @@ __all__ = ["create_app"]
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_STORE_TIMEOUT = 60.0  # seconds a request waits for the run store before 503
-STALL_SECONDS = 60.0  # an event stream whose client reads nothing for this long is closed
-_SEQ = Field(..., ge=-(2**63), lt=2**63)  # any seq_no a plan may use
 log = logging.getLogger("planvm.serve")
 
 
@@ -154,8 +151,7 @@ def create_app(
         version=_version(),
         lifespan=asynccontextmanager(lifespan),
     )
-    app.state.service = service
-    app.state.engine = engine
+    app.state.service = service  # (tests reach the runs executing here through it)
     app.state.context = Context(engine, service, execute)
 
     # --- errors, size, authentication ---------------------------------------------------------
