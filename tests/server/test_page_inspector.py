@@ -213,7 +213,8 @@ def test_the_page_works_at_700_px_and_by_keyboard(server, page):
     run_id = start(server, {"goal": "narrow", "plan": slow_plan(2, 0.01)})
     page.set_viewport_size({"width": 700, "height": 900})
     page.goto(f"{server.url}/runs/{run_id}?tab=graph")
-    page.wait_for_selector("[data-testid=plan-graph] g[data-seq='0']")
+    # A node can be chosen once its steps have arrived on the stream (an instruction that has not run has no step).
+    page.wait_for_selector("[data-testid=plan-graph] g[data-seq='1'].executed")
     width = page.evaluate("() => document.documentElement.scrollWidth")
     assert width <= 700, width
     page.focus("[data-testid=plan-graph] g[data-seq='1']")
