@@ -382,7 +382,12 @@ class Interpreter:
         return dict(edited) if isinstance(edited, dict) else params
 
     async def _jmp(self, step: JmpStep, pc: int, record: StepRecord, view: Mapping[str, Any]) -> int:
-        if step.condition is None:
+        if step.expression is not None:
+            result = step.expression.evaluate(view)  # type: ignore[arg-type]
+            record.inputs = {"condition": step.expression.text}
+            record.result = {"result": result, "explanation": f"{step.expression.text} is {str(result).lower()}"}
+            nxt = step.if_true if result else (step.if_false if step.if_false >= 0 else pc + 1)
+        elif step.condition is None:
             nxt = step.target
         else:
             condition = render_text(step.condition.evaluate(view))

@@ -150,6 +150,13 @@ class JmpParameters(BaseModel):
     condition_prompt: str | None = Field(
         default=None, description="A yes/no question for the LLM; may contain references."
     )
+    condition: str | None = Field(
+        default=None,
+        description=(
+            "A deterministic condition instead of condition_prompt: an expression over references, "
+            "e.g. \"${count} < 3 and ${status} != 'done'\" (no LLM involved)."
+        ),
+    )
     context: Any = Field(default=None, description="Extra text given to the LLM with the condition.")
     jump_if_true: StrictInt | None = Field(default=None, description="seq_no to go to when the condition holds.")
     jump_if_false: StrictInt | None = Field(
@@ -159,16 +166,20 @@ class JmpParameters(BaseModel):
 
     @model_validator(mode="after")
     def _one_form(self) -> JmpParameters:
-        conditional = self.condition_prompt is not None
+        if self.condition_prompt is not None and self.condition is not None:
+            raise ValueError("a jmp has either condition_prompt (asked to the LLM) or condition (an expression), not both")
+        conditional = self.condition_prompt is not None or self.condition is not None
         if conditional and self.target_seq is not None:
-            raise ValueError("a jmp has either condition_prompt (with jump_if_true) or target_seq, not both")
+            raise ValueError("a jmp has either a condition (condition_prompt or condition, with jump_if_true) or target_seq, not both")
         if conditional and self.jump_if_true is None:
             raise ValueError("a conditional jmp needs jump_if_true")
+        if self.condition is not None and self.context is not None:
+            raise ValueError("context belongs to condition_prompt (it is given to the LLM); a condition expression reads variables itself")
         if not conditional:
             if self.target_seq is None:
-                raise ValueError("a jmp needs target_seq (unconditional) or condition_prompt with jump_if_true")
+                raise ValueError("a jmp needs target_seq (unconditional), or condition_prompt or condition with jump_if_true")
             if self.jump_if_true is not None or self.jump_if_false is not None or self.context is not None:
-                raise ValueError("jump_if_true, jump_if_false and context belong to a conditional jmp (condition_prompt)")
+                raise ValueError("jump_if_true, jump_if_false and context belong to a conditional jmp (condition_prompt or condition)")
         return self
 
     @property
@@ -177,7 +188,7 @@ class JmpParameters(BaseModel):
 
 
 class JmpInstruction(_Instruction):
-    """Jump: unconditionally to ``target_seq``, or where an LLM-evaluated condition says."""
+    """Jump: unconditionally to ``target_seq``, or where a condition says (asked to the LLM, or an expression)."""
 
     type: Literal["jmp"]
     parameters: JmpParameters

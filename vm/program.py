@@ -13,6 +13,7 @@ from vm.plan import (
     JmpInstruction,
     ReasoningInstruction,
 )
+from vm.condition import DeterministicCondition
 from vm.values import DictValue, Value, compile_value
 
 __all__ = ["AssignStep", "CallingStep", "JmpStep", "Program", "ReasoningStep", "Step", "compile_instruction"]
@@ -57,7 +58,7 @@ class CallingStep:
 @dataclass(slots=True)
 class JmpStep:
     seq_no: int
-    condition: Value | None
+    condition: Value | None  # condition_prompt, asked to the LLM
     context: Value | None
     # seq_no targets as written; positions (pc) are filled in by Program.
     target_seq: int | None
@@ -68,11 +69,16 @@ class JmpStep:
     if_false: int = -1  # -1 with a condition: fall through
     note: str | None = None
     type: str = "jmp"
+    expression: DeterministicCondition | None = None  # condition, evaluated without an LLM
+
+    @property
+    def conditional(self) -> bool:
+        return self.condition is not None or self.expression is not None
 
     @property
     def reads(self) -> frozenset[str]:
         refs: frozenset[str] = frozenset()
-        for value in (self.condition, self.context):
+        for value in (self.condition, self.context, self.expression):
             if value is not None:
                 refs = refs | value.refs
         return refs
@@ -117,7 +123,10 @@ def _compile_jmp(ins: JmpInstruction) -> JmpStep:
     p = ins.parameters
     condition = compile_value(p.condition_prompt) if p.condition_prompt is not None else None
     context = compile_value(p.context) if p.context is not None else None
-    return JmpStep(ins.seq_no, condition, context, p.target_seq, p.jump_if_true, p.jump_if_false, note=ins.purpose)
+    expression = DeterministicCondition(p.condition) if p.condition is not None else None
+    return JmpStep(
+        ins.seq_no, condition, context, p.target_seq, p.jump_if_true, p.jump_if_false, note=ins.purpose, expression=expression
+    )
 
 
 def _compile_reasoning(ins: ReasoningInstruction) -> ReasoningStep:
@@ -187,7 +196,7 @@ class Program:
         """Positions control may reach from ``pc`` (``len(self)`` stands for the end of the plan)."""
         step = self.steps[pc]
         if isinstance(step, JmpStep):
-            if step.condition is None:
+            if not step.conditional:
                 return (step.target,)
             return (step.if_true, step.if_false if step.if_false >= 0 else pc + 1)
         return (pc + 1,)

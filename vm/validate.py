@@ -250,7 +250,7 @@ def validate_plan(
         try:
             step: Any = compile_instruction(ins)
         except ValueSyntaxError as exc:
-            problems.append(Problem(ins.seq_no, "bad_reference", str(exc)))
+            problems.append(Problem(ins.seq_no, exc.kind, str(exc)))
             compiled_ok = False
             step = _opaque(ins)
         if ins.seq_no in kept:

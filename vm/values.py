@@ -52,6 +52,7 @@ __all__ = [
     "TEXT_LIMIT",
     "Template",
     "Value",
+    "ConditionSyntaxError",
     "ValueSyntaxError",
     "compile_value",
     "render_text",
@@ -86,6 +87,14 @@ _SPACED_OPERATORS = ("-", "/")
 
 class ValueSyntaxError(ValueError):
     """A value in the plan cannot be compiled (a malformed ``${...}`` reference)."""
+
+    kind = "bad_reference"  # the validation problem it becomes
+
+
+class ConditionSyntaxError(ValueSyntaxError):
+    """A ``jmp``'s ``condition`` expression cannot be compiled."""
+
+    kind = "bad_condition"
 
 
 class Value:
