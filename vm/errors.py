@@ -182,7 +182,7 @@ class StoreUnavailable(StoreError):
 
 class RunNotFound(StoreError):
     def __init__(self, run_id: str, path: str | None = None) -> None:
-        super().__init__(f"no run with id '{run_id}' in the store {path}; list runs with `planvm runs list`", path=path)
+        super().__init__(f"no run with id '{run_id}' in {path or 'the run store'}; list runs with `planvm runs list`", path=path)
         self.run_id = run_id
 
 

@@ -138,11 +138,14 @@ class Interpreter:
                 raise NoFinalAnswer(seq_no=last.seq_no, instruction_type=last.type)
             step = steps[pc]
             if len(trace) >= max_steps:
-                where = f" (the jmp at seq_no {loop_edge[1]} loops back to seq_no {loop_edge[0]})" if loop_edge else ""
+                if loop_edge:
+                    why = (f" (the jmp at seq_no {loop_edge[1]} loops back to seq_no {loop_edge[0]}); a jump loop may "
+                           f"never end: check its condition, or raise Limits.max_steps / --max-steps")
+                else:
+                    why = "; the plan has more steps than the budget: raise Limits.max_steps / --max-steps"
                 raise StepLimitExceeded(
                     max_steps,
-                    f"step budget of {max_steps} exceeded{where}; a jump loop may never end: check its "
-                    f"condition, or raise Limits.max_steps / --max-steps",
+                    f"step budget of {max_steps} exceeded{why}",
                     seq_no=step.seq_no,
                     instruction_type=step.type,
                 )
