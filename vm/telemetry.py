@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,7 +84,8 @@ def configure_from_env() -> None:
 
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         elif name == "console":
-            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+            # Spans go to stderr: stdout carries the answer (and --json must stay one JSON document).
+            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
         elif name != "none":
             log.warning("OTEL_TRACES_EXPORTER=%s is not supported here (otlp, console or none); it is ignored", name)
     trace.set_tracer_provider(provider)

@@ -168,3 +168,15 @@ def test_the_registry_tool_type_is_traced_for_async_tools_too(spans):
         assert vm.run([call(0, "later", ["final_answer"], x=7)]).final_answer == 7
     names = [s.name for s in spans.get_finished_spans()]
     assert names == ["execute_tool later", "planvm.step calling", "planvm.run"]
+
+
+def test_console_spans_go_to_stderr_and_leave_the_json_answer_alone(tmp_path):
+    from conftest import planvm
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps([assign(0, final_answer="traced")]))
+    out = planvm("exec", str(plan), "--json", env={"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "planvm-test",
+                                                   "PLANVM_HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["final_answer"] == "traced"  # stdout is one JSON document
+    assert '"name": "planvm.run"' in out.stderr or "planvm.run" in out.stderr
