@@ -55,8 +55,8 @@ def list_(store_path: str | None, limit: int, judged: bool, min_score: float | N
 
     # Ids are never cut (any unique prefix of one is accepted wherever a run id is taken).
     table = Table(
-        Column("run_id", no_wrap=True, min_width=16), "status", Column("created", no_wrap=True), "steps",
-        "goal (or plan file)", Column("parent", no_wrap=True), "score", "owner (lease)",
+        Column("run_id", no_wrap=True, min_width=16), Column("status", no_wrap=True, min_width=11),
+        Column("created", no_wrap=True), "steps", Column("goal (or plan file)", min_width=16), Column("parent", no_wrap=True), "score", "owner (lease)",
     )
     import time
 

@@ -175,6 +175,7 @@ def eval_(adapter: str | None, base_model: str | None, data: str | None, constra
 def _finish_eval(reports: list[Any], rows: list[Any], registry: Any, out_file: str, note: str | None = None) -> None:
     """Add the template baseline, write the report and print the table."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from planner import TemplatePlanner
@@ -183,7 +184,7 @@ def _finish_eval(reports: list[Any], rows: list[Any], registry: Any, out_file: s
     reports.append(evaluate(TemplatePlanner(registry), rows, registry, name="template"))
     write_report(reports, out_file)
     headers = {"parsed": "parsed", "schema_valid": "schema", "statically_valid": "valid", "executable": "runs", "tool_sequence_match": "tools", "dataflow_similarity": "flow"}
-    caption = "share of goals; flow: data-flow similarity to the gold plan" + (f"\n{note}" if note else "")
+    caption = "share of goals; flow: data-flow similarity to the gold plan" + (f"\n{escape(note)}" if note else "")  # the note holds '.[constrained]'
     table = Table("planner", *(headers[m] for m in METRICS), caption=caption)
     for report in reports:
         summary = report.summary()

@@ -197,6 +197,8 @@ def test_whole_ids_prefixes_and_the_plan_file_in_runs_list(tmp_path):
     assert len(run_id) == 16
     listed = planvm("runs", "list", "--store", db)  # piped: no terminal width
     assert run_id in listed.stdout and "my_plan.json" in listed.stdout
+    narrow = planvm("runs", "list", "--store", db, env={"COLUMNS": "80"})
+    assert "completed" in narrow.stdout and "complet…" not in narrow.stdout  # statuses are never cut
     for command in (("runs", "show", run_id[:5]), ("replay", run_id[:6]), ("runs", "export", run_id[:4])):
         shown = planvm(*command, "--store", db)
         assert shown.returncode == 0, shown.stderr

@@ -276,4 +276,5 @@ def test_eval_without_xgrammar_never_scores_silently(trained, tmp_path):
                                     "--no-compare-base")
     assert free.returncode == 0, free.stderr[-2000:]
     assert "NOT constrained" in free.stdout and "NOT constrained" in free.stderr
+    assert ".[constrained]'" in free.stdout  # the table's footnote keeps the whole install line
     assert (trained.output_dir / "eval_report.json").is_file()  # beside the adapter
