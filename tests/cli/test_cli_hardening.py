@@ -197,6 +197,10 @@ def test_whole_ids_prefixes_and_the_plan_file_in_runs_list(tmp_path):
     assert len(run_id) == 16
     listed = planvm("runs", "list", "--store", db)  # piped: no terminal width
     assert run_id in listed.stdout and "my_plan.json" in listed.stdout
+    from tools import ToolRegistry
+    from vm import VM, RunStore
+
+    VM(ToolRegistry(), store=RunStore(db)).fork(run_id, 0, json.loads(Path(plan).read_text()))  # a row with a parent
     narrow = planvm("runs", "list", "--store", db, env={"COLUMNS": "80"})
     assert "completed" in narrow.stdout and "complet…" not in narrow.stdout  # statuses are never cut
     for command in (("runs", "show", run_id[:5]), ("replay", run_id[:6]), ("runs", "export", run_id[:4])):
