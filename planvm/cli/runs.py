@@ -1,4 +1,4 @@
-"""``planvm runs …`` (list, show, export, best, cancel) and ``planvm replay``: reading the run store."""
+"""``planvm runs …`` (list, show, export, import, best, cancel, delete) and ``planvm replay``: reading the run store."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _when(timestamp: float) -> str:
 
 @click.group()
 def runs() -> None:
-    """List, show and export recorded runs."""
+    """List, show, export, import, cancel and delete recorded runs."""
 
 
 @runs.command(name="list")
@@ -266,6 +266,45 @@ def cancel(run_id: str, store_path: str | None, reason: str) -> None:
     store = RunStore(store_location(store_path))
     full_id = store.cancel(run_id, reason)
     click.echo(f"cancelled run {full_id}")
+
+
+@runs.command(name="delete")
+@click.argument("run_id")
+@store_option
+@click.option("--force", is_flag=True, help="Delete even a run that may be executing (queued, planning, running or waiting).")
+@guarded
+def delete(run_id: str, store_path: str | None, force: bool) -> None:
+    """Delete RUN_ID with its steps and every run forked from it (kept best plans stay)."""
+    from planvm.engine import Engine
+
+    with Engine({"store_path": store_path, "no_builtins": True}) as engine:
+        deleted = engine.delete(run_id, force=force)
+    forks = f" and {len(deleted) - 1} fork(s): {', '.join(deleted[1:])}" if len(deleted) > 1 else ""
+    click.echo(f"deleted run {deleted[0]}{forks}")
+
+
+@runs.command(name="import")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@store_option
+@guarded
+def import_(file: str, store_path: str | None) -> None:
+    """Store a run exported with `planvm runs export` (FILE, or - for stdin) under its own id;
+    a run exported while in progress is stored as interrupted, to resume here."""
+    from planvm.engine import Engine
+    from vm import BadInput
+
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BadInput(f"cannot read {file}: {exc.strerror or exc}") from None
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise BadInput(f"{file} is not JSON ({exc}); give the file `planvm runs export RUN_ID --out FILE` wrote") from None
+    with Engine({"store_path": store_path, "no_builtins": True}) as engine:
+        run_id = engine.import_run(document)
+        status = engine.get_run(run_id).status
+    click.echo(f"imported run {run_id} ({status})")
 
 
 @click.command()

@@ -436,6 +436,17 @@ class Engine:
         """Cancel a run wherever it executes (its full id is returned)."""
         return self._store().cancel(run_id, reason)
 
+    def delete(self, run_id: str, *, force: bool = False) -> list[str]:
+        """Delete a run with its steps and its forks (the deleted ids, the run first); a run that
+        may be executing is refused unless ``force``."""
+        return self._store().delete_run(run_id, force=force)
+
+    def import_run(self, document: Any) -> str:
+        """Store a run exported by ``planvm runs export`` (its JSON document, parsed) under its id."""
+        from vm import StoredRun
+
+        return self._store().import_run(StoredRun.from_dict(document))
+
     async def replay(self, run_id: str) -> Any:
         """Re-execute a stored run offline from its record (a :class:`vm.ReplayReport`)."""
         from vm import areplay

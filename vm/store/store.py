@@ -6,11 +6,12 @@ from vm.store.database import Database
 from vm.store.leases import Leases
 from vm.store.library import Judgements
 from vm.store.runs import Runs
+from vm.store.transfer import Transfers
 
 __all__ = ["RunStore"]
 
 
-class RunStore(Runs, Leases, Judgements, Database):
+class RunStore(Runs, Transfers, Leases, Judgements, Database):
     """Runs and their steps in a database. Safe to share between threads and processes.
 
     ``location``: a URL or an SQLite file path (see :func:`store_url`). ``readonly`` opens an
