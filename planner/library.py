@@ -18,6 +18,7 @@ words goals share.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import unicodedata
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vm.errors import BadInput
+from vm.errors import BackendUnavailable, BadInput
 from vm.plan import load_plan_data
 
 __all__ = ["NEAR_MATCH", "LibraryMatch", "PlanLibrary", "label_of", "normalise_goal", "plan_tools"]
@@ -166,7 +167,12 @@ class PlanLibrary:
         if self._embedder is None and self._embedder_factory is not None:
             try:
                 self._embedder = self._embedder_factory()
-            except Exception:  # no embedding model here: exact matches and word overlap still work
+            except (ImportError, OSError, BackendUnavailable) as exc:
+                # No embedding model here: exact matches and word overlap still work.
+                logging.getLogger("planvm.library").info("plan library: no embedding model (%s); matching goals by words", exc)
+                self._embedder_factory = None
+            except Exception:
+                logging.getLogger("planvm.library").exception("plan library: the embedding model failed to load; matching goals by words")
                 self._embedder_factory = None
         if self._embedder is None:
             return None

@@ -15,6 +15,8 @@ import logging
 import signal
 from typing import Any
 
+from vm.errors import LeaseLost, RunStateError, StoreError
+
 __all__ = ["Worker"]
 
 log = logging.getLogger("planvm.worker")
@@ -102,5 +104,7 @@ class Worker:
                 if await asyncio.to_thread(self.store.status_of, run_id) != "queued":  # (the VM gives back runs it executes)
                     await asyncio.to_thread(self.store.release, run_id)
                 log.warning("run %s given back to the queue", run_id)
-            except Exception as exc:  # its lease may be gone already: another worker has it
+            except (LeaseLost, RunStateError, StoreError) as exc:  # its lease may be gone: another worker has it
                 log.warning("run %s: not given back (%s)", run_id, exc)
+            except Exception:
+                log.exception("run %s: not given back (an unexpected error; its traceback follows)", run_id)

@@ -345,3 +345,21 @@ def test_the_service_judges_a_run(models, example_kb, tmp_path):
 def echo_step(seq: int, text: str, into: str) -> dict[str, Any]:
     return {"seq_no": seq, "type": "calling", "parameters": {"tool_name": "slow_echo", "tool_params": {"text": text, "seconds": 0},
                                                               "output_vars": [into]}}
+
+
+def test_an_embedding_model_that_breaks_is_logged_not_swallowed(tmp_path, caplog):
+    from planner.library import PlanLibrary
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    run_id = store.create_run(plan_for(GOALS[0]), goal=GOALS[0])
+    store.finish(run_id, "completed", final_answer="It sets variables.")
+
+    def broken() -> Any:
+        raise RuntimeError("the model file is truncated")
+
+    library = PlanLibrary(store, broken)
+    library.keep(store.get(run_id))
+    with caplog.at_level("INFO", logger="planvm.library"):
+        assert library.lookup("what does the ASSIGN instruction do").match == "exact"  # still works by words
+    failed = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert failed and "the model file is truncated" in (failed[0].exc_text or "")
