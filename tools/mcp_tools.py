@@ -299,13 +299,9 @@ class McpServer:
 
 def _log_path(spec: McpSpec) -> Path:
     """mcp-logs/NAME.log under the planvm home (PLANVM_HOME, or the user data folder)."""
-    home = os.environ.get("PLANVM_HOME")
-    if home:
-        base = Path(home)
-    else:
-        import platformdirs
+    from vm.store.locations import planvm_home
 
-        base = Path(platformdirs.user_data_dir("planvm"))
+    base = planvm_home()
     stem = spec.name or Path(spec.command[-1] if spec.command else "server").stem
     return base / "mcp-logs" / f"{_identifier(stem)}.log"
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import (
     AliasChoices,
@@ -48,7 +48,7 @@ from pydantic_settings import (
 
 from vm.errors import BadInput
 
-__all__ = ["ROLES", "RoleSettings", "Settings"]
+__all__ = ["ROLES", "RoleSettings", "Settings", "config_file"]
 
 #: The model roles, each resolved into its own LLM at the composition root.
 ROLES = ("planner", "answer", "condition", "judge")
@@ -91,6 +91,13 @@ class _GeneralEnvironment(EnvSettingsSource):
             return None, field_name, False
         return super().get_field_value(field, field_name)
 
+    def prepare_field_value(self, field_name: str, field: Any, value: Any, value_is_complex: bool) -> Any:
+        # A list setting may be written plainly: PLANVM_ALLOW_TOOLS=vector_search,llm_generate
+        # (a JSON array still works).
+        if isinstance(value, str) and get_origin(field.annotation) is list and not value.lstrip().startswith("["):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return super().prepare_field_value(field_name, field, value, value_is_complex)
+
 
 class _RoleEnvironment(PydanticBaseSettingsSource):
     """``PLANVM_<ROLE>_<FIELD>`` variables, gathered into each role's table."""
@@ -111,7 +118,8 @@ class _RoleEnvironment(PydanticBaseSettingsSource):
         return found
 
 
-def _config_file() -> Path:
+def config_file() -> Path:
+    """The settings file: ``PLANVM_CONFIG``, or planvm.toml in the current folder (read only here)."""
     return Path(os.environ.get("PLANVM_CONFIG", "planvm.toml"))
 
 
@@ -176,7 +184,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, _RoleEnvironment(settings_cls), _GeneralEnvironment(settings_cls), TomlConfigSettingsSource(settings_cls, toml_file=_config_file()))
+        return (init_settings, _RoleEnvironment(settings_cls), _GeneralEnvironment(settings_cls), TomlConfigSettingsSource(settings_cls, toml_file=config_file()))
 
     @model_validator(mode="before")
     @classmethod
@@ -225,12 +233,9 @@ class Settings(BaseSettings):
     def kb_path(self) -> Path:
         if self.kb is not None:
             return self.kb.expanduser()
-        home = os.environ.get("PLANVM_HOME")
-        if home:
-            return Path(home) / "kb"
-        import platformdirs
+        from vm.store.locations import planvm_home
 
-        return Path(platformdirs.user_data_dir("planvm")) / "kb"
+        return planvm_home() / "kb"
 
     def chosen_llm_backend(self) -> str:
         if self.llm_backend != "auto":

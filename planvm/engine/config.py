@@ -33,7 +33,7 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
 )
 
-from tools.settings import Settings
+from tools.settings import Settings, config_file
 from vm.errors import BackendUnavailable
 
 __all__ = ["LIMIT_NAMES", "EngineConfig", "LimitsTable", "config_file"]
@@ -45,8 +45,6 @@ LIMIT_NAMES = ("max_steps", "max_seconds", "max_llm_calls", "max_tokens", "max_v
 _OPTION_NAMES = {"store_path": "store", "kb_path": "kb"}
 
 
-def config_file() -> Path:
-    return Path(os.environ.get("PLANVM_CONFIG", "planvm.toml"))
 
 
 class LimitsTable(BaseModel):
@@ -131,12 +129,35 @@ class EngineConfig(Settings):
         import tomllib
 
         try:
+            cls.check_file()
             return cls(**cls.flags_from(flags or {}))
         except tomllib.TOMLDecodeError as exc:
             raise BackendUnavailable(f"{config_file()} is not valid TOML ({exc}); fix it, or point PLANVM_CONFIG at another file") from None
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise BackendUnavailable(f"the settings (flags, PLANVM_* variables or {config_file()}) are not valid: {problems}") from None
+
+    @classmethod
+    def check_file(cls) -> None:
+        """Refuse a planvm.toml holding a key no setting has (a misspelling would be ignored
+        silently otherwise): ``BackendUnavailable`` naming the key and the closest setting."""
+        import difflib
+        import tomllib
+
+        path = config_file()
+        if not path.is_file():
+            return
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot read {path} ({exc.strerror or exc}); fix it, or point PLANVM_CONFIG at another file") from None
+        known = {name for name in cls.model_fields if name != "planner_kind"} | {"planner"}
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise BackendUnavailable(
+                    f"{path}: {key!r} is not a setting{hint} (`planvm config` lists every setting)")
 
     @classmethod
     def flags_from(cls, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -224,6 +245,13 @@ class EngineConfig(Settings):
         rows = []
         for name in cls.model_fields:
             value = getattr(config, name)
+            if name in ("store", "kb") and value is None:
+                # Unset: where it is, under planvm's home (PLANVM_HOME or the user data folder).
+                from vm.store.locations import default_store_path, planvm_home_source
+
+                where = default_store_path() if name == "store" else config.kb_path()
+                rows.append({"key": name, "value": str(where), "source": planvm_home_source()})
+                continue
             if isinstance(value, BaseModel):
                 for inner in type(value).model_fields:
                     inner_value = getattr(value, inner)

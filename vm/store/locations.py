@@ -8,19 +8,30 @@ from pathlib import Path
 from vm.errors import StoreError
 from vm.redact import redact
 
-__all__ = ["default_store_path", "store_missing", "store_url"]
+__all__ = ["default_store_path", "planvm_home", "planvm_home_source", "store_missing", "store_url"]
 
 _SERVER_SCHEMES = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg", "mysql": "mysql+pymysql",
                    "mariadb": "mysql+pymysql", "tidb": "mysql+pymysql"}
 
 
-def default_store_path() -> Path:
+def planvm_home() -> Path:
+    """planvm's own folder: ``PLANVM_HOME``, or the user's data folder. The one place it is read;
+    the run store, the knowledge base and MCP servers' logs default to places under it."""
     home = os.environ.get("PLANVM_HOME")
     if home:
-        return Path(home) / "runs.sqlite"
+        return Path(home).expanduser()
     import platformdirs
 
-    return Path(platformdirs.user_data_dir("planvm")) / "runs.sqlite"
+    return Path(platformdirs.user_data_dir("planvm"))
+
+
+def planvm_home_source() -> str:
+    """Where :func:`planvm_home` came from, as ``planvm config`` shows it."""
+    return "PLANVM_HOME" if os.environ.get("PLANVM_HOME") else "default"
+
+
+def default_store_path() -> Path:
+    return planvm_home() / "runs.sqlite"
 
 
 def store_url(location: str | Path | None) -> tuple[str, Path | None]:
