@@ -53,12 +53,13 @@ def _keep_traceback(exc: BaseException) -> tuple[str, str | None]:
     """An id for an unexpected error, and the file its traceback was appended to (None when it could not be written)."""
     import time
     import traceback
-    import uuid
 
     from vm.redact import redact
     from vm.store import default_store_path
 
-    error_id = uuid.uuid4().hex[:10]
+    from planvm.engine.errors import new_error_id
+
+    error_id = new_error_id()
     path = default_store_path().parent / "errors.log"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +85,7 @@ def grouped_problems(problems: Any) -> list[str]:
 
 def fail(exc: BaseException, as_json: bool) -> None:
     """The one error boundary of the command line (see the module's docstring)."""
-    from vm import PlanValidationError, PlanVMError
+    from vm import PlanValidationError
 
     if isinstance(exc, PlanValidationError):
         if as_json:
@@ -97,12 +98,15 @@ def fail(exc: BaseException, as_json: bool) -> None:
                 echo_err("  (pass the tools it calls with --plugin or --mcp; going on with a stored run, leave every tool option "
                          "out to take the tools it was started with)")
         sys.exit(EXIT_UNUSABLE)
-    if isinstance(exc, PlanVMError):
+    from planvm.engine.errors import answer_for
+
+    answer = answer_for(exc)
+    if not answer.bug:
         if as_json:
             print_json({"status": "invalid", "error": str(exc)})
         else:
             echo_err(f"error: {exc}")
-        sys.exit(EXIT_UNUSABLE)
+        sys.exit(answer.exit)
     from vm.redact import redact
 
     error_id, kept = _keep_traceback(exc)

@@ -26,18 +26,17 @@ def _told() -> Iterator[None]:
     """planvm's own errors (bad input, a missing run…) reach the client with their message; any
     other exception is a bug: the client gets an error id, the traceback goes to the log."""
     import logging
-    import uuid
 
     from mcp.server.mcpserver.exceptions import ToolError
 
-    from vm import PlanVMError
+    from planvm.engine.errors import answer_for, new_error_id
 
     try:
         yield
-    except PlanVMError as exc:
-        raise ToolError(str(exc)) from exc
     except Exception as exc:
-        error_id = uuid.uuid4().hex[:10]
+        if not answer_for(exc).bug:
+            raise ToolError(str(exc)) from exc
+        error_id = new_error_id()
         logging.getLogger("planvm.mcp").error("error %s", error_id, exc_info=exc)
         raise ToolError(f"unexpected {type(exc).__name__} (error id {error_id}; its traceback is in the server's log)") from exc
 

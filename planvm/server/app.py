@@ -33,21 +33,7 @@ from planvm.engine import Engine
 from planvm.server.deps import Context
 from planvm.server.guard import _Guard
 from planvm.server.service import _public, _Service
-from vm.errors import (
-    BackendUnavailable,
-    BadInput,
-    ForkError,
-    LLMError,
-    PlanError,
-    PlanningError,
-    PlanValidationError,
-    PlanVMError,
-    RunBusy,
-    RunNotFound,
-    RunStateError,
-    StoreError,
-    StoreUnavailable,
-)
+from vm.errors import BadInput, PlanningError, PlanValidationError, PlanVMError
 
 __all__ = ["create_app"]
 
@@ -66,29 +52,9 @@ def _error(status: int, kind: str, message: str, problems: list[str] | None = No
 
 
 def _status_for(exc: Exception) -> int:
-    from planner.judge import JudgeError, NothingToJudge
+    from planvm.engine.errors import answer_for
 
-    if isinstance(exc, RunNotFound):
-        return 404
-    if isinstance(exc, StoreUnavailable):
-        return 503
-    if isinstance(exc, RunStateError):
-        return 409
-    if isinstance(exc, NothingToJudge):
-        return 409
-    if isinstance(exc, JudgeError):
-        return 502
-    if isinstance(exc, (RunBusy, ForkError)):
-        return 409
-    if isinstance(exc, (PlanValidationError, PlanError, PlanningError, BadInput)):
-        return 422
-    if isinstance(exc, LLMError):
-        return 502
-    if isinstance(exc, BackendUnavailable):
-        return 503
-    if isinstance(exc, StoreError):
-        return 409
-    return 500
+    return answer_for(exc).http
 
 
 def _problems(exc: Exception) -> list[str] | None:
@@ -175,9 +141,9 @@ def create_app(
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, TimeoutError):
             return _error(503, "StoreUnavailable", "the run store did not answer in time; try again")
-        import uuid
+        from planvm.engine.errors import new_error_id
 
-        error_id = uuid.uuid4().hex[:10]
+        error_id = new_error_id()
         log.error("error %s in %s %s", error_id, request.method, request.url.path, exc_info=exc)
         return _error(500, "InternalError", f"unexpected error (error id {error_id}; its traceback is in the server's log)")
 
