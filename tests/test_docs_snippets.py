@@ -1,11 +1,14 @@
 """Every Python snippet in the README and docs/ runs verbatim, as a reader would paste it: the
 snippets of one page run in order as one script, in an empty folder with a private PLANVM_HOME.
 Snippets that plan are given a model: FakeChatServer (a scripted chat-completions server at the
-edge) answers the planner with a small plan and any other prompt with a sentence. A ``print``
+edge) answers the planner with a small plan and any other prompt with a sentence; a snippet of
+the service's client talks to a real `planvm serve` (the address it names replaced by the test
+server's). A ``print``
 whose comment shows its output must print that."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,6 +18,7 @@ import sys
 import pytest
 from conftest import ROOT
 from fake_openai import FakeChatServer
+from serve_helpers import Server
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SNIPPET = re.compile(r"^```python\n(.*?)^```", re.M | re.S)
@@ -40,7 +44,11 @@ def test_the_docs_have_snippets():
 @pytest.mark.parametrize("page", [p for p in PAGES if snippets(p)], ids=lambda p: p.name)
 def test_every_snippet_runs_verbatim(page, tmp_path):
     script = "\n\n".join(snippets(page))
-    with FakeChatServer() as model:
+    with contextlib.ExitStack() as stack:
+        if "Client(" in script:  # a snippet of the service's client: a real `planvm serve` at the address it names
+            server = stack.enter_context(Server(tmp_path / "served"))
+            script = script.replace("http://127.0.0.1:8000", server.url)
+        model = stack.enter_context(FakeChatServer())
         model.responder = answer
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANVM_", "OPENAI_"))}
         env.update(PLANVM_HOME=str(tmp_path / "home"), PLANVM_LLM_BASE_URL=model.url, PLANVM_LLM_MODEL="test-model",
@@ -48,5 +56,5 @@ def test_every_snippet_runs_verbatim(page, tmp_path):
         out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, f"{page.name}: a snippet failed:\n{out.stderr[-2000:]}"
     # A print whose comment shows its output must print that.
-    for shown in re.findall(r"^print\(.*\)\s+#\s*(.+?)\s*$", script, re.M):
+    for shown in re.findall(r"^\s*print\(.*\)\s+#\s*(.+?)\s*$", script, re.M):
         assert shown in out.stdout, f"{page.name}: expected {shown!r} in {out.stdout!r}"

@@ -167,3 +167,12 @@ def test_an_sqlite_store_on_the_hot_path_loads_neither_the_orm_nor_alembic(tmp_p
     )
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs.sqlite")], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_import_planvm_loads_no_http_client():
+    import subprocess
+    import sys
+
+    code = "import sys, planvm; assert 'httpx' not in sys.modules, 'httpx loaded'; planvm.Client; assert 'httpx' in sys.modules"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
