@@ -171,7 +171,9 @@ def test_only_the_allowed_hosts_are_answered(tmp_path):
         for host in ("attacker.example", "other.internal", "other.internal:9001", "planvm.internal.attacker.example", "testserver"):
             refused = client.get("/v1/runs", headers={"Host": host})
             assert refused.status_code == 421, host
-            assert refused.json()["error"]["message"].startswith(f"this server does not answer for the host name {host.split(':')[0].lower()!r}")
+            message = refused.json()["error"]["message"]
+            assert message.startswith(f"this server does not answer for the host name {host!r}; if that is its name, start it with "
+                                      f"--allowed-host {host.split(':')[0]} ") and "\n" not in message
         assert client.get("/healthz", headers={"Host": "attacker.example"}).status_code == 200
 
 
