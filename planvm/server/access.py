@@ -3,9 +3,10 @@
 - **Host names.** A server answers only for the names it was given (``allowed_hosts``): a web
   page whose own name was pointed at 127.0.0.1 (DNS rebinding) reaches a loopback server with
   its own name in ``Host`` and is answered 421. ``/healthz`` answers whatever the name.
-- **Writes from other sites.** A write (any method but GET, HEAD, OPTIONS) that carries an
-  ``Origin`` other than this server's own (or a ``--cors-origin``) is refused 403, unless it
-  carries the bearer token: a form on another site cannot make a tokenless server run a plan.
+- **Writes from other sites.** A write (any method but GET, HEAD, OPTIONS) that a browser says
+  comes from another site (``Origin`` other than this server's own or a ``--cors-origin``, or
+  ``Sec-Fetch-Site: cross-site``/``same-site``) is refused 403, unless it carries the bearer
+  token: a form on another site cannot make a tokenless server run a plan.
 - **The token.** With a token, API clients send ``Authorization: Bearer <token>`` as before; the
   page signs in through a form (:mod:`planvm.server.signin`) and gets a session cookie
   (HttpOnly, SameSite=Strict, Secure over https; a random id the server keeps, never the token).
@@ -236,10 +237,10 @@ class Access:
             return
         method = scope.get("method", "GET")
         writes = method not in _SAFE_METHODS
-        origin = headers.get(b"origin")
-        if writes and origin is not None and not self._same_origin(origin.decode("latin-1"), host):
+        if writes and not self._from_here(headers, host):
+            origin = headers.get(b"origin", b"").decode("latin-1")
             await _send(send, 403, "CrossSiteRequest",
-                        f"a write from another site (Origin {origin.decode('latin-1')!r}) is refused; use this server's page, "
+                        f"a write from another site (Origin {origin!r}) is refused; use this server's page, "
                         f"a client that sends no Origin, or start the server with --cors-origin ORIGIN")
             return
         path = scope.get("path", "")
@@ -266,9 +267,20 @@ class Access:
         await _send(send, 401, "Unauthorized",
                     "this server needs Authorization: Bearer <token> (the --token it was started with), or a page signed in at /signin")
 
-    def _same_origin(self, origin: str, host: str) -> bool:
-        if origin in self.gate.cors_origins:
+    def _from_here(self, headers: dict[bytes, bytes], host: str) -> bool:
+        """Whether a write comes from this server's own page, a ``--cors-origin``, or a client that
+        is no browser (no Origin). Browsers send ``Origin: null`` for their own page's writes under
+        ``Referrer-Policy: no-referrer``; ``Sec-Fetch-Site`` then tells whether it is this origin."""
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        fetch_site = headers.get(b"sec-fetch-site", b"").decode("latin-1").lower()
+        if origin and origin in self.gate.cors_origins:
             return True
+        if fetch_site in ("cross-site", "same-site"):
+            return False
+        if not origin:
+            return True
+        if origin == "null":
+            return fetch_site == "same-origin"
         parts = urlsplit(origin)
         return parts.scheme in ("http", "https") and bool(host) and parts.netloc.lower() == host.strip().lower()
 

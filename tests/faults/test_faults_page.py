@@ -65,14 +65,18 @@ def test_a_name_given_with_allowed_host_is_served(home):
 def test_a_cross_site_form_cannot_write_to_a_tokenless_server(home):
     """A page elsewhere can post a form to 127.0.0.1 (its Host is right); its Origin is not."""
     with Server(home) as server, server.client() as client:
-        for origin in ("https://attacker.example", "null", f"http://attacker.example:{server.port}"):
-            refused = client.post("/v1/runs", json={"goal": "mail", "plan": MAIL}, headers={"Origin": origin})
-            assert refused.status_code == 403 and "Origin" in refused.json()["error"]["message"], refused.text
+        local = f"http://localhost:{server.port + 1}"  # another server on this machine: the same site, not this origin
+        for sent_by in ({"Origin": "https://attacker.example"}, {"Origin": "null"}, {"Origin": f"http://attacker.example:{server.port}"},
+                        {"Origin": local, "Sec-Fetch-Site": "same-site"}, {"Sec-Fetch-Site": "cross-site"},
+                        {"Origin": "null", "Sec-Fetch-Site": "cross-site"}):
+            refused = client.post("/v1/runs", json={"goal": "mail", "plan": MAIL}, headers=sent_by)
+            assert refused.status_code == 403 and "another site" in refused.json()["error"]["message"], (sent_by, refused.text)
         assert client.get("/v1/runs").json()["runs"] == []
         # The page's own writes (same origin) and clients that send no Origin go through.
-        run = client.post("/v1/runs?wait=true", json={"goal": "mail", "plan": MAIL}, headers={"Origin": server.url})
-        assert run.status_code == 200 and run.json()["status"] == "completed"
-        assert sent(server) == ["send_email ops@example.com hi"]
+        for sent_by in ({"Origin": server.url}, {"Origin": "null", "Sec-Fetch-Site": "same-origin"}, {}):
+            run = client.post("/v1/runs?wait=true", json={"goal": "mail", "plan": MAIL}, headers=sent_by)
+            assert run.status_code == 200 and run.json()["status"] == "completed"
+        assert sent(server) == ["send_email ops@example.com hi"] * 3
 
 
 def test_guessing_the_token_at_the_form_is_bounded(home):
