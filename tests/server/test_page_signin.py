@@ -71,7 +71,7 @@ def test_the_form_gives_a_session_cookie_that_opens_the_page_and_its_api(tmp_pat
         assert cookie.startswith("planvm_session=") and TOKEN not in cookie
         attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
         assert {"httponly", "samesite", "path", "max-age"} <= attributes and "secure" not in attributes
-        assert "samesite=strict" in cookie.lower()
+        assert "samesite=strict" in cookie.lower() and "max-age=43200" in cookie.lower()  # 12 hours
         csrf = csrf_of(client)
         assert len(csrf) >= 32
         assert client.get("/v1/runs").status_code == 200
