@@ -193,3 +193,17 @@ def test_which_hosts_a_bind_address_answers_for(bind, given, expected):
 
     found = allowed_hosts_for(bind, given)
     assert (sorted(found) if found is not None else None) == (sorted(expected) if expected is not None else None)
+
+
+def test_allowed_hosts_come_from_planvm_toml_the_variable_or_the_flag(tmp_path, monkeypatch):
+    from planvm.engine import EngineConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PLANVM_ALLOWED_HOSTS", raising=False)
+    (tmp_path / "planvm.toml").write_text('allowed_hosts = ["planvm.lan", "proxy.lan:443"]\n')
+    assert EngineConfig.load({}).allowed_hosts == ["planvm.lan", "proxy.lan:443"]
+    monkeypatch.setenv("PLANVM_ALLOWED_HOSTS", " a.example , b.example:9000,,")
+    assert EngineConfig.load({}).allowed_hosts == ["a.example", "b.example:9000"]
+    assert EngineConfig.load({"allowed_hosts": ("flag.example",)}).allowed_hosts == ["flag.example"]
+    rows = {row["key"]: row for row in EngineConfig.explain({})}
+    assert rows["allowed_hosts"]["source"] == "PLANVM_ALLOWED_HOSTS"
