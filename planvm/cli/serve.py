@@ -20,6 +20,11 @@ from vm.errors import BadInput
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (beyond loopback, --token is required).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port to listen on.")
 @click.option("--token", envvar="PLANVM_SERVE_TOKEN", help="Require Authorization: Bearer TOKEN on every path but /healthz.")
+@click.option(
+    "--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+    help="Also answer requests for this Host name (NAME or NAME:PORT, repeatable; * for any; PLANVM_ALLOWED_HOSTS, planvm.toml: "
+    "allowed_hosts). Others get 421. Default: the --host address, and localhost's names on loopback; any name on 0.0.0.0 or ::.",
+)
 @click.option("--cors-origin", "cors_origins", multiple=True, help="Allow browser calls from this origin (repeatable; off by default).")
 @click.option(
     "--max-body-bytes",
@@ -61,6 +66,7 @@ def serve(
 
     from planvm.connections import header_timeout_protocol, raise_open_files_limit
     from planvm.server import create_app
+    from planvm.server.access import allowed_hosts_for
     from vm.redact import register_secret
 
     if token is not None and not token.strip():
@@ -72,8 +78,9 @@ def serve(
         )
     if token:
         register_secret(token)
-    engine = make_engine(options, quiet=True)
-    app = create_app(engine, token=token, cors_origins=list(cors_origins), max_body_bytes=max_body_bytes, execute=workers > 0)
+    engine = make_engine(options, quiet=True)  # (--allowed-host is a setting: options["allowed_hosts"] reaches engine.config)
+    app = create_app(engine, token=token, cors_origins=list(cors_origins), max_body_bytes=max_body_bytes, execute=workers > 0,
+                     allowed_hosts=allowed_hosts_for(host, engine.config.allowed_hosts))
     echo_err(f"planvm serving on http://{host}:{port}/ (runs in {engine.store.path})")
     raise_open_files_limit()
     uvicorn.run(

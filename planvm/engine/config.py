@@ -25,11 +25,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
 )
 
@@ -105,6 +106,26 @@ class EngineConfig(Settings):
     mcp_prefix: bool = Field(False, description="Name MCP tools SERVER_TOOL.")
     allow_tools: list[str] = Field(default_factory=list, description="Limit runs to these tools (empty: every tool).")
     approve_tools: list[str] = Field(default_factory=list, description="Calls to these tools wait for an approval.")
+
+    # --- the service ------------------------------------------------------------------------------
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names `planvm serve` answers for besides its address (and localhost's names on loopback); "
+        "NAME or NAME:PORT, * for any. PLANVM_ALLOWED_HOSTS: comma-separated.",
+    )
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: Any) -> Any:
+        """PLANVM_ALLOWED_HOSTS=a.example,b.example (or a JSON list, like the other list settings)."""
+        if isinstance(value, str):
+            import json
+
+            value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+        if isinstance(value, (list, tuple)):
+            blank = [name for name in value if isinstance(name, str) and not name.strip()]
+            return [name.strip() if isinstance(name, str) else name for name in value if name not in blank]
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -30,6 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from planvm.engine import Engine
+from planvm.server.access import DEFAULT_SESSION_SECONDS, Access, Gate, HostNames, Sessions
 from planvm.server.deps import Context
 from planvm.server.guard import _Guard
 from planvm.server.service import _public, _Service
@@ -76,11 +77,15 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     execute: bool = True,
     store_timeout: float = DEFAULT_STORE_TIMEOUT,
+    allowed_hosts: list[str] | None = None,
+    session_seconds: float = DEFAULT_SESSION_SECONDS,
 ) -> FastAPI:
     """The service over ``engine`` (whose store is required). ``token``: every path but
-    ``/healthz`` needs ``Authorization: Bearer <token>``. ``execute=False``: new runs are only
-    queued, for ``planvm worker`` processes sharing the store. ``store_timeout``: seconds a
-    request waits on the store before it is answered 503."""
+    ``/healthz`` needs ``Authorization: Bearer <token>``, or (the page) a session signed in at
+    ``/signin`` that lasts ``session_seconds``. ``allowed_hosts``: the ``Host`` names answered
+    (others get 421; see :func:`planvm.server.access.allowed_hosts_for`); None: any.
+    ``execute=False``: new runs are only queued, for ``planvm worker`` processes sharing the
+    store. ``store_timeout``: seconds a request waits on the store before it is answered 503."""
     if engine.store is None:
         raise BadInput("the service needs a run store")
     if token is not None and not token.strip():
@@ -151,7 +156,10 @@ def create_app(
         app.add_middleware(
             CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type", "Last-Event-ID"]
         )
-    app.add_middleware(_Guard, token=token, max_body_bytes=max_body_bytes)
+    app.add_middleware(_Guard, max_body_bytes=max_body_bytes)
+    gate = Gate(token, HostNames(allowed_hosts) if allowed_hosts is not None else None, frozenset(cors_origins or ()), Sessions(session_seconds))
+    app.state.gate = gate
+    app.add_middleware(Access, gate=gate)  # outermost: the name and who asks, before anything else
 
     # --- the resources -------------------------------------------------------------------------
 
@@ -172,9 +180,11 @@ def create_app(
     # --- the page, and what only it asks for ---------------------------------------------------
 
     from planvm.server.page import api_router, page_router
+    from planvm.server.signin import signin_router
 
     app.include_router(api_router())
     app.include_router(page_router())
+    app.include_router(signin_router())
     app.mount("/static", StaticFiles(directory=str(resources.files("planvm.server") / "static")), name="static")
     return app
 

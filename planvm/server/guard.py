@@ -1,18 +1,17 @@
-"""Bearer token and body size checks in front of every request (plain ASGI, before FastAPI)."""
+"""The request body's size, checked in front of every request (plain ASGI, before FastAPI); who
+may ask is :mod:`planvm.server.access`'s."""
 
 from __future__ import annotations
 
-import hmac
 import json
 from typing import Any
 
 
 class _Guard:
-    """ASGI middleware: bearer token (when set) on every path but /healthz; request body size."""
+    """ASGI middleware: a request body larger than ``max_body_bytes`` is answered 413."""
 
-    def __init__(self, app: Any, *, token: str | None, max_body_bytes: int) -> None:
+    def __init__(self, app: Any, *, max_body_bytes: int) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode() if token else None
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -20,11 +19,6 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        if self.expected is not None and scope.get("path") != "/healthz" and scope.get("method") != "OPTIONS":
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                await _send_error(send, 401, "Unauthorized", "this server needs Authorization: Bearer <token> (the --token it was started with)")
-                return
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             await _send_error(send, 413, "RequestTooLarge", f"the request body is larger than this server accepts ({self.max_body_bytes:,} bytes)")
@@ -58,7 +52,5 @@ class _Guard:
 async def _send_error(send: Any, status: int, kind: str, message: str) -> None:
     body = json.dumps({"error": {"type": kind, "message": message}}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -5,30 +5,37 @@ are ES modules under ``/static``, with nothing inline, under a Content-Security-
 
 from __future__ import annotations
 
+import html
 from importlib import resources
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
 from planvm.server.deps import Context, context
 
-__all__ = ["CONTENT_SECURITY_POLICY", "api_router", "page_router"]
+__all__ = ["CONTENT_SECURITY_POLICY", "PAGE_HEADERS", "api_router", "page_router"]
 
 #: Scripts, styles and data only from this server; no inline script, no plug-ins, no framing.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+PAGE_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
 def page_router() -> APIRouter:
     router = APIRouter(include_in_schema=False)
     shell = (resources.files("planvm.server") / "static" / "index.html").read_text(encoding="utf-8")
 
-    def page() -> HTMLResponse:
-        return HTMLResponse(shell, headers=_HEADERS)
+    def page(request: Request) -> HTMLResponse:
+        signed = request.scope.get("planvm.session")
+        if signed is None:
+            return HTMLResponse(shell, headers=PAGE_HEADERS)
+        # A signed-in page: its session's CSRF token, which its scripts send with every write.
+        mark = f'<meta name="planvm-csrf" content="{html.escape(signed[1].csrf)}">'
+        return HTMLResponse(shell.replace('<meta charset="utf-8">', f'<meta charset="utf-8">\n{mark}', 1),
+                            headers={**PAGE_HEADERS, "Cache-Control": "no-store"})
 
     router.add_api_route("/", page, methods=["GET"])
     router.add_api_route("/runs/{run_id}", page, methods=["GET"])

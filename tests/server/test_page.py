@@ -127,3 +127,62 @@ def test_the_page_runs_watches_forks_and_approves(browser, server, tmp_path):
     assert server.calls().count("send_email ops@example.com hi") == 1
     if os.environ.get("PAGE_SCREENSHOT"):
         shutil.copy(tmp_path / "page.png", os.environ["PAGE_SCREENSHOT"])
+
+
+def test_a_server_with_a_token_signs_the_page_in_through_its_form(browser, tmp_path, example_kb):
+    """With --token the page signs in through the form, then runs, watches and cancels with its
+    session (its writes carry the CSRF token); a session that ends sends it back to the form."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "kb").symlink_to(example_kb)
+    with Server(home, "--token", "page-token") as server:
+        bearer = {"Authorization": "Bearer page-token"}
+        with server.client(headers=bearer) as client:
+            slow_id = client.post("/v1/runs", json={"goal": "cancel me", "plan": slow_plan(40, 0.5)}).json()["run_id"]
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+
+        # A link to a run leads to the form; a wrong token shows the form again, saying so.
+        page.goto(f"{server.url}/runs/{slow_id}")
+        assert page.url.startswith(f"{server.url}/signin?next=")
+        page.fill("#token", "not-it")
+        page.click("form button[type=submit]")
+        page.wait_for_selector("#signin-error")
+        assert "not this server's token" in page.inner_text("#signin-error")
+
+        # The right token opens the run the link named: running, in the list; cancelled from the page.
+        page.fill("#token", "page-token")
+        page.click("form button[type=submit]")
+        page.wait_for_selector("#run-status.running", timeout=15_000)
+        assert page.url == f"{server.url}/runs/{slow_id}"
+        cookie = next(c for c in context.cookies() if c["name"] == "planvm_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and "page-token" not in cookie["value"]
+        page.wait_for_selector(f"#runs li[data-run-id='{slow_id}']", timeout=15_000)
+        page.click("#cancel-button")
+        page.wait_for_selector("#run-status.cancelled", timeout=15_000)
+        with server.client(headers=bearer) as client:
+            assert client.get(f"/v1/runs/{slow_id}").json()["status"] == "cancelled"
+
+        # A goal asked from the page runs to its answer.
+        page.fill("#goal", "How do I resume a run?")
+        page.click("#ask button")
+        page.wait_for_selector("#run-status.completed", timeout=60_000)
+        assert "planvm resume" in page.inner_text("#answer")
+
+        # The session gone (here: its cookie dropped), the page's next request leads to the form.
+        context.clear_cookies()
+        page.click(f"#runs li[data-run-id='{slow_id}'] a")
+        page.wait_for_url(f"{server.url}/signin?next=*", timeout=15_000)
+
+        # Signed in again, then out: the page is closed until the form is used again.
+        page.fill("#token", "page-token")
+        page.click("form button[type=submit]")
+        page.wait_for_selector("#signout:not([hidden])", timeout=15_000)
+        page.click("#signout")
+        page.wait_for_url(f"{server.url}/signin", timeout=15_000)
+        page.goto(f"{server.url}/")
+        assert page.url.startswith(f"{server.url}/signin?next=")
+        context.close()
+        assert errors == []

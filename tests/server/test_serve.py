@@ -144,9 +144,14 @@ def test_beyond_loopback_a_token_is_required_everywhere_but_healthz(home):
     with Server(home, "--token", "s3cret", host="0.0.0.0") as server:
         with server.client() as client:
             assert client.get("/healthz").status_code == 200
-            for path in ("/", "/v1/runs", "/v1/tools", "/openapi.json"):
+            for path in ("/v1/runs", "/v1/tools", "/openapi.json"):
                 assert client.get(path).status_code == 401
                 assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+            # The page's addresses lead to its sign-in form instead.
+            assert client.get("/").status_code == 303 and client.get("/").headers["location"] == "/signin?next=%2F"
+            assert client.get("/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+            # Bound to every interface with a token: any Host name is answered (the names it is reached by are unknown).
+            assert client.get("/v1/runs", headers={"Authorization": "Bearer s3cret", "Host": "planvm.lan:8765"}).status_code == 200
             ok = client.get("/v1/runs", headers={"Authorization": "Bearer s3cret"})
             assert ok.status_code == 200
 

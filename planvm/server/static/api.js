@@ -1,17 +1,21 @@
 // The page's client of this server's /v1 API (the only server it talks to).
 
-// A token (when the server wants one) is kept by the browser session: #token=... once in the URL.
-const hashToken = new URLSearchParams(location.hash.slice(1)).get("token");
-if (hashToken) {
-  sessionStorage.setItem("planvm-token", hashToken);
-  history.replaceState(history.state, "", location.pathname + location.search);
-}
+// A server with a token: the page is signed in by a session cookie (HttpOnly, so no script reads
+// it), and its writes carry the session's CSRF token, which the server put in the page's shell.
+const csrf = document.querySelector('meta[name="planvm-csrf"]')?.content || null;
+
+export const signedIn = csrf !== null;
 
 export function headers(extra) {
   const h = Object.assign({ "Content-Type": "application/json" }, extra || {});
-  const token = sessionStorage.getItem("planvm-token");
-  if (token) h["Authorization"] = "Bearer " + token;
+  if (csrf) h["X-CSRF-Token"] = csrf;
   return h;
+}
+
+// The session ended (expired, signed out elsewhere, the server restarted or its token changed):
+// to the sign-in form, which brings the browser back here.
+export function toSignIn() {
+  location.assign("/signin?" + new URLSearchParams({ next: location.pathname + location.search }));
 }
 
 export class ApiError extends Error {
@@ -23,6 +27,7 @@ export class ApiError extends Error {
 
 export async function api(path, options) {
   const response = await fetch(path, Object.assign({ headers: headers() }, options || {}));
+  if (response.status === 401) toSignIn();
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const error = body.error || { message: response.statusText };
@@ -32,3 +37,7 @@ export async function api(path, options) {
 }
 
 export const post = (path, body) => api(path, { method: "POST", body: body === undefined ? undefined : JSON.stringify(body) });
+
+export async function signOut() {
+  try { await post("/signout"); } finally { location.assign("/signin"); }
+}

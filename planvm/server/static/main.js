@@ -1,7 +1,7 @@
 // planvm's page: a run inspector. Every view has an address (/, /runs/{id}?step=N&tab=…,
 // /runs/{id}?compare={other}, /library), so it can be linked, shared and reached with back and
 // forward. ES modules, no build step; every request goes to this server's /v1 API.
-import { api, post } from "./api.js";
+import { api, post, signedIn, signOut } from "./api.js";
 import { $, clearNotice, fill, h, notify } from "./dom.js";
 import { renderCompare } from "./views/compare.js";
 import { renderLibrary } from "./views/library.js";
@@ -84,6 +84,8 @@ let searchTimer = null;
 $("search").addEventListener("input", () => { clearTimeout(searchTimer); searchTimer = setTimeout(loadRuns, 250); });
 $("status-filter").addEventListener("change", () => loadRuns());
 $("more-runs").addEventListener("click", () => loadRuns({ more: true }));
+$("signout").hidden = !signedIn;
+$("signout").addEventListener("click", () => signOut());
 
 (async () => {
   try { info = await api("/v1/info"); } catch (error) { /* an older server: no judge button */ }

@@ -1,7 +1,7 @@
-// A run's event stream: Server-Sent Events read over fetch (so the Authorization header goes
-// along), picked up again after a dropped connection with Last-Event-ID, so no event is missed
+// A run's event stream: Server-Sent Events read over fetch (so the page's headers go along),
+// picked up again after a dropped connection with Last-Event-ID, so no event is missed
 // or seen twice. Ends with the run's `done` event, or when stop() is called.
-import { headers } from "./api.js";
+import { headers, toSignIn } from "./api.js";
 
 export function follow(runId, handlers) {
   const controller = new AbortController();
@@ -11,6 +11,7 @@ export function follow(runId, handlers) {
       try {
         const extra = lastId === null ? {} : { "Last-Event-ID": lastId };
         const response = await fetch(`/v1/runs/${encodeURIComponent(runId)}/events`, { headers: headers(extra), signal: controller.signal });
+        if (response.status === 401) { toSignIn(); return; }
         if (!response.ok) return;
         const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
         let buffer = "";
