@@ -35,7 +35,7 @@ def stream(pieces: list[str], *, reasoning: list[str] = (), finish: str | None =
 
 class FakeChatServer:
     """Serves queued actions in order: ``("json", status, body[, headers])``, ``("raw", status, text)``,
-    ``("sleep", seconds, body)``, ``("trickle", seconds_per_byte, body)`` (headers at once, then the
+    ``("sleep", seconds, body[, status])``, ``("trickle", seconds_per_byte, body)`` (headers at once, then the
     body byte by byte), ``("trickle_headers", seconds_per_byte, body)`` (the status line and headers
     byte by byte too), ``("stream_cut", text)``, :func:`stream` (a scripted stream); once they are
     spent, ``responder(request body)`` (when set) answers: a reply's text, or a whole reply object.
@@ -112,9 +112,9 @@ class FakeChatServer:
                     except (BrokenPipeError, ConnectionResetError):
                         pass
                     return
-                if kind == "sleep":
+                if kind == "sleep":  # ("sleep", seconds, body[, status])
                     time.sleep(action[1])
-                    self._send(200, json.dumps(action[2]))
+                    self._send(action[3] if len(action) > 3 else 200, json.dumps(action[2]))
                 elif kind == "raw":
                     self._send(action[1], action[2])
                 elif body.get("stream") and action[1] == 200:
