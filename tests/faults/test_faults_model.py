@@ -116,7 +116,7 @@ def test_the_cli_prints_no_repeated_key_in_plain_output(tmp_path):
     assert "use ***" in planned.stdout and not leaks(planned.stdout + planned.stderr)
 
 
-def test_the_service_never_streams_waits_or_plans_a_repeated_key(tmp_path, monkeypatch):
+def test_the_service_never_streams_waits_plans_or_judges_a_repeated_key(tmp_path, monkeypatch):
     from fastapi.testclient import TestClient
 
     from planvm.engine import Engine
@@ -139,12 +139,16 @@ def test_the_service_never_streams_waits_or_plans_a_repeated_key(tmp_path, monke
             waited = http.post("/v1/runs?wait=true", json={"goal": "Say it.", "plan": ASK})
             server.actions.append(("json", 200, planner_reply(f"use {KEY}")))
             planned = http.post("/v1/plans", json={"goal": "What is my key?", "planner": "llm"})
+            verdict = {"score": 3, "accept": False, "suggestion": f"Never say {KEY} aloud.", "step_notes": []}
+            server.actions.append(("json", 200, chat_reply(json.dumps(verdict), reasoning=f"It said {KEY}.")))
+            judged = http.post(f"/v1/runs/{waited.json()['run_id']}/judge")
         engine.close()
     tokens = [json.loads(line[6:])["delta"] for line in lines if line.startswith("data: ") and '"delta"' in line]
     assert "".join(tokens) == "The key is ***, as you asked."
     assert not leaks("\n".join(lines)) and not leaks(ai_sdk) and "***" in ai_sdk
     assert waited.json()["final_answer"] == "The key is ***, as you asked." and not leaks(waited.text)
     assert planned.status_code == 200 and "use ***" in planned.text and not leaks(planned.text)
+    assert judged.status_code == 200 and judged.json()["suggestion"] == "Never say *** aloud." and not leaks(judged.text)
 
 
 def test_the_local_backend_masks_what_its_model_writes(tiny_model):
