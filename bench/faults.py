@@ -11,6 +11,8 @@ it) that never answers in time. Each round is a fresh `planvm` process:
                run's status in the store afterwards (interrupted)
   stalled      `planvm exec PLAN` with PLANVM_LLM_TIMEOUT=2 against a server that sends its reply
                one byte every 0.2 s: seconds from start to the failed run, and its error
+  headers      `planvm exec PLAN` with PLANVM_LLM_TIMEOUT=3 against a server that sends even its
+               status line and headers one byte every 0.3 s (60 s to send them all): the same
 """
 
 from __future__ import annotations
@@ -61,12 +63,15 @@ def interrupt(args: list[str], home: Path) -> tuple[float, int, str | None]:
     return took, proc.returncode, status
 
 
-def stalled(plan: Path, home: Path) -> tuple[float, int, str]:
+def stalled(plan: Path, home: Path, headers: bool = False) -> tuple[float, int, str]:
     with FakeChatServer() as server:
-        server.actions.append(("trickle", 0.2, chat_reply("a reply sent one byte at a time, far too slowly")))
+        if headers:
+            server.actions.append(("trickle_headers", 0.3, chat_reply("a reply whose very headers crawl")))
+        else:
+            server.actions.append(("trickle", 0.2, chat_reply("a reply sent one byte at a time, far too slowly")))
         began = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "planvm", "exec", str(plan), "--json"], cwd=ROOT, capture_output=True, text=True,
-                              env=env(server, home, PLANVM_LLM_TIMEOUT="2"), timeout=120)
+                              env=env(server, home, PLANVM_LLM_TIMEOUT="3" if headers else "2"), timeout=120)
         took = time.perf_counter() - began
     return took, done.returncode, json.loads(done.stdout)["error"]
 
@@ -77,13 +82,13 @@ def main() -> None:
     plan = folder / "ask.json"
     plan.write_text(json.dumps(ASK))
     print(f"{'case':<12} {'median s':>9} {'worst s':>8}  outcome")
-    for case in ("ctrl-c", "ctrl-c-run", "stalled"):
+    for case in ("ctrl-c", "ctrl-c-run", "stalled", "headers"):
         times, outcomes = [], set()
         for i in range(rounds):
             home = folder / f"{case}-{i}"
-            if case == "stalled":
-                took, code, error = stalled(plan, home)
-                outcomes.add(f"exit {code}, {error.split(';')[0][-60:]}")
+            if case in ("stalled", "headers"):
+                took, code, error = stalled(plan, home, headers=case == "headers")
+                outcomes.add(f"exit {code}, {error.split(';')[0][-90:]}")
             else:
                 args = ["run", "What is planvm?", "--planner", "llm"] if case == "ctrl-c" else ["exec", str(plan)]
                 took, code, status = interrupt(args, home)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from planner.prompt import build_prompt, render
+from tools import abandon
 from vm.errors import BadInput, PlanError, PlanningError
 from vm.jsontext import extract_json
 from vm.llm import as_completion
@@ -161,6 +162,7 @@ class Planner:
         attempts: list[Attempt] = []
         ask = prompt
         for _ in range(self.max_attempts):
+            abandon.check()  # a planning nobody waits for any more asks no more (tools.abandon)
             text, reply = self._ask(ask)
             model = reply.model or getattr(self.llm, "model", None)
             attempt = Attempt(

@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
-def chat_reply(content: str, reasoning: str | None = None, *, model: str = "test-model", usage: tuple[int, int] = (1, 1)) -> dict[str, Any]:
+def chat_reply(content: str, reasoning: str | None = None, *, model: str = "test-model", usage: tuple[int, int] = (1, 1),
+               finish: str | None = "stop") -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if reasoning is not None:
         message["reasoning_content"] = reasoning
@@ -19,15 +20,27 @@ def chat_reply(content: str, reasoning: str | None = None, *, model: str = "test
         "object": "chat.completion",
         "created": 0,
         "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)},
     }
 
 
+def stream(pieces: list[str], *, reasoning: list[str] = (), finish: str | None = "stop", done: bool = True,
+           pause: float = 0.0) -> tuple[Any, ...]:
+    """A scripted stream: a chunk for each piece of ``reasoning`` (``delta.reasoning_content``),
+    then for each piece of the answer, ``pause`` seconds apart; ``finish`` on the last chunk (None:
+    none); then the usage and ``data: [DONE]`` (``done=False``: the connection just closes)."""
+    return ("stream", list(pieces), list(reasoning), finish, done, pause)
+
+
 class FakeChatServer:
     """Serves queued actions in order: ``("json", status, body[, headers])``, ``("raw", status, text)``,
-    ``("sleep", seconds, body)``, ``("trickle", seconds_per_byte, body)``, ``("stream_cut", text)``; once they are spent, ``responder(request body)`` (when set)
-    answers: a reply's text, or a whole reply object. Records every request body and its headers."""
+    ``("sleep", seconds, body[, status])``, ``("trickle", seconds_per_byte, body)`` (headers at once, then the
+    body byte by byte), ``("trickle_headers", seconds_per_byte, body)`` (the status line and headers
+    byte by byte too), ``("stream_cut", text)``, :func:`stream` (a scripted stream); once they are
+    spent, ``responder(request body)`` (when set) answers: a reply's text, or a whole reply object.
+    A ``json`` 200 to a request that asks for a stream is streamed, a word a chunk. Records every
+    request body and its headers."""
 
     def __init__(self) -> None:
         self.actions: list[tuple[Any, ...]] = []
@@ -67,6 +80,21 @@ class FakeChatServer:
                 else:
                     action = ("json", 500, {"error": {"message": "no scripted reply"}})
                 kind = action[0]
+                if kind == "stream":
+                    self._pieces(*action[1:])
+                    return
+                if kind == "trickle_headers":  # everything, the status line first, one byte every action[1] seconds
+                    data = json.dumps(action[2]).encode()
+                    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                    self.close_connection = True
+                    try:
+                        for byte in head + data:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(action[1])
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    return
                 if kind == "stream_cut":  # a stream that stops without a finish_reason or [DONE]
                     self._stream(chat_reply(action[1]), end=False)
                     return
@@ -84,9 +112,9 @@ class FakeChatServer:
                     except (BrokenPipeError, ConnectionResetError):
                         pass
                     return
-                if kind == "sleep":
+                if kind == "sleep":  # ("sleep", seconds, body[, status])
                     time.sleep(action[1])
-                    self._send(200, json.dumps(action[2]))
+                    self._send(action[3] if len(action) > 3 else 200, json.dumps(action[2]))
                 elif kind == "raw":
                     self._send(action[1], action[2])
                 elif body.get("stream") and action[1] == 200:
@@ -96,26 +124,36 @@ class FakeChatServer:
                     self._send(action[1], json.dumps(action[2]), extra)
 
             def _stream(self, reply: dict[str, Any], end: bool = True) -> None:
-                """A scripted reply sent as the protocol's stream: one chunk per word, then the usage
-                (``end=False``: the connection just closes after the words)."""
-                content = reply["choices"][0]["message"]["content"]
-                words = [w + " " for w in content.split(" ")]
+                """A scripted reply sent as the protocol's stream: one chunk per word, its finish_reason
+                on the last, then the usage (``end=False``: the connection just closes after the words)."""
+                choice = reply["choices"][0]
+                words = [w + " " for w in choice["message"]["content"].split(" ")]
                 words[-1] = words[-1][:-1]
+                self._pieces(words, [], choice.get("finish_reason") if end else None, end, server.stream_pause, reply)
+
+            def _pieces(self, pieces: list[str], reasoning: list[str], finish: str | None, done: bool, pause: float,
+                        reply: dict[str, Any] | None = None) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
+                reply = reply or {}
                 base = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": reply.get("model", "test-model")}
-                for word in words:
-                    chunk = {**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
-                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                deltas = [{"reasoning_content": r} for r in reasoning] + [{"content": p} for p in pieces]
+                try:
+                    for i, delta in enumerate(deltas):
+                        last = i == len(deltas) - 1
+                        chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish if last else None}]}
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                        self.wfile.flush()
+                        time.sleep(pause)
+                    if not done:
+                        self.close_connection = True
+                        return
+                    usage = {**base, "choices": [], "usage": reply.get("usage", {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})}
+                    self.wfile.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
                     self.wfile.flush()
-                    time.sleep(server.stream_pause)
-                if not end:
-                    self.close_connection = True
-                    return
-                usage = {**base, "choices": [], "usage": reply.get("usage")}
-                self.wfile.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
-                self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"

@@ -25,7 +25,7 @@ RETRIEVAL_TOOLS = frozenset({"vector_search", "retrieve_knowledge_graph"})
 
 def make_llm(settings: Settings, setting_names: dict[str, str] | None = None) -> Any:
     """The LLM backend: ``openai``, ``local`` or the offline ``extractive`` baseline.
-    ``setting_names``: the variables that set its timeout, max tokens and key (for hints)."""
+    ``setting_names``: the variables that set its deadlines, max tokens and key (for hints)."""
     backend = settings.chosen_llm_backend()
     if backend == "openai":
         if not settings.llm_model:
@@ -37,6 +37,7 @@ def make_llm(settings: Settings, setting_names: dict[str, str] | None = None) ->
             base_url=settings.llm_base_url,
             api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
             timeout=settings.llm_timeout,
+            idle_timeout=settings.llm_idle_timeout,
             max_retries=settings.llm_max_retries,
             temperature=settings.llm_temperature,
             max_tokens=settings.llm_max_tokens,
@@ -68,7 +69,8 @@ def make_llms(settings: Settings, roles: tuple[str, ...] = ("planner", "answer",
         key = settings.role_key(role)
         if key not in made:
             own = getattr(settings, role).model_dump(exclude_none=True) if hasattr(settings, role) else {}
-            names = {name: f"PLANVM_{role.upper()}_{name.upper()}" for name in ("timeout", "max_tokens", "api_key") if name in own}
+            names = {name: f"PLANVM_{role.upper()}_{name.upper()}" for name in ("timeout", "idle_timeout", "max_tokens", "api_key")
+                     if name in own}
             made[key] = make_llm(settings.for_role(role), names)
         llms[role] = made[key]
     return llms

@@ -3,6 +3,8 @@
 The model is loaded once per (model, adapter, device) and reused by every backend object and run.
 The tokenizer's chat template builds the prompt; generation is greedy unless a temperature is
 set. ``torch``, ``transformers`` and ``peft`` are imported only when a model is first used.
+What the model writes is masked as it leaves the model (a registered key it repeats, in any
+form: :mod:`vm.redact`), streamed text included.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from vm.errors import LLMError
 from vm.llm import Completion, split_reasoning
+from vm.redact import StreamMasker, mask_secrets
 
 __all__ = ["LocalChat", "load_model"]
 
@@ -101,7 +104,7 @@ class LocalChat:
         return tokenizer.decode(new_tokens, skip_special_tokens=True), int(prompt_length), int(new_tokens.shape[0])
 
     def _completion(self, text: str, prompt_tokens: int, completion_tokens: int) -> Completion:
-        reply = split_reasoning(text)
+        reply = split_reasoning(mask_secrets(text))
         # As a server would say it: a generation that used every token it was allowed was cut there.
         finish = "length" if completion_tokens >= self.max_new_tokens else "stop"
         return Completion(reply.text, reply.reasoning, model=self.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
@@ -115,14 +118,22 @@ class LocalChat:
         from transformers import TextStreamer
 
         _model, tokenizer, _device = self.loaded()
+        masker = StreamMasker()  # a key split across pieces is masked too
 
         class _Forward(TextStreamer):
             def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                if text:
-                    on_delta(text)
+                shown = masker.feed(text) if text else ""
+                if stream_end:
+                    shown += masker.flush()
+                if shown:
+                    on_delta(shown)
 
         streamer = _Forward(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        return self._completion(*self.generate(self.prompt_ids(prompt, system), streamer=streamer))
+        completion = self._completion(*self.generate(self.prompt_ids(prompt, system), streamer=streamer))
+        rest = masker.flush()  # in case the streamer was not told of the end
+        if rest:
+            on_delta(rest)
+        return completion
 
     def __repr__(self) -> str:
         return f"LocalChat(model={self.model_name!r}, adapter={self.adapter!r})"

@@ -6,82 +6,39 @@ jitter, bounded by ``max_retries``, honouring ``Retry-After``. Errors name the e
 and the HTTP status, never the key. A reasoning model's thinking (a ``reasoning_content`` field,
 or a leading ``<think>`` block) is returned apart from the answer.
 
-Honest replies: ``timeout`` bounds each request whole (connecting and reading the entire body,
-however slowly it trickles), not each read. A 200 that is not a chat completion is
-:class:`~vm.errors.LLMBadReply`; an answer cut at its token limit, or a stream that ends before
-the server finishes it, is :class:`~vm.errors.AnswerTruncated`; an empty answer (or reasoning
-only) is :class:`~vm.errors.EmptyAnswer`, asked once more first. Every reply keeps its
-``finish_reason``.
+Honest replies: a reply must begin (status line, headers, first piece) within ``timeout``
+seconds, a reply that is not streamed must be read whole within it too, and a streamed one may
+pause at most ``idle_timeout`` seconds between pieces (:mod:`tools.llm_transport`); the error
+names the deadline that fired. Only ``finish_reason: stop`` is a finished answer: a 200 that is
+not a chat completion is :class:`~vm.errors.LLMBadReply`; an answer cut at its token limit, by a
+content filter, or a stream that ends before the server finishes it, is
+:class:`~vm.errors.AnswerTruncated`; an empty answer (or reasoning only) is
+:class:`~vm.errors.EmptyAnswer`, asked once more first. Every reply keeps its ``finish_reason``.
+
+What a model writes is masked where it enters planvm: a registered key it repeats (whole, in
+part, base64- or percent-encoded) is replaced in the answer and its reasoning, and in streamed
+text before ``on_delta`` sees it, a key split across pieces included (:class:`~vm.redact.StreamMasker`).
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
+from tools.llm_transport import DeadlineTransport
 from vm.errors import AnswerTruncated, EmptyAnswer, LLMBadReply, LLMError
 from vm.llm import Completion, split_reasoning
+from vm.redact import StreamMasker, mask_secrets
 from vm.values import shorten
 
 __all__ = ["OpenAIChat"]
 
-DEFAULT_SETTING_NAMES = {"timeout": "PLANVM_LLM_TIMEOUT", "max_tokens": "PLANVM_LLM_MAX_TOKENS", "api_key": "PLANVM_LLM_API_KEY"}
-
-
-class _WholeRequestDeadline(httpx.BaseTransport):
-    """An httpx transport that bounds each request whole: the body must be read within
-    ``seconds`` of sending the request (a server trickling bytes is cut off), and that counts the
-    requests sent (the SDK's retries included)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.inner = httpx.HTTPTransport()
-        self.local = threading.local()
-
-    def handle_request(self, request: Any) -> Any:
-        self.local.sent = getattr(self.local, "sent", 0) + 1
-        self.local.done = False
-        deadline = time.monotonic() + self.seconds
-        response = self.inner.handle_request(request)
-        response.stream = _Bounded(response.stream, deadline, self.seconds, request, self.local)
-        return response
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def sent(self) -> int:
-        return getattr(self.local, "sent", 0)
-
-    def reset(self) -> None:
-        self.local.sent = 0
-        self.local.done = False
-
-    def saw_done(self) -> bool:
-        """Whether the last streamed reply ended with its ``data: [DONE]`` line."""
-        return getattr(self.local, "done", False)
-
-
-class _Bounded(httpx.SyncByteStream):
-    def __init__(self, stream: Any, deadline: float, seconds: float, request: Any, local: Any) -> None:
-        self.stream, self.deadline, self.seconds, self.request, self.local = stream, deadline, seconds, request, local
-
-    def __iter__(self) -> Iterator[bytes]:
-        tail = b""
-        for chunk in self.stream:
-            if time.monotonic() > self.deadline:
-                self.stream.close()
-                raise httpx.ReadTimeout(f"the reply took more than {self.seconds:g} s in all", request=self.request)
-            if b"[DONE]" in tail + chunk:  # a stream's end, as the server marks it
-                self.local.done = True
-            tail = chunk[-8:]
-            yield chunk
-
-    def close(self) -> None:
-        self.stream.close()
+DEFAULT_SETTING_NAMES = {"timeout": "PLANVM_LLM_TIMEOUT", "idle_timeout": "PLANVM_LLM_IDLE_TIMEOUT", "max_tokens": "PLANVM_LLM_MAX_TOKENS",
+                         "api_key": "PLANVM_LLM_API_KEY"}
+#: The finish reasons of a finished answer (``tool_calls`` would be one, were tools ever asked for).
+FINISHED = frozenset({"stop"})
 
 
 def _kind(value: Any) -> str:
@@ -109,6 +66,7 @@ class OpenAIChat:
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float = 60.0,
+        idle_timeout: float = 30.0,
         max_retries: int = 3,
         temperature: float = 0.0,
         max_tokens: int | None = None,
@@ -125,6 +83,7 @@ class OpenAIChat:
         self.max_tokens = max_tokens
         self.json_mode = json_mode
         self.timeout = timeout
+        self.idle_timeout = idle_timeout
         self.max_retries = max_retries
         # The settings that govern this client, as the user sets them (a role's own, or the general one).
         self.names = {**DEFAULT_SETTING_NAMES, **(setting_names or {})}
@@ -133,9 +92,10 @@ class OpenAIChat:
         key = api_key or "no-key"
         # Sync client only: the VM calls it from its thread pool, so one client serves every run
         # (an async client's connections would be tied to the event loop of the first run).
-        self._transport = _WholeRequestDeadline(timeout)
-        http = httpx.Client(transport=self._transport, timeout=timeout)
-        self._client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=timeout, max_retries=max_retries, http_client=http)
+        # The transport keeps every deadline; httpx's own (per read) would let a trickle through.
+        self._transport = DeadlineTransport(timeout, idle_timeout)
+        http = httpx.Client(transport=self._transport, timeout=None)
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=None, max_retries=max_retries, http_client=http)
 
     def _request(self, prompt: str, system: str | None, json_schema: dict[str, Any] | None) -> dict[str, Any]:
         messages = [{"role": "system", "content": system}] if system else []
@@ -172,16 +132,25 @@ class OpenAIChat:
                                 finish if isinstance(finish, str) else None)
 
     def _honest(self, reply: Completion, *, streamed: bool = False) -> Completion:
-        """The reply, if it is a whole answer: a cut or empty one raises."""
-        if reply.finish_reason == "length":
+        """The reply, if it is a whole answer: a cut, unfinished or empty one raises."""
+        finish = reply.finish_reason
+        if finish == "length":
             used = f" after {reply.completion_tokens} tokens" if reply.completion_tokens else ""
             raise AnswerTruncated(
                 f"{self.where} cut the answer at its token limit{used} (finish_reason: length); raise "
                 f"{self.names['max_tokens']}, or ask for a shorter answer"
             )
-        if streamed and reply.finish_reason is None and not self._transport.saw_done():
-            raise AnswerTruncated(f"{self.where} ended the stream before finishing the answer (no finish_reason, no [DONE]); "
-                                  f"the answer so far is not used; check the server's log")
+        if finish == "content_filter":
+            raise AnswerTruncated(f"{self.where} stopped the answer with its content filter (finish_reason: content_filter); "
+                                  f"the part it sent is not used; rephrase the request, or check the server's filter settings")
+        if finish is None and streamed:
+            ended = "sent its end of stream ([DONE])" if self._transport.saw_done() else "ended the stream without its [DONE]"
+            raise AnswerTruncated(f"{self.where} {ended} before finishing the answer (no finish_reason); the answer so far is "
+                                  f"not used; check the server's log")
+        if finish not in FINISHED:
+            said = f"finish_reason: {shorten(finish, 40)}" if finish is not None else "no finish_reason"
+            raise AnswerTruncated(f"{self.where} did not say that the answer was finished ({said}; only stop is a finished "
+                                  f"answer); the answer is not used; check the server's log")
         if not reply.text.strip():
             only = " (only reasoning, no answer after it)" if reply.reasoning else ""
             raise EmptyAnswer(f"{self.where} sent an empty answer{only}, twice; check the model and its prompt template")
@@ -196,8 +165,8 @@ class OpenAIChat:
         usage = getattr(response, "usage", None)
         served = getattr(response, "model", None)
         return Completion(
-            reply.text,
-            reply.reasoning,
+            mask_secrets(reply.text),  # a key the model repeats goes no further than here
+            mask_secrets(reply.reasoning) if reply.reasoning else reply.reasoning,
             model=served if isinstance(served, str) and served else self.model,
             prompt_tokens=_count(getattr(usage, "prompt_tokens", None)),
             completion_tokens=_count(getattr(usage, "completion_tokens", None)),
@@ -220,8 +189,15 @@ class OpenAIChat:
             }.get(exc.status_code, f"see the server's log ({tries})")
             return LLMError(f"{where} answered HTTP {exc.status_code}: {detail}; {hint}")
         if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)):
-            return LLMError(f"{where} did not answer within {self.timeout:g} s {tries}; raise {self.names['timeout']} or check "
-                            f"the server")
+            fired = self._transport.fired()
+            if fired == "idle":
+                return LLMError(f"{where} sent nothing for {self.idle_timeout:g} s in the middle of its streamed reply (the idle "
+                                f"deadline, {self.names['idle_timeout']}), {tries}; raise it or check the server")
+            if fired == "whole":
+                return LLMError(f"{where} did not send its whole reply within {self.timeout:g} s (the reply deadline, "
+                                f"{self.names['timeout']}: it began, then trickled), {tries}; raise it or check the server")
+            return LLMError(f"{where} did not begin its reply within {self.timeout:g} s (the first-byte deadline, "
+                            f"{self.names['timeout']}: connecting, status line, headers), {tries}; raise it or check the server")
         if isinstance(exc, openai.APIConnectionError):
             return LLMError(f"cannot reach {where} ({tries}): {shorten(str(exc.__cause__ or exc))}; is the server running at that "
                             f"address?")
@@ -236,7 +212,7 @@ class OpenAIChat:
             json_schema = {"type": "object", "properties": {"plan": array}, "required": ["plan"], "$defs": defs}
         request = self._request(prompt, system, json_schema)
         for attempt in (1, 2):
-            self._transport.reset()
+            self._transport.expect_stream(False)
             try:
                 response = self._client.chat.completions.create(**request)
             except LLMError:
@@ -244,7 +220,7 @@ class OpenAIChat:
             except Exception as exc:
                 raise self._error(exc) from exc
             reply = self._reply(response)
-            if reply.text.strip() or reply.finish_reason == "length" or attempt == 2:
+            if reply.text.strip() or reply.finish_reason not in FINISHED or attempt == 2:  # only a finished empty answer is asked again
                 return self._honest(reply)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -258,7 +234,8 @@ class OpenAIChat:
         thinking: list[str] = []
         last: Any = None
         finish: str | None = None
-        self._transport.reset()
+        masker = StreamMasker()  # what on_delta sees is masked, a key split across pieces included
+        self._transport.expect_stream(True)
         try:
             for chunk in self._client.chat.completions.create(**request):
                 last = chunk if getattr(chunk, "usage", None) is not None or last is None else last
@@ -276,11 +253,16 @@ class OpenAIChat:
                         raise LLMBadReply(f"{self.where} streamed content that is {_kind(content)}, not text")
                     if content:
                         parts.append(content)
-                        on_delta(content)
+                        shown = masker.feed(content)
+                        if shown:
+                            on_delta(shown)
         except LLMError:
             raise
         except Exception as exc:
             raise self._error(exc) from exc
+        rest = masker.flush()
+        if rest:
+            on_delta(rest)
         return self._honest(self._completion("".join(parts), "".join(thinking) or None, last, finish), streamed=True)
 
     def __repr__(self) -> str:

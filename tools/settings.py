@@ -18,7 +18,7 @@ folder, or the file named by ``PLANVM_CONFIG``), then the defaults below.
 
 Model roles: ``planner`` (writes plans), ``answer`` (``llm_generate``), ``condition`` (``jmp``)
 and ``judge``. Each may set its own ``backend``, ``base_url``, ``api_key``, ``model``,
-``timeout``, ``max_retries``, ``temperature``, ``max_tokens``, ``json_mode``, ``local_model``,
+``timeout``, ``idle_timeout``, ``max_retries``, ``temperature``, ``max_tokens``, ``json_mode``, ``local_model``,
 ``local_adapter`` and ``local_device`` — as a ``[role]`` table or as ``PLANVM_<ROLE>_<FIELD>``
 (``PLANVM_PLANNER_BASE_URL``, ``PLANVM_ANSWER_MODEL``…). What a role leaves unset comes from the
 general ``llm_*`` / ``local_*`` settings, so one setting still serves every role.
@@ -64,6 +64,7 @@ class RoleSettings(BaseModel):
     api_key: SecretStr | None = None
     model: str | None = None
     timeout: float | None = Field(None, gt=0)
+    idle_timeout: float | None = Field(None, gt=0)
     max_retries: int | None = Field(None, ge=0)
     temperature: float | None = Field(None, ge=0)
     max_tokens: int | None = Field(None, gt=0)
@@ -76,7 +77,7 @@ class RoleSettings(BaseModel):
 # A role's field and the general setting it overrides.
 _ROLE_FIELDS = {
     "backend": "llm_backend", "base_url": "llm_base_url", "api_key": "llm_api_key", "model": "llm_model",
-    "timeout": "llm_timeout", "max_retries": "llm_max_retries", "temperature": "llm_temperature",
+    "timeout": "llm_timeout", "idle_timeout": "llm_idle_timeout", "max_retries": "llm_max_retries", "temperature": "llm_temperature",
     "max_tokens": "llm_max_tokens", "json_mode": "llm_json_mode", "local_model": "local_model",
     "local_adapter": "local_adapter", "local_device": "local_device",
 }
@@ -141,7 +142,12 @@ class Settings(BaseSettings):
         description="API key (PLANVM_LLM_API_KEY or OPENAI_API_KEY).",
     )
     llm_model: str | None = Field(None, description="Model name the endpoint serves.")
-    llm_timeout: float = Field(60.0, gt=0, description="Seconds per LLM request.")
+    llm_timeout: float = Field(
+        60.0, gt=0, description="Seconds an LLM request may take to begin its reply (connecting, status line, headers, first "
+        "piece); a reply that is not streamed must also arrive whole within them.")
+    llm_idle_timeout: float = Field(
+        30.0, gt=0, description="Most seconds between two pieces of a streamed LLM reply (a stream may take as long as it "
+        "likes in all: the run's max_seconds bounds it).")
     llm_max_retries: int = Field(3, ge=0, description="Retries on 429, 5xx and timeouts (exponential backoff, jitter).")
     llm_temperature: float = Field(0.0, ge=0, description="Sampling temperature.")
     llm_max_tokens: int | None = Field(None, gt=0, description="Most tokens per reply (the backend's default if unset).")

@@ -26,11 +26,16 @@ __all__ = ["Engine"]
 
 def _in_daemon_thread(work: Callable[[], Any]) -> asyncio.Future[Any]:
     """``work()`` in a thread of its own that does not hold the process open: a planner call cut
-    off by the run's deadline (or Ctrl-C) is left to end by itself while the command exits."""
+    off by the run's deadline (or Ctrl-C) is left to end by itself while the command exits, and
+    sends no request after that (tools.abandon)."""
     import threading
+
+    from tools.abandon import abandoned_when
 
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
+    given_up = threading.Event()
+    future.add_done_callback(lambda done: given_up.set() if done.cancelled() else None)
 
     def settle(result: Any, error: BaseException | None) -> None:
         if not future.done():
@@ -38,7 +43,8 @@ def _in_daemon_thread(work: Callable[[], Any]) -> asyncio.Future[Any]:
 
     def run() -> None:
         try:
-            outcome, error = work(), None
+            with abandoned_when(given_up):
+                outcome, error = work(), None
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
             outcome, error = None, exc
         try:

@@ -221,7 +221,7 @@ def test_a_server_trickling_its_reply_is_cut_off_at_the_request_deadline():
     with FakeChatServer() as server:
         server.actions.append(("trickle", 0.2, chat_reply("a reply sent one byte at a time")))
         began = time.monotonic()
-        with pytest.raises(LLMError, match="did not answer within 1 s"):
+        with pytest.raises(LLMError, match="did not send its whole reply within 1 s"):
             client(server, timeout=1.0).complete("hi")
     assert time.monotonic() - began < 3
 
