@@ -3,7 +3,8 @@
     python bench/serve.py                          # 64 clients, 1,000 runs, 3 steps of 50 ms
     python bench/serve.py --clients 1 --runs 100   # the overhead of one run alone
     python bench/serve.py --readers 10             # a 400-step run's time with 10 live event streams, and with none
-    python bench/serve.py --stuck-readers 8        # server memory with 8 streams that never read, on a 244 MB run
+    python bench/serve.py --stuck-readers 22       # 22 streams that never read a run of 40 steps of 500 KB (--stall-timeout 5)
+    python bench/serve.py --stuck-readers 22 --max-connections 23   # ...holding every connection the server allows
     python bench/serve.py --clients 1 --runs 200 --code /tmp/previous   # this checkout, then another, in one run
 
 One server process (the real `planvm serve`, its own store in a temporary folder); the clients
@@ -135,10 +136,14 @@ def big_run_plan(steps: int, value_kb: int) -> list[dict]:
     return chain
 
 
-def stuck_readers(url: str, server_pid: int, home: Path, readers: int) -> None:
+def stuck_readers(url: str, server_pid: int, home: Path, readers: int, stall: float, steps: int, value_kb: int) -> None:
+    """``readers`` clients ask for the event stream of a finished run and never read it: the
+    server's memory while they sit and after, whether others are answered meanwhile, and when the
+    stalled connections are closed (each should be reset --stall-timeout seconds after its buffers
+    filled)."""
     import socket
 
-    body = {"goal": "big", "plan": big_run_plan(400, 200)}
+    body = {"goal": "big", "plan": big_run_plan(steps, value_kb)}
     answer = httpx.post(f"{url}/v1/runs?wait=true", json=body, timeout=600).json()
     run_id = answer["run_id"]
     size = sum(Path(str(home / "runs.sqlite") + suffix).stat().st_size for suffix in ("", "-wal")
@@ -147,6 +152,7 @@ def stuck_readers(url: str, server_pid: int, home: Path, readers: int) -> None:
     before = rss_mb(server_pid)
     host, port = url.rsplit("/", 1)[1].split(":")
     sockets = []
+    began = time.monotonic()
     for _ in range(readers):
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -154,23 +160,40 @@ def stuck_readers(url: str, server_pid: int, home: Path, readers: int) -> None:
         s.sendall(f"GET /v1/runs/{run_id}/events HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         sockets.append(s)  # and never read
     peak = before
-    for _ in range(40):
+    probes: list[tuple[float, str]] = []  # (seconds since the streams opened, what a new client got)
+    closed_at = None
+    while time.monotonic() - began < stall + 60:
         time.sleep(0.25)
         peak = max(peak, rss_mb(server_pid))
-    healthy = httpx.get(f"{url}/healthz", timeout=5).status_code
+        try:
+            health = httpx.get(f"{url}/healthz", timeout=5)
+            kind = "limit 503" if health.text == "Service Unavailable" else str(health.status_code)
+        except httpx.HTTPError as exc:
+            kind = type(exc).__name__
+        probes.append((time.monotonic() - began, kind))
+        if closed_at is None and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != 1 for s in sockets):  # not ESTABLISHED
+            closed_at = time.monotonic() - began
+        if closed_at is not None and time.monotonic() - began > closed_at + 3:
+            break
+    after = rss_mb(server_pid)
     started = 0
     for s in sockets:  # each stream was answered (its first bytes wait in the socket), then held back by its reader
         s.setblocking(False)
         try:
             started += s.recv(65536).startswith(b"HTTP/1.1 200")
-        except BlockingIOError:
+        except (BlockingIOError, ConnectionError):
             pass
-    print(f"planvm serve: {readers} event streams that never read, on a finished run of {answer['steps']} steps "
-          f"({size / 1e6:.0f} MB in the store)")
-    print(f"  server memory     {before:7.1f} MB before, peak {peak:7.1f} MB over 10 s  (+{peak - before:.1f} MB); /healthz {healthy}; "
-          f"{started} of {readers} streams answered")
-    for s in sockets:
         s.close()
+    print(f"planvm serve --stall-timeout {stall:g}: {readers} event streams that never read, on a finished run of "
+          f"{answer['steps']} steps of {value_kb} KB ({size / 1e6:.0f} MB in the store); {started} of {readers} streams answered")
+    print(f"  server memory     {before:7.1f} MB before, peak {peak:7.1f} MB (+{peak - before:.1f} MB), "
+          f"{after:7.1f} MB 3 s after they were closed (+{after - before:.1f} MB)")
+    print(f"  connections       all {readers} reset by the server after {closed_at:.1f} s" if closed_at is not None else
+          f"  connections       still open after {stall + 60:g} s")
+    kinds = sorted({k for _, k in probes})
+    print(f"  /healthz probes   {len(probes)} (one every 0.25 s): " + "; ".join(
+        f"{sum(k == kind for _, k in probes)} {kind}" + ("" if kind == "200" else f" (the last at {max(t for t, k in probes if k == kind):.1f} s)")
+        for kind in kinds))
 
 
 def main() -> None:
@@ -180,7 +203,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--tool-ms", type=float, default=50.0)
     parser.add_argument("--readers", type=int, default=None, help="Live event streams on one run of --steps (400 if not given).")
-    parser.add_argument("--stuck-readers", type=int, default=None, help="Streams that never read, on a finished 244 MB run.")
+    parser.add_argument("--stuck-readers", type=int, default=None, help="Streams that never read, on a finished run of big steps.")
+    parser.add_argument("--stall-timeout", type=float, default=5.0, help="With --stuck-readers: the server's --stall-timeout.")
+    parser.add_argument("--max-connections", type=int, default=2048, help="The server's --max-connections.")
+    parser.add_argument("--value-kb", type=int, default=500, help="With --stuck-readers: the size of each step's value.")
     parser.add_argument("--code", type=Path, action="append", default=[],
                         help="Another checkout whose server is measured the same way after this one's.")
     args = parser.parse_args()
@@ -200,7 +226,9 @@ def measure(args: argparse.Namespace, code: Path) -> None:
     port = 18000 + os.getpid() % 1000
     env = {**os.environ, "PLANVM_HOME": str(home), "PLANVM_BENCH_TOOL_SECONDS": str(args.tool_ms / 1000)}
     server = subprocess.Popen(
-        [sys.executable, "-m", "planvm", "serve", "--port", str(port), "--no-builtins", "--plugin", str(ROOT / "bench" / "_serve_tools.py")],
+        [sys.executable, "-m", "planvm", "serve", "--port", str(port), "--no-builtins", "--plugin", str(ROOT / "bench" / "_serve_tools.py"),
+         "--max-connections", str(args.max_connections),
+         *(["--stall-timeout", str(args.stall_timeout)] if args.stuck_readers is not None else [])],
         cwd=code, env={**env, "PYTHONPATH": str(code)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -213,7 +241,8 @@ def measure(args: argparse.Namespace, code: Path) -> None:
                 time.sleep(0.1)
         body = {"goal": "bench", "plan": plan(args.steps)}
         if args.stuck_readers is not None:
-            stuck_readers(url, server.pid, home, args.stuck_readers)
+            stuck_readers(url, server.pid, home, args.stuck_readers, args.stall_timeout, 40 if args.steps == 3 else args.steps,
+                          args.value_kb)
             return
         if args.readers is not None:
             alone, _ = asyncio.run(timed_run(url, body, 0))

@@ -264,6 +264,12 @@ class VM:
         reached = [i for i, s in enumerate(parent.steps) if s.seq_no == from_seq]
         if not reached:
             executed = sorted({s.seq_no for s in parent.steps})
+            if not executed:
+                raise ForkError(
+                    f"run '{run_id}' ({parent.status}) executed no step, so there is no seq_no {from_seq} to fork from; "
+                    f"start a new run with the plan instead (planvm exec, or POST /v1/runs with a plan)",
+                    path=str(store.path),
+                )
             raise ForkError(
                 f"run '{run_id}' never reached seq_no {from_seq} (it executed seq_no {_ranges(executed)}); "
                 f"fork from one of those",

@@ -50,12 +50,13 @@ def mcp_command(http_port: int | None, host: str, token: str | None, **options: 
         else:
             import uvicorn
 
-            from planvm.connections import BearerToken, header_timeout_protocol
+            from planvm.connections import BearerToken, BodyDeadline, deadline_protocol
 
             app: Any = server.streamable_http_app(host=host)
             if token:
                 app = BearerToken(app, token)
             echo_err(f"planvm MCP server on http://{host}:{http_port}/mcp (runs in {engine.store.path})")
-            uvicorn.run(app, host=host, port=http_port, log_level="warning", http=header_timeout_protocol(10.0), timeout_keep_alive=5)
+            uvicorn.run(BodyDeadline(app, 60.0), host=host, port=http_port, log_level="warning", http=deadline_protocol(10.0, 60.0),
+                        timeout_keep_alive=5)
     finally:
         engine.close()

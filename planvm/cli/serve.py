@@ -48,6 +48,20 @@ from vm.errors import BadInput
     help="Seconds a client has to send a request's headers before its connection is closed.",
 )
 @click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds a client has to send a request's body, once its headers are in, before it is answered 408 and its connection closed.",
+)
+@click.option(
+    "--stall-timeout",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds a client may take nothing of a response (an event stream it stopped reading) before its connection is aborted.",
+)
+@click.option(
     "--max-connections",
     type=click.IntRange(min=1),
     default=2048,
@@ -59,12 +73,12 @@ from vm.errors import BadInput
 @guarded
 def serve(
     host: str, port: int, token: str | None, cors_origins: tuple[str, ...], max_body_bytes: int, workers: int,
-    header_timeout: float, max_connections: int, **options: Any
+    header_timeout: float, body_timeout: float, stall_timeout: float, max_connections: int, **options: Any
 ) -> None:
     """Serve planvm over HTTP: submit goals, stream runs, fork, resume, approve; a page at /."""
     import uvicorn
 
-    from planvm.connections import header_timeout_protocol, raise_open_files_limit
+    from planvm.connections import BodyDeadline, deadline_protocol, raise_open_files_limit
     from planvm.server import create_app
     from planvm.server.access import allowed_hosts_for
     from vm.redact import register_secret
@@ -84,6 +98,6 @@ def serve(
     echo_err(f"planvm serving on http://{host}:{port}/ (runs in {engine.store.path})")
     raise_open_files_limit()
     uvicorn.run(
-        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, http=header_timeout_protocol(header_timeout),
-        timeout_keep_alive=5, limit_concurrency=max_connections,
+        BodyDeadline(app, body_timeout), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
+        http=deadline_protocol(header_timeout, stall_timeout), timeout_keep_alive=5, limit_concurrency=max_connections,
     )

@@ -43,6 +43,7 @@ DONE = 999_999
 SPAN = 1_000_000
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 PAUSED_STATES = frozenset({"waiting", "interrupted"})
+BEFORE_RUNNING = frozenset({"planning", "queued"})  # a stream's first event says so; a `running` event follows
 POLL_SECONDS = 0.5
 WINDOW_EVENTS = 4_096  # newest events kept per watched run (live tokens included)
 WINDOW_BYTES = 8 * 1024 * 1024  # and their serialised size
@@ -202,8 +203,9 @@ class EventHub:
             watch.started = True
         watch.committed = committed  # the executor's count (a resume may have dropped a failed step)
         watch.place = PAUSED if resumed else 0
+        was = watch.status
         watch.status = "running"
-        if resumed:
+        if resumed or was in BEFORE_RUNNING:  # (streams opened while it was planned said `planning`)
             watch.add(Event(watch.next_id(), "run", {"run_id": run_id, "status": "running"}))
 
     def step_started(self, run_id: str, seq_no: int, kind: str, tool: str | None) -> None:
@@ -261,6 +263,8 @@ class EventHub:
             if status != watch.status and not (watch.active and status == "running"):
                 if status in PAUSED_STATES or status in TERMINAL:
                     await self._status_events(watch, head)
+                elif status == "running" and watch.status in BEFORE_RUNNING:  # planned or taken elsewhere
+                    watch.add(Event(watch.next_id(), "run", {"run_id": run_id, "status": "running"}))
                 watch.status = status
             watch.changed.set()  # wake streams waiting for the first poll
             watch.changed = asyncio.Event()
@@ -302,7 +306,10 @@ async def run_events(hub: EventHub, run_id: str, after: int = -1) -> AsyncIterat
     try:
         if sent < 0:
             sent = 0
-            yield Event(0, "run", {"run_id": run_id, "status": "running"})
+            while not watch.started:  # the first poll says whether it is still being planned (or queued)
+                await watch.changed.wait()
+            status = watch.status if watch.status in BEFORE_RUNNING else "running"
+            yield Event(0, "run", {"run_id": run_id, "status": status})
         while True:
             changed = watch.changed
             if not watch.started:

@@ -24,12 +24,11 @@ from planvm.server.models import (
     RunRequest,
     Started,
 )
-from planvm.server.service import _finished, log
+from planvm.server.service import _finished
 from vm.errors import BadInput
 
 __all__ = ["router"]
 
-STALL_SECONDS = 60.0  # an event stream whose client reads nothing for this long is closed
 router = APIRouter()
 
 
@@ -147,13 +146,13 @@ async def events(
     after = _last_event_id(request.headers.get("last-event-id"))
     stream = run_events(ctx.service.hub, full_id, after)
     if format == "ai-sdk":
-        return _EventStream(ui_message_stream(full_id, stream), media_type="text/event-stream", headers=AI_SDK_HEADERS)
+        return StreamingResponse(ui_message_stream(full_id, stream), media_type="text/event-stream", headers=AI_SDK_HEADERS)
 
     async def sse() -> AsyncIterator[str]:
         async for event in stream:
             yield event.sse()
 
-    return _EventStream(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.post("/v1/runs/{run_id}/fork", status_code=202, response_model=Started, responses=_ERRORS, tags=["runs"])
@@ -220,20 +219,6 @@ async def judge(run_id: str, ctx: Context = Depends(context)) -> dict[str, Any]:
 
 
 # --- plumbing ------------------------------------------------------------------------------------
-
-
-class _EventStream(StreamingResponse):
-    """An event stream whose client stopped reading is closed after STALL_SECONDS (the socket's
-    buffer is full by then), so it holds neither a connection nor memory for ever."""
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        async def bounded(message: Any) -> None:
-            await asyncio.wait_for(send(message), STALL_SECONDS)
-
-        try:
-            await super().__call__(scope, receive, bounded)
-        except TimeoutError:
-            log.warning("closed an event stream whose client read nothing for %.0f s", STALL_SECONDS)
 
 
 def _last_event_id(value: str | None) -> int:

@@ -371,6 +371,16 @@ def test_default_location_follows_planvm_home(tmp_path, monkeypatch):
     assert store.path == Path(tmp_path / "home" / "runs.sqlite") and store.path.exists()
 
 
+def test_fork_of_a_run_that_executed_no_step_says_so(store):
+    vm = VM(make_registry(), store=store)
+    never_ran = store.create_run(PLAN, goal="queued, never taken")
+    with pytest.raises(ForkError) as raised:
+        vm.fork(never_ran, 0, PLAN)
+    message = str(raised.value)
+    assert "executed no step, so there is no seq_no 0 to fork from" in message and "start a new run" in message
+    assert "seq_no )" not in message
+
+
 def test_fork_compares_instructions_by_meaning_not_spelling(store):
     vm = VM(make_registry(), store=store)
     parent = vm.run([assign(0, a=1), assign(1, final_answer="${a}")])
