@@ -197,18 +197,19 @@ class McpServer:
             self._runner = None
 
     def _open_log(self) -> Any:
-        """The file a stdio server's stderr goes to (appended; the first lines say when it started)."""
+        """The file a stdio server's stderr goes to: a pipe into its log (appended, rotated at a size
+        cap, overlong lines cut; the first line says when it started; see :mod:`tools.mcp_log`)."""
         if self.log_path is None:
             return _server_log()
         try:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            if self._log is None or self._log.closed:
-                self._log = open(self.log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - kept open for the server
             import time
 
-            self._log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.label}\n")
-            self._log.flush()
-            return self._log
+            from tools.mcp_log import CappedLog
+
+            if self._log is not None:
+                self._log.close()
+            self._log = CappedLog(self.log_path, f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.label}")
+            return self._log.writer
         except OSError:
             self.log_path = None
             return _server_log()

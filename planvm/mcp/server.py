@@ -48,7 +48,8 @@ def build_server(engine: Any) -> Any:
     from planvm.engine.shapes import PlanView, RunOutcome
     from vm import PlanningError, PlanValidationError, validate_plan
 
-    server = MCPServer("planvm", instructions=INSTRUCTIONS)
+    # WARNING: the SDK would otherwise log every request at INFO into a stdio parent's log file.
+    server = MCPServer("planvm", instructions=INSTRUCTIONS, log_level="WARNING")
 
     def problems_of(exc: Exception) -> dict[str, Any]:
         problems = [str(p) for p in getattr(exc, "problems", ())]
