@@ -119,9 +119,9 @@ def create_app(
         raise BadInput("the service needs a run store")
     if token is not None and not token.strip():
         raise BadInput("the token is blank; give a real secret, or no token (loopback only)")
-    # A database server's calls (network, retries while it is away) never wait on the event loop;
-    # an SQLite commit (a local file, about 0.3 ms) costs less inline than a thread hop.
-    engine.vm.store_in_threads = engine.store.dialect != "sqlite"
+    # No store call waits on the event loop: a database server's (network, retries while it is
+    # away) nor SQLite's (a large plan written, a lock another process holds).
+    engine.vm.store_in_threads = True
     from vm.redact import mask_log_records
 
     mask_log_records()  # an error a model server echoed a key into never reaches the server's log

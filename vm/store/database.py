@@ -9,6 +9,7 @@ imported only when a store's schema is behind this planvm's.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -38,7 +39,9 @@ _LEGACY_MIGRATIONS = {
     ],
 }
 DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_RETRY_SECONDS = 30.0
 OPEN_RETRY_SECONDS = 3.0  # a store that cannot be reached when it is opened is reported soon
+RETRY_VARIABLE = "PLANVM_STORE_RETRY_SECONDS"  # the retry budget, when the code gives none
 
 
 class Database:
@@ -53,7 +56,7 @@ class Database:
         timeout: float = 10.0,
         readonly: bool = False,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
-        retry_seconds: float = 30.0,
+        retry_seconds: float | None = None,
         upgrade: bool | None = None,
         owner: str | None = None,
     ) -> None:
@@ -62,8 +65,9 @@ class Database:
         self.path: Any = self.file if self.file is not None else redact(_masked(str(location)))
         self.readonly = readonly
         self.lease_seconds = lease_seconds
-        self.retry_seconds = retry_seconds
+        self.retry_seconds = _retry_budget() if retry_seconds is None else retry_seconds
         self.timeout = timeout
+        self._where = _location_texts(str(location) if location is not None else None, self.url, self.file, self.path)
         self._lock = threading.RLock()
         self.upgraded_from: str | None = None  # the schema revision this opening migrated from
         self._engine: Any = None
@@ -198,7 +202,8 @@ class Database:
     def _open_server(self, timeout: float, *, upgrade: bool) -> None:
         import sqlalchemy as sa
 
-        connect_args: dict[str, Any] = {"connect_timeout": max(1, int(timeout))}
+        # A connection attempt the network leaves unanswered waits no longer than the retry budget.
+        connect_args: dict[str, Any] = {"connect_timeout": max(1, int(min(timeout, self.retry_seconds)))}
         try:
             self._engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args)
         except (ImportError, sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
@@ -281,18 +286,22 @@ class Database:
 
     # --- errors and transactions --------------------------------------------------------------
 
+    def public(self, text: str) -> str:
+        """``text`` without where this store is: its URL or file, and a database server's host and
+        port (for what leaves the process: an HTTP answer, a run's recorded error)."""
+        return _without_location(text, self._where, server=self.file is None)
+
     def _translate(self, exc: Exception) -> StoreError:
         orig = getattr(exc, "orig", None) or exc
         text = str(orig)
         where = str(self.path)
         if self.file is None:
+            # The message names no URL, host or port: it may reach an HTTP client or a run's record.
+            said = self.public(_driver_text(redact(text.strip()), self._where[1]))
             if _disconnected(exc):
-                return StoreUnavailable(
-                    f"cannot reach the run store {where} ({redact(text.strip().splitlines()[0] if text.strip() else type(orig).__name__)}); "
-                    f"is the database server running and reachable?",
-                    path=where,
-                )
-            return StoreError(f"run store {where}: {redact(text.strip())}", path=where)
+                first = said.splitlines()[0] if said else type(orig).__name__
+                return StoreUnavailable(f"cannot reach the run store ({first}); is the database server running and reachable?", path=where)
+            return StoreError(f"the run store refused the operation: {said}", path=where)
         if "full" in text:
             return StoreError(
                 f"the disk holding the run store {where} is full ({text}); free some space, or move the store with "
@@ -495,6 +504,75 @@ class Database:
             if path.exists():
                 total += path.stat().st_size
         return total
+
+
+def _retry_budget() -> float:
+    """Seconds a lost database connection is retried: PLANVM_STORE_RETRY_SECONDS, else 30."""
+    given = os.environ.get(RETRY_VARIABLE, "").strip()
+    if not given:
+        return DEFAULT_RETRY_SECONDS
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise StoreError(f"{RETRY_VARIABLE}={given!r} is not a number of seconds; give one such as 30, or unset it")
+    return seconds
+
+
+def _location_texts(location: str | None, url: str, file: Path | None, path: Any) -> tuple[list[str], list[str]]:
+    """(texts naming the store, longest first; its server's host and port) to take out of messages."""
+    if file is not None:
+        return sorted({str(file), str(file.resolve()) if file.is_absolute() else str(file)}, key=len, reverse=True), []
+    texts = {url, str(path), _masked(url), redact(url)}
+    if location:
+        texts |= {location, _masked(location), redact(location)}
+    hosts: list[str] = []
+    try:
+        import sqlalchemy as sa
+
+        parsed = sa.engine.make_url(url)
+        if parsed.host:
+            if parsed.port:
+                hosts.append(f"{parsed.host}:{parsed.port}")
+            hosts.append(parsed.host)
+        if parsed.port:
+            hosts.append(str(parsed.port))
+    except Exception:  # an unparsable URL fails when the store opens; nothing more to take out
+        pass
+    return sorted((t for t in texts if t), key=len, reverse=True), hosts
+
+
+_SERVER_URL = re.compile(r"(?i)\b(?:postgres(?:ql)?|mysql|mariadb|tidb)(?:\+\w+)?://[^\s'\",;)]*[^\s'\",;):.]")
+_PORT = re.compile(r"(?i),?\s*\bport\s+\d+")
+_ADDRESS = re.compile(r"\(?\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b\)?|\[[0-9a-fA-F:]+\](?::\d+)?")
+_SERVER = "the database server"
+_REPEATED = re.compile(rf"{_SERVER}(?:\s*\(?{_SERVER}\)?)+")
+
+
+def _without_location(text: str, where: tuple[list[str], list[str]], *, server: bool) -> str:
+    """``text`` with the store's URL or file named "the run store", and a database server's
+    ``host:port`` "the database server"."""
+    texts, hosts = where
+    for known in texts:
+        text = text.replace(known, "the run store")
+    if server:
+        text = _SERVER_URL.sub("the run store", text)
+        if hosts and ":" in hosts[0]:
+            text = text.replace(hosts[0], _SERVER)
+    return text
+
+
+def _driver_text(text: str, hosts: list[str]) -> str:
+    """A database driver's message without the server's host, address or port (it names where
+    it tried to connect)."""
+    for host in hosts:
+        if host.isdigit():  # a port alone: only where it stands as one
+            text = re.sub(rf"(?<![\w.]):{host}\b", "", text)
+        else:
+            text = re.sub(rf"[\"']?{re.escape(host)}[\"']?", _SERVER, text)
+    text = _ADDRESS.sub(_SERVER, _PORT.sub("", text))
+    return _REPEATED.sub(_SERVER, text)
 
 
 def _sqlite_revision(raw: Any) -> str | None:
