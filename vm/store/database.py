@@ -202,8 +202,11 @@ class Database:
     def _open_server(self, timeout: float, *, upgrade: bool) -> None:
         import sqlalchemy as sa
 
-        # A connection attempt the network leaves unanswered waits no longer than the retry budget.
+        # A connection attempt the network leaves unanswered waits no longer than the retry budget;
+        # so does a MySQL reply (PyMySQL would wait for ever, for its greeting too, on a lost route).
         connect_args: dict[str, Any] = {"connect_timeout": max(1, int(min(timeout, self.retry_seconds)))}
+        if self.url.startswith("mysql"):
+            connect_args.update(read_timeout=max(1.0, self.retry_seconds), write_timeout=max(1.0, self.retry_seconds))
         try:
             self._engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args)
         except (ImportError, sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
