@@ -397,8 +397,11 @@ class VM:
                     if isinstance(exc, asyncio.CancelledError):  # a cancel made in the store, then here: it ended as asked
                         cancelled.absorb()
                         return stopped()
-                except (StoreError, asyncio.CancelledError):
+                except StoreError:
                     pass  # the first error is the one to see; a run nobody could mark is taken back when its lease runs out
+                except asyncio.CancelledError:
+                    if not isinstance(exc, asyncio.CancelledError):
+                        raise  # stopped while it waited for the store to come back: stop now
             raise
         finally:
             if heartbeat is not None:
