@@ -435,14 +435,11 @@ class VM:
     # --- plumbing -------------------------------------------------------------------------------
 
     async def _record_stop(self, store: RunStore, run_id: str, exc: BaseException, deadline: float | None) -> None:
-        """Record that ``run_id`` stopped before it ended because of ``exc``: ``interrupted``
-        (``queued`` again, for a worker that gives its runs back), so that it can be resumed.
-
-        A store that failed (its retry budget spent) did not fail the run: its message, without
-        the store's location, is kept with the run, which is marked once the store answers again,
-        tried with backoff until the run's own deadline (past it, the run's lease has run out, and
-        the run is taken back as any abandoned run is). In the store's threads
-        (``store_in_threads``), so that the event loop never waits on the store."""
+        """Record that ``run_id`` stopped before it ended (``exc``): ``interrupted``, to be resumed
+        (``queued`` again, for a worker giving its runs back). A store that failed did not fail the
+        run: its message (without the store's location) is kept, written once the store answers,
+        tried with backoff until the run's deadline (past it, its lease has run out: it is taken
+        back as any abandoned run). In the store's threads (``store_in_threads``)."""
         failed = isinstance(exc, StoreError)
         why = (f"the run store failed ({store.public(str(exc))}); resume the run once the store is back" if failed
                else "interrupted before it ended")
