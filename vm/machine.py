@@ -24,6 +24,7 @@ from vm.errors import (
     RunError,
     RunStateError,
     StoreError,
+    StoreUnavailable,
     ToolRejected,
 )
 from vm.interpreter import Interpreter
@@ -279,14 +280,21 @@ class VM:
         program = await self.acompile(plan, variables=parent.variables)
         if from_seq not in program.position:
             raise ForkError(f"the new plan has no seq_no {from_seq} to continue from; add it or fork from another step")
-        old = {ins["seq_no"]: canonical_instruction(ins) for ins in load_plan_data(parent.plan) if isinstance(ins, dict)}
-        new = {ins["seq_no"]: ins for ins in program.to_data()}
-        for seq in sorted({s.seq_no for s in parent.steps[:prefix]}):
-            if new.get(seq) != old.get(seq):
-                raise ForkError(
-                    f"the new plan changes seq_no {seq}, which the run already executed before seq_no {from_seq}; "
-                    f"keep it as it was, or fork from seq_no {seq} or earlier"
-                )
+
+        def unchanged() -> None:
+            old = {ins["seq_no"]: canonical_instruction(ins) for ins in load_plan_data(parent.plan) if isinstance(ins, dict)}
+            new = {ins["seq_no"]: ins for ins in program.to_data()}
+            for seq in sorted({s.seq_no for s in parent.steps[:prefix]}):
+                if new.get(seq) != old.get(seq):
+                    raise ForkError(
+                        f"the new plan changes seq_no {seq}, which the run already executed before seq_no {from_seq}; "
+                        f"keep it as it was, or fork from seq_no {seq} or earlier"
+                    )
+
+        if len(program) > _LARGE_PLAN:
+            await asyncio.to_thread(unchanged)
+        else:
+            unchanged()
         approve = self.approve_tools | frozenset(parent.approve_tools or ())
         fork_id = await self._io(
             store.create_run, program.to_data(), variables=parent.variables, goal=parent.goal, metadata=parent.metadata,
@@ -389,19 +397,17 @@ class VM:
                 cancelled.absorb()
                 return stopped()
             if store is not None and run_id is not None:
-                # A store that failed to record a step may fail again here: its first error is the one to see.
-                status, why = ("failed", str(exc)) if isinstance(exc, StoreError) else ("interrupted", "interrupted before it ended")
-                try:  # not in a thread: this task may be being cancelled
-                    if status == "interrupted" and self.stopped_status == "queued":
-                        store.release(run_id)
-                    else:
-                        store.finish(run_id, status, error=why)
+                try:
+                    await self._record_stop(store, run_id, exc, deadline)
                 except RunCancelled:
                     if isinstance(exc, asyncio.CancelledError):  # a cancel made in the store, then here: it ended as asked
                         cancelled.absorb()
                         return stopped()
                 except StoreError:
-                    pass
+                    pass  # the first error is the one to see; a run nobody could mark is taken back when its lease runs out
+                except asyncio.CancelledError:
+                    if not isinstance(exc, asyncio.CancelledError):
+                        raise  # stopped while it waited for the store to come back: stop now
             raise
         finally:
             if heartbeat is not None:
@@ -414,6 +420,12 @@ class VM:
                                error=str(error) if error else None)
             except RunCancelled:
                 return stopped()
+            except StoreUnavailable as exc:  # its steps are recorded; resuming it records its end
+                try:
+                    await self._record_stop(store, run_id, exc, deadline)
+                except StoreError:
+                    pass
+                raise
         return RunResult(
             status="completed" if done else "failed",
             final_answer=final,
@@ -428,6 +440,40 @@ class VM:
 
     # --- plumbing -------------------------------------------------------------------------------
 
+    async def _record_stop(self, store: RunStore, run_id: str, exc: BaseException, deadline: float | None) -> None:
+        """Record that ``run_id`` stopped before it ended (``exc``): ``interrupted``, to be resumed
+        (``queued`` again, for a worker giving its runs back). A store that failed did not fail the
+        run: its message (without the store's location) is kept, written once the store answers,
+        tried with backoff until the run's deadline (past it, its lease has run out: it is taken
+        back as any abandoned run). In the store's threads (``store_in_threads``)."""
+        failed = isinstance(exc, StoreError)
+        why = (f"the run store failed ({store.public(str(exc))}); resume the run once the store is back" if failed
+               else "interrupted before it ended")
+
+        def record() -> None:
+            if self.stopped_status == "queued":
+                store.release(run_id)
+            else:
+                store.finish(run_id, "interrupted", error=why)
+
+        if not self.store_in_threads:
+            record()
+            return
+        loop = asyncio.get_running_loop()
+        until = deadline if deadline is not None else time.monotonic() + 600.0
+        delay = 0.1
+        while True:
+            # Shielded: a task being cancelled still records why it stopped (a second cancel stops the wait).
+            attempt = loop.run_in_executor(self._store_pool.get(), record)
+            try:
+                await asyncio.shield(attempt)
+                return
+            except StoreUnavailable:
+                if not failed or time.monotonic() + delay > until:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
     async def _io(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``function(*args, **kwargs)`` (a store call): in the store's threads when
         ``store_in_threads`` is set."""
@@ -440,7 +486,12 @@ class VM:
         """:meth:`compile`; a large plan (seconds of checking) in a worker thread, so an event loop
         that serves other work meanwhile is not held."""
         if _large(plan):
-            return await asyncio.to_thread(self.compile, plan, variables=variables)
+            def compiled() -> Program:
+                program = self.compile(plan, variables=variables)
+                program.to_data()  # made once, here: the run stores it
+                return program
+
+            return await asyncio.to_thread(compiled)
         return self.compile(plan, variables=variables)
 
     def _need_store(self, what: str) -> RunStore:
@@ -534,11 +585,14 @@ async def _heartbeat(store: RunStore, run_id: str, cancel: _Cancel) -> None:
             continue  # the database is away: the commit that follows retries or reports it
 
 
+_LARGE_PLAN = 500  # instructions: about 10 ms of checking (20 µs each)
+
+
 def _large(plan: Any) -> bool:
     """Whether checking ``plan`` takes long enough to move off an event loop (about 20 µs an
     instruction: 500 instructions take 10 ms)."""
     if isinstance(plan, (list, str, bytes)):
-        return len(plan) > (500 if isinstance(plan, list) else 200_000)
+        return len(plan) > (_LARGE_PLAN if isinstance(plan, list) else 200_000)
     return False
 
 

@@ -149,11 +149,12 @@ def compile_instruction(ins: Any) -> Step:
 class Program:
     """A plan ready to run: steps sorted by ``seq_no``, jump targets resolved to positions."""
 
-    __slots__ = ("block_calls", "block_end", "instructions", "position", "steps")
+    __slots__ = ("_data", "block_calls", "block_end", "instructions", "position", "steps")
 
     def __init__(self, instructions: list[Any], steps: list[Step]) -> None:
         order = sorted(range(len(steps)), key=lambda i: steps[i].seq_no)
         self.instructions = [instructions[i] for i in order]
+        self._data: list[dict[str, Any]] | None = None
         self.steps = [steps[i] for i in order]
         self.position = {s.seq_no: pc for pc, s in enumerate(self.steps)}
         for step in self.steps:
@@ -202,5 +203,8 @@ class Program:
         return (pc + 1,)
 
     def to_data(self) -> list[dict[str, Any]]:
-        """The plan as JSON-ready data, in ``seq_no`` order."""
-        return [ins.model_dump(mode="json", exclude_none=True, by_alias=False) for ins in self.instructions]
+        """The plan as JSON-ready data, in ``seq_no`` order: made once (a large plan takes a while)
+        and the same list each time after, to read, not to change."""
+        if self._data is None:
+            self._data = [ins.model_dump(mode="json", exclude_none=True, by_alias=False) for ins in self.instructions]
+        return self._data

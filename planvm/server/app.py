@@ -6,10 +6,11 @@ Runs execute as tasks of the server's event loop and outlive the requests that s
 
 The run store is the truth about every run: its status changes only by the store's lifecycle
 transitions (a cancel is one, whichever process executes the run), and whether a run is being
-executed is told by its lease. Requests read the store in worker threads, bounded by
-``store_timeout``; runs call a database server's store in threads (SQLite commits, local and
-short, inline); large plans are checked in a thread: the event loop (and ``/healthz``) never waits
-on a database.
+executed is told by its lease. Nothing waits on the event loop for the store or for the size of
+a request: requests read the store in worker threads, bounded by ``store_timeout``; runs call the
+store in its threads (a database server's, or SQLite's), and record a run the store stopped as
+``interrupted`` once it answers again; a request's JSON is parsed, its plan checked, and a large
+answer written out in threads. ``/healthz`` answers within 100 ms whatever the store does.
 """
 
 from __future__ import annotations
@@ -90,9 +91,9 @@ def create_app(
         raise BadInput("the service needs a run store")
     if token is not None and not token.strip():
         raise BadInput("the token is blank; give a real secret, or no token (loopback only)")
-    # A database server's calls (network, retries while it is away) never wait on the event loop;
-    # an SQLite commit (a local file, about 0.3 ms) costs less inline than a thread hop.
-    engine.vm.store_in_threads = engine.store.dialect != "sqlite"
+    # No store call waits on the event loop: a database server's (network, retries while it is
+    # away) nor SQLite's (a large plan written, a lock another process holds).
+    engine.vm.store_in_threads = True
     from vm.redact import mask_log_records
 
     mask_log_records()  # an error a model server echoed a key into never reaches the server's log

@@ -9,13 +9,13 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from planvm.engine.shapes import PlanView
-from planvm.server.deps import Context, context
+from planvm.server.deps import Context, OffLoopBody, context
 from planvm.server.models import _ERRORS, PlanRequest, ValidateRequest
 from vm.errors import PlanError
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = APIRouter(route_class=OffLoopBody)
 
 
 @router.post("/v1/plans", tags=["plans"], responses=_ERRORS, response_model=PlanView)

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from planvm.engine.shapes import RunDetail, RunOutcome, RunPage
 from planvm.server.aisdk import HEADERS as AI_SDK_HEADERS
 from planvm.server.aisdk import ui_message_stream
-from planvm.server.deps import Context, context
+from planvm.server.deps import Context, OffLoopBody, context
 from planvm.server.events import run_events, stored_outcome
 from planvm.server.models import (
     _ERRORS,
@@ -29,7 +29,7 @@ from vm.errors import BadInput
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = APIRouter(route_class=OffLoopBody)
 
 
 def check_limits(ctx: Context, limits: LimitsOverride | None) -> dict[str, Any] | None:
@@ -54,8 +54,8 @@ async def respond(ctx: Context, run_id: str, task: asyncio.Task[Any], wait: bool
         await asyncio.wait([task])
         result = None if task.cancelled() or task.exception() is not None else task.result()
         # The run's own result when it ran here (what `planvm exec --json` prints), else the store's.
-        if result is not None and result.status != "cancelled":
-            return JSONResponse(RunOutcome.from_result(result).dump())
+        if result is not None and result.status != "cancelled":  # (its variables may be large: made in a thread)
+            return await asyncio.to_thread(lambda: JSONResponse(RunOutcome.from_result(result).dump()))
         return JSONResponse(await stored_outcome(ctx.service.io, run_id))
     return JSONResponse({"run_id": run_id, "status": await ctx.service.call(ctx.engine.store.status_of, run_id)}, status_code=status)
 
@@ -112,26 +112,33 @@ async def list_runs(
 async def get_run(run_id: str, steps: bool = Query(False, description="Also return the run's steps (trace)."), ctx: Context = Depends(context)) -> Any:
     """Status, goal, plan, planning, answer, variables, error, parent, children, tokens, and the
     lease of the process executing it (``executor``, ``lease_expires_at``) while one does."""
-    return JSONResponse((await ctx.service.call(ctx.engine.get_run, run_id, steps=steps)).dump())
+    # Read, shaped and written out in a thread: a run of a large plan is megabytes of JSON.
+    return await ctx.service.call(lambda: JSONResponse(ctx.engine.get_run(run_id, steps=steps).dump()))
 
 
-@router.get("/v1/runs/{run_id}/steps", tags=["runs"], responses=_ERRORS)
-async def get_steps(run_id: str, ctx: Context = Depends(context)) -> dict[str, Any]:
-    run = await ctx.service.call(ctx.engine.store.get, run_id)
-    return {"run_id": run.id, "steps": [s.to_dict() for s in run.steps]}
+@router.get("/v1/runs/{run_id}/steps", tags=["runs"], responses=_ERRORS, response_model=dict[str, Any])
+async def get_steps(run_id: str, ctx: Context = Depends(context)) -> Any:
+    def steps() -> JSONResponse:
+        run = ctx.engine.store.get(run_id)
+        return JSONResponse({"run_id": run.id, "steps": [s.to_dict() for s in run.steps]})
+
+    return await ctx.service.call(steps)
 
 
-@router.get("/v1/runs/{run_id}/variables", tags=["runs"], responses=_ERRORS)
+@router.get("/v1/runs/{run_id}/variables", tags=["runs"], responses=_ERRORS, response_model=dict[str, Any])
 async def get_variables(
     run_id: str, step: int | None = Query(None, ge=-1, lt=2**31, description="Trace position (idx); -1: before the first step."),
     ctx: Context = Depends(context),
-) -> dict[str, Any]:
+) -> Any:
     """The variables after step ``idx`` (all steps when it is left out)."""
-    run = await ctx.service.call(ctx.engine.store.get, run_id)
-    if step is not None and step >= len(run.steps):
-        raise BadInput(f"run '{run.id}' has {len(run.steps)} steps (idx 0 to {len(run.steps) - 1}); ask for one of those")
-    upto = None if step is None else step + 1
-    return {"run_id": run.id, "step": step, "variables": run.variables_at(upto)}
+    def variables() -> JSONResponse:
+        run = ctx.engine.store.get(run_id)
+        if step is not None and step >= len(run.steps):
+            raise BadInput(f"run '{run.id}' has {len(run.steps)} steps (idx 0 to {len(run.steps) - 1}); ask for one of those")
+        upto = None if step is None else step + 1
+        return JSONResponse({"run_id": run.id, "step": step, "variables": run.variables_at(upto)})
+
+    return await ctx.service.call(variables)
 
 
 @router.get("/v1/runs/{run_id}/events", tags=["runs"], responses=_ERRORS)

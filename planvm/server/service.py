@@ -20,9 +20,8 @@ HEALTH_TIMEOUT = 0.05  # /healthz answers within 100 ms, whatever the database d
 
 
 def _public(message: str, store: Any) -> str:
-    """A message as an HTTP client may see it: without the store's file path or URL."""
-    where = str(getattr(store, "path", "") or "")
-    return message.replace(where, "the run store") if where else message
+    """A message as an HTTP client may see it: without the store's file path, URL, host or port."""
+    return store.public(message)
 
 
 class _Service:
@@ -110,7 +109,8 @@ class _Service:
                 elif "id" in cell:
                     log.warning("run %s stopped: %s", cell["id"], _public(str(exc), self.store))
                     try:  # not left `running` under a lease nobody renews: say what happened, where we still can
-                        await self.call(self.store.finish, cell["id"], "interrupted", error=f"the server could not go on: {exc}")
+                        await self.call(self.store.finish, cell["id"], "interrupted",
+                                        error=_public(f"the server could not go on: {exc}", self.store))
                     except PlanVMError:
                         pass
                 return None

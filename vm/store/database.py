@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from vm.errors import LeaseLost, StoreError, StoreUnavailable
 from vm.redact import redact
-from vm.store.locations import _masked, store_url
+from vm.store.locations import _driver_text, _location_texts, _masked, _without_location, store_url
 
 __all__ = ["DEFAULT_LEASE_SECONDS", "Database"]
 
@@ -38,7 +38,9 @@ _LEGACY_MIGRATIONS = {
     ],
 }
 DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_RETRY_SECONDS = 30.0
 OPEN_RETRY_SECONDS = 3.0  # a store that cannot be reached when it is opened is reported soon
+RETRY_VARIABLE = "PLANVM_STORE_RETRY_SECONDS"  # the retry budget, when the code gives none
 
 
 class Database:
@@ -53,7 +55,7 @@ class Database:
         timeout: float = 10.0,
         readonly: bool = False,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
-        retry_seconds: float = 30.0,
+        retry_seconds: float | None = None,
         upgrade: bool | None = None,
         owner: str | None = None,
     ) -> None:
@@ -62,8 +64,9 @@ class Database:
         self.path: Any = self.file if self.file is not None else redact(_masked(str(location)))
         self.readonly = readonly
         self.lease_seconds = lease_seconds
-        self.retry_seconds = retry_seconds
+        self.retry_seconds = _retry_budget() if retry_seconds is None else retry_seconds
         self.timeout = timeout
+        self._where = _location_texts(str(location) if location is not None else None, self.url, self.file, self.path)
         self._lock = threading.RLock()
         self.upgraded_from: str | None = None  # the schema revision this opening migrated from
         self._engine: Any = None
@@ -198,7 +201,11 @@ class Database:
     def _open_server(self, timeout: float, *, upgrade: bool) -> None:
         import sqlalchemy as sa
 
-        connect_args: dict[str, Any] = {"connect_timeout": max(1, int(timeout))}
+        # A connection attempt the network leaves unanswered waits no longer than the retry budget;
+        # so does a MySQL reply (PyMySQL would wait for ever, for its greeting too, on a lost route).
+        connect_args: dict[str, Any] = {"connect_timeout": max(1, int(min(timeout, self.retry_seconds)))}
+        if self.url.startswith("mysql"):
+            connect_args.update(read_timeout=max(1.0, self.retry_seconds), write_timeout=max(1.0, self.retry_seconds))
         try:
             self._engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args)
         except (ImportError, sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
@@ -281,18 +288,22 @@ class Database:
 
     # --- errors and transactions --------------------------------------------------------------
 
+    def public(self, text: str) -> str:
+        """``text`` without where this store is: its URL or file, and a database server's host and
+        port (for what leaves the process: an HTTP answer, a run's recorded error)."""
+        return _without_location(text, self._where, server=self.file is None)
+
     def _translate(self, exc: Exception) -> StoreError:
         orig = getattr(exc, "orig", None) or exc
         text = str(orig)
         where = str(self.path)
         if self.file is None:
+            # The message names no URL, host or port: it may reach an HTTP client or a run's record.
+            said = self.public(_driver_text(redact(text.strip()), self._where[1]))
             if _disconnected(exc):
-                return StoreUnavailable(
-                    f"cannot reach the run store {where} ({redact(text.strip().splitlines()[0] if text.strip() else type(orig).__name__)}); "
-                    f"is the database server running and reachable?",
-                    path=where,
-                )
-            return StoreError(f"run store {where}: {redact(text.strip())}", path=where)
+                first = said.splitlines()[0] if said else type(orig).__name__
+                return StoreUnavailable(f"cannot reach the run store ({first}); is the database server running and reachable?", path=where)
+            return StoreError(f"the run store refused the operation: {said}", path=where)
         if "full" in text:
             return StoreError(
                 f"the disk holding the run store {where} is full ({text}); free some space, or move the store with "
@@ -495,6 +506,20 @@ class Database:
             if path.exists():
                 total += path.stat().st_size
         return total
+
+
+def _retry_budget() -> float:
+    """Seconds a lost database connection is retried: PLANVM_STORE_RETRY_SECONDS, else 30."""
+    given = os.environ.get(RETRY_VARIABLE, "").strip()
+    if not given:
+        return DEFAULT_RETRY_SECONDS
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise StoreError(f"{RETRY_VARIABLE}={given!r} is not a number of seconds; give one such as 30, or unset it")
+    return seconds
 
 
 def _sqlite_revision(raw: Any) -> str | None:

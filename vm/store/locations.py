@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 from vm.errors import StoreError
 from vm.redact import redact
@@ -72,3 +74,58 @@ def _masked(url: str) -> str:
     credentials, _, host = rest.rpartition("@")
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+
+
+def _location_texts(location: str | None, url: str, file: Path | None, path: Any) -> tuple[list[str], list[str]]:
+    """(texts naming the store, longest first; its server's host and port) to take out of messages."""
+    if file is not None:
+        return sorted({str(file), str(file.resolve())}, key=len, reverse=True), []
+    texts = {url, str(path), _masked(url), redact(url)}
+    if location:
+        texts |= {location, _masked(location), redact(location)}
+    hosts: list[str] = []
+    try:
+        import sqlalchemy as sa
+
+        parsed = sa.engine.make_url(url)
+        if parsed.host:
+            if parsed.port:
+                hosts.append(f"{parsed.host}:{parsed.port}")
+            hosts.append(parsed.host)
+        if parsed.port:
+            hosts.append(str(parsed.port))
+    except Exception:  # an unparsable URL fails when the store opens; nothing more to take out
+        pass
+    return sorted((t for t in texts if t), key=len, reverse=True), hosts
+
+
+_SERVER_URL = re.compile(r"(?i)\b(?:postgres(?:ql)?|mysql|mariadb|tidb)(?:\+\w+)?://[^\s'\",;)]*[^\s'\",;):.]")
+_PORT = re.compile(r"(?i),?\s*\bport\s+\d+")
+_ADDRESS = re.compile(r"\(?\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b\)?|\[[0-9a-fA-F:]+\](?::\d+)?")
+_SERVER = "the database server"
+_REPEATED = re.compile(rf"{_SERVER}(?:\s*\(?{_SERVER}\)?)+")
+
+
+def _without_location(text: str, where: tuple[list[str], list[str]], *, server: bool) -> str:
+    """``text`` with the store's URL or file named "the run store", and a database server's
+    ``host:port`` "the database server"."""
+    texts, hosts = where
+    for known in texts:
+        text = text.replace(known, "the run store")
+    if server:
+        text = _SERVER_URL.sub("the run store", text)
+        if hosts and ":" in hosts[0]:
+            text = text.replace(hosts[0], _SERVER)
+    return text
+
+
+def _driver_text(text: str, hosts: list[str]) -> str:
+    """A database driver's message without the server's host, address or port (it names where
+    it tried to connect)."""
+    for host in hosts:
+        if host.isdigit():  # a port alone: only where it stands as one
+            text = re.sub(rf"(?<![\w.]):{host}\b", "", text)
+        else:
+            text = re.sub(rf"[\"']?{re.escape(host)}[\"']?", _SERVER, text)
+    text = _ADDRESS.sub(_SERVER, _PORT.sub("", text))
+    return _REPEATED.sub(_SERVER, text)
