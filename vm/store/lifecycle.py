@@ -6,6 +6,8 @@
     (new) ──enqueue─▶ queued ──claim──▶ running ──complete──▶ completed
     (new) ──open────▶ planning ──claim──▶ running       (a goal planned after its id was given out)
                       planning ──fail───▶ failed        (planning failed; its attempts kept)
+                      planning ──interrupt─▶ interrupted (its planner stopped: Ctrl-C; resume plans it again)
+                      planning ──abandon───▶ interrupted (its process died while planning)
                                         running ──fail──────▶ failed ──claim (resume)──▶ running
                                         running ──release───▶ queued         (a worker stopping)
                                         running ──interrupt─▶ interrupted    (its executor stopped)
@@ -56,9 +58,9 @@ TRANSITIONS: dict[str, Transition] = {
     "wait": _t("running", "waiting", executor=True),
     "complete": _t("running", "completed", executor=True),
     "fail": _t("running planning", "failed", executor=True),
-    "interrupt": _t("running", "interrupted", executor=True),
+    "interrupt": _t("running planning", "interrupted", executor=True),
     "release": _t("running", "queued", executor=True),
-    "abandon": _t("running", "interrupted"),
+    "abandon": _t("running planning", "interrupted"),
     "cancel": _t("planning queued running waiting interrupted", "cancelled",
                  refusal="a completed or cancelled run cannot be cancelled"),
 }
