@@ -459,7 +459,7 @@ def test_a_server_store_behind_the_schema_asks_for_store_upgrade(tmp_path):
         engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
         with engine.begin() as conn:  # as if the store had been made before the leases migration
             conn.exec_driver_sql("DROP TABLE plan_library")  # its index goes with it
-            conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN judgement, DROP COLUMN score, DROP COLUMN best_of, DROP COLUMN tools")
+            conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN judgement, DROP COLUMN score, DROP COLUMN best_of, DROP COLUMN tools, DROP COLUMN spent_s")
             conn.exec_driver_sql("DROP TABLE leases")
             conn.exec_driver_sql("DROP INDEX runs_status")
             conn.exec_driver_sql("ALTER TABLE steps DROP COLUMN notes, DROP COLUMN started_at")
