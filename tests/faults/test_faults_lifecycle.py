@@ -1,0 +1,186 @@
+"""A run's lifecycle under faults nobody scripted: its limits kept through every way of going on
+with it (a kill, a resume, an approval, a fork), a run whose process died while it was being
+planned, and a cancel racing an approval from another process on every store backend.
+
+Real processes where the fault is a process: ``planvm exec`` and ``planvm serve`` killed with
+SIGKILL, ``planvm run`` stopped with SIGINT, two processes racing. The only fake is the scripted
+model server (tests/fake_openai.py) where a planner is needed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from databases import BACKENDS, store_url_for
+from fake_openai import FakeChatServer, chat_reply
+from serve_helpers import ROOT, TOOLS, Server
+
+from planvm.engine import Engine
+from vm import RunStateError, RunStore
+from vm.errors import StepLimitExceeded, TimeLimitExceeded
+
+pytestmark = pytest.mark.faults
+
+
+def echo(seq: int, seconds: float, text: str = "start") -> dict[str, Any]:
+    return {"seq_no": seq, "type": "calling", "parameters": {"tool_name": "slow_echo", "tool_params": {"text": text, "seconds": seconds},
+                                                            "output_vars": ["r"]}}
+
+
+def steps(n: int, seconds: float, *, first: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """A plan of ``n`` steps after ``first`` (the last one assigns the answer): far more than the
+    budgets the tests give, so only a budget stops it early."""
+    head = first or []
+    k = len(head)
+    # Each step reads the one before: one at a time, never overlapping.
+    return [*head, *(echo(k + i, seconds, "${r}" if i else "start") for i in range(n - 1)),
+            {"seq_no": k + n - 1, "type": "assign", "parameters": {"final_answer": "${r}"}}]
+
+
+def engine(store: Path | str, **options: Any) -> Engine:
+    return Engine({"store_path": str(store), "plugins": [TOOLS], "no_builtins": True, **options})
+
+
+def write_plan(folder: Path, plan: list[dict[str, Any]]) -> str:
+    path = folder / "plan.json"
+    path.write_text(json.dumps(plan), encoding="utf-8")
+    return str(path)
+
+
+def wait_for(check: Any, seconds: float = 30.0, what: str = "") -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# --- 3. a run's limits are its own, through every way of going on with it -------------------------
+
+def test_a_run_killed_and_resumed_keeps_its_max_steps_over_its_whole_life(tmp_path: Path) -> None:
+    store_path = tmp_path / "runs.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PLANVM_HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "planvm", "exec", write_plan(tmp_path, steps(40, 0.2)), "--max-steps", "12",
+                             "--plugin", TOOLS, "--no-builtins", "--store", str(store_path)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run_id = wait_for(lambda: (runs := _runs(store_path)) and runs[0]["steps"] >= 3 and runs[0]["id"], what="3 steps")
+    finally:
+        proc.send_signal(signal.SIGKILL)  # kill -9: nothing of the process runs after this
+        proc.wait(10)
+    before = RunStore(store_path).head(run_id)["steps"]
+    assert before < 12
+
+    with engine(store_path) as plain:  # no limits given: the run's own
+        result = asyncio.run(asyncio.wait_for(plain.resume(run_id), 20))
+    assert result.status == "failed" and isinstance(result.error, StepLimitExceeded), result.error
+    assert len(result.trace) == 12 and RunStore(store_path).head(run_id)["steps"] == 12  # 12 in all, not 12 more
+
+
+def test_limits_given_on_resume_only_lower_the_runs_own(tmp_path: Path) -> None:
+    store_path = tmp_path / "runs.sqlite"
+    ids = []
+    with engine(store_path) as first:
+        for _ in range(2):
+            async def interrupted() -> str:
+                started: list[str] = []
+                task = asyncio.create_task(first.exec_plan(steps(40, 0.05), limits={"max_steps": 12},
+                                                           listener=_listener(started)))
+                wait = time.monotonic() + 10
+                while not (started and first.store.head(started[0])["steps"] >= 2) and time.monotonic() < wait:
+                    await asyncio.sleep(0.01)
+                task.cancel()  # as Ctrl-C does: the run is kept as interrupted
+                await asyncio.gather(task, return_exceptions=True)
+                return started[0]
+
+            ids.append(asyncio.run(interrupted()))
+    lower, higher = ids
+    assert RunStore(store_path).head(lower)["status"] == "interrupted"
+    with engine(store_path, max_steps=8) as stricter:
+        result = asyncio.run(asyncio.wait_for(stricter.resume(lower), 20))
+    assert isinstance(result.error, StepLimitExceeded) and len(result.trace) == 8
+    notes: list[str] = []
+    with Engine({"store_path": str(store_path), "plugins": [TOOLS], "no_builtins": True, "max_steps": 500},
+                notify=notes.append) as looser:
+        result = asyncio.run(asyncio.wait_for(looser.resume(higher), 20))
+    assert isinstance(result.error, StepLimitExceeded) and len(result.trace) == 12  # clamped to the run's 12
+    assert any("keeps its own max_steps of 12" in n and "500" in n for n in notes), notes
+
+
+def _runs(store_path: Path) -> list[dict[str, Any]]:
+    """The newest run of a store another process may be creating (none while it is not made yet)."""
+    from vm import StoreError
+
+    try:
+        with RunStore(store_path, readonly=True) as store:
+            return store.list_runs(1)
+    except StoreError:
+        return []
+
+
+def _listener(started: list[str]) -> Any:
+    from vm import RunListener
+
+    return RunListener(on_start=started.append)
+
+
+def test_max_seconds_counts_the_runs_execution_over_its_life_not_per_resume(tmp_path: Path) -> None:
+    store_path = tmp_path / "runs.sqlite"
+    with engine(store_path) as first:
+        async def interrupted() -> str:
+            started: list[str] = []
+            task = asyncio.create_task(first.exec_plan(steps(40, 0.1), limits={"max_seconds": 1.0}, listener=_listener(started)))
+            await asyncio.sleep(0.6)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return started[0]
+
+        run_id = asyncio.run(interrupted())
+    used = sum(s.duration_s for s in RunStore(store_path).get(run_id).steps)  # one step at a time
+    before = RunStore(store_path).head(run_id)["steps"]
+    assert 0.3 < used < 0.8
+    time.sleep(0.5)  # stopped: not counted
+    with engine(store_path) as plain:
+        began = time.monotonic()
+        result = asyncio.run(asyncio.wait_for(plain.resume(run_id), 10))
+        took = time.monotonic() - began
+    assert result.status == "failed" and isinstance(result.error, TimeLimitExceeded), result.error
+    assert "budget of 1 s" in str(result.error)
+    assert took < 1.0 - used + 0.5  # what was left of the run's second, not a second more
+    assert len(result.trace) >= before + 2  # it did go on: the time it was stopped is not counted
+
+
+def test_an_approved_run_keeps_its_max_steps(tmp_path: Path) -> None:
+    store_path = tmp_path / "runs.sqlite"
+    send = {"seq_no": 0, "type": "calling", "parameters": {"tool_name": "send_email", "tool_params": {"to": "a@b", "body": "hi"},
+                                                          "output_vars": ["sent"]}}
+    plan = steps(40, 0.0, first=[send])
+    with engine(store_path) as first:
+        waiting = asyncio.run(first.exec_plan(plan, limits={"max_steps": 3}, approve_tools=["send_email"]))
+    assert waiting.status == "waiting"
+    with engine(store_path) as plain:
+        result = asyncio.run(asyncio.wait_for(plain.approve(waiting.run_id, 0, True), 20))
+    assert isinstance(result.error, StepLimitExceeded) and len(result.trace) == 3
+
+
+def test_a_fork_goes_on_under_its_parents_limits(tmp_path: Path) -> None:
+    store_path = tmp_path / "runs.sqlite"
+    plan = steps(40, 0.0, first=[{"seq_no": 0, "type": "assign", "parameters": {"x": 1}}])
+    with engine(store_path) as first:
+        parent = asyncio.run(first.exec_plan(plan, limits={"max_steps": 5}))
+    assert isinstance(parent.error, StepLimitExceeded)
+    with engine(store_path) as plain:
+        fork = asyncio.run(asyncio.wait_for(plain.fork(parent.run_id, 1, plan=plan), 20))
+    assert isinstance(fork.error, StepLimitExceeded) and len(fork.trace) == 5
+    assert RunStore(store_path).get(fork.run_id).limits["max_steps"] == 5
