@@ -184,3 +184,78 @@ def test_a_fork_goes_on_under_its_parents_limits(tmp_path: Path) -> None:
         fork = asyncio.run(asyncio.wait_for(plain.fork(parent.run_id, 1, plan=plan), 20))
     assert isinstance(fork.error, StepLimitExceeded) and len(fork.trace) == 5
     assert RunStore(store_path).get(fork.run_id).limits["max_steps"] == 5
+
+
+# --- 4. a run whose planner stopped: abandoned, planned again ------------------------------------
+
+SAY_HI = [{"seq_no": 0, "type": "assign", "parameters": {"final_answer": "hi"}}]
+
+
+def planner_env(server: FakeChatServer, home: Path) -> dict[str, str]:
+    return {"PLANVM_HOME": str(home), "PLANVM_LLM_BASE_URL": server.url, "PLANVM_LLM_MODEL": "planner", "PLANVM_LLM_MAX_RETRIES": "0",
+            "PLANVM_LLM_TIMEOUT": "120", "PYTHONPATH": str(ROOT)}
+
+
+def plan_reply(plan: list[dict[str, Any]] = SAY_HI) -> str:
+    return f"```json\n{json.dumps(plan)}\n```"
+
+
+def test_a_run_whose_server_was_killed_while_planning_is_abandoned_and_planned_again_on_resume(tmp_path: Path) -> None:
+    with FakeChatServer() as model:
+        model.actions.append(("sleep", 20, chat_reply(plan_reply())))  # the planner is still answering at the kill
+        model.responder = lambda _body: plan_reply()
+        env = planner_env(model, tmp_path)
+        first = Server(tmp_path, "--no-builtins", env=env).start()
+        try:
+            with first.client() as client:
+                started = client.post("/v1/runs", json={"goal": "say hi", "planner": "llm"})
+                assert started.status_code == 202, started.text
+                run_id = started.json()["run_id"]
+            wait_for(lambda: model.requests, what="the planner's request")
+        finally:
+            first.kill()  # kill -9 while the planner answers
+        assert RunStore(tmp_path / "runs.sqlite").head(run_id)["status"] == "planning"
+        with Server(tmp_path, "--no-builtins", env=env) as second, second.client() as client:
+            shown = client.get(f"/v1/runs/{run_id}").json()
+            assert shown["status"] == "interrupted" and "resume it to plan it again" in shown["error"]
+            resumed = client.post(f"/v1/runs/{run_id}/resume?wait=true")
+            assert resumed.status_code == 200, resumed.text
+            done = client.get(f"/v1/runs/{run_id}").json()
+    assert done["status"] == "completed" and done["final_answer"] == "hi", done
+    assert len(model.requests) == 2  # planned again, once
+
+
+def test_a_worker_takes_a_run_whose_planner_died_and_plans_it_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store_path = tmp_path / "runs.sqlite"
+    dead = RunStore(store_path, owner="a server that died", lease_seconds=30)
+    run_id = dead.create_run(None, goal="say hi", status="planning", limits={"max_steps": 5})
+    dead._write(lambda conn: conn.exec_driver_sql(f"UPDATE leases SET expires_at = 0 WHERE run_id = '{run_id}'"))
+    with FakeChatServer() as model:
+        model.responder = lambda _body: plan_reply()
+        for name, value in planner_env(model, tmp_path).items():
+            monkeypatch.setenv(name, value)
+        with engine(store_path, planner_kind="llm") as worker:
+            assert worker.store.claim_next() == run_id
+            result = asyncio.run(asyncio.wait_for(worker.run_queued(run_id), 20))
+    assert result.status == "completed" and result.final_answer == "hi"
+    assert RunStore(store_path).get(run_id).planning["planner"] == "llm"
+
+
+def test_ctrl_c_of_planvm_run_while_planning_keeps_the_run_as_interrupted_and_resume_plans_it(tmp_path: Path,
+                                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeChatServer() as model:
+        model.actions.append(("sleep", 20, chat_reply(plan_reply())))
+        model.responder = lambda _body: plan_reply()
+        env = {**os.environ, **planner_env(model, tmp_path)}
+        proc = subprocess.Popen([sys.executable, "-m", "planvm", "run", "say hi", "--planner", "llm", "--no-builtins"],
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: model.requests, what="the planner's request")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 130
+        runs = RunStore(tmp_path / "runs.sqlite").list_runs()
+        assert [r["status"] for r in runs] == ["interrupted"], runs
+        for name, value in planner_env(model, tmp_path).items():
+            monkeypatch.setenv(name, value)
+        with engine(tmp_path / "runs.sqlite", planner_kind="llm") as again:
+            result = asyncio.run(asyncio.wait_for(again.resume(runs[0]["id"]), 20))
+    assert result.status == "completed" and result.final_answer == "hi"
