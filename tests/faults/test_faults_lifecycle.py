@@ -259,3 +259,116 @@ def test_ctrl_c_of_planvm_run_while_planning_keeps_the_run_as_interrupted_and_re
         with engine(tmp_path / "runs.sqlite", planner_kind="llm") as again:
             result = asyncio.run(asyncio.wait_for(again.resume(runs[0]["id"]), 20))
     assert result.status == "completed" and result.final_answer == "hi"
+
+
+# --- 5. a cancel racing an approval, from two processes --------------------------------------------
+
+_SIDE_EFFECTS: list[str] = []  # the file the tool appends to, set in the process that runs it
+
+SEND = [{"seq_no": 0, "type": "calling", "parameters": {"tool_name": "send", "tool_params": {"to": "x"}, "output_vars": ["r"]}},
+        {"seq_no": 1, "type": "assign", "parameters": {"final_answer": "${r}"}}]
+
+
+def _send_tool() -> Any:
+    from tools import tool
+
+    @tool
+    def send(to: str) -> str:
+        """Send a message: here, append the run's id to the side-effect file."""
+        with open(_SIDE_EFFECTS[0], "a", encoding="utf-8") as f:
+            f.write(_SIDE_EFFECTS[1] + "\n")
+        return "sent"
+
+    return send
+
+
+def _approver(url: str, run_ids: list[str], delays: list[float], barrier: Any, out: Any, side: str) -> None:
+    from tools import ToolRegistry
+    from vm import VM
+
+    _SIDE_EFFECTS[:] = [side, ""]
+    with RunStore(url) as store, VM(ToolRegistry([_send_tool()]), store=store, approve_tools=["send"]) as vm:
+        for run_id, delay in zip(run_ids, delays, strict=True):
+            _SIDE_EFFECTS[1] = run_id
+            barrier.wait(30)
+            time.sleep(max(-delay, 0.0))  # a negative delay: the cancel goes first by that much
+            try:
+                out.put(("approve", run_id, vm.approve(run_id, 0, True).status))
+            except Exception as exc:  # (a refusal; anything else fails the test)
+                out.put(("approve", run_id, f"{type(exc).__name__}: {exc}"))
+
+
+def _canceller(url: str, run_ids: list[str], delays: list[float], barrier: Any, out: Any) -> None:
+    with RunStore(url) as store:
+        for run_id, delay in zip(run_ids, delays, strict=True):
+            barrier.wait(30)
+            time.sleep(max(delay, 0.0))
+            try:
+                store.cancel(run_id, "stop")
+            except RunStateError as exc:
+                out.put(("cancel", run_id, None if "is completed" in str(exc) else f"{type(exc).__name__}: {exc}"))
+                continue
+            except Exception as exc:
+                out.put(("cancel", run_id, f"{type(exc).__name__}: {exc}"))
+                continue
+            out.put(("cancel", run_id, store.get(run_id, steps=False).error))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_cancel_that_reported_success_means_the_approved_tool_never_ran(backend: str, tmp_path: Path) -> None:
+    import random
+
+    from tools import ToolRegistry
+    from vm import VM
+
+    races = 100
+    side = tmp_path / "side-effects.txt"
+    _SIDE_EFFECTS[:] = [str(side), "timing"]
+    with store_url_for(backend, tmp_path) as url:
+        with RunStore(url) as store, VM(ToolRegistry([_send_tool()]), store=store, approve_tools=["send"]) as vm:
+            run_ids = [vm.run(SEND).run_id for _ in range(races + 1)]
+            began = time.perf_counter()  # how long an approval takes here: the cancels land all over it
+            assert vm.approve(run_ids.pop(), 0, True).status == "completed"
+            took = time.perf_counter() - began
+        side.write_text("")
+        shuffle = random.Random(5)
+        delays = [took * (2 * i / races - 0.5) for i in range(races)]  # the cancel from half an approval early to 1.5 late
+        shuffle.shuffle(delays)
+        ctx = multiprocessing.get_context("fork")
+        barrier, out = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_approver, args=(url, run_ids, delays, barrier, out, str(side))),
+                 ctx.Process(target=_canceller, args=(url, run_ids, delays, barrier, out))]
+        for p in procs:
+            p.start()
+        answers: dict[tuple[str, str], Any] = {}
+        try:
+            while len(answers) < 2 * races:
+                who, run_id, said = out.get(timeout=60)
+                answers[who, run_id] = said
+        finally:
+            for p in procs:
+                p.join(10)
+                if p.is_alive():
+                    p.kill()
+        with RunStore(url) as store:
+            statuses = {run_id: store.head(run_id)["status"] for run_id in run_ids}
+    ran = side.read_text().splitlines()
+    assert len(ran) == len(set(ran))  # no call twice
+    clean_cancels = late_cancels = approvals_won = 0
+    for run_id in run_ids:
+        cancelled = answers["cancel", run_id]
+        approved = answers["approve", run_id]
+        assert approved in ("completed", "cancelled") or approved.startswith("RunStateError"), approved  # refused: cancelled
+        if cancelled is None:  # the approval won: the run went on to its end
+            approvals_won += 1
+            assert statuses[run_id] == "completed" and run_id in ran
+        elif "had already started" in cancelled:  # too late to stop the call, and the cancel says so
+            late_cancels += 1
+            assert run_id in ran and statuses[run_id] == "cancelled"
+        else:  # the cancel won the decision: the tool never ran
+            clean_cancels += 1
+            assert run_id not in ran, f"run {run_id}: the cancel reported success, then the approved tool ran"
+            assert statuses[run_id] == "cancelled" and answers["approve", run_id] != "completed"
+    print(f"{backend}: {clean_cancels} cancels first, {late_cancels} after the call started, {approvals_won} approvals first "
+          f"(an approval takes {took * 1000:.1f} ms)")
+    assert clean_cancels and approvals_won + late_cancels  # both sides won some of the races

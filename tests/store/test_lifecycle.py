@@ -30,7 +30,7 @@ def expire_lease(store: RunStore, run_id: str) -> None:
 
 
 class Lifecycle(RuleBasedStateMachine):
-    """The model: a status, the lease (holder, live) and whether the holder started a call. Each
+    """The model: a status, the lease (holder, live) and whether its holder started a call. Each
     rule says what the store must do. ``stores`` (one per owner, on one store) is set per backend;
     each example works on a run of its own."""
 
@@ -107,7 +107,6 @@ class Lifecycle(RuleBasedStateMachine):
         if self.status == "running" and self.holder == owner and self.live:
             self.stores[owner].record_step(self.run_id, self.steps, record)
             self.steps += 1
-            self.calling = False  # the committed step ends the call it made
             return
         expected = RunCancelled if self.status == "cancelled" else LeaseLost
         self.expect(lambda: self.stores[owner].record_step(self.run_id, self.steps, record), ok=None, error=expected)

@@ -203,8 +203,7 @@ class _HotStatements:
             .values(expires_at=sa.bindparam("until"))
         )
         running = sa.exists().where(t.runs.c.id == sa.bindparam("r"), t.runs.c.status == "running")
-        # A step commit: the call it records (if any) is no longer under way.
-        self.renew_running = self.renew.where(running).values(expires_at=sa.bindparam("until"), calling=None)
+        self.renew_running = self.renew.where(running)
         self.start_call = self.renew.where(running).values(expires_at=sa.bindparam("until"), calling=sa.bindparam("calling"))
         self.insert_step = t.steps.insert()
 
@@ -248,6 +247,7 @@ def sa_select_calling(t: Any) -> Any:
 
 
 def _under_way(calling: str) -> str:
-    """What a cancel says of the call its run's executor had started ("<seq_no> <tool>")."""
+    """What a cancel says of the approved call its run's executor had started ("<seq_no> <tool>")
+    since it took the run: it may be under way, or done."""
     seq, _, tool = calling.partition(" ")
-    return f"the call at seq_no {seq} to '{tool}' had already started; it may have taken effect"
+    return f"the approved call at seq_no {seq} to '{tool}' had already started; it may have taken effect"

@@ -104,7 +104,9 @@ def transition(
 
     def read_status() -> Any:
         read = sa.select(runs.c.status).where(runs.c.id == rid)
-        return read.with_for_update() if locking else read
+        # PostgreSQL: FOR NO KEY UPDATE, which a step commit's foreign key check (FOR KEY SHARE)
+        # does not wait for: a cancel and a step commit of one run never deadlock there.
+        return read.with_for_update(key_share=True) if locking else read
 
     row = sql(conn, ("status", locking), read_status, {"rid": run_id}).fetchone()
     if row is None:

@@ -171,7 +171,7 @@ class Runs:
         """Claim the call at ``seq_no`` before its tool starts, in one transaction with the check
         that the run is still this process's and ``running``: a cancel made before it means the
         tool never starts (``RunCancelled``; ``LeaseLost`` when another process holds the run).
-        A cancel made after it is told the call was under way."""
+        A cancel made after it (while this process holds the run) says the call had started."""
         def body(conn: Any) -> None:
             self._lock_run(conn, run_id)
             now = time.time()
@@ -184,13 +184,13 @@ class Runs:
         self._write(body)
 
     def _lock_run(self, conn: Any, run_id: str) -> None:
-        """Hold the run's row until the transaction ends (``FOR UPDATE`` on a database server;
-        SQLite's write transaction already excludes every other writer)."""
+        """Hold the run's row until the transaction ends (``FOR UPDATE`` on a database server, ``FOR
+        NO KEY UPDATE`` on PostgreSQL; SQLite's write transaction already excludes every other writer)."""
         if self.dialect != "sqlite":
             import sqlalchemy as sa
 
             runs = _schema().runs
-            self._sql(conn, "run-lock", lambda: sa.select(runs.c.id).where(runs.c.id == sa.bindparam("r")).with_for_update(),
+            self._sql(conn, "run-lock", lambda: sa.select(runs.c.id).where(runs.c.id == sa.bindparam("r")).with_for_update(key_share=True),
                       {"r": run_id})
 
     def resolve(self, run_id: str) -> str:

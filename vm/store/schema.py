@@ -83,8 +83,8 @@ leases = sa.Table(
     sa.Column("run_id", sa.String(32), sa.ForeignKey("runs.id"), primary_key=True),
     sa.Column("owner", sa.String(255), nullable=False),
     sa.Column("expires_at", _seconds(), nullable=False),
-    # The call its holder started and has not committed yet ("<seq_no> <tool>"): a tool that needs
-    # approval starts only once this is written, and a cancel reads it (0007).
+    # The approved call its holder started since it took the run ("<seq_no> <tool>"): a tool that
+    # needs approval starts only once this is written, and a cancel reads it (0007).
     sa.Column("calling", sa.String(255)),
 )
 
