@@ -185,6 +185,12 @@ def test_a_fork_goes_on_under_its_parents_limits(tmp_path: Path) -> None:
     assert isinstance(fork.error, StepLimitExceeded) and len(fork.trace) == 5
     assert RunStore(store_path).get(fork.run_id).limits["max_steps"] == 5
 
+    with engine(store_path) as plain:  # a live replay re-executes the plan under the run's limits too
+        from vm import replay_live
+
+        live = replay_live(RunStore(store_path).get(parent.run_id), plain.vm)
+    assert isinstance(live.result.error, StepLimitExceeded) and len(live.result.trace) == 5
+
 
 # --- 4. a run whose planner stopped: abandoned, planned again ------------------------------------
 
