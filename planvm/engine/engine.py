@@ -267,9 +267,11 @@ class Engine:
         """Plan ``goal``, validate, run and record it (a plan given by hand: :meth:`exec_plan`).
 
         ``planned(result)`` is called with the planner's result before the run starts. Planning
-        counts against the run's ``max_seconds``. Raises ``PlanValidationError`` or ``BadInput``
-        before anything is recorded; ``PlanningError`` or ``LLMError`` when planning fails, after
-        recording a failed run with the planner's attempts (its id on the error as ``run_id``).
+        counts against the run's ``max_seconds``. With a store, the goal is stored (``planning``)
+        before the planner is asked: a planning stopped from outside (Ctrl-C) leaves it
+        ``interrupted`` (resuming it plans it again); ``PlanningError``, ``LLMError`` or
+        ``BadInput`` (the plan needs a knowledge base that is not there) leave it failed, with the
+        planner's attempts (its id on the error as ``run_id``).
         """
         from vm.errors import LLMError, PlanningError
 
