@@ -335,3 +335,19 @@ def test_planvm_runs_cancel_from_the_command_line(tmp_path: Path) -> None:
     assert store.head(run_id)["status"] == "cancelled"
     again = CliRunner().invoke(cli, ["runs", "cancel", run_id, "--store", str(tmp_path / "runs.sqlite")])
     assert again.exit_code == 2 and "is cancelled" in again.stderr and "fork it" in again.stderr
+
+
+def test_planvm_runs_cancel_names_an_approved_call_that_had_already_started(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from planvm.cli.main import build_cli
+
+    store = RunStore(tmp_path / "runs.sqlite", owner="a worker somewhere", lease_seconds=300)
+    run_id = store.create_run([{"seq_no": 0, "type": "assign", "parameters": {"final_answer": 1}}])
+    store.start_call(run_id, 0, "send_email")
+    done = CliRunner().invoke(build_cli(), ["runs", "cancel", run_id, "--store", str(tmp_path / "runs.sqlite")])
+    assert done.exit_code == 0, done.output
+    assert done.stdout.strip() == (f"cancelled run {run_id}; the approved call at seq_no 0 to 'send_email' had already started; "
+                                   f"it may have taken effect")
+    with pytest.raises(RunCancelled):
+        store.start_call(run_id, 1, "send_email")  # nothing starts after the cancel

@@ -23,7 +23,10 @@ event starts from (so two processes racing, e.g. an approval and a cancel, canno
 Events marked ``executor`` are made by the process executing the run and need its lease (a
 process whose lease another live process took gets ``LeaseLost``); the others (cancel, claim,
 abandon) may be made by any process. A cancel removes the run's lease, so its executor learns of
-it at its next step commit (``RunCancelled``) and writes nothing more.
+it at its next step commit (``RunCancelled``) and writes nothing more. A tool that needs approval
+starts only after its executor claimed the call (``RunStore.start_call``: the run's row locked, its
+status and lease checked, the call written on the lease, in one transaction), so a cancel either
+comes first (the tool never starts) or finds the call on the lease and says so.
 """
 
 from __future__ import annotations

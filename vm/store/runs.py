@@ -151,9 +151,10 @@ class Runs:
 
     def cancel(self, run_id: str, reason: str = "cancelled") -> str:
         """Cancel ``run_id`` (its full id or a unique prefix) from any process, whoever executes
-        it: a queued, running, waiting or interrupted run becomes ``cancelled`` at once, and its
-        executor stops at its next step commit. Returns the status it had; ``RunStateError`` for
-        a completed or cancelled run."""
+        it: a planning, queued, running, waiting or interrupted run becomes ``cancelled`` at once,
+        and its executor stops at its next step commit. An approved call its executor had
+        already claimed (see :meth:`start_call`) is named in the run's error after ``reason``.
+        Returns the run's full id; ``RunStateError`` for a completed or cancelled run."""
         run_id = self.resolve(run_id)
 
         def body(conn: Any) -> None:
