@@ -101,16 +101,16 @@ class Engine:
             return self.vm
         return self.vm.derive(limits=self.limits.model_copy(update=overrides))
 
-    def for_stored(self, kept: dict[str, Any] | None, run_id: str | None = None) -> VM:
-        """The VM to go on with a stored run: under the limits kept with it, lowered (never
-        raised) by the limits this engine was given (flags, ``PLANVM_MAX_*``, ``[limits]``). A
-        given limit above the run's is not applied: the user is told once (``run_id`` names it)."""
+    def for_stored(self, kept: dict[str, Any] | None, run_id: str) -> VM:
+        """The VM to go on with the stored run ``run_id``: under the limits kept with it, lowered
+        (never raised) by the limits this engine was given (flags, ``PLANVM_MAX_*``,
+        ``[limits]``). A given limit above the run's is not applied, and the user is told so."""
         from vm.limits import continuing
 
         _limits, raised = continuing(kept, self.limits)
         for name, (asked, mine) in sorted(raised.items()):
-            self._note(f"run {run_id or ''} keeps its own {name} of {_shown(mine)}; the {_shown(asked)} given now can only lower "
-                       f"a run's limits, not raise them (fork it into a new run, or run its plan again, for more)".replace("run  ", "run "))
+            self._note(f"run {run_id} keeps its own {name} of {_shown(mine)}; the {_shown(asked)} given now can only lower a "
+                       f"run's limits, not raise them (run its plan again as a new run for more)")
         return self.vm.for_run(kept)
 
     # --- planning -------------------------------------------------------------------------------
@@ -505,7 +505,7 @@ class Engine:
         library = False if (stored.planning or {}).get("no_library") else None
         try:
             planned, _vm, record = await self._plan_within(
-                self.for_stored(stored.limits), stored.goal or "", stored.metadata, None, library, stored.active_seconds())
+                self.for_stored(stored.limits, stored.id), stored.goal or "", stored.metadata, None, library, stored.active_seconds())
             self.check_knowledge_base(planned.plan)
         except (PlanningError, LLMError, BadInput) as exc:
             await asyncio.to_thread(self._fail_planning, stored.id, exc)
