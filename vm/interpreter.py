@@ -25,7 +25,7 @@ import contextvars
 import functools
 import time
 from collections import ChainMap
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from vm import telemetry
@@ -81,6 +81,7 @@ class Interpreter:
         approve_tools: frozenset[str] = frozenset(),
         approvals: dict[int, dict[str, Any]] | None = None,
         run_id: str | None = None,
+        start_call: Callable[[int, str], Awaitable[None]] | None = None,
     ) -> None:
         self.vm = vm
         self.run_id = run_id  # for trace spans
@@ -95,6 +96,8 @@ class Interpreter:
         self.on_step_start = on_step_start
         self.approve_tools = approve_tools
         self.approvals = dict(approvals or {})
+        # Claims an approved call in the store before its tool starts (RunCancelled: it never starts).
+        self.start_call = start_call
         self.concurrency = max(1, vm.concurrency)
         self.calls_in_flight = asyncio.Semaphore(self.concurrency)
         # Steps that never wait run synchronously: no coroutine per assign (see bench/vm_overhead.py).
@@ -348,6 +351,8 @@ class Interpreter:
         params = step.params.evaluate(view)
         if name in self.approve_tools:
             params = self._approved(name, params, step.seq_no)
+            if self.start_call is not None:
+                await self.start_call(step.seq_no, name)
         record.inputs = params
         bound = spec.bind(params)
         record.llm_calls = calls = []

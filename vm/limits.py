@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Limits"]
+__all__ = ["Limits", "continuing"]
 
 
 class Limits(BaseModel):
@@ -40,3 +42,35 @@ class Limits(BaseModel):
         default=100, ge=4, le=400, description="Nesting of lists and objects, in a plan and in any value."
     )
     max_plan_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, description="Size of a plan file or text.")
+
+
+def continuing(kept: dict[str, Any] | None, given: Limits) -> tuple[Limits, dict[str, tuple[Any, Any]]]:
+    """The limits a stored run goes on under (resumed, approved, taken by a worker, forked): the
+    limits kept with it, each lowered, never raised, by one set explicitly on ``given`` now.
+
+    Returns them and, by name, the given limits that asked for more than the run keeps
+    (``(asked, kept)``): those were not applied. ``kept`` None (a run recorded before limits were
+    kept): ``given`` as it is. ``None`` as a value means the budget is off, above any number."""
+    if not kept:
+        return given, {}
+    names = Limits.model_fields
+    values = {name: value for name, value in kept.items() if name in names}
+    raised: dict[str, tuple[Any, Any]] = {}
+    for name in given.model_fields_set:
+        asked, mine = getattr(given, name), values.get(name, getattr(Limits(), name))
+        if _above(asked, mine):
+            if asked != mine:
+                raised[name] = (asked, mine)
+            continue
+        values[name] = asked
+    try:
+        return Limits(**values), raised
+    except ValueError:  # a stored value this version no longer accepts: the given limits, as they are
+        return given, {}
+
+
+def _above(asked: Any, kept: Any) -> bool:
+    """Whether the limit ``asked`` is higher than ``kept`` (None: off, above every number)."""
+    if asked is None:
+        return kept is not None
+    return kept is not None and asked > kept

@@ -28,7 +28,7 @@ from vm.errors import (
     ToolRejected,
 )
 from vm.interpreter import Interpreter
-from vm.limits import Limits
+from vm.limits import Limits, continuing
 from vm.llm import LLM
 from vm.plan import canonical_instruction, load_plan_data
 from vm.program import FINAL_ANSWER, Program
@@ -207,9 +207,9 @@ class VM:
             await self._io(store.finish, run_id, "completed", final_answer=state.get(FINAL_ANSWER))
             return RunResult("completed", state.get(FINAL_ANSWER), state, trace, run_id=run_id)
         approve = self.approve_tools | frozenset(stored.approve_tools or ())
-        return await self._execute(
+        return await self.for_run(stored.limits)._execute(
             program, state, run_id=run_id, trace=trace, start_pc=_next_position(program, stored), listener=listener,
-            approve_tools=approve, approvals=approvals,
+            approve_tools=approve, approvals=approvals, spent=stored.active_seconds(),
         )
 
     def approve(
@@ -296,15 +296,19 @@ class VM:
         else:
             unchanged()
         approve = self.approve_tools | frozenset(parent.approve_tools or ())
+        runner = self.for_run(parent.limits)  # the parent's limits go on with the fork (lowered, never raised)
         fork_id = await self._io(
             store.create_run, program.to_data(), variables=parent.variables, goal=parent.goal, metadata=parent.metadata,
-            parent_id=run_id, fork_seq=from_seq, inherit_steps=prefix, limits=self.limits.model_dump(),
+            parent_id=run_id, fork_seq=from_seq, inherit_steps=prefix, limits=runner.limits.model_dump(),
             approve_tools=sorted(approve) or None, planning=planning, tools=self.tool_sources or parent.tools,
         )
         trace = [StepRecord.from_stored(s) for s in parent.steps[:prefix]]
         state = parent.variables_at(prefix)
-        return await self._execute(
-            program, state, run_id=fork_id, trace=trace, start_pc=program.position[from_seq], listener=listener, approve_tools=approve
+        # Its steps and time so far are the inherited steps' (and its new plan's planning).
+        forked = StoredRun(fork_id, "running", [], {}, parent.steps[:prefix], planning=planning)
+        return await runner._execute(
+            program, state, run_id=fork_id, trace=trace, start_pc=program.position[from_seq], listener=listener, approve_tools=approve,
+            spent=forked.active_seconds(),
         )
 
     async def _execute(self, program: Program, state: dict[str, Any], *, run_id: str | None, **kwargs: Any) -> RunResult:
@@ -329,7 +333,9 @@ class VM:
         listener: RunListener | None = None,
         approve_tools: frozenset[str] = frozenset(),
         approvals: dict[int, dict[str, Any]] | None = None,
+        spent: float = 0.0,
     ) -> RunResult:
+        """``spent``: the seconds the run executed before (max_seconds counts the run's whole life)."""
         on_start, on_step, on_token = _both(self.on_start, listener and listener.on_start), _both(
             self.on_step, listener and listener.on_step
         ), _both(self.on_token, listener and listener.on_token)
@@ -339,7 +345,7 @@ class VM:
             listener.on_open(run_id, len(trace or ()))
         limits = self.limits
         started = time.monotonic()
-        deadline = started + limits.max_seconds if limits.max_seconds is not None else None
+        deadline = started + limits.max_seconds - spent if limits.max_seconds is not None else None
         run_llm = RunLLM(
             self.llm, limits.max_llm_calls, asyncio.get_running_loop(), self._threads, max_reply_bytes=limits.max_value_bytes,
             condition_llm=self.condition_llm, max_tokens=limits.max_tokens, on_token=on_token,
@@ -353,10 +359,14 @@ class VM:
             else:
                 def persist(index: int, record: StepRecord) -> None:
                     store.record_step(run_id, index, record)
+        start_call: Any = None
+        if store is not None:
+            async def start_call(seq_no: int, tool: str) -> None:
+                await self._io(store.start_call, run_id, seq_no, tool)
         run = Interpreter(
             self, program, state, run_llm, deadline, trace=trace, persist=persist, on_step=on_step,
             on_step_start=listener.on_step_start if listener is not None else None,
-            approve_tools=approve_tools, approvals=approvals, run_id=run_id,
+            approve_tools=approve_tools, approvals=approvals, run_id=run_id, start_call=start_call,
         )
         error: RunError | None = None
         cancelled = _Cancel(asyncio.current_task())
@@ -507,6 +517,13 @@ class VM:
             return asyncio.run(coro)
         coro.close()
         raise RuntimeError("a blocking VM method was called from a running event loop; use its async form (await vm.arun(...))")
+
+    def for_run(self, kept: dict[str, Any] | None) -> VM:
+        """This VM, or one like it, under the limits to go on with a stored run: those kept with
+        the run, lowered (never raised) by limits this VM was given explicitly (see
+        :func:`vm.limits.continuing`)."""
+        limits, _raised = continuing(kept, self.limits)
+        return self if limits == self.limits else self.derive(limits=limits)
 
     def derive(self, *, limits: Limits, keep: Limits | None = None) -> VM:
         """A VM with other limits, sharing this one's tools, LLMs, store and thread pool (close

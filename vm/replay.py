@@ -249,8 +249,9 @@ def replay(run: StoredRun, *, limits: Limits | None = None) -> ReplayReport:
 
 
 async def areplay_live(run: StoredRun, vm: Any) -> ReplayReport:
-    """Re-execute ``run``'s plan with ``vm``'s real tools and LLM and compare it with the record."""
-    result = await vm.arun(run.plan, variables=dict(run.variables), goal=run.goal, metadata=run.metadata)
+    """Re-execute ``run``'s plan with ``vm``'s real tools and LLM and compare it with the record,
+    under the run's own limits (lowered, never raised, by limits ``vm`` was given)."""
+    result = await vm.for_run(run.limits).arun(run.plan, variables=dict(run.variables), goal=run.goal, metadata=run.metadata)
     return _report(run, result, "live")
 
 

@@ -258,14 +258,16 @@ def best(run_id: str, store_path: str | None, label: str | None) -> None:
 @click.option("--reason", default="cancelled with `planvm runs cancel`", show_default=True, help="Kept with the run as its error.")
 @guarded
 def cancel(run_id: str, store_path: str | None, reason: str) -> None:
-    """Cancel RUN_ID, wherever it executes: a queued, running, waiting or interrupted run becomes
-    cancelled at once, and the process executing it (a server, a worker, a `planvm run`) stops
-    at its next step."""
+    """Cancel RUN_ID, wherever it executes: a planning, queued, running, waiting or interrupted run
+    becomes cancelled at once, and the process executing it (a server, a worker, a `planvm run`)
+    stops at its next step. An approved call that had already started is named."""
     from vm import RunStore
 
     store = RunStore(store_location(store_path))
     full_id = store.cancel(run_id, reason)
-    click.echo(f"cancelled run {full_id}")
+    said = store.get(full_id, steps=False).error or ""
+    late = said[len(reason):].strip(" ()") if said.startswith(reason) else ""
+    click.echo(f"cancelled run {full_id}" + (f"; {late}" if late else ""))
 
 
 @runs.command(name="delete")

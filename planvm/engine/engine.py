@@ -107,17 +107,17 @@ class Engine:
             return self.vm
         return self.vm.derive(limits=self.limits.model_copy(update=overrides))
 
-    def for_stored(self, kept: dict[str, Any] | None) -> VM:
-        """The VM to go on with a stored run: under the limits kept with it, where they are lower
-        than this engine's (a queued run's request may lower them, never raise them)."""
-        if not kept:
-            return self.vm
-        lowered = {}
-        for name, value in kept.items():
-            mine = getattr(self.limits, name, None)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and (mine is None or value < mine):
-                lowered[name] = value
-        return self.with_limits(lowered)
+    def for_stored(self, kept: dict[str, Any] | None, run_id: str) -> VM:
+        """The VM to go on with the stored run ``run_id``: under the limits kept with it, lowered
+        (never raised) by the limits this engine was given (flags, ``PLANVM_MAX_*``,
+        ``[limits]``). A given limit above the run's is not applied, and the user is told so."""
+        from vm.limits import continuing
+
+        _limits, raised = continuing(kept, self.limits)
+        for name, (asked, mine) in sorted(raised.items()):
+            self._note(f"run {run_id} keeps its own {name} of {_shown(mine)}; the {_shown(asked)} given now can only lower a "
+                       f"run's limits, not raise them (run its plan again as a new run for more)")
+        return self.vm.for_run(kept)
 
     # --- planning -------------------------------------------------------------------------------
 
@@ -273,27 +273,62 @@ class Engine:
         """Plan ``goal``, validate, run and record it (a plan given by hand: :meth:`exec_plan`).
 
         ``planned(result)`` is called with the planner's result before the run starts. Planning
-        counts against the run's ``max_seconds``. Raises ``PlanValidationError`` or ``BadInput``
-        before anything is recorded; ``PlanningError`` or ``LLMError`` when planning fails, after
-        recording a failed run with the planner's attempts (its id on the error as ``run_id``).
+        counts against the run's ``max_seconds``. With a store, the goal is stored (``planning``)
+        before the planner is asked: a planning stopped from outside (Ctrl-C) leaves it
+        ``interrupted`` (resuming it plans it again); ``PlanningError``, ``LLMError`` or
+        ``BadInput`` (the plan needs a knowledge base that is not there) leave it failed, with the
+        planner's attempts (its id on the error as ``run_id``).
         """
         from vm.errors import LLMError, PlanningError
 
         kind = planner_kind or self.config.planner_kind
         if kind == "template" or (kind == "auto" and not self.has_model("planner")):
             self.check_knowledge_base(None)  # the template plan always retrieves: say so before planning
-        try:
-            result, vm = await self._plan_within(self.with_limits(limits), goal, metadata, planner_kind, use_library)
-        except (PlanningError, LLMError) as exc:
-            self._record_planning_failure(goal, metadata, exc)
-            raise
+        if self.store is not None:
+            # Stored before the planner is asked, so a planning cut short (Ctrl-C) is kept, as
+            # interrupted, and resuming it plans it again.
+            run_id = self.open_planning(goal, metadata=metadata, limits=limits, approve_tools=approve_tools, use_library=use_library)
+            try:
+                result, _vm, record = await self._plan_within(self.with_limits(limits), goal, metadata, planner_kind, use_library)
+                self.check_knowledge_base(result.plan)
+            except (PlanningError, LLMError, BadInput) as exc:
+                await asyncio.to_thread(self._fail_planning, run_id, exc)
+                exc.run_id = run_id  # type: ignore[attr-defined]
+                raise
+            except BaseException:
+                self._interrupt_planning(run_id)
+                raise
+            if planned is not None:
+                planned(result)
+            await asyncio.to_thread(self._store().set_plan, run_id, result.plan, record)
+            return await self.vm.aresume(run_id, claimed=True, listener=listener)
+        result, vm, record = await self._plan_within(self.with_limits(limits), goal, metadata, planner_kind, use_library)
         if planned is not None:
             planned(result)
         self.check_knowledge_base(result.plan)
         return await vm.arun(
-            result.program, goal=goal, metadata=metadata or None, approve_tools=approve_tools, listener=listener,
-            planning=result.record(),
+            result.program, goal=goal, metadata=metadata or None, approve_tools=approve_tools, listener=listener, planning=record,
         )
+
+    def _fail_planning(self, run_id: str, exc: Exception) -> None:
+        """End a run this process was planning as failed, with the planner's attempts (left as it
+        is when it was cancelled meanwhile)."""
+        from vm.errors import RunStateError
+
+        try:
+            self._store().fail_planning(run_id, f"planning failed: {exc}", self._planning_failure(exc))
+        except RunStateError:
+            pass  # cancelled while it was being planned
+        except PlanVMError:
+            pass  # the store is away: the error itself is what matters
+
+    def _interrupt_planning(self, run_id: str) -> None:
+        """Keep a planning stopped from outside (Ctrl-C, the server stopping) as ``interrupted``:
+        resuming it plans it again. Not in a thread: the task may be being cancelled."""
+        try:
+            self._store().finish(run_id, "interrupted", error="interrupted while its plan was being written; resume it to plan it again")
+        except PlanVMError:
+            pass  # cancelled meanwhile, or the store is away: a later start marks it abandoned
 
     def open_planning(
         self, goal: str, *, metadata: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
@@ -321,28 +356,31 @@ class Engine:
         from vm.errors import LLMError, PlanningError, RunCancelled, RunStateError
 
         try:
-            result, vm = await self._plan_within(self.with_limits(limits), goal, metadata, planner_kind, use_library)
+            result, _vm, record = await self._plan_within(self.with_limits(limits), goal, metadata, planner_kind, use_library)
             self.check_knowledge_base(result.plan)
         except (PlanningError, LLMError, BadInput) as exc:
-            try:
-                await asyncio.to_thread(self._store().fail_planning, run_id, f"planning failed: {exc}", self._planning_failure(exc))
-            except RunStateError:
-                pass  # cancelled while it was being planned
+            await asyncio.to_thread(self._fail_planning, run_id, exc)
             return None
+        except BaseException:
+            self._interrupt_planning(run_id)  # the server stopping: resuming it plans it again
+            raise
         try:
-            await asyncio.to_thread(self._store().set_plan, run_id, result.plan, result.record())
+            await asyncio.to_thread(self._store().set_plan, run_id, result.plan, record)
         except RunCancelled:
             return None
-        try:
-            return await vm.aresume(run_id, claimed=True, listener=listener)
+        try:  # under the limits kept with it; the time planning took counts against its max_seconds
+            return await self.vm.aresume(run_id, claimed=True, listener=listener)
         except RunStateError:
             return None  # cancelled between its plan and its first step
 
     async def _plan_within(
-        self, vm: VM, goal: str, metadata: dict[str, Any] | None, planner_kind: str | None, use_library: bool | None
-    ) -> tuple[Any, VM]:
-        """Plan ``goal`` within ``vm``'s wall-clock budget (``PlanningError`` past it); return the
-        plan and the VM to run it with, whose budget is what planning left."""
+        self, vm: VM, goal: str, metadata: dict[str, Any] | None, planner_kind: str | None, use_library: bool | None,
+        spent: float = 0.0,
+    ) -> tuple[Any, VM, dict[str, Any]]:
+        """Plan ``goal`` within ``vm``'s wall-clock budget, less the ``spent`` seconds the run used
+        before (``PlanningError`` past it); return the plan, the VM to run it with (not recorded:
+        its budget is what planning left) and the planning's record, with the seconds it took
+        (a recorded run counts them against its max_seconds)."""
         import time
 
         from vm.errors import PlanningError
@@ -351,33 +389,22 @@ class Engine:
         began = time.monotonic()
         try:
             result = await asyncio.wait_for(
-                _in_daemon_thread(lambda: self.plan(goal, metadata, planner_kind, use_library=use_library)), budget)
+                _in_daemon_thread(lambda: self.plan(goal, metadata, planner_kind, use_library=use_library)),
+                None if budget is None else max(budget - spent, 0.001))
         except TimeoutError:
             raise PlanningError(
                 f"planning took more than the run's {budget:g} s (--max-seconds / max_seconds, which planning counts "
                 f"against); raise it, or check the planner's model server", attempts=[]) from None
+        took = time.monotonic() - began
         if budget is not None:  # what planning used is gone from the run's wall-clock budget
-            left = max(budget - (time.monotonic() - began), 0.001)
+            left = max(budget - took, 0.001)
             vm = vm.derive(limits=vm.limits.model_copy(update={"max_seconds": left}), keep=vm.kept_limits or vm.limits)
-        return result, vm
+        return result, vm, {**result.record(), "seconds": round(took, 3)}
 
     def _planning_failure(self, exc: Exception) -> dict[str, Any]:
         """The planning record of a planning that failed: planner, attempts, error."""
         attempts = [a.to_dict() for a in getattr(exc, "attempts", None) or ()]
         return {"planner": "llm" if self.has_model("planner") else "template", "attempts": attempts, "error": str(exc)}
-
-    def _record_planning_failure(self, goal: str, metadata: dict[str, Any] | None, exc: Exception) -> None:
-        """Keep a planning that failed as a failed run (goal, attempts, error), so that the page and
-        ``runs list`` show it; its id goes on the error as ``run_id``."""
-        if self.store is None:
-            return
-        try:
-            exc.run_id = self.store.create_run(  # type: ignore[attr-defined]
-                None, goal=goal, metadata=metadata or None, limits=self.limits.model_dump(), planning=self._planning_failure(exc),
-                status="failed", error=f"planning failed: {exc}", tools=self.vm.tool_sources,
-            )
-        except PlanVMError:
-            pass  # the store is away: the error itself is what matters
 
     def enqueue(
         self, goal: str | None, *, metadata: dict[str, Any] | None = None, plan: Any = None, approve_tools: Iterable[str] = (),
@@ -412,8 +439,19 @@ class Engine:
                              planning={"planner": "given", "reasoning": None})
 
     async def resume(self, run_id: str, *, listener: RunListener | None = None) -> RunResult:
-        """Continue a stored run (interrupted, failed or queued) from its last completed step."""
-        return await self.vm.aresume(run_id, listener=listener)
+        """Continue a stored run (interrupted, failed or queued) from its last completed step,
+        under the limits kept with it. A run stopped while it was being planned is planned again
+        (``PlanningError`` when that fails: the run is kept as failed)."""
+        store = self._store()
+        peek = await asyncio.to_thread(store.get, run_id, steps=False)
+        self.for_stored(peek.limits, peek.id)  # tells of given limits that cannot raise the run's
+        if peek.plan is not None:
+            return await self.vm.aresume(peek.id, listener=listener)
+        stored = await asyncio.to_thread(store.claim, peek.id)
+        if listener is not None and listener.on_open is not None:
+            listener.on_open(stored.id, 0)  # taken: a service answers now, while it is planned
+            listener = RunListener(listener.on_start, None, listener.on_step, listener.on_step_start, listener.on_token)
+        return await self._plan_held(stored, listener=listener, resumed=True)
 
     async def fork(
         self, run_id: str, from_seq: int, *, plan: Any = None, suggestion: str | None = None, listener: RunListener | None = None,
@@ -425,6 +463,7 @@ class Engine:
         if (plan is None) == (suggestion is None):
             raise BadInput("give either a plan or a suggestion for the fork")
         run_id = await asyncio.to_thread(self._store().resolve, run_id)
+        self.for_stored((await asyncio.to_thread(self._store().get, run_id, steps=False)).limits, run_id)
         if suggestion is None:
             return await self.vm.afork(run_id, from_seq, plan, listener=listener, planning=planning)
         replanned = await _in_daemon_thread(lambda: self.replan(run_id, from_seq, suggestion))
@@ -435,7 +474,9 @@ class Engine:
         self, run_id: str, seq_no: int, approved: bool = True, *, tool_params: dict[str, Any] | None = None,
         reason: str | None = None, listener: RunListener | None = None,
     ) -> RunResult:
-        """Run (or reject) the call a waiting run waits for, and continue the run."""
+        """Run (or reject) the call a waiting run waits for, and continue the run (under the
+        limits kept with it)."""
+        self.for_stored((await asyncio.to_thread(self._store().get, run_id, steps=False)).limits, run_id)
         return await self.vm.aapprove(run_id, seq_no, approved, tool_params=tool_params, reason=reason, listener=listener)
 
     def cancel(self, run_id: str, reason: str = "cancelled") -> str:
@@ -465,20 +506,36 @@ class Engine:
         planning that fails ends the run as failed (None is returned)."""
         store = self._store()
         stored = await asyncio.to_thread(store.get, run_id)
-        if stored.plan is None:
-            from vm.errors import LLMError, PlanningError
+        if stored.plan is None:  # a queued goal, or one whose planner died: planned (again) here
+            return await self._plan_held(stored)
+        return await self.vm.aresume(run_id, claimed=True)
 
-            library = False if (stored.planning or {}).get("no_library") else None
-            vm = self.for_stored(stored.limits)
-            try:
-                planned, vm = await self._plan_within(vm, stored.goal or "", stored.metadata, None, library)
-                self.check_knowledge_base(planned.plan)
-            except (PlanningError, LLMError, BadInput) as exc:
-                await asyncio.to_thread(store.finish, run_id, "failed", error=f"planning failed: {exc}")
-                return None
-            await asyncio.to_thread(store.set_plan, run_id, planned.plan, planned.record())
-            return await vm.aresume(run_id, claimed=True)
-        return await self.for_stored(stored.limits).aresume(run_id, claimed=True)
+    async def _plan_held(self, stored: Any, *, listener: RunListener | None = None, resumed: bool = False) -> RunResult | None:
+        """Plan a stored goal this process holds (without the plan library when it was stored
+        so), within what is left of its max_seconds, then run it under the limits kept with it.
+        A planning that fails ends the run as failed: None is returned (``resumed``: the error
+        is raised, its ``run_id`` set; a planning stopped from outside is kept as interrupted. A
+        worker's stays running: the worker gives it back to the queue)."""
+        from vm.errors import LLMError, PlanningError
+
+        store = self._store()
+        library = False if (stored.planning or {}).get("no_library") else None
+        try:
+            planned, _vm, record = await self._plan_within(
+                self.for_stored(stored.limits, stored.id), stored.goal or "", stored.metadata, None, library, stored.active_seconds())
+            self.check_knowledge_base(planned.plan)
+        except (PlanningError, LLMError, BadInput) as exc:
+            await asyncio.to_thread(self._fail_planning, stored.id, exc)
+            if resumed:
+                exc.run_id = stored.id  # type: ignore[attr-defined]
+                raise
+            return None
+        except BaseException:
+            if resumed:
+                self._interrupt_planning(stored.id)
+            raise
+        await asyncio.to_thread(store.set_plan, stored.id, planned.plan, record)
+        return await self.vm.aresume(stored.id, claimed=True, listener=listener)
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -516,3 +573,7 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _shown(value: Any) -> str:
+    return "off" if value is None else f"{value:g}" if isinstance(value, float) else str(value)

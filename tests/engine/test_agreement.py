@@ -34,7 +34,10 @@ _OWN = {"id", "run_id", "created_at", "updated_at", "lineage", "parent_id", "chi
 
 
 def same(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if k not in _OWN}
+    kept = {k: v for k, v in data.items() if k not in _OWN}
+    if isinstance(kept.get("planning"), dict):  # how long planning took is the run's own
+        kept["planning"] = {k: v for k, v in kept["planning"].items() if k != "seconds"}
+    return kept
 
 
 def differences(first: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:

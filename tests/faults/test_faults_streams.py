@@ -39,7 +39,7 @@ def stuck_reader(port: int, path: str) -> socket.socket:
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", port))
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     return s
 
 
@@ -139,7 +139,7 @@ def test_a_request_body_that_stops_or_trickles_gets_408_and_its_connection_close
     home.mkdir()
     with Server(home, "--no-builtins", "--body-timeout", "1") as server:
         body = b'{"plan": [{"seq_no": 0, "type": "assign", "parameters": {"final_answer": "hi"}}]}'
-        head = f"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        head = f"POST /v1/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
 
         def answer(s: socket.socket, began: float, seconds: float = 5) -> tuple[bytes, float]:
             s.settimeout(seconds)

@@ -1,7 +1,7 @@
 """A run's lifecycle in the store: every transition of ``vm/store/lifecycle.py``, checked against a
-model over random sequences of start / step / wait / approve / cancel / resume / kill / abandon,
-made by two processes (two stores with different lease owners on one SQLite file); and a cancel
-made by one process stopping the run another executes."""
+model over random sequences of start / plan / step / call / wait / approve / cancel / resume / kill /
+abandon, made by two processes (two stores with different lease owners on one store), on SQLite,
+PostgreSQL and MariaDB; and a cancel made by one process stopping the run another executes."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 
 from tests.conftest import make_registry
+from tests.databases import BACKENDS, store_url_for
 from tools import ToolRegistry, tool
 from vm import VM, LeaseLost, RunBusy, RunCancelled, RunStateError, RunStore, StepRecord
 from vm.store.lifecycle import TRANSITIONS
 
 OWNERS = ("a", "b")
+EXECUTED = {"running", "planning"}  # a process holds a lease on the run while it plans or runs it
 
 
 def expire_lease(store: RunStore, run_id: str) -> None:
@@ -28,39 +30,34 @@ def expire_lease(store: RunStore, run_id: str) -> None:
 
 
 class Lifecycle(RuleBasedStateMachine):
-    """The model: a status, and the lease (holder, live). Each rule says what the store must do."""
+    """The model: a status, the lease (holder, live) and whether its holder started a call. Each
+    rule says what the store must do. ``stores`` (one per owner, on one store) is set per backend;
+    each example works on a run of its own."""
+
+    stores: dict[str, RunStore] = {}
 
     def __init__(self) -> None:
         super().__init__()
-        import tempfile
-
-        self.folder = tempfile.TemporaryDirectory()
-        path = Path(self.folder.name) / "runs.sqlite"
-        self.stores = {o: RunStore(path, owner=o, lease_seconds=60) for o in OWNERS}
         self.run_id = ""
         self.status = ""
         self.holder: str | None = None
         self.live = False
+        self.calling = False
         self.steps = 0
-
-    def teardown(self) -> None:
-        for store in self.stores.values():
-            store.close()
-        self.folder.cleanup()
 
     @initialize(status=st.sampled_from(["queued", "running", "planning"]), owner=st.sampled_from(OWNERS))
     def start(self, status: str, owner: str) -> None:
         store = self.stores[owner]
         plan = [{"seq_no": 0, "type": "assign", "parameters": {"final_answer": 1}}]
-        self.run_id = store.create_run(plan, status=status)
+        self.run_id = store.create_run(None if status == "planning" else plan, status=status)
         self.status = status
         self.holder, self.live = (None, False) if status == "queued" else (owner, True)
 
     # --- what the model expects ------------------------------------------------------------------
 
     def expect(self, action, *, ok: tuple[str, str | None, bool] | None, error: type[Exception] | None) -> None:
-        """Run ``action``; on ``ok`` the model becomes (status, holder, live); else ``error`` is raised
-        and nothing changed."""
+        """Run ``action``; on ``ok`` the model becomes (status, holder, live) and no call is under
+        way; else ``error`` is raised and nothing changed."""
         before = self.stores["a"].head(self.run_id)
         if error is not None:
             try:
@@ -74,6 +71,7 @@ class Lifecycle(RuleBasedStateMachine):
             return
         action()
         self.status, self.holder, self.live = ok  # type: ignore[misc]
+        self.calling = False
 
     def executor_refusal(self, owner: str, sources: frozenset[str] = frozenset({"running"})) -> type[Exception] | None:
         if self.status == "cancelled":
@@ -114,6 +112,18 @@ class Lifecycle(RuleBasedStateMachine):
         self.expect(lambda: self.stores[owner].record_step(self.run_id, self.steps, record), ok=None, error=expected)
 
     @rule(owner=st.sampled_from(OWNERS))
+    def start_call(self, owner: str) -> None:
+        """An approved call claimed before its tool starts: only by the live holder of a running run."""
+        error = self.executor_refusal(owner)
+        if error is None and not (self.live and self.holder == owner):
+            error = LeaseLost  # its lease ran out: another process may take the run
+        if error is None:
+            self.stores[owner].start_call(self.run_id, self.steps, "send")
+            self.calling = True
+            return
+        self.expect(lambda: self.stores[owner].start_call(self.run_id, self.steps, "send"), ok=None, error=error)
+
+    @rule(owner=st.sampled_from(OWNERS))
     def wait(self, owner: str) -> None:
         pending = {"seq_no": 0, "tool": "t", "tool_params": {}, "index": self.steps}
         self.expect(lambda: self.stores[owner].wait(self.run_id, pending), ok=("waiting", None, False),
@@ -121,7 +131,8 @@ class Lifecycle(RuleBasedStateMachine):
 
     @rule(owner=st.sampled_from(OWNERS), status=st.sampled_from(["completed", "failed", "interrupted"]))
     def finish(self, owner: str, status: str) -> None:
-        sources = frozenset({"running", "planning"} if status == "failed" else {"running"})  # planning may fail, not complete
+        # planning may fail or be interrupted (Ctrl-C), not complete
+        sources = frozenset({"running"} if status == "completed" else {"running", "planning"})
         self.expect(lambda: self.stores[owner].finish(self.run_id, status), ok=(status, None, False),
                     error=self.executor_refusal(owner, sources))
 
@@ -132,7 +143,11 @@ class Lifecycle(RuleBasedStateMachine):
     @rule(owner=st.sampled_from(OWNERS))
     def cancel(self, owner: str) -> None:
         error = None if self.status in {"planning", "queued", "running", "waiting", "interrupted"} else RunStateError
+        calling = self.calling
         self.expect(lambda: self.stores[owner].cancel(self.run_id, "stop"), ok=("cancelled", None, False), error=error)
+        if error is None:  # the cancel says whether a call it could not stop was under way
+            said = self.stores[owner].get(self.run_id, steps=False).error
+            assert ("had already started" in said) == calling, said
 
     @precondition(lambda self: self.live)
     @rule()
@@ -142,12 +157,12 @@ class Lifecycle(RuleBasedStateMachine):
 
     @rule(owner=st.sampled_from(OWNERS))
     def abandon(self, owner: str) -> None:
-        marked = self.stores[owner].mark_abandoned()
-        if self.status == "running" and not self.live:
-            assert marked == [self.run_id]
-            self.status, self.holder = "interrupted", None
+        marked = self.stores[owner].mark_abandoned()  # (other examples' runs may be among them)
+        if self.status in EXECUTED and not self.live:
+            assert self.run_id in marked
+            self.status, self.holder, self.calling = "interrupted", None, False
         else:
-            assert marked == []
+            assert self.run_id not in marked
 
     @invariant()
     def store_agrees(self) -> None:
@@ -156,16 +171,30 @@ class Lifecycle(RuleBasedStateMachine):
         head = self.stores["b"].head(self.run_id)
         assert head["status"] == self.status
         assert head["steps"] == self.steps
-        # A lease exists only on a running run, and only a live one is the holder's.
+        # A lease exists only on a run being planned or run, and only a live one is the holder's.
         if head["owner"] is not None:
-            assert self.status in ("running", "planning")
+            assert self.status in EXECUTED
         if self.live:
             assert head["owner"] == self.holder and head["lease_expires_at"] > time.time()
 
 
-Lifecycle.TestCase.settings = settings(max_examples=150, stateful_step_count=20, deadline=None,
-                                       suppress_health_check=[HealthCheck.too_slow])
-test_lifecycle_transitions = Lifecycle.TestCase
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lifecycle_transitions(backend: str, tmp_path: Path) -> None:
+    # SQLite is fast enough for many examples; a database server gets fewer (each rule is round trips).
+    examples = 150 if backend == "sqlite" else 30
+    with store_url_for(backend, tmp_path) as url:
+        stores = {o: RunStore(url, owner=o, lease_seconds=60) for o in OWNERS}
+
+        class OnBackend(Lifecycle):
+            pass
+
+        OnBackend.stores = stores
+        try:
+            run_state_machine_as_test(OnBackend, settings=settings(
+                max_examples=examples, stateful_step_count=20, deadline=None, suppress_health_check=[HealthCheck.too_slow]))
+        finally:
+            for store in stores.values():
+                store.close()
 
 
 def test_every_transition_of_the_table_is_named_in_the_docstring() -> None:
@@ -306,3 +335,19 @@ def test_planvm_runs_cancel_from_the_command_line(tmp_path: Path) -> None:
     assert store.head(run_id)["status"] == "cancelled"
     again = CliRunner().invoke(cli, ["runs", "cancel", run_id, "--store", str(tmp_path / "runs.sqlite")])
     assert again.exit_code == 2 and "is cancelled" in again.stderr and "fork it" in again.stderr
+
+
+def test_planvm_runs_cancel_names_an_approved_call_that_had_already_started(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from planvm.cli.main import build_cli
+
+    store = RunStore(tmp_path / "runs.sqlite", owner="a worker somewhere", lease_seconds=300)
+    run_id = store.create_run([{"seq_no": 0, "type": "assign", "parameters": {"final_answer": 1}}])
+    store.start_call(run_id, 0, "send_email")
+    done = CliRunner().invoke(build_cli(), ["runs", "cancel", run_id, "--store", str(tmp_path / "runs.sqlite")])
+    assert done.exit_code == 0, done.output
+    assert done.stdout.strip() == (f"cancelled run {run_id}; the approved call at seq_no 0 to 'send_email' had already started; "
+                                   f"it may have taken effect")
+    with pytest.raises(RunCancelled):
+        store.start_call(run_id, 1, "send_email")  # nothing starts after the cancel

@@ -341,6 +341,11 @@ class Database:
             except sqlite3.Error as exc:  # a statement run on the raw connection (see _sql)
                 raise self._translate(exc) from None
             except sa.exc.DBAPIError as exc:
+                if self.file is None and _deadlocked(exc) and time.monotonic() < deadline:
+                    # Two transactions each waited for the other; the server rolled this one back
+                    # whole: do it again (a cancel and a step commit of one run can meet so).
+                    time.sleep(0.005)
+                    continue
                 if self.file is not None or not _disconnected(exc) or time.monotonic() + delay > deadline:
                     raise self._translate(exc) from None
                 import logging
@@ -535,6 +540,16 @@ def _schema() -> Any:
     from vm.store import schema
 
     return schema
+
+
+def _deadlocked(exc: Exception) -> bool:
+    """Whether the database server rolled the transaction back to break a deadlock (PostgreSQL
+    40P01, MySQL/MariaDB 1213): nothing of it was written, and it may be run again."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) == "40P01":
+        return True
+    args = getattr(orig, "args", ())
+    return bool(args) and args[0] == 1213
 
 
 def _disconnected(exc: Exception) -> bool:

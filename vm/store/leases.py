@@ -11,9 +11,13 @@ from typing import Any
 
 from vm.errors import LeaseLost, RunBusy, RunCancelled, RunStateError, StoreError
 from vm.store.database import _schema
-from vm.store.records import StoredRun
+from vm.store.records import StoredRun, busy_seconds
 
-__all__ = ["Leases"]
+__all__ = ["EXECUTED", "Leases"]
+
+#: The statuses of a run some process is executing under a lease: when that process is gone, the
+#: run is abandoned (``interrupted``) or taken by a worker. A planning run is planned again.
+EXECUTED = ("running", "planning")
 
 
 class Leases:
@@ -61,8 +65,10 @@ class Leases:
         return RunCancelled(run_id, str(self.path)) if status == "cancelled" else self._lost(run_id)
 
     def mark_abandoned(self) -> list[str]:
-        """Mark runs left ``running`` by a process that is gone (its lease ran out, or it died on
-        this host) as ``interrupted``; return their ids. Runs of live processes are left alone."""
+        """Mark runs left ``running`` or ``planning`` by a process that is gone (its lease ran
+        out, or it died on this host) as ``interrupted``; return their ids (resuming one that was
+        being planned plans it again). Runs of live processes are left alone. (A ``queued``,
+        ``waiting`` or ``interrupted`` run has no executor to lose.)"""
         t = _schema()
         now = time.time()
         rows = self._read(_running_with_leases(t))
@@ -71,8 +77,9 @@ class Leases:
             if not (row.owner is None or row.expires_at < now or _owner_dead(row.owner)):
                 continue
             try:
-                self._write(lambda conn, run_id=row.id: self._change(
-                    conn, run_id, "abandon", owner=None, error="the process running it ended before the run did; resume it"))
+                why = ("the process planning it ended before its plan was written; resume it to plan it again"
+                       if row.status == "planning" else "the process running it ended before the run did; resume it")
+                self._write(lambda conn, run_id=row.id, why=why: self._change(conn, run_id, "abandon", owner=None, error=why))
             except RunStateError:
                 continue  # taken or ended by another process meanwhile
             dead.append(row.id)
@@ -92,7 +99,12 @@ class Leases:
             sa.select(sa.func.min(t.steps.c.idx)).where(t.steps.c.run_id == run_id, t.steps.c.error.is_not(None))
         ).scalar()
         if first_error is not None:
-            conn.execute(t.steps.delete().where(t.steps.c.run_id == run_id, t.steps.c.idx >= first_error))
+            dropped = t.steps.c.run_id == run_id, t.steps.c.idx >= first_error
+            spans = conn.execute(sa.select(t.steps.c.started_at, t.steps.c.duration_s).where(*dropped)).fetchall()
+            # The time those steps took stays counted against the run's max_seconds.
+            spent = conn.execute(sa.select(t.runs.c.spent_s).where(t.runs.c.id == run_id)).scalar() or 0.0
+            conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(spent_s=spent + busy_seconds(spans)))
+            conn.execute(t.steps.delete().where(*dropped))
         self._take_lease(conn, run_id, now)
 
     def claim(self, run_id: str, *, held: bool = False, approving: bool = False) -> StoredRun:
@@ -120,11 +132,12 @@ class Leases:
         def body(conn: Any) -> str | None:
             now = time.time()
             locking = self.dialect != "sqlite"
-            # Runs whose worker died come first: they were taken before anything queued now.
+            # Runs whose worker died come first (running, or being planned: planned again): they
+            # were taken before anything queued now.
             stale = (
                 sa.select(t.runs.c.id)
                 .select_from(t.runs.outerjoin(t.leases, t.leases.c.run_id == t.runs.c.id))
-                .where(t.runs.c.status == "running", sa.or_(t.leases.c.run_id.is_(None), t.leases.c.expires_at < now))
+                .where(t.runs.c.status.in_(EXECUTED), sa.or_(t.leases.c.run_id.is_(None), t.leases.c.expires_at < now))
                 .order_by(t.runs.c.created_at)
                 .limit(1)
             )
@@ -189,8 +202,9 @@ class _HotStatements:
             .where(t.leases.c.run_id == sa.bindparam("r"), t.leases.c.owner == sa.bindparam("o"), t.leases.c.expires_at >= sa.bindparam("now"))
             .values(expires_at=sa.bindparam("until"))
         )
-        self.renew_running = self.renew.where(
-            sa.exists().where(t.runs.c.id == sa.bindparam("r"), t.runs.c.status == "running"))
+        running = sa.exists().where(t.runs.c.id == sa.bindparam("r"), t.runs.c.status == "running")
+        self.renew_running = self.renew.where(running)
+        self.start_call = self.renew.where(running).values(expires_at=sa.bindparam("until"), calling=sa.bindparam("calling"))
         self.insert_step = t.steps.insert()
 
 
@@ -220,7 +234,20 @@ def _running_with_leases(t: Any) -> Any:
     import sqlalchemy as sa
 
     return (
-        sa.select(t.runs.c.id, t.leases.c.owner, t.leases.c.expires_at)
+        sa.select(t.runs.c.id, t.leases.c.owner, t.leases.c.expires_at, t.runs.c.status)
         .select_from(t.runs.outerjoin(t.leases, t.leases.c.run_id == t.runs.c.id))
-        .where(t.runs.c.status == "running")
+        .where(t.runs.c.status.in_(EXECUTED))
     )
+
+
+def sa_select_calling(t: Any) -> Any:
+    import sqlalchemy as sa
+
+    return sa.select(t.leases.c.calling).where(t.leases.c.run_id == sa.bindparam("r"))
+
+
+def _under_way(calling: str) -> str:
+    """What a cancel says of the approved call its run's executor had started ("<seq_no> <tool>")
+    since it took the run: it may be under way, or done."""
+    seq, _, tool = calling.partition(" ")
+    return f"the approved call at seq_no {seq} to '{tool}' had already started; it may have taken effect"

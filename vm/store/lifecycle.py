@@ -6,6 +6,8 @@
     (new) ──enqueue─▶ queued ──claim──▶ running ──complete──▶ completed
     (new) ──open────▶ planning ──claim──▶ running       (a goal planned after its id was given out)
                       planning ──fail───▶ failed        (planning failed; its attempts kept)
+                      planning ──interrupt─▶ interrupted (its planner stopped: Ctrl-C; resume plans it again)
+                      planning ──abandon───▶ interrupted (its process died while planning)
                                         running ──fail──────▶ failed ──claim (resume)──▶ running
                                         running ──release───▶ queued         (a worker stopping)
                                         running ──interrupt─▶ interrupted    (its executor stopped)
@@ -21,7 +23,10 @@ event starts from (so two processes racing, e.g. an approval and a cancel, canno
 Events marked ``executor`` are made by the process executing the run and need its lease (a
 process whose lease another live process took gets ``LeaseLost``); the others (cancel, claim,
 abandon) may be made by any process. A cancel removes the run's lease, so its executor learns of
-it at its next step commit (``RunCancelled``) and writes nothing more.
+it at its next step commit (``RunCancelled``) and writes nothing more. A tool that needs approval
+starts only after its executor claimed the call (``RunStore.start_call``: the run's row locked, its
+status and lease checked, the call written on the lease, in one transaction), so a cancel either
+comes first (the tool never starts) or finds the call on the lease and says so.
 """
 
 from __future__ import annotations
@@ -56,9 +61,9 @@ TRANSITIONS: dict[str, Transition] = {
     "wait": _t("running", "waiting", executor=True),
     "complete": _t("running", "completed", executor=True),
     "fail": _t("running planning", "failed", executor=True),
-    "interrupt": _t("running", "interrupted", executor=True),
+    "interrupt": _t("running planning", "interrupted", executor=True),
     "release": _t("running", "queued", executor=True),
-    "abandon": _t("running", "interrupted"),
+    "abandon": _t("running planning", "interrupted"),
     "cancel": _t("planning queued running waiting interrupted", "cancelled",
                  refusal="a completed or cancelled run cannot be cancelled"),
 }
@@ -102,7 +107,9 @@ def transition(
 
     def read_status() -> Any:
         read = sa.select(runs.c.status).where(runs.c.id == rid)
-        return read.with_for_update() if locking else read
+        # PostgreSQL: FOR NO KEY UPDATE, which a step commit's foreign key check (FOR KEY SHARE)
+        # does not wait for: a cancel and a step commit of one run never deadlock there.
+        return read.with_for_update(key_share=True) if locking else read
 
     row = sql(conn, ("status", locking), read_status, {"rid": run_id}).fetchone()
     if row is None:

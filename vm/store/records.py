@@ -123,6 +123,7 @@ class StoredRun:
     judgement: dict[str, Any] | None = None  # the judge's grade (`planvm judge`), None until judged
     best_of: str | None = None  # set when a plan search from that run chose this one as its best
     tools: dict[str, Any] | None = None  # where its tools came from (plugins with their hashes, MCP servers, builtins)
+    spent_s: float = 0.0  # execution seconds its kept steps do not show: failed steps dropped by a resume (0007)
 
     @property
     def score(self) -> float | None:
@@ -146,6 +147,15 @@ class StoredRun:
                 add(str(call.get("role") or ("condition" if step.type == "jmp" else "answer")),
                     call.get("prompt_tokens"), call.get("completion_tokens"))
         return totals
+
+    def active_seconds(self, steps: int | None = None) -> float:
+        """The seconds the run has spent executing over its life (what ``max_seconds`` counts):
+        its planning, the steps kept (of its first ``steps`` when given; steps that overlapped
+        counted once) and the steps a resume dropped. Time spent queued, stopped or waiting for
+        an approval is not counted."""
+        planned = (self.planning or {}).get("seconds")
+        total = float(planned) if isinstance(planned, (int, float)) and not isinstance(planned, bool) else 0.0
+        return total + self.spent_s + busy_seconds((s.started_at, s.duration_s) for s in self.steps[:steps])
 
     def variables_at(self, step: int | None = None) -> dict[str, Any]:
         """The variables before trace position ``step`` (None: after the last step)."""
@@ -264,3 +274,24 @@ def _bytes_to_floats(data: bytes) -> list[float]:
     if sys.byteorder == "big":  # pragma: no cover
         packed.byteswap()
     return packed.tolist()
+
+
+def busy_seconds(spans: Any) -> float:
+    """Seconds covered by ``(started_at, duration_s)`` spans, overlaps counted once (a span
+    without a start, recorded before steps kept theirs, counts its duration)."""
+    total, timed = 0.0, []
+    for started, duration in spans:
+        duration = max(float(duration or 0.0), 0.0)
+        if started is None:
+            total += duration
+        else:
+            timed.append((float(started), float(started) + duration))
+    end = None
+    for start, stop in sorted(timed):
+        if end is None or start > end:
+            total += stop - start
+            end = stop
+        elif stop > end:
+            total += stop - end
+            end = stop
+    return total

@@ -11,7 +11,7 @@ from vm.errors import RunNotFound, StoreError
 from vm.jsonsafe import clean_text
 from vm.redact import redact
 from vm.store.database import _schema
-from vm.store.leases import _hot
+from vm.store.leases import _hot, _under_way, sa_select_calling
 from vm.store.records import StoredRun, StoredStep, _dumps, _loads
 
 __all__ = ["Runs"]
@@ -151,13 +151,48 @@ class Runs:
 
     def cancel(self, run_id: str, reason: str = "cancelled") -> str:
         """Cancel ``run_id`` (its full id or a unique prefix) from any process, whoever executes
-        it: a queued, running, waiting or interrupted run becomes ``cancelled`` at once, and its
-        executor stops at its next step commit. Returns the status it had; ``RunStateError`` for
-        a completed or cancelled run."""
+        it: a planning, queued, running, waiting or interrupted run becomes ``cancelled`` at once,
+        and its executor stops at its next step commit. An approved call its executor had
+        already claimed (see :meth:`start_call`) is named in the run's error after ``reason``.
+        Returns the run's full id; ``RunStateError`` for a completed or cancelled run."""
         run_id = self.resolve(run_id)
-        self._write(lambda conn: self._change(conn, run_id, "cancel", error=redact(clean_text(reason)), pending=None, owner=None),
-                    self._status_is("cancelled", run_id))
+
+        def body(conn: Any) -> None:
+            # The run's row locked first (a database server), so the call its executor may be
+            # starting is either recorded before this reads it, or never starts (see start_call).
+            self._lock_run(conn, run_id)
+            started = self._sql(conn, "lease-calling", lambda: sa_select_calling(_schema()), {"r": run_id}).fetchone()
+            why = reason if started is None or not started[0] else f"{reason} ({_under_way(started[0])})"
+            self._change(conn, run_id, "cancel", error=redact(clean_text(why)), pending=None, owner=None)
+
+        self._write(body, self._status_is("cancelled", run_id))
         return run_id
+
+    def start_call(self, run_id: str, seq_no: int, tool: str) -> None:
+        """Claim the call at ``seq_no`` before its tool starts, in one transaction with the check
+        that the run is still this process's and ``running``: a cancel made before it means the
+        tool never starts (``RunCancelled``; ``LeaseLost`` when another process holds the run).
+        A cancel made after it (while this process holds the run) says the call had started."""
+        def body(conn: Any) -> None:
+            self._lock_run(conn, run_id)
+            now = time.time()
+            done = self._sql(conn, "call-start", lambda: _hot().start_call,
+                             {"r": run_id, "o": self.worker_id, "now": now, "until": now + self.lease_seconds,
+                              "calling": f"{seq_no} {tool}"[:255]})
+            if done.rowcount != 1:
+                raise self._why_lost(conn, run_id)
+
+        self._write(body)
+
+    def _lock_run(self, conn: Any, run_id: str) -> None:
+        """Hold the run's row until the transaction ends (``FOR UPDATE`` on a database server, ``FOR
+        NO KEY UPDATE`` on PostgreSQL; SQLite's write transaction already excludes every other writer)."""
+        if self.dialect != "sqlite":
+            import sqlalchemy as sa
+
+            runs = _schema().runs
+            self._sql(conn, "run-lock", lambda: sa.select(runs.c.id).where(runs.c.id == sa.bindparam("r")).with_for_update(key_share=True),
+                      {"r": run_id})
 
     def resolve(self, run_id: str) -> str:
         """The full id of the run ``run_id`` names: the id itself, or a unique prefix of one."""
@@ -192,7 +227,7 @@ class Runs:
         rows = self._read_sql("run-get", lambda: (
             sa.select(r.id, r.status, r.plan, r.variables, r.created_at, r.updated_at, r.goal, r["metadata"], r.parent_id, r.fork_seq,
                       r.final_answer, r.error, t.leases.c.owner, t.leases.c.expires_at, r.limits, r.planning, r.pending, r.approve_tools,
-                      r.judgement, r.best_of, r.tools)
+                      r.judgement, r.best_of, r.tools, r.spent_s)
             .select_from(t.runs.outerjoin(t.leases, t.leases.c.run_id == r.id))
             .where(r.id == sa.bindparam("rid"))
         ), {"rid": run_id})
@@ -205,7 +240,7 @@ class Runs:
             updated_at=row[5], goal=row[6], metadata=_loads(row[7]), parent_id=row[8], fork_seq=row[9],
             final_answer=_loads(row[10]), error=row[11], owner=row[12], lease_expires_at=row[13], limits=_loads(row[14]),
             planning=_loads(row[15]), pending=_loads(row[16]), approve_tools=_loads(row[17]), judgement=_loads(row[18]),
-            best_of=row[19], tools=_loads(row[20]),
+            best_of=row[19], tools=_loads(row[20]), spent_s=row[21] or 0.0,
         )
 
     def steps_page(self, run_id: str, start: int = 0, limit: int | None = None, *, max_bytes: int | None = None) -> list[StoredStep]:

@@ -13,7 +13,7 @@ from sqlalchemy.dialects import mysql
 __all__ = ["HEAD", "leases", "metadata", "plan_library", "runs", "steps"]
 
 #: The newest migration (vm/store/migrations/versions); a store at it needs no upgrade.
-HEAD = "0006"
+HEAD = "0007"
 
 
 def _long() -> sa.types.TypeEngine:
@@ -51,6 +51,7 @@ runs = sa.Table(
     sa.Column("score", _seconds()),  # the judge's score 0–10, apart for filtering (None: not judged)
     sa.Column("best_of", sa.String(32)),  # set on the run a plan search (`planvm optimize`) chose: the run it started from
     sa.Column("tools", _long()),  # JSON: where its tools came from: plugins (path, sha256), MCP servers, builtins (0005)
+    sa.Column("spent_s", _seconds()),  # execution seconds of failed steps a resume dropped; max_seconds counts them (0007)
     sa.Index("runs_parent", "parent_id"),
     sa.Index("runs_status", "status", "created_at"),
 )
@@ -82,6 +83,9 @@ leases = sa.Table(
     sa.Column("run_id", sa.String(32), sa.ForeignKey("runs.id"), primary_key=True),
     sa.Column("owner", sa.String(255), nullable=False),
     sa.Column("expires_at", _seconds(), nullable=False),
+    # The approved call its holder started since it took the run ("<seq_no> <tool>"): a tool that
+    # needs approval starts only once this is written, and a cancel reads it (0007).
+    sa.Column("calling", sa.String(255)),
 )
 
 # The plan library: best plans kept for their goals (`planvm runs best`), reused outright for the
