@@ -11,6 +11,7 @@ inside an identifier ("values.yaml", "v1.30").
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,7 @@ class Unit:
     kind: str  # paragraph, list, item, note, table, code, heading, html
 
 
+@functools.lru_cache(maxsize=1)
 def _parser() -> Any:
     from markdown_it import MarkdownIt
 
