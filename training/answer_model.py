@@ -1,6 +1,7 @@
 """Learn when a retrieved passage answers a question: the weights in tools/kb/answer_model.json.
 
-    python -m training.answer_model            # regenerate the questions, train, write the weights
+    python -m training.answer_model               # regenerate the questions, train, calibrate, write the weights
+    python -m training.answer_model --calibrate   # only set the threshold on the calibration questions
 
 Questions are generated (no model, seeded) from documents that no evaluation uses: examples/kb,
 this project's docs/, and the Markdown descriptions of the Python packages installed next to it
@@ -261,5 +262,44 @@ def main() -> None:
     print(f"wrote {MODEL_FILE}")
 
 
+def calibrate() -> None:
+    """Set the model's threshold on the calibration questions (bench/answers/examples_kb.jsonl on
+    examples/kb; never an evaluation set): the one that gets most of them right (the key phrase in
+    the best passage, or nothing for an unanswerable question)."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from tools.kb import LocalKnowledgeBase, index_folder
+    from tools.kb.evidence import MODEL_FILE, AnswerModel, featurize, passages_of
+
+    rows = [json.loads(line) for line in (ROOT / "bench" / "answers" / "examples_kb.jsonl").read_text().splitlines() if line.strip()]
+    model = AnswerModel()
+    outcomes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        index_folder(ROOT / "examples" / "kb", Path(tmp) / "kb", extractor=None)
+        kb = LocalKnowledgeBase(Path(tmp) / "kb")
+        for row in rows:
+            passages = passages_of(kb.search(row["q"], top_k=TOP_K))
+            p = model.probability(featurize(row["q"], passages, kb.embedder))
+            best = int(np.argmax(p))
+            key = " ".join(str(row.get("answer") or "").lower().split())
+            outcomes.append((float(p[best]), row.get("answer") is not None, bool(key) and key in " ".join(passages[best].text.lower().split())))
+    grid = [round(t, 2) for t in np.arange(0.3, 0.96, 0.01)]
+
+    def right(t: float) -> int:
+        return sum((ok and p >= t) if answerable else p < t for p, answerable, ok in outcomes)
+
+    threshold = max(grid, key=lambda t: (right(t), -abs(t - 0.5)))
+    data = json.loads(MODEL_FILE.read_text(encoding="utf-8"))
+    data["threshold"] = threshold
+    data["threshold_from"] = f"calibration: bench/answers/examples_kb.jsonl, {right(threshold)}/{len(rows)} right"
+    MODEL_FILE.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    print(f"threshold {threshold}: {right(threshold)}/{len(rows)} calibration questions right (0.9: {right(0.9)})")
+
+
 if __name__ == "__main__":
-    main()
+    if "--calibrate" in sys.argv:
+        calibrate()
+    else:
+        main()
+        calibrate()

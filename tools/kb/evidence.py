@@ -32,6 +32,7 @@ FEATURES = (
 )
 _WORD = re.compile(r"[A-Za-z0-9][\w$]*(?:[-_./:][\w$]+)*")
 _SUFFIXES = ("ings", "ing", "ies", "ied", "ed", "es", "s", "ly")
+_HEADING_LINE = re.compile(r" {0,3}#{1,6}\s+(.+?)\s*#*\s*(?:\n|$)")
 _NUMBER = re.compile(r"\b\d[\d,.]*\s*(?:%|[a-zA-Z]{1,7}\b)?")
 _HOW_TO = re.compile(r"^\s*(how (do|can|should|to)|which (command|flag|option|field|annotation|file|setting)|what command)\b", re.I)
 _HOW_MUCH = re.compile(r"\b(how (many|much|long|often)|what (is the )?(default|version|size|port|limit|timeout|maximum|minimum)|when)\b", re.I)
@@ -56,13 +57,18 @@ def passages_of(hits: list[dict[str, Any]]) -> list[Passage]:
         score = hit.get("score")
         for unit in units(text):
             body = text[unit.start : unit.end].strip()
+            heading = str(hit.get("heading") or "")
+            while (line := _HEADING_LINE.match(body)) is not None:  # a heading names the passage, it is not its text
+                name = line.group(1).strip()
+                heading = heading if heading.endswith(name) else (f"{heading} > {name}" if heading else name)
+                body = body[line.end() :].strip()
             if unit.kind == "heading" or len(body) < 12:
                 continue
             key = " ".join(body.split())
             if key in seen:
                 continue
             seen.add(key)
-            out.append(Passage(body, str(hit.get("source_uri") or ""), str(hit.get("heading") or ""), rank,
+            out.append(Passage(body, str(hit.get("source_uri") or ""), heading, rank,
                                float(score) if isinstance(score, (int, float)) else 0.0))
     return out
 
