@@ -52,6 +52,8 @@ def _hits(context: Any, found: list[dict[str, Any]], graph: list[dict[str, Any]]
             found.append(context)
         elif isinstance(context.get("relationship"), str):
             graph.append({"content": context["relationship"], "source_uri": "knowledge graph", "score": 0.0})
+        elif isinstance(context.get("name"), str) and isinstance(context.get("description"), str):
+            graph.append({"content": context["description"], "source_uri": "knowledge graph", "score": 0.0})  # an entity
         else:
             for key, value in context.items():
                 if key not in ("name", "score", "source_uri", "source_entity", "target_entity"):

@@ -74,10 +74,12 @@ def passages_of(hits: list[dict[str, Any]]) -> list[Passage]:
 
 
 def _stem(word: str) -> str:
+    """A crude stem: "continues", "continued" and "continue" are all "continu"."""
     for suffix in _SUFFIXES:
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            return word[: -len(suffix)]
-    return word
+            word = word[: -len(suffix)]
+            break
+    return word[:-1] if word.endswith("e") and len(word) > 4 else word
 
 
 @functools.lru_cache(maxsize=1)
