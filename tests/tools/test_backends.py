@@ -4,6 +4,7 @@ a local HTTP server with scripted replies)."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -74,8 +75,8 @@ def test_extractive_answers_from_context_with_sources(example_kb):
     vm = VM(make_registry(settings), llm=make_llm(settings))
     result = vm.run(EXAMPLES / "plans" / "retrieval_answer.json")
     assert result.ok
-    assert "The run ends as soon as an instruction assigns `final_answer`." in result.final_answer
-    assert "[instructions.md" in result.final_answer
+    # an instruction, not a question: answered with the closest passage, as the document has it, and its page
+    assert re.fullmatch(r"(?s).+ \[\w+\.md > [^\]]+\]", result.final_answer), result.final_answer
     call_record = result.trace[3].llm_calls[0]
     assert "no LLM is configured" in call_record["reasoning"]
 
@@ -95,8 +96,8 @@ CONTEXT = [
 def test_extractive_answers_only_what_the_context_holds():
     backend = ExtractiveBackend()
     answer, found = backend.extract_found("Answer from the documents.\nGoal: How does a killed run continue?", CONTEXT)
-    assert found and answer.startswith("A killed run continues") and answer.endswith("[cli.md]")
-    assert "Resuming runs" not in answer  # a heading is not a passage
+    assert found and answer.startswith("A killed run continues") and answer.endswith("[cli.md > Resuming runs]")
+    assert "##" not in answer  # a heading is not a passage: it names the passage's section
     answer, found = backend.extract_found("Answer from the documents.\nGoal: What is the capital of France?", CONTEXT)
     assert not found and answer == "The knowledge base does not contain an answer to this question."
 
@@ -109,7 +110,7 @@ def test_extractive_says_not_found_for_on_topic_questions_it_cannot_answer():
         answer, found = backend.extract_found(f"Goal: {question}", CONTEXT)
         assert not found and answer == "The knowledge base does not contain an answer to this question.", question
     answer, found = backend.extract_found("Goal: How is the knowledge base built?", CONTEXT)
-    assert found and answer.startswith("The knowledge base is built by planvm index") and answer.endswith("[kb.md]")
+    assert found and answer.startswith("The knowledge base is built by planvm index") and answer.endswith("[kb.md > Knowledge base]")
 
 
 def test_the_answer_is_the_passage_with_its_code_block_and_its_page_and_section():

@@ -5,7 +5,7 @@ of megabytes; a query needs one forward pass of a small model. So ``planvm index
 model it embedded with, once per machine, into a shared cache (``embedders/<model>-<hash>/``
 under ``$PLANVM_HOME`` or the user data folder: ``model.onnx``, the fast tokenizer's
 ``tokenizer.json``, and ``embedder.json`` describing pooling and the window; the hash is of the
-model's name and weights), and the knowledge base names its export in ``KB/embedder.ref``.
+model's name and weights), and the knowledge base names its export (key and path) in ``KB/embedder.ref``.
 Searching loads that with ``onnxruntime`` and ``tokenizers`` only. A knowledge base indexed
 before the cache existed keeps its own ``KB/embedder/`` folder, which still loads. The pooling is the
 model's own (mean over the tokens, then L2 normalisation), so the vectors equal the indexing
@@ -78,9 +78,10 @@ def export_onnx(embedder: Any, kb: Path) -> bool:
             return False
     Path(kb).mkdir(parents=True, exist_ok=True)
     reference = Path(kb) / REFERENCE_FILE
-    if not reference.is_file() or reference.read_text(encoding="utf-8").strip() != key:
+    wanted = json.dumps({"key": key, "path": str(target.resolve())})
+    if not reference.is_file() or reference.read_text(encoding="utf-8") != wanted:
         staged = Path(kb) / f"{REFERENCE_FILE}.{uuid.uuid4().hex[:8]}.tmp"
-        staged.write_text(key, encoding="utf-8")
+        staged.write_text(wanted, encoding="utf-8")
         os.replace(staged, reference)
     old = Path(kb) / EXPORT_FOLDER
     if old.is_dir():  # the knowledge base's own copy, from before the shared cache
@@ -169,11 +170,13 @@ def load_exported(kb: Path, model_name: str | None = None) -> OnnxEmbedder | Non
     folder = Path(kb) / EXPORT_FOLDER
     reference = Path(kb) / REFERENCE_FILE
     if reference.is_file():
-        try:
-            shared = cache_root() / reference.read_text(encoding="utf-8").strip()
-        except OSError:
+        shared = None
+        try:  # where it was exported, else the same name in this environment's cache
+            named = json.loads(reference.read_text(encoding="utf-8"))
+            shared = next((c for c in (Path(named["path"]), cache_root() / str(named["key"])) if _describe(c) is not None), None)
+        except (OSError, ValueError, KeyError, TypeError):
             shared = None
-        if shared is not None and _describe(shared) is not None:
+        if shared is not None:
             folder = shared
         elif not folder.is_dir():
             log.info("the embedding model exported for %s is not in %s; queries will load sentence-transformers "
