@@ -4,6 +4,7 @@ a local HTTP server with scripted replies)."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -74,7 +75,8 @@ def test_extractive_answers_from_context_with_sources(example_kb):
     vm = VM(make_registry(settings), llm=make_llm(settings))
     result = vm.run(EXAMPLES / "plans" / "retrieval_answer.json")
     assert result.ok
-    assert "The run ends as soon as an instruction assigns `final_answer`. [instructions.md]" in result.final_answer
+    # an instruction, not a question: answered with the closest passage, as the document has it, and its page
+    assert re.fullmatch(r"(?s).+ \[\w+\.md > [^\]]+\]", result.final_answer), result.final_answer
     call_record = result.trace[3].llm_calls[0]
     assert "no LLM is configured" in call_record["reasoning"]
 
@@ -94,35 +96,34 @@ CONTEXT = [
 def test_extractive_answers_only_what_the_context_holds():
     backend = ExtractiveBackend()
     answer, found = backend.extract_found("Answer from the documents.\nGoal: How does a killed run continue?", CONTEXT)
-    assert found and answer.startswith("A killed run continues") and "[cli.md]" in answer
-    assert "Resuming runs" not in answer  # a heading is not a sentence
+    assert found and answer.startswith("A killed run continues") and answer.endswith("[cli.md > Resuming runs]")
+    assert "##" not in answer  # a heading is not a passage: it names the passage's section
     answer, found = backend.extract_found("Answer from the documents.\nGoal: What is the capital of France?", CONTEXT)
     assert not found and answer == "The knowledge base does not contain an answer to this question."
 
 
 def test_extractive_says_not_found_for_on_topic_questions_it_cannot_answer():
-    """Close to the topic is not an answer: the question's own terms must be in the text."""
+    """Close to the topic is not an answer: the question's own subject must be in the passage."""
     backend = ExtractiveBackend()
     for question in ("How much does a planvm enterprise license cost?", "Who maintains planvm?",
-                     "Wie viel kostet eine Enterprise-Lizenz für planvm?"):
+                     "How do I deploy planvm on Oracle Cloud?"):
         answer, found = backend.extract_found(f"Goal: {question}", CONTEXT)
         assert not found and answer == "The knowledge base does not contain an answer to this question.", question
     answer, found = backend.extract_found("Goal: How is the knowledge base built?", CONTEXT)
-    assert found and answer.startswith("The knowledge base is built by planvm index") and answer.endswith("[kb.md]")
-    answer, found = backend.extract_found("Goal: ¿Qué hace planvm resume con un run?", CONTEXT)  # another language
-    assert found and answer.startswith("A killed run continues")
+    assert found and answer.startswith("The knowledge base is built by planvm index") and answer.endswith("[kb.md > Knowledge base]")
 
 
-def test_relevance_weighs_rare_terms_and_reports_missing_ones():
-    from tools.llm_extractive import relevance
-
-    sentences = ["planvm resume continues a killed run.", "planvm index builds the knowledge base.", "planvm runs plans."]
-    scores, missing, english = relevance("How do I resume a killed run?", sentences, [0.5, 0.5, 0.5])
-    assert english and missing == 0.0 and scores[0] > scores[1] and scores[0] > scores[2]
-    scores, missing, english = relevance("What does an enterprise license cost?", sentences, [0.5, 0.5, 0.5])
-    assert english and missing == 1.0 and list(scores) == [0.5, 0.5, 0.5]
-    _, _, english = relevance("Wie viel kostet eine Lizenz?", sentences, [0.1, 0.1, 0.1])
-    assert not english
+def test_the_answer_is_the_passage_with_its_code_block_and_its_page_and_section():
+    context = [
+        {"content": "## Resuming runs\n\nTo continue a killed run, run the following command:\n\n```shell\nplanvm resume RUN_ID\n```\n\n"
+                    "Finished runs cannot be resumed.", "source_uri": "cli.md", "heading": "CLI > Resuming runs", "score": 0.7},
+        {"content": "# Knowledge base\n\nThe knowledge base is built by planvm index from a folder of documents.",
+         "source_uri": "kb.md", "heading": "Knowledge base", "score": 0.4},
+    ]
+    answer, found = ExtractiveBackend().extract_found("Goal: How do I continue a run that was killed?", context)
+    assert found and answer.startswith("To continue a killed run, run the following command:")
+    assert "```shell\nplanvm resume RUN_ID\n```" in answer and "[cli.md > Resuming runs]" in answer
+    assert "kb.md" not in answer
 
 
 def test_extractive_answers_each_key_from_its_name():

@@ -16,7 +16,7 @@ from conftest import EXAMPLES, ROOT
 
 from tools.kb import Embedder, LocalKnowledgeBase, index_folder
 from tools.kb import local as kb_local
-from tools.kb.onnx_embedding import EXPORT_FOLDER, OnnxEmbedder, load_exported
+from tools.kb.onnx_embedding import EXPORT_FOLDER, REFERENCE_FILE, OnnxEmbedder, cache_root, load_exported
 from tools.kb.store import ANN_FILE, AnnIndex, ChunkFile, build_ann
 
 QUERIES = [
@@ -77,7 +77,7 @@ def test_a_search_in_a_fresh_process_imports_no_torch(kb):
 def test_a_knowledge_base_indexed_before_exports_and_offsets_still_opens(tmp_path, kb, embedder):
     old = tmp_path / "old"
     shutil.copytree(kb, old)
-    shutil.rmtree(old / EXPORT_FOLDER)
+    (old / REFERENCE_FILE).unlink()  # indexed before the export existed
     version = next(p for p in old.glob("v-*") if p.is_dir())
     (version / "chunks.offsets.npy").unlink()
     opened = LocalKnowledgeBase(old)
@@ -85,6 +85,22 @@ def test_a_knowledge_base_indexed_before_exports_and_offsets_still_opens(tmp_pat
     hits = opened.search("How do I resume a killed run?", 3)
     assert "resume" in hits[0]["content"]
     assert len(opened._version.chunks) == LocalKnowledgeBase(kb).size
+
+
+def test_one_export_per_machine_shared_by_knowledge_bases_and_old_own_exports_still_load(tmp_path, kb, embedder):
+    other = tmp_path / "other"
+    index_folder(EXAMPLES / "kb", other, embedder=embedder)
+    exports = [p for p in cache_root().iterdir() if (p / "model.onnx").is_file()]
+    assert len(exports) == 1 and "all-MiniLM-L6-v2-" in exports[0].name
+    for folder in (kb, other):  # no knowledge base holds a copy of the model
+        assert not list(folder.rglob("*.onnx"))
+        assert load_exported(folder).folder.name == exports[0].name  # one model, one key
+    old = tmp_path / "old"  # a knowledge base with its own export, from before the shared cache
+    shutil.copytree(other, old)
+    (old / REFERENCE_FILE).unlink()
+    shutil.copytree(exports[0], old / EXPORT_FOLDER)
+    assert load_exported(old).folder == old / EXPORT_FOLDER
+    assert isinstance(LocalKnowledgeBase(old).embedder, OnnxEmbedder)
 
 
 def test_chunk_file_reads_on_demand(tmp_path):
@@ -155,7 +171,7 @@ def test_the_threshold_decides_and_the_index_survives_reindexing_and_a_crash(tmp
     survivor = LocalKnowledgeBase(kb)
     assert survivor._ann is not None and "harbour master" in survivor.search("who logs ships in the bay", 1)[0]["content"]
     assert not list(kb.glob("v-*.tmp"))  # the failed staging folder was removed
-    assert os.path.isdir(kb / EXPORT_FOLDER)
+    assert (kb / REFERENCE_FILE).is_file() and not os.path.isdir(kb / EXPORT_FOLDER)  # the export is shared, not copied
 
 
 def test_index_progress_lines_when_not_on_a_terminal(tmp_path):

@@ -13,24 +13,27 @@ import hashlib
 import os
 import re
 import stat
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
+from tools.kb.markdown import front_matter, sections, sentence_spans, units
 from vm.errors import BadInput
 
-__all__ = ["DEFAULT_MAX_FILE_BYTES", "Chunk", "Document", "chunk_document", "find_documents", "read_document"]
+__all__ = ["DEFAULT_MAX_FILE_BYTES", "Chunk", "Document", "chunk_document", "embedding_text", "find_documents", "read_document"]
 
-DEFAULT_INCLUDE = ("*.md", "*.markdown", "*.txt", "*.rst", "*.html", "*.htm")
-_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+DEFAULT_INCLUDE = ("*.md", "*.markdown", "*.mdx", "*.txt", "*.rst", "*.html", "*.htm")
+_MARKDOWN = (".md", ".markdown", ".mdx")
 
 
 @dataclass(slots=True)
 class Document:
     path: str  # relative to the indexed folder, with forward slashes
-    text: str
+    text: str  # without its front matter
     sha256: str
+    title: str = ""  # from the front matter
+    metadata: dict = field(default_factory=dict)  # the front matter's other fields
 
 
 @dataclass(slots=True)
@@ -173,75 +176,131 @@ def read_document(path: Path, rel: str) -> Document:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ValueError(f"not UTF-8 text (byte {exc.start})") from None
+    metadata: dict = {}
     if path.suffix.lower() in (".html", ".htm"):
         parser = _HTMLText()
         parser.feed(text)
         text = parser.text()
-    return Document(rel, text, hashlib.sha256(data).hexdigest())
+    elif path.suffix.lower() in _MARKDOWN:
+        metadata, text, _removed = front_matter(text)  # metadata, never text to search
+    title = str(metadata.pop("title", "") or "")
+    return Document(rel, text, hashlib.sha256(data).hexdigest(), title, metadata)
 
 
-def _sections(text: str) -> list[tuple[str, int, int]]:
-    """(heading path, start, end) per section; nested headings are joined with ' > '."""
-    sections: list[tuple[str, int, int]] = []
-    stack: list[tuple[int, str]] = []
-    heading, start = "", 0
-    for match in re.finditer(r"^.*$", text, re.MULTILINE):
-        found = _HEADING.match(match.group())
-        if not found:
-            continue
-        if match.start() > start:
-            sections.append((heading, start, match.start()))
-        level = len(found.group(1))
-        stack = [(lvl, title) for lvl, title in stack if lvl < level] + [(level, found.group(2))]
-        heading = " > ".join(title for _, title in stack)
-        start = match.start()
-    sections.append((heading, start, len(text)))
-    return [(h, a, b) for h, a, b in sections if text[a:b].strip()]
+def _pieces(text: str, start: int, end: int, fits: Callable[[int, int], bool]) -> list[tuple[int, int]]:
+    """``text[start:end]`` cut into spans that fit: at blank lines outside code fences (a code
+    block stays with the text before it), then at sentence ends, then at lines, then at spaces."""
+    if fits(start, end):
+        return [(start, end)]
+    blocks: list[tuple[int, int]] = []
+    fence: str | None = None
+    current: int | None = None
+    position = start
+    for line in text[start:end].splitlines(keepends=True):
+        stripped = line.strip().lstrip(">").strip()
+        marker = re.match(r"(`{3,}|~{3,})", stripped)
+        if fence is None and not stripped:
+            if current is not None:
+                blocks.append((current, position))
+                current = None
+        else:
+            if current is None:
+                # A code block joins the paragraph that introduces it.
+                current = blocks.pop()[0] if marker and fence is None and blocks else position
+            if marker and fence is None:
+                fence = marker.group(1)[0] * 3
+            elif marker and stripped.startswith(fence or "\0"):
+                fence = None
+        position += len(line)
+    if current is not None:
+        blocks.append((current, end))
+    blocks = [(a, b) for a, b in ((a, _rstrip(text, a, b)) for a, b in blocks) if b > a]
+    if len(blocks) > 1:
+        return [p for a, b in blocks for p in _pieces(text, a, b, fits)]
+    sentences = sentence_spans(text, start, end)
+    if len(sentences) > 1:
+        return [p for a, b in sentences for p in _pieces(text, a, b, fits)]
+    lines = [(m.start() + start, m.end() + start) for m in re.finditer(r"[^\n]+", text[start:end])]
+    if len(lines) > 1:
+        return [p for a, b in lines for p in _pieces(text, a, b, fits)]
+    out, a = [], start
+    while a < end:  # one very long line: at spaces, or anywhere when it has none
+        b = end
+        while b > a + 1 and not fits(a, b):
+            space = text.rfind(" ", a + 1, b - 1)
+            b = space if space > a else a + max(1, (b - a) // 2)
+        out.append((a, b))
+        a = b
+        while a < end and text[a] == " ":
+            a += 1
+    return out
 
 
-def _units(text: str, start: int, end: int, size: int) -> list[tuple[int, int]]:
-    """Spans of ``text[start:end]``: paragraphs; a paragraph longer than ``size`` is cut at
-    sentence ends, and a sentence longer than ``size`` at ``size`` characters."""
-    units: list[tuple[int, int]] = []
-    for para in re.finditer(r"\S(?:(?!\n[ \t]*\n).)*", text[start:end], re.DOTALL):
-        a, b = start + para.start(), start + para.start() + len(para.group().rstrip())
-        if b - a <= size:
-            units.append((a, b))
-            continue
-        cuts = [a] + [a + m.end() for m in _SENTENCE_END.finditer(text[a:b])] + [b]
-        for s0, s1 in zip(cuts, cuts[1:], strict=False):
-            while s1 - s0 > size:
-                units.append((s0, s0 + size))
-                s0 += size
-            if s1 > s0:
-                units.append((s0, s1))
-    return units
+def _rstrip(text: str, a: int, b: int) -> int:
+    while b > a and text[b - 1] in " \t\r\n":
+        b -= 1
+    return b
 
 
-def chunk_document(doc: Document, size: int = 1000, overlap: int = 150) -> list[Chunk]:
-    """Chunks of at most ``size`` characters of the document's own text, cut at headings first,
-    then paragraphs, sentences and characters; a chunk repeats up to ``overlap`` characters of
-    whole paragraphs or sentences from the end of the previous chunk of its section."""
+def embedding_text(heading: str, content: str) -> str:
+    """What is embedded for a chunk: its heading path (the page and section it belongs to), then its text."""
+    return f"{heading}\n\n{content}" if heading else content
+
+
+def chunk_document(
+    doc: Document, size: int = 1000, overlap: int = 150, *, count_tokens: Callable[[str], int] | None = None,
+    max_tokens: int | None = None,
+) -> list[Chunk]:
+    """Chunks of the document's own text, cut at its structure: sections (headings), then units
+    (a paragraph, list item, note or table, a code block with the sentence that introduces it),
+    then blocks, sentences and lines. A chunk holds at most ``size`` characters and, with
+    ``count_tokens`` and ``max_tokens`` (the embedding model's tokenizer and window), at most
+    that many tokens counting its heading path (what is embedded: :func:`embedding_text`). A
+    chunk repeats up to ``overlap`` characters of whole units from the end of the previous
+    chunk of its section."""
     if size < 50:
         raise BadInput("chunk size must be at least 50 characters")
     if not 0 <= overlap < size:
         raise BadInput("overlap must be at least 0 and smaller than the chunk size")
     text = doc.text
+    found = units(text)
     chunks: list[Chunk] = []
-    for heading, sec_start, sec_end in _sections(text):
-        units = _units(text, sec_start, sec_end, size)
+    for heading, sec_start, sec_end in sections(text, doc.title):
+        if count_tokens is not None and max_tokens is not None:
+            budget = max(16, max_tokens - (count_tokens(heading) if heading else 0) - 1)
+        else:
+            budget = None
+        tokens: dict[tuple[int, int], int] = {}
+
+        def cost(a: int, b: int) -> int:
+            if (a, b) not in tokens:
+                tokens[(a, b)] = count_tokens(text[a:b]) - 2 if count_tokens else 0  # less [CLS] and [SEP]
+            return tokens[(a, b)]
+
+        def fits(a: int, b: int) -> bool:
+            return b - a <= size and (budget is None or cost(a, b) + 2 <= budget)
+
+        spans = [(max(u.start, sec_start), min(u.end, sec_end)) for u in found if u.end > sec_start and u.start < sec_end]
+        if not spans:
+            spans = [(sec_start, _rstrip(text, sec_start, sec_end))]
+        pieces = [p for a, b in spans for p in _pieces(text, a, b, fits) if text[p[0] : p[1]].strip()]
         first = 0
-        while first < len(units):
+        while first < len(pieces):
             last = first
-            while last + 1 < len(units) and units[last + 1][1] - units[first][0] <= size:
+            used = cost(*pieces[first])
+            while last + 1 < len(pieces) and pieces[last + 1][1] - pieces[first][0] <= size and (
+                budget is None or used + cost(*pieces[last + 1]) + 3 <= budget
+            ):
                 last += 1
-            a, b = units[first][0], units[last][1]
-            chunks.append(Chunk(text[a:b].strip(), doc.path, heading, a))
-            if last + 1 >= len(units):
+                used += cost(*pieces[last])
+            a, b = pieces[first][0], pieces[last][1]
+            content = text[a:b]
+            lead = len(content) - len(content.lstrip())
+            chunks.append(Chunk(content.strip(), doc.path, heading, a + lead))
+            if last + 1 >= len(pieces):
                 break
-            # Start the next chunk with the trailing units that fit in the overlap.
-            nxt = last + 1
-            while nxt - 1 > first and b - units[nxt - 1][0] <= overlap:
+            nxt = last + 1  # the next chunk starts with the trailing units that fit in the overlap
+            while nxt - 1 > first and b - pieces[nxt - 1][0] <= overlap:
                 nxt -= 1
             first = nxt
     return chunks

@@ -17,7 +17,8 @@ A new version is written in a temporary folder, then ``CURRENT`` is switched wit
 rename: a crash while indexing leaves the previous version live and intact. Re-indexing embeds
 and extracts only new or changed files.
 
-    embedder/               the embedding model exported to ONNX, for queries without torch
+    embedder.ref            the name of the embedding model's ONNX export in the machine's shared cache
+                            (see tools.kb.onnx_embedding), for queries without torch
 
 Search is exact below ``ann_threshold`` chunks (one matrix-vector product over all chunk vectors)
 and approximate (HNSW, usearch) above it; see ``bench/retrieval.py`` and :mod:`tools.kb.store`.
@@ -43,6 +44,7 @@ from tools.kb.documents import (
     DEFAULT_MAX_FILE_BYTES,
     Chunk,
     chunk_document,
+    embedding_text,
     find_documents,
     read_document,
 )
@@ -63,6 +65,8 @@ __all__ = ["ByLengthEmbedder", "IndexReport", "LocalKnowledgeBase", "import_grap
 
 log = logging.getLogger("planvm.kb")
 FORMAT = "planvm-kb/1"
+#: How documents are cut into chunks; a knowledge base chunked otherwise is chunked again when re-indexed.
+CHUNKER = "structure/1"
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
@@ -311,7 +315,8 @@ def index_folder(
             log.warning("%s; indexing everything again", exc)
     same_setup = previous is not None and all(
         previous.manifest.get(k) == v
-        for k, v in (("model", embedder.model_name), ("chunk_size", chunk_size), ("overlap", overlap), ("graph_extractor", extractor_name))
+        for k, v in (("model", embedder.model_name), ("chunk_size", chunk_size), ("overlap", overlap),
+                     ("graph_extractor", extractor_name), ("chunker", CHUNKER))
     )
     old_files = previous.manifest.get("files", {}) if previous is not None and same_setup else {}
 
@@ -337,7 +342,8 @@ def index_folder(
                 parts[rel] = previous.parts[rel]
             report.files_reused += 1
         else:
-            pieces: list[Chunk] = chunk_document(doc, chunk_size, overlap)
+            pieces: list[Chunk] = chunk_document(doc, chunk_size, overlap, count_tokens=embedder.token_count,
+                                                 max_tokens=embedder.window)
             files[rel] = {"sha256": doc.sha256, "first": len(chunks), "count": len(pieces)}
             chunks.extend({"content": c.content, "source_uri": c.source_uri, "heading": c.heading, "position": c.position} for c in pieces)
             rows.extend([None] * len(pieces))
@@ -366,7 +372,7 @@ def index_folder(
     batch = 256
     for start in range(0, len(todo), batch):
         ids = todo[start : start + batch]
-        texts = [chunks[i]["content"] for i in ids]
+        texts = [embedding_text(chunks[i].get("heading", ""), chunks[i]["content"]) for i in ids]
         too_long += sum(1 for t in texts if len(t) > embedder.window * 3 and embedder.token_count(t) > embedder.window)
         vectors[ids] = embedder.encode(texts)
         if progress:
@@ -380,6 +386,7 @@ def index_folder(
         "chunk_size": chunk_size,
         "overlap": overlap,
         "graph_extractor": extractor_name,
+        "chunker": CHUNKER,
         "source": str(source.resolve()),
         "created_at": time.time(),
         "files": files,
@@ -448,6 +455,9 @@ class LocalKnowledgeBase:
                 f"no knowledge base at {self.path}; build one with `planvm index DIR --kb {self.path}`"
             )
         self._version = _read_version(self.path, current)
+        if self._version.manifest.get("chunker") != CHUNKER and self._version.manifest.get("files"):
+            log.warning("the knowledge base at %s was cut into chunks by an older version (front matter read as text, code "
+                        "blocks apart from their sentences); re-run `planvm index` on its folder for better answers", self.path)
         model = self._version.manifest["model"]
         # Queries are embedded by the ONNX export made when indexing (no torch import), if there is one.
         self.embedder = embedder or embedder_for(self.path, model)
@@ -490,7 +500,8 @@ class LocalKnowledgeBase:
         hits = []
         for i, score in zip(best, best_scores, strict=True):
             chunk = chunks[int(i)]
-            hits.append({"content": chunk["content"], "source_uri": chunk["source_uri"], "score": round(float(score), 4)})
+            hits.append({"content": chunk["content"], "source_uri": chunk["source_uri"], "heading": chunk.get("heading", ""),
+                         "score": round(float(score), 4)})
         return hits
 
     def graph(self, query: str) -> dict[str, Any]:

@@ -2,9 +2,12 @@
 
 Importing sentence-transformers (and with it torch and transformers) takes seconds and hundreds
 of megabytes; a query needs one forward pass of a small model. So ``planvm index`` exports the
-model it embedded with, once, into the knowledge base (``KB/embedder/``: ``model.onnx``, the
-fast tokenizer's ``tokenizer.json``, and ``embedder.json`` describing pooling and the window),
-and searching loads that with ``onnxruntime`` and ``tokenizers`` only. The pooling is the
+model it embedded with, once per machine, into a shared cache (``embedders/<model>-<hash>/``
+under ``$PLANVM_HOME`` or the user data folder: ``model.onnx``, the fast tokenizer's
+``tokenizer.json``, and ``embedder.json`` describing pooling and the window; the hash is of the
+model's name and weights), and the knowledge base names its export (key and path) in ``KB/embedder.ref``.
+Searching loads that with ``onnxruntime`` and ``tokenizers`` only. A knowledge base indexed
+before the cache existed keeps its own ``KB/embedder/`` folder, which still loads. The pooling is the
 model's own (mean over the tokens, then L2 normalisation), so the vectors equal the indexing
 model's (cosine ≥ 0.9999, tested). Models that do not pool that way are not exported; their
 knowledge bases embed queries with sentence-transformers, as before.
@@ -24,21 +27,70 @@ from typing import Any
 
 from tools.kb.embedding import QueryEncoding
 
-__all__ = ["EXPORT_FOLDER", "OnnxEmbedder", "embedder_for", "export_onnx", "load_exported"]
+__all__ = ["EXPORT_FOLDER", "OnnxEmbedder", "cache_root", "embedder_for", "export_onnx", "load_exported"]
 
-EXPORT_FOLDER = "embedder"
+EXPORT_FOLDER = "embedder"  # a knowledge base's own export (before the shared cache)
+REFERENCE_FILE = "embedder.ref"  # the name of the knowledge base's export in the shared cache
 _FORMAT = "planvm-onnx-embedder/1"
 log = logging.getLogger("planvm.kb")
 
 
+def cache_root() -> Path:
+    """The machine's shared folder of exported embedding models."""
+    home = os.environ.get("PLANVM_HOME")
+    if home:
+        return Path(home) / "embedders"
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("planvm")) / "embedders"
+
+
+def _cache_key(embedder: Any) -> str:
+    """``<model>-<hash>``: the hash covers the model's name and, for a model in a folder, its weights."""
+    import hashlib
+    import re
+
+    from tools.kb.embedding import _resolve
+
+    digest = hashlib.sha256(str(embedder.model_name).encode("utf-8"))
+    try:
+        folder = Path(_resolve(embedder.model_name))
+    except Exception:  # noqa: BLE001 - a model that cannot be resolved here is keyed by its name
+        folder = None
+    if folder is not None and folder.is_dir():
+        for weights in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]):
+            with weights.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(embedder.model_name).rsplit("/", 1)[-1]).strip("-.")[:60] or "model"
+    return f"{slug}-{digest.hexdigest()[:16]}"
+
+
 def export_onnx(embedder: Any, kb: Path) -> bool:
-    """Export ``embedder``'s model (a :class:`tools.kb.Embedder`) to ``kb/embedder/``, unless an
-    export of that model is already there. Returns whether one is there afterwards; a model that
-    cannot be exported is logged and left to sentence-transformers."""
-    target = Path(kb) / EXPORT_FOLDER
+    """Export ``embedder``'s model (a :class:`tools.kb.Embedder`) to the machine's shared cache,
+    unless it is there already, and name it in ``kb/embedder.ref``. Returns whether an export is
+    there afterwards; a model that cannot be exported is logged and left to sentence-transformers."""
+    key = _cache_key(embedder)
+    target = cache_root() / key
     described = _describe(target)
-    if described is not None and described.get("model") == embedder.model_name:
-        return True
+    if described is None or described.get("model") != embedder.model_name:
+        if not _export(embedder, target):
+            return False
+    Path(kb).mkdir(parents=True, exist_ok=True)
+    reference = Path(kb) / REFERENCE_FILE
+    wanted = json.dumps({"key": key, "path": str(target.resolve())})
+    if not reference.is_file() or reference.read_text(encoding="utf-8") != wanted:
+        staged = Path(kb) / f"{REFERENCE_FILE}.{uuid.uuid4().hex[:8]}.tmp"
+        staged.write_text(wanted, encoding="utf-8")
+        os.replace(staged, reference)
+    old = Path(kb) / EXPORT_FOLDER
+    if old.is_dir():  # the knowledge base's own copy, from before the shared cache
+        shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
+def _export(embedder: Any, target: Path) -> bool:
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
         import torch
 
@@ -60,7 +112,7 @@ def export_onnx(embedder: Any, kb: Path) -> bool:
             def forward(self, *inputs: Any) -> Any:
                 return self.inner(**dict(zip(names, inputs, strict=True))).last_hidden_state
 
-        staged = Path(kb) / f"{EXPORT_FOLDER}.{uuid.uuid4().hex[:8]}.tmp"
+        staged = target.parent / f"{target.name}.{uuid.uuid4().hex[:8]}.tmp"
         staged.mkdir(parents=True)
         try:
             example = tuple(torch.ones((1, 8), dtype=torch.long) for _ in names)
@@ -85,7 +137,12 @@ def export_onnx(embedder: Any, kb: Path) -> bool:
             (staged / "embedder.json").write_text(json.dumps(description), encoding="utf-8")  # last: marks it complete
             if target.exists():
                 shutil.rmtree(target, ignore_errors=True)
-            os.replace(staged, target)
+            try:
+                os.replace(staged, target)
+            except OSError:  # another process exported it at the same time
+                if _describe(target) is None:
+                    raise
+                shutil.rmtree(staged, ignore_errors=True)
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise
@@ -107,9 +164,23 @@ def _describe(folder: Path) -> dict[str, Any] | None:
 
 
 def load_exported(kb: Path, model_name: str | None = None) -> OnnxEmbedder | None:
-    """The knowledge base's exported embedder (for ``model_name``, when given), or None when
-    there is none (or ONNX Runtime is not installed)."""
+    """The knowledge base's exported embedder (for ``model_name``, when given): the shared export
+    its ``embedder.ref`` names, else its own ``embedder/`` folder; None when there is none (or
+    ONNX Runtime is not installed)."""
     folder = Path(kb) / EXPORT_FOLDER
+    reference = Path(kb) / REFERENCE_FILE
+    if reference.is_file():
+        shared = None
+        try:  # where it was exported, else the same name in this environment's cache
+            named = json.loads(reference.read_text(encoding="utf-8"))
+            shared = next((c for c in (Path(named["path"]), cache_root() / str(named["key"])) if _describe(c) is not None), None)
+        except (OSError, ValueError, KeyError, TypeError):
+            shared = None
+        if shared is not None:
+            folder = shared
+        elif not folder.is_dir():
+            log.info("the embedding model exported for %s is not in %s; queries will load sentence-transformers "
+                     "(re-run `planvm index` to export it again)", kb, cache_root())
     description = _describe(folder)
     if description is None or (model_name is not None and description.get("model") != model_name):
         return None
