@@ -5,21 +5,20 @@ store's write lock, and (3) a plan of 40,000 instructions is posted to `/v1/runs
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 
 from tests.databases import mysql_store_url, postgres_store_url
-from tests.serve_helpers import Server, free_port, wait_status
+from tests.serve_helpers import Server, wait_status
 from tests.tcp_proxy import TcpProxy
+from tests.loop_probe import LoopServer
 
 pytestmark = pytest.mark.faults
 
@@ -160,60 +159,10 @@ def test_a_write_lock_another_process_holds_on_the_sqlite_store_never_holds_heal
         assert prober.slowest() < HEALTHZ_BOUND, prober.summary()
 
 
-class LoopServer:
-    """The service in this process (uvicorn on a thread of its own, on asyncio's loop):
-    ``slow_steps`` lists every step of its event loop that used more than ``slow`` seconds of the
-    loop thread's own CPU time (work done on the loop, which holds every other request meanwhile;
-    neither waiting for the GIL nor this machine's other load counts)."""
-
-    def __init__(self, home: Path, monkeypatch: pytest.MonkeyPatch, slow: float = 0.02, **config: Any) -> None:
-        import uvicorn
-
-        from planvm.engine import Engine
-        from planvm.server import create_app
-
-        self.engine = Engine({"store_path": str(home / "runs.sqlite"), "no_builtins": True, **config})
-        app = create_app(self.engine, max_body_bytes=64 * 1024 * 1024)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, loop="asyncio", log_level="warning"))
-        self.slow = slow
-        self.slow_steps: list[tuple[float, str]] = []
-        self._thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
-        run = asyncio.events.Handle._run
-
-        def timed(handle: asyncio.events.Handle) -> None:
-            if threading.get_ident() != self._thread.ident:
-                return run(handle)
-            began = time.thread_time()
-            try:
-                return run(handle)
-            finally:
-                used = time.thread_time() - began
-                if used > self.slow:
-                    self.slow_steps.append((round(used * 1000), repr(handle)[:300]))
-
-        monkeypatch.setattr(asyncio.events.Handle, "_run", timed)
-
-    def __enter__(self) -> LoopServer:
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self
-
-    def longest_step(self) -> int:
-        return max((ms for ms, _ in self.slow_steps), default=0)
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self._thread.join(30)
-        self.engine.close()
-
-
 def test_a_large_plan_posted_to_runs_never_holds_the_event_loop_or_healthz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     body = json.dumps({"goal": "a large plan", "plan": big_plan(40_000)}).encode()
-    with LoopServer(tmp_path, monkeypatch) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+    # 50 ms: a gen-2 garbage collection of the large plan's objects may land on the loop's thread.
+    with LoopServer(tmp_path, monkeypatch, slow=0.05) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         with Prober(server.url) as prober:
             time.sleep(0.3)
             began = time.perf_counter()
@@ -224,7 +173,7 @@ def test_a_large_plan_posted_to_runs_never_holds_the_event_loop_or_healthz(tmp_p
             detail = client.get(f"/v1/runs/{run['id']}", params={"steps": True})  # megabytes back: written out in a thread
             time.sleep(0.3)
         print(f"\n40,000 instructions posted ({len(body) / 1e6:.1f} MB, answered in {took:.2f} s); /healthz: {prober.summary()}; "
-              f"loop steps using over 20 ms: {len(server.slow_steps)}, longest {server.longest_step()} ms")
+              f"loop steps using over 50 ms: {len(server.slow_steps)}, longest {server.longest_step()} ms")
         assert run["status"] == "completed", run
         assert detail.status_code == 200 and len(detail.json()["plan"]) == 40_000
         assert len(prober.answers) >= 5, prober.answers
