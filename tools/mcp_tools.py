@@ -42,13 +42,6 @@ __all__ = ["McpServer", "McpSpec", "McpTool", "McpToolError", "add_mcp_tools", "
 _open: list[McpServer] = []
 
 
-def _connect_seconds() -> float:
-    try:
-        return max(0.1, float(os.environ.get("PLANVM_MCP_TIMEOUT", "20")))
-    except ValueError:
-        raise BackendUnavailable("PLANVM_MCP_TIMEOUT must be a number of seconds, e.g. 20") from None
-
-
 class McpToolError(RuntimeError):
     """An MCP server answered a tool call with an error, or could not be reached for it."""
 
@@ -62,12 +55,14 @@ class McpSpec:
     name: str | None = None  # the prefix for its tools' names; default: the server's own name
     prefix: bool = False  # name its tools NAME_TOOL, so two servers (or a built-in) may share tool names
     env: tuple[tuple[str, str], ...] = ()
+    timeout: float = 20.0  # seconds to answer `initialize` (the mcp_timeout setting, PLANVM_MCP_TIMEOUT)
 
     def describe(self) -> str:
         return self.url if self.url else " ".join(self.command)
 
 
-def parse_specs(commands: Iterable[str] = (), urls: Iterable[str] = (), tables: Iterable[Any] = (), *, prefix: bool = False) -> list[McpSpec]:
+def parse_specs(commands: Iterable[str] = (), urls: Iterable[str] = (), tables: Iterable[Any] = (), *, prefix: bool = False,
+                timeout: float = 20.0) -> list[McpSpec]:
     """Specs from ``--mcp 'COMMAND ARGS'``, ``--mcp-url URL`` and ``[[mcp]]`` tables
     (``command`` as a string or a list, or ``url``; optional ``name``, ``prefix``, ``env``)."""
     specs = []
@@ -78,11 +73,11 @@ def parse_specs(commands: Iterable[str] = (), urls: Iterable[str] = (), tables: 
             raise BadInput(f"--mcp {text!r}: cannot split it into a command and arguments ({exc})") from None
         if not words:
             raise BadInput("--mcp needs a command to start the server, e.g. --mcp 'python my_server.py'")
-        specs.append(McpSpec(command=tuple(words), prefix=prefix))
+        specs.append(McpSpec(command=tuple(words), prefix=prefix, timeout=timeout))
     for url in urls:
         if not re.match(r"^https?://", url):
             raise BadInput(f"--mcp-url {url!r}: give the server's streamable-HTTP address, http://host:port/mcp")
-        specs.append(McpSpec(url=url, prefix=prefix))
+        specs.append(McpSpec(url=url, prefix=prefix, timeout=timeout))
     for i, table in enumerate(tables):
         where = f"[[mcp]] table {i + 1} in planvm.toml"
         if not isinstance(table, dict):
@@ -100,7 +95,7 @@ def parse_specs(commands: Iterable[str] = (), urls: Iterable[str] = (), tables: 
         if not isinstance(env, dict):
             raise BadInput(f"{where}: 'env' must be a table of strings")
         specs.append(McpSpec(command=tuple(words), url=url, name=table.get("name"), prefix=bool(table.get("prefix", prefix)),
-                             env=tuple(sorted((str(k), str(v)) for k, v in env.items()))))
+                             env=tuple(sorted((str(k), str(v)) for k, v in env.items())), timeout=timeout))
     return specs
 
 
@@ -166,7 +161,7 @@ class McpServer:
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even when no one waits any more
         self._runner = asyncio.create_task(self._session(ready))
-        seconds = _connect_seconds()
+        seconds = self.spec.timeout
         try:
             await asyncio.wait_for(asyncio.shield(ready), seconds)
         except TimeoutError:

@@ -175,6 +175,7 @@ class Settings(BaseSettings):
     remote_kb_id: int | None = Field(None, description="Knowledge-base id for graph search on the service.")
     remote_chat_engine: str = Field("default", description="Chat engine name for embedding retrieval on the service.")
     remote_timeout: float = Field(30.0, gt=0, description="Seconds per request to the service.")
+    mcp_timeout: float = Field(20.0, gt=0, description="Seconds an MCP server has to answer `initialize` before it is stopped.")
     mcp: list[dict[str, Any]] = Field(
         default_factory=list,
         description="MCP servers whose tools join the registry: [[mcp]] tables with command (stdio) or url (streamable HTTP), "

@@ -176,3 +176,17 @@ def with_run_tools(run_id: str, options: dict[str, Any]) -> dict[str, Any]:
     with RunStore(location, readonly=True) as store:
         run = store.get(run_id, steps=False)
     return options_for_run(options, run)
+
+
+def service_token(given: str | None, options: dict[str, Any], setting: str) -> str | None:
+    """A service's bearer token: its --token flag, else the ``setting`` (``serve_token`` or
+    ``mcp_token``: PLANVM_SERVE_TOKEN, PLANVM_MCP_TOKEN, planvm.toml). A blank one is refused."""
+    from planvm.engine import EngineConfig
+    from vm import BadInput
+
+    if given is None:
+        kept = getattr(EngineConfig.load(options), setting)
+        given = kept.get_secret_value() if kept is not None else None
+    if given is not None and not given.strip():
+        raise BadInput(f"the token is blank (--token or PLANVM_{setting.upper()}); give a real secret, or none on a loopback address")
+    return given

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from planvm.cli.common import guarded, make_engine
+from planvm.cli.common import guarded, make_engine, service_token
 from planvm.cli.options import (
     engine_options,
     run_options,
@@ -18,7 +18,7 @@ from vm.errors import BadInput
 @click.command(name="mcp")
 @click.option("--http", "http_port", type=click.IntRange(1, 65535), help="Serve streamable HTTP on this port (path /mcp) instead of stdio.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="With --http: the address to listen on (beyond loopback, --token is required).")
-@click.option("--token", envvar="PLANVM_MCP_TOKEN", help="With --http: require Authorization: Bearer TOKEN on every request.")
+@click.option("--token", help="With --http: require Authorization: Bearer TOKEN on every request.")
 @engine_options
 @run_options
 @guarded
@@ -29,8 +29,7 @@ def mcp_command(http_port: int | None, host: str, token: str | None, **options: 
     tools, limits and run store."""
     from planvm.connections import is_loopback
 
-    if token is not None and not token.strip():
-        raise BadInput("--token is blank; give a real secret (or leave --token out on a loopback address)")
+    token = service_token(token, options, "mcp_token")
     if http_port is not None and not is_loopback(host) and not token:
         raise BadInput(
             f"--host {host} reaches beyond this machine, and exec_plan runs plans there; give --token (or PLANVM_MCP_TOKEN) so "

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from planvm.cli.common import guarded, make_engine
+from planvm.cli.common import guarded, make_engine, service_token
 from planvm.cli.options import (
     engine_options,
     run_options,
@@ -19,7 +19,7 @@ from vm.errors import BadInput
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (beyond loopback, --token is required).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port to listen on.")
-@click.option("--token", envvar="PLANVM_SERVE_TOKEN", help="Require Authorization: Bearer TOKEN on every path but /healthz.")
+@click.option("--token", help="Require Authorization: Bearer TOKEN on every path but /healthz.")
 @click.option(
     "--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
     help="Also answer requests for this Host name (NAME or NAME:PORT, repeatable; * for any; PLANVM_ALLOWED_HOSTS, planvm.toml: "
@@ -83,8 +83,7 @@ def serve(
     from planvm.server.access import allowed_hosts_for
     from vm.redact import register_secret
 
-    if token is not None and not token.strip():
-        raise BadInput("--token is blank; give a real secret (or leave --token out on a loopback address)")
+    token = service_token(token, options, "serve_token")
     if not is_loopback(host) and not token:
         raise BadInput(
             f"--host {host} reaches beyond this machine; give --token (or PLANVM_SERVE_TOKEN) so that only clients "

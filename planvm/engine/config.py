@@ -98,6 +98,10 @@ class EngineConfig(Settings):
     no_library: bool = Field(False, description="Neither reuse kept best plans nor show them to the planner.")
     lease_seconds: float = Field(30.0, ge=1, description="How long a run this process executes stays its own without a heartbeat.")
 
+    # --- service tokens (a front end's --token flag, else these) ------------------------------------
+    serve_token: SecretStr | None = Field(None, description="The bearer token `planvm serve` requires (PLANVM_SERVE_TOKEN).")
+    mcp_token: SecretStr | None = Field(None, description="The bearer token `planvm mcp --http` requires (PLANVM_MCP_TOKEN).")
+
     # --- tools ------------------------------------------------------------------------------------
     plugins: list[str] = Field(default_factory=list, description="Python files whose @tool functions are registered.")
     no_builtins: bool = Field(False, description="Leave out the built-in tools.")

@@ -35,7 +35,7 @@ def make_registry(config: EngineConfig) -> Any:
         if config.mcp_commands or config.mcp_urls or config.mcp:
             from tools.mcp_tools import add_mcp_tools, parse_specs
 
-            add_mcp_tools(registry, parse_specs(config.mcp_commands, config.mcp_urls, config.mcp, prefix=config.mcp_prefix))
+            add_mcp_tools(registry, parse_specs(config.mcp_commands, config.mcp_urls, config.mcp, prefix=config.mcp_prefix, timeout=config.mcp_timeout))
     except BaseException:
         registry.close()
         raise

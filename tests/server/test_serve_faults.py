@@ -119,4 +119,27 @@ def test_a_blank_token_is_refused(tmp_path: Path) -> None:
 
     done = subprocess.run([sys.executable, "-m", "planvm", "serve", "--token", "  ", "--port", "1"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, env={**__import__("os").environ, "PLANVM_HOME": str(tmp_path)})
-    assert done.returncode == 2 and "--token is blank" in done.stderr
+    assert done.returncode == 2 and "the token is blank" in done.stderr
+
+
+def test_the_service_tokens_are_settings(tmp_path: Path) -> None:
+    """PLANVM_SERVE_TOKEN and PLANVM_MCP_TOKEN are read through the one configuration: planvm config
+    shows them masked, planvm.toml may hold them, and a blank one is refused."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.serve_helpers import ROOT
+
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "planvm", *args], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              env={**__import__("os").environ, "PLANVM_HOME": str(tmp_path), "PYTHONPATH": str(ROOT), **env})
+
+    shown = {r["key"]: r for r in json.loads(run("config", "--json", PLANVM_SERVE_TOKEN="serve-secret-123").stdout)["settings"]}
+    assert shown["serve_token"] == {"key": "serve_token", "value": "***", "source": "PLANVM_SERVE_TOKEN"}
+    assert "serve-secret-123" not in json.dumps(shown)
+    (tmp_path / "planvm.toml").write_text('mcp_token = "  "\n')
+    blank = run("mcp", "--http", "1")
+    assert blank.returncode == 2 and "the token is blank" in blank.stderr and "PLANVM_MCP_TOKEN" in blank.stderr
+    beyond = run("serve", "--host", "0.0.0.0", "--port", "1")
+    assert beyond.returncode == 2 and "give --token" in beyond.stderr

@@ -37,12 +37,9 @@ log = logging.getLogger("planvm.kb")
 
 def cache_root() -> Path:
     """The machine's shared folder of exported embedding models."""
-    home = os.environ.get("PLANVM_HOME")
-    if home:
-        return Path(home) / "embedders"
-    import platformdirs
+    from vm.store.locations import planvm_home
 
-    return Path(platformdirs.user_data_dir("planvm")) / "embedders"
+    return planvm_home() / "embedders"
 
 
 def _cache_key(embedder: Any) -> str:
