@@ -101,7 +101,7 @@ def _default_held_out() -> str | None:
 @click.option("--endpoint", help="Instead of --adapter: an OpenAI-compatible server (e.g. vLLM serving the adapter) to score, as http://host:port/v1.")
 @click.option("--model", "served_model", help="With --endpoint: the served model name to score (vLLM: the adapter's --lora-modules name).")
 @click.option("--compare-model", help="With --endpoint: another served model to score beside it (e.g. the base model's name).")
-@click.option("--api-key", envvar="PLANVM_LLM_API_KEY", help="With --endpoint: the server's key, if it needs one.")
+@click.option("--api-key", help="With --endpoint: the server's key, if it needs one (default: the planner role's key from the settings).")
 @guarded
 def eval_(adapter: str | None, base_model: str | None, data: str | None, constrained: bool | None, compare_base: bool, max_new_tokens: int,
           out_file: str | None,
@@ -146,12 +146,9 @@ def eval_(adapter: str | None, base_model: str | None, data: str | None, constra
     rows = load_rows(data, registry).rows
     reports = []
     if endpoint is not None:
-        from tools.llm_openai import OpenAIChat
-
         for name in (served_model, compare_model):
             if name:
-                served = OpenAIChat(model=name, base_url=endpoint, api_key=api_key, max_tokens=max_new_tokens,
-                                    json_mode="schema" if constrained else "off")
+                served = _served_planner(endpoint, name, api_key, max_new_tokens, constrained)
                 reports.append(evaluate(served, rows, registry, name=f"{name} (served)"))
         _finish_eval(reports, rows, registry, out_file, note)
         return
@@ -170,6 +167,22 @@ def eval_(adapter: str | None, base_model: str | None, data: str | None, constra
     if compare_base or not adapter:
         reports.append(evaluate(llm(None), rows, registry, name="base model"))
     _finish_eval(reports, rows, registry, out_file, note)
+
+
+def _served_planner(endpoint: str, model: str, api_key: str | None, max_tokens: int, constrained: bool) -> Any:
+    """A served planner's client made from the settings as the planner role sees them (its
+    deadlines, retries and key: PLANVM_PLANNER_*, PLANVM_LLM_*, OPENAI_API_KEY, planvm.toml), with
+    the endpoint and model this command scores."""
+    from pydantic import SecretStr
+
+    from planvm.engine import EngineConfig
+    from tools.backends import make_llm
+
+    update: dict[str, Any] = {"llm_backend": "openai", "llm_base_url": endpoint, "llm_model": model, "llm_max_tokens": max_tokens,
+                              "llm_json_mode": "schema" if constrained else "off"}
+    if api_key:
+        update["llm_api_key"] = SecretStr(api_key)
+    return make_llm(EngineConfig.load({}).for_role("planner").model_copy(update=update))
 
 
 def _finish_eval(reports: list[Any], rows: list[Any], registry: Any, out_file: str, note: str | None = None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -177,7 +178,12 @@ def test_runs_judged_optimized_kept_exported_trained_and_a_served_planner_scored
 
     report_file = tmp_path / "eval.json"
     before = len(models.server.requests)
-    out = planvm("eval", "--endpoint", models.server.url, "--model", "planner-lora", "--data", str(rows_file), "--out", str(report_file))
+    os.environ["OPENAI_API_KEY"] = "sk-eval-from-the-settings"  # eval's client comes from the settings, key included
+    try:
+        out = planvm("eval", "--endpoint", models.server.url, "--model", "planner-lora", "--data", str(rows_file), "--out", str(report_file))
+    finally:
+        del os.environ["OPENAI_API_KEY"]
+    assert models.server.headers[-1]["authorization"] == "Bearer sk-eval-from-the-settings"
     assert out.exit_code == 0, out.output
     report = json.loads(report_file.read_text())
     served = report["planner-lora (served)"]["summary"]
