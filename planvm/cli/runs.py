@@ -239,12 +239,15 @@ def best(run_id: str, store_path: str | None, label: str | None) -> None:
 @runs.command()
 @click.argument("run_id")
 @store_option
-@click.option("--reason", default="cancelled with `planvm runs cancel`", show_default=True, help="Kept with the run as its error.")
+@click.option("--reason", help="Kept with the run as its error (default: the one every front end keeps, 'cancelled on request').")
 @guarded
-def cancel(run_id: str, store_path: str | None, reason: str) -> None:
+def cancel(run_id: str, store_path: str | None, reason: str | None) -> None:
     """Cancel RUN_ID, wherever it executes: a planning, queued, running, waiting or interrupted run
     becomes cancelled at once, and the process executing it (a server, a worker, a `planvm run`)
     stops at its next step. An approved call that had already started is named."""
+    from planvm.engine.engine import CANCELLED
+
+    reason = reason or CANCELLED
     with make_engine({"store_path": store_path}, quiet=True) as engine:
         full_id = engine.cancel(run_id, reason)
         said = engine.stored(full_id, steps=False).error or ""

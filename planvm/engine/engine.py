@@ -29,6 +29,7 @@ __all__ = ["Engine"]
 
 Role = Literal["local", "service", "worker"]
 ROLES = ("local", "service", "worker")
+CANCELLED = "cancelled on request"
 
 
 class Engine(_Planning, _Reads):
@@ -396,9 +397,10 @@ class Engine(_Planning, _Reads):
         self.for_stored((await asyncio.to_thread(self._store().get, run_id, steps=False)).limits, run_id)
         return await self.vm.aapprove(run_id, seq_no, approved, tool_params=tool_params, reason=reason, listener=listener)
 
-    def cancel(self, run_id: str, reason: str = "cancelled") -> str:
-        """Cancel a run wherever it executes (its full id is returned)."""
-        return self._store().cancel(run_id, reason)
+    def cancel(self, run_id: str, reason: str | None = None) -> str:
+        """Cancel a run wherever it executes (its full id is returned); ``reason`` is kept with it
+        as its error (default: ``cancelled on request``, whichever front end asked)."""
+        return self._store().cancel(run_id, reason or CANCELLED)
 
     def delete(self, run_id: str, *, force: bool = False) -> list[str]:
         """Delete a run with its steps and its forks (the deleted ids, the run first); a run that

@@ -183,7 +183,7 @@ async def approve(run_id: str, body: ApproveRequest, wait: bool = Query(False), 
 async def cancel(run_id: str, ctx: Context = Depends(context)) -> dict[str, Any]:
     """Cancel a queued, running, waiting or interrupted run, wherever it executes: the store
     says ``cancelled`` at once; its executor (here, or a worker) stops at its next step."""
-    full_id = await ctx.service.call(ctx.engine.cancel, run_id, "cancelled by a request to the service")
+    full_id = await ctx.service.call(ctx.engine.cancel, run_id)
     task = ctx.service.tasks.get(full_id)
     if task is not None:  # executing here: stop it now rather than at its next step
         task.cancel()
