@@ -304,7 +304,7 @@ def replay(source: str, live: bool, store_path: str | None, as_json: bool, **too
     Offline by default: every tool and LLM reply comes from the record. Exit code 1 when a step
     did not reproduce its record.
     """
-    from vm import StoredRun, StoreError, replay_live
+    from vm import StoredRun, StoreError
     from vm import replay as replay_offline
 
     path = Path(source)
@@ -324,7 +324,7 @@ def replay(source: str, live: bool, store_path: str | None, as_json: bool, **too
         from planvm.engine import options_for_run
 
         with make_engine({**options_for_run(tool_opts, run), "concurrency": 1}, record=False) as engine:
-            report = replay_live(run, engine.vm)
+            report = engine.replay_live(run)
     else:
         report = replay_offline(run)
     if as_json:

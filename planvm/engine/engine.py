@@ -419,6 +419,13 @@ class Engine(_Planning, _Reads):
 
         return await areplay(await asyncio.to_thread(self._reader().get, run_id))
 
+    def replay_live(self, run: Any) -> Any:
+        """Re-execute a stored run (a :class:`vm.StoredRun`) against this engine's real tools and
+        models, and compare each step with its record."""
+        from vm import replay_live
+
+        return replay_live(run, self.vm)
+
     async def run_queued(self, run_id: str) -> RunResult | None:
         """What a worker does with a run it claimed: plan it when it is a goal (without the plan
         library when it was queued so), check it, run it under the limits kept with it. A
