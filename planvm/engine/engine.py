@@ -107,10 +107,11 @@ class Engine(_Planning, _Reads):
             return self
         if role not in ROLES:
             raise BadInput(f"role is one of {', '.join(ROLES)}, not {role!r}")
-        other = copy.copy(self)
-        other.role = role
         threads = role == "service" or (role == "worker" and getattr(self.store, "dialect", "sqlite") != "sqlite")
-        other.__dict__["vm"] = self.vm.derive(store_in_threads=threads, stopped_status="queued" if role == "worker" else "interrupted")
+        vm = self.vm.derive(store_in_threads=threads, stopped_status="queued" if role == "worker" else "interrupted")
+        other = copy.copy(self)  # (after the VM: its tools and models are built, and shared)
+        other.role = role
+        other.__dict__["vm"] = vm
         other._borrowed = True
         return other
 

@@ -55,4 +55,5 @@ def test_roles_share_one_engine_and_differ_only_in_how_runs_stop_and_reach_the_s
         assert (engine.vm.store_in_threads, engine.vm.stopped_status) == (False, "interrupted")
         assert (service.vm.store_in_threads, service.vm.stopped_status) == (True, "interrupted")
         assert (worker.vm.store_in_threads, worker.vm.stopped_status) == (False, "queued")  # SQLite: one writer anyway
-        assert service.store is engine.store and worker.registry is engine.registry and engine.as_role("local") is engine
+        assert service.store is engine.store and engine.as_role("local") is engine
+        assert service.registry is engine.registry and worker.llms is engine.llms  # built once, shared
