@@ -176,3 +176,24 @@ def test_import_planvm_loads_no_http_client():
     code = "import sys, planvm; assert 'httpx' not in sys.modules, 'httpx loaded'; assert planvm.Client.__name__ == 'Client'"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_no_front_end_opens_the_store_or_builds_a_vm():
+    """The command line, the service and the MCP server read and run through planvm.engine: none
+    imports RunStore or VM, calls them, or reaches for an engine's store."""
+    found = []
+    for front in ("cli", "server", "mcp"):
+        for path in (ROOT / "planvm" / front).rglob("*.py"):
+            where = path.relative_to(ROOT)
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "vm":
+                    found += [f"{where}:{node.lineno} imports {a.name}" for a in node.names if a.name in ("RunStore", "VM")]
+                elif isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute)):
+                    name = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+                    if name in ("RunStore", "VM"):
+                        found.append(f"{where}:{node.lineno} calls {name}(")
+                elif isinstance(node, ast.Attribute) and node.attr == "store" and isinstance(node.value, (ast.Name, ast.Attribute)):
+                    owner = node.value.id if isinstance(node.value, ast.Name) else node.value.attr
+                    if owner == "engine":
+                        found.append(f"{where}:{node.lineno} reads engine.store")
+    assert found == []

@@ -11,7 +11,7 @@ import functools
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from vm import telemetry
 from vm.errors import (
@@ -61,6 +61,10 @@ class VM:
     one step at a time); results are committed in ``seq_no`` order either way.
     ``store_in_threads``: the async methods call the store, and validate plans, in worker threads
     (for an event loop that serves other work meanwhile: a service, a worker).
+    ``stopped_status``: what a run stopped from outside (Ctrl-C, a task cancelled) becomes:
+    ``interrupted`` (resume it), or ``queued`` (a worker stopping gives its runs back to the queue).
+    ``tool_sources``: where the tools came from (plugin files and hashes, MCP servers, builtins),
+    kept with each run it starts so that going on with the run later takes the same tools.
     """
 
     def __init__(
@@ -79,16 +83,18 @@ class VM:
         condition_llm: LLM | None = None,
         approve_tools: Iterable[str] = (),
         store_in_threads: bool = False,
+        stopped_status: Literal["interrupted", "queued"] = "interrupted",
+        tool_sources: dict[str, Any] | None = None,
     ) -> None:
         if concurrency < 1:
             raise BadInput("concurrency must be at least 1 (1 runs one step at a time)")
+        if stopped_status not in ("interrupted", "queued"):
+            raise BadInput("stopped_status is 'interrupted' (resume the run) or 'queued' (a worker gives it back)")
         self.registry = registry
         self.llm = llm
         self.limits = limits or Limits()
         self.kept_limits: Limits | None = None  # the limits a new run is stored with, when not these (see derive)
-        #: Where this VM's tools came from (plugin files and hashes, MCP servers, builtins), kept with
-        #: each run it starts so that going on with the run later takes the same tools.
-        self.tool_sources: dict[str, Any] | None = None
+        self.tool_sources = tool_sources
         self.allowed_tools = frozenset(allowed_tools) if allowed_tools is not None else None
         self.on_step = on_step
         self.on_start = on_start
@@ -99,9 +105,7 @@ class VM:
         # Store calls (and validation) in worker threads, so the event loop never waits on the
         # database: for a process serving many runs at once (the service, a worker).
         self.store_in_threads = store_in_threads
-        # What a run stopped from outside (Ctrl-C, a task cancelled) becomes: "interrupted" (resume
-        # it), or "queued" (a worker stopping gives its runs back to the queue).
-        self.stopped_status = "interrupted"
+        self.stopped_status = stopped_status
         self.concurrency = concurrency
         self._pool = _Threads(max_threads)
         # Store calls from async code (store_in_threads): SQLite serializes writers anyway, so one
@@ -525,13 +529,22 @@ class VM:
         limits, _raised = continuing(kept, self.limits)
         return self if limits == self.limits else self.derive(limits=limits)
 
-    def derive(self, *, limits: Limits, keep: Limits | None = None) -> VM:
-        """A VM with other limits, sharing this one's tools, LLMs, store and thread pool (close
-        only the original). ``keep``: the limits its new runs are stored with instead (a run
-        whose planning used part of its time runs with what is left, and keeps what was asked)."""
+    def derive(
+        self, *, limits: Limits | None = None, keep: Limits | None = None, store_in_threads: bool | None = None,
+        stopped_status: Literal["interrupted", "queued"] | None = None,
+    ) -> VM:
+        """A VM with other limits (or another ``store_in_threads`` / ``stopped_status``), sharing
+        this one's tools, LLMs, store and thread pools (close only the original). ``keep``: the
+        limits its new runs are stored with instead (a run whose planning used part of its time
+        runs with what is left, and keeps what was asked)."""
         other = copy.copy(self)
-        other.limits = limits
-        other.kept_limits = keep
+        if limits is not None:
+            other.limits = limits
+            other.kept_limits = keep
+        if store_in_threads is not None:
+            other.store_in_threads = store_in_threads
+        if stopped_status is not None:
+            other.stopped_status = stopped_status
         return other
 
     def close(self) -> None:

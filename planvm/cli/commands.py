@@ -35,17 +35,13 @@ def schema() -> None:
 @click.command()
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @tool_options
+@click.option("--allow-tool", "allow_tools", multiple=True,
+              help="Only these tools may be called (repeatable; with PLANVM_ALLOW_TOOLS or planvm.toml: those in both).")
 @guarded
-def validate(plan_file: str, **options: Any) -> None:
-    """Check PLAN_FILE without running it; list every problem, one per line."""
-    from planvm.engine import EngineConfig, make_registry
-    from vm import validate_plan
-
-    registry = make_registry(EngineConfig.load(options))
-    try:
-        _program, problems = validate_plan(plan_file, registry)
-    finally:
-        registry.close()
+def validate(plan_file: str, allow_tools: tuple[str, ...], **options: Any) -> None:
+    """Check PLAN_FILE without running it, as a run would (its tools, allowed tools and plan limits); list every problem, one per line."""
+    with make_engine(options, record=False, quiet=True) as engine:
+        problems = engine.validate(plan_file, allow_tools=allow_tools or None)
     if problems:
         for problem in problems:
             click.echo(str(problem))

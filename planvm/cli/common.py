@@ -25,20 +25,25 @@ from planvm.cli.render import (
     report_run,
 )
 
-__all__ = ["executes", "guarded", "load_settings", "make_engine", "print_queued", "store_location", "with_run_tools"]
+__all__ = ["executes", "guarded", "load_settings", "make_engine", "print_queued", "reader", "store_location", "with_run_tools"]
 
 
-def make_engine(options: dict[str, Any], *, record: bool = True, quiet: bool = False) -> Any:
-    """The engine the command's options describe (over ``PLANVM_*`` and planvm.toml), its VM
-    printing progress on a terminal (``quiet``: printing nothing per run or step, for commands
-    whose output is a protocol, a service or a log)."""
+def make_engine(options: dict[str, Any], *, record: bool = True, quiet: bool = False, readonly: bool = False,
+                role: str = "local") -> Any:
+    """The engine the command's options describe (over ``PLANVM_*`` and planvm.toml), printing
+    progress on a terminal (``quiet``: printing nothing per run or step, for commands whose output
+    is a protocol, a service or a log). ``readonly``: it only reads the run store (builds no
+    tools, models or VM); ``role``: ``service`` or ``worker`` (see :class:`planvm.engine.Engine`)."""
     from planvm.engine import Engine
 
-    engine = Engine(options, record=record, notify=lambda message: echo_err(f"note: {message}"))
-    if not quiet:
-        engine.vm.on_step = progress_printer() if sys.stderr.isatty() else None
-        engine.vm.on_start = announce_run
-    return engine
+    progress = {} if quiet or readonly else {"on_step": progress_printer() if sys.stderr.isatty() else None, "on_start": announce_run}
+    return Engine(options, record=record, readonly=readonly, role=role, notify=lambda message: echo_err(f"note: {message}"), **progress)
+
+
+def reader(store_path: str | None) -> Any:
+    """An engine that only reads the run store (``--store``, else the configured one): cheap, and
+    it works on a store in a read-only folder."""
+    return make_engine({"store_path": store_path}, readonly=True)
 
 
 def print_queued(run_id: str, as_json: bool) -> None:
@@ -167,14 +172,12 @@ def with_run_tools(run_id: str, options: dict[str, Any]) -> dict[str, Any]:
     """A command's options for going on with ``run_id``: the tools the run was started with
     unless the command names tools itself (see :func:`planvm.engine.options_for_run`)."""
     from planvm.engine import options_for_run
-    from vm import RunStore
     from vm.store import store_missing
 
-    location = store_location(options.get("store_path"))
-    if store_missing(location):
+    if store_missing(store_location(options.get("store_path"))):
         return options
-    with RunStore(location, readonly=True) as store:
-        run = store.get(run_id, steps=False)
+    with reader(options.get("store_path")) as engine:
+        run = engine.stored(run_id, steps=False)
     return options_for_run(options, run)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from planvm.cli.common import guarded, make_engine, store_location
+from planvm.cli.common import guarded, make_engine, reader
 from planvm.cli.options import engine_options, kb_option, store_option
 from planvm.cli.render import EXIT_FAILED, echo_err, preview, print_json
 
@@ -96,12 +96,10 @@ def library() -> None:
 @guarded
 def library_list(store_path: str | None, as_json: bool) -> None:
     """Every kept best plan: id, goal, language, label, tools, score, the run it came from."""
-    from vm import RunStore
-    from vm.store import store_missing
-
-    entries = [] if store_missing(store_location(store_path)) else RunStore(store_location(store_path), readonly=True).library_entries()
+    with reader(store_path) as engine:
+        entries = engine.library_entries()
     if as_json:
-        print_json([{k: v for k, v in e.items() if k != "embedding"} for e in entries])
+        print_json(entries)
         return
     from rich.console import Console
     from rich.markup import escape
@@ -122,7 +120,6 @@ def library_list(store_path: str | None, as_json: bool) -> None:
 @guarded
 def library_remove(entry_id: str, store_path: str | None) -> None:
     """Remove a best plan (ENTRY_ID from `planvm library list`, or a unique prefix of it)."""
-    from vm import RunStore
-
-    removed = RunStore(store_location(store_path)).library_remove(entry_id)
+    with make_engine({"store_path": store_path}, quiet=True) as engine:
+        removed = engine.library_remove(entry_id)
     click.echo(f"removed best plan {removed}")

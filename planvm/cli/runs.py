@@ -10,16 +10,9 @@ from typing import Any
 
 import click
 
-from planvm.cli.common import guarded, make_engine, store_location
+from planvm.cli.common import guarded, make_engine, reader
 from planvm.cli.options import store_option, tool_options
 from planvm.cli.render import EXIT_FAILED, as_text, echo_err, preview, print_json
-
-
-def _open_store(store_path: str | None) -> Any:
-    """The run store, opened only to read (so a store in a read-only folder can still be listed)."""
-    from vm import RunStore
-
-    return RunStore(store_location(store_path), readonly=True)
 
 
 def _when(timestamp: float) -> str:
@@ -40,12 +33,9 @@ def runs() -> None:
 @guarded
 def list_(store_path: str | None, limit: int, judged: bool, min_score: float | None, as_json: bool) -> None:
     """The newest runs: id, status, time, steps, goal, parent, judge's score."""
-    from vm.store import store_missing
-
-    if store_missing(store_location(store_path)):
-        rows: list[dict[str, Any]] = []  # nothing recorded yet
-    else:
-        rows = _open_store(store_path).list_runs(limit, judged=judged, min_score=min_score)
+    with reader(store_path) as engine:
+        page = engine.list_runs(limit, judged=judged, min_score=min_score)
+    rows = page.dump()["runs"]  # RunSummary each (what GET /v1/runs answers)
     if as_json:
         print_json(rows)
         return
@@ -82,14 +72,12 @@ def store_group() -> None:
 @guarded
 def upgrade(store_path: str | None) -> None:
     """Bring the run store's schema up to this planvm (versioned migrations; no run is lost)."""
-    from vm import RunStore
-
-    store = RunStore(store_location(store_path), upgrade=True)
-    before, now = store.upgrade()
+    with reader(store_path) as engine:
+        where, before, now = engine.store_upgrade()
     if before == now:
-        click.echo(f"{store.path}: already at schema version {now}")
+        click.echo(f"{where}: already at schema version {now}")
     else:
-        click.echo(f"{store.path}: upgraded from schema version {before or 'none'} to {now}")
+        click.echo(f"{where}: upgraded from schema version {before or 'none'} to {now}")
 
 
 @runs.command()
@@ -101,25 +89,30 @@ def upgrade(store_path: str | None) -> None:
 @guarded
 def show(run_id: str, store_path: str | None, step: int | None, as_json: bool, with_steps: bool) -> None:
     """One run: its steps, its branch tree, and (with --step) the variables at a step."""
-    from planvm.engine.shapes import RunDetail
+    from vm import BadInput
 
-    store = _open_store(store_path)
-    run = store.get(run_id)
-    if step is not None and step >= len(run.steps):
-        raise click.BadParameter(f"the run has {len(run.steps)} steps (idx 0 to {len(run.steps) - 1})", param_hint="--step")
-    run_id = run.id  # the full id, when a prefix was given
-    lineage = store.lineage(run_id)
-    children = store.children(run_id)
-    variables = run.variables_at(step + 1) if step is not None else None
+    with reader(store_path) as engine:
+        try:
+            detail = engine.get_run(run_id, steps=True, step=step)
+        except BadInput as exc:  # (a step the run does not have)
+            raise click.BadParameter(str(exc), param_hint="--step") from None
     if as_json:
-        print_json(RunDetail.of(run, lineage=lineage, children=children, trace=with_steps, step=step).dump())
+        data = detail.dump()
+        if not with_steps:
+            data.pop("trace", None)
+        print_json(data)
         return
+    _show(detail, step)
+
+
+def _show(run: Any, step: int | None) -> None:
+    """A run's detail (a RunDetail with its trace) as tables."""
     from rich.console import Console
     from rich.table import Table
     from rich.tree import Tree
 
     console = Console()
-    console.print(f"[bold]run {run.id}[/bold]  {run.status}  started {_when(run.created_at)}  {len(run.steps)} steps")
+    console.print(f"[bold]run {run.id}[/bold]  {run.status}  started {_when(run.created_at)}  {run.steps} steps")
     if run.goal:
         console.print(f"goal: {run.goal}")
     if run.status == "completed":
@@ -135,11 +128,12 @@ def show(run_id: str, store_path: str | None, step: int | None, as_json: bool, w
                       + (f"; suggestion: {j['suggestion']}" if j.get("suggestion") else ""))
     if run.best_of:
         console.print(f"best run of the plan search from {run.best_of}")
-    tokens = run.token_totals()
+    tokens = run.tokens
     if tokens:
         console.print("tokens: " + ", ".join(
             f"{role} {t['prompt_tokens']:,} + {t['completion_tokens']:,}" for role, t in tokens.items()
         ) + " (prompt + completion)")
+    lineage, children, run_id = run.lineage, run.children, run.id
     if len(lineage) > 1 or children:
         tree = Tree(lineage[0] + (" (this run)" if lineage[0] == run_id else ""))
         node = tree
@@ -150,16 +144,16 @@ def show(run_id: str, store_path: str | None, step: int | None, as_json: bool, w
             node.add(f"{child['id']}  forked at seq_no {child['fork_seq']}  {child['status']}{score}" + ("  ★ best" if child.get("best_of") else ""))
         console.print(tree)
     table = Table("idx", "seq_no", "type", "tool", "ms", "set", "error")
-    for s in run.steps:
+    for s in run.trace or ():
         table.add_row(
             str(s.index), str(s.seq_no), s.type, s.tool or "", f"{s.duration_s * 1000:.1f}",
             preview(s.outputs, 50) if s.outputs else (f"→ {s.next_seq}" if s.next_seq is not None else ""),
             preview(s.error or "", 40),
         )
     console.print(table)
-    if variables is not None:
+    if run.variables_at_step is not None:
         vtable = Table("variable", f"value after idx {step}")
-        for name, value in variables.items():
+        for name, value in run.variables_at_step["variables"].items():
             vtable.add_row(name, preview(value, 100))
         console.print(vtable)
 
@@ -199,7 +193,8 @@ def export(run_id: str | None, store_path: str | None, out: str | None, training
         raise click.UsageError("give a RUN_ID to export (or --training OUT.jsonl for training rows)")
     if min_score is not None or best_only or since is not None or include_unjudged:
         raise click.UsageError("--min-score, --best-only, --since and --include-unjudged go with --training")
-    data = _open_store(store_path).get(run_id).to_dict()
+    with reader(store_path) as engine:
+        data = engine.export(run_id)
     text = json.dumps(data, ensure_ascii=False, indent=2, default=as_text)
     if out:
         Path(out).write_text(text + "\n", encoding="utf-8")
@@ -209,17 +204,10 @@ def export(run_id: str | None, store_path: str | None, out: str | None, training
 
 def _export_training(store_path: str | None, out: str, min_score: float | None, best_only: bool, since: float | None,
                      include_unjudged: bool, tool_opts: dict[str, Any]) -> None:
-    from planvm.engine import EngineConfig, make_registry
-    from planvm.improve import training_rows, write_rows
-    from vm import BadInput
-    from vm.store import store_missing
+    from planvm.improve import write_rows
 
-    missing = store_missing(store_location(store_path))
-    if missing:
-        raise BadInput(f"no run store at {missing} yet: there are no runs to export; run some goals first (planvm run)")
-    registry = make_registry(EngineConfig.load(tool_opts))
-    rows, skipped = training_rows(_open_store(store_path), registry, min_score=min_score, best_only=best_only, since=since,
-                                  include_unjudged=include_unjudged)
+    with make_engine({**tool_opts, "store_path": store_path}, record=False, quiet=True) as engine:  # (reads; its tools check the rows)
+        rows, skipped = engine.training_rows(min_score=min_score, best_only=best_only, since=since, include_unjudged=include_unjudged)
     unjudged = [run_id for run_id, why in skipped if why.startswith("not judged")]
     for run_id, why in skipped:
         if not why.startswith("not judged"):
@@ -242,30 +230,27 @@ def _export_training(store_path: str | None, out: str, min_score: float | None, 
 @guarded
 def best(run_id: str, store_path: str | None, label: str | None) -> None:
     """Keep RUN_ID's plan as the best plan for its goal: reused for the same goal, an example for similar ones."""
-    from planner.library import PlanLibrary
-    from planvm.cli.common import load_settings
-    from vm import RunStore
-
-    store = RunStore(store_location(store_path))
-    entry_id, replaced = PlanLibrary.for_settings(store, load_settings({})).keep(store.get(run_id), label=label)
-    click.echo(f"kept the plan of run {store.resolve(run_id)} as best plan {entry_id}"
+    with make_engine({"store_path": store_path}, quiet=True) as engine:
+        entry_id, replaced, full_id = engine.keep_best(run_id, label=label)
+    click.echo(f"kept the plan of run {full_id} as best plan {entry_id}"
                + (f" (replacing {', '.join(replaced)})" if replaced else ""))
 
 
 @runs.command()
 @click.argument("run_id")
 @store_option
-@click.option("--reason", default="cancelled with `planvm runs cancel`", show_default=True, help="Kept with the run as its error.")
+@click.option("--reason", help="Kept with the run as its error (default: the one every front end keeps, 'cancelled on request').")
 @guarded
-def cancel(run_id: str, store_path: str | None, reason: str) -> None:
+def cancel(run_id: str, store_path: str | None, reason: str | None) -> None:
     """Cancel RUN_ID, wherever it executes: a planning, queued, running, waiting or interrupted run
     becomes cancelled at once, and the process executing it (a server, a worker, a `planvm run`)
     stops at its next step. An approved call that had already started is named."""
-    from vm import RunStore
+    from planvm.engine.engine import CANCELLED
 
-    store = RunStore(store_location(store_path))
-    full_id = store.cancel(run_id, reason)
-    said = store.get(full_id, steps=False).error or ""
+    reason = reason or CANCELLED
+    with make_engine({"store_path": store_path}, quiet=True) as engine:
+        full_id = engine.cancel(run_id, reason)
+        said = engine.stored(full_id, steps=False).error or ""
     late = said[len(reason):].strip(" ()") if said.startswith(reason) else ""
     click.echo(f"cancelled run {full_id}" + (f"; {late}" if late else ""))
 
@@ -277,9 +262,7 @@ def cancel(run_id: str, store_path: str | None, reason: str) -> None:
 @guarded
 def delete(run_id: str, store_path: str | None, force: bool) -> None:
     """Delete RUN_ID with its steps and every run forked from it (kept best plans stay)."""
-    from planvm.engine import Engine
-
-    with Engine({"store_path": store_path, "no_builtins": True}) as engine:
+    with make_engine({"store_path": store_path}, quiet=True) as engine:
         deleted = engine.delete(run_id, force=force)
     forks = f" and {len(deleted) - 1} fork(s): {', '.join(deleted[1:])}" if len(deleted) > 1 else ""
     click.echo(f"deleted run {deleted[0]}{forks}")
@@ -292,7 +275,6 @@ def delete(run_id: str, store_path: str | None, force: bool) -> None:
 def import_(file: str, store_path: str | None) -> None:
     """Store a run exported with `planvm runs export` (FILE, or - for stdin) under its own id;
     a run exported while in progress is stored as interrupted, to resume here."""
-    from planvm.engine import Engine
     from vm import BadInput
 
     try:
@@ -303,7 +285,7 @@ def import_(file: str, store_path: str | None) -> None:
         document = json.loads(text)
     except ValueError as exc:
         raise BadInput(f"{file} is not JSON ({exc}); give the file `planvm runs export RUN_ID --out FILE` wrote") from None
-    with Engine({"store_path": store_path, "no_builtins": True}) as engine:
+    with make_engine({"store_path": store_path}, quiet=True) as engine:
         run_id = engine.import_run(document)
         status = engine.get_run(run_id).status
     click.echo(f"imported run {run_id} ({status})")
@@ -322,7 +304,7 @@ def replay(source: str, live: bool, store_path: str | None, as_json: bool, **too
     Offline by default: every tool and LLM reply comes from the record. Exit code 1 when a step
     did not reproduce its record.
     """
-    from vm import StoredRun, StoreError, replay_live
+    from vm import StoredRun, StoreError
     from vm import replay as replay_offline
 
     path = Path(source)
@@ -336,12 +318,13 @@ def replay(source: str, live: bool, store_path: str | None, as_json: bool, **too
         except (OSError, UnicodeDecodeError, RecursionError) as exc:
             raise StoreError(f"{path}: cannot read this run export ({exc})") from None
     else:
-        run = _open_store(store_path).get(source)
+        with reader(store_path) as engine:
+            run = engine.stored(source)
     if live:
         from planvm.engine import options_for_run
 
         with make_engine({**options_for_run(tool_opts, run), "concurrency": 1}, record=False) as engine:
-            report = replay_live(run, engine.vm)
+            report = engine.replay_live(run)
     else:
         report = replay_offline(run)
     if as_json:

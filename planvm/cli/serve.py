@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 import click
@@ -91,12 +92,41 @@ def serve(
         )
     if token:
         register_secret(token)
-    engine = make_engine(options, quiet=True)  # (--allowed-host is a setting: options["allowed_hosts"] reaches engine.config)
+    listening = listen(host, port)  # before anything is said: a port already taken is one error line, exit 2
+    engine = make_engine(options, quiet=True, role="service")  # (--allowed-host is a setting: it reaches engine.config)
     app = create_app(engine, token=token, cors_origins=list(cors_origins), max_body_bytes=max_body_bytes, execute=workers > 0,
                      allowed_hosts=allowed_hosts_for(host, engine.config.allowed_hosts))
-    echo_err(f"planvm serving on http://{host}:{port}/ (runs in {engine.store.path})")
+    port = listening.getsockname()[1]  # (the one the system chose for --port 0)
+    echo_err(f"planvm serving on http://{host}:{port}/ (runs in {engine.store_path()})")
     raise_open_files_limit()
-    uvicorn.run(
+    config = uvicorn.Config(
         BodyDeadline(app, body_timeout), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
         http=deadline_protocol(header_timeout, stall_timeout), timeout_keep_alive=5, limit_concurrency=max_connections,
     )
+    uvicorn.Server(config).run(sockets=[listening])
+
+
+def listen(host: str, port: int) -> Any:
+    """A socket listening on ``host``:``port`` (``BadInput`` naming the port when it cannot be had)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise BadInput(f"cannot listen on {host}: {exc.strerror or exc}; give --host an address of this machine") from None
+    family, kind, proto, _name, address = infos[0]
+    listening = socket.socket(family, kind, proto)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            listening.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        listening.bind(address)
+        listening.listen(2048)
+    except OSError as exc:
+        listening.close()
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            why = "is already taken (another process listens there)" if exc.errno == errno.EADDRINUSE else "needs privileges"
+            raise BadInput(f"port {port} on {host} {why}; stop that process or give another --port") from None
+        raise BadInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    listening.set_inheritable(True)
+    return listening

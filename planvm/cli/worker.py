@@ -35,10 +35,10 @@ def worker(concurrency: int, lease_seconds: float | None, poll_seconds: float, g
     options["lease_seconds"] = lease_seconds
     from planvm.worker import Worker
 
-    engine = make_engine(options, quiet=True)
-    engine.vm.store_in_threads = engine.store.dialect != "sqlite"  # many runs share this loop: none waits on a database server
-    engine.vm.stopped_status = "queued"  # runs stopped with the worker go back to the queue
-    echo_err(f"planvm worker {engine.store.worker_id} on {engine.store.path}: {concurrency} run(s) at once")
+    # A worker's engine: runs stopped with it go back to the queue; on a database server, many
+    # runs share this loop and none waits on the store.
+    engine = make_engine(options, quiet=True, role="worker")
+    echo_err(f"planvm worker {engine.worker_id()} on {engine.store_path()}: {concurrency} run(s) at once")
     runner = Worker(engine, concurrency=concurrency, poll_seconds=poll_seconds, grace_seconds=grace_seconds, once=once)
     done = asyncio.run(runner.serve())
     echo_err(f"planvm worker stopped after {done} run(s)")

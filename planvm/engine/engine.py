@@ -13,87 +13,107 @@ This module imports no click, FastAPI or MCP SDK.
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from planvm.engine.config import EngineConfig
+from planvm.engine.planning import _Planning, in_daemon_thread
+from planvm.engine.reads import _Reads
 from planvm.engine.tools import make_registry, tool_sources
 from vm import VM, Limits, RunListener, RunResult
-from vm.errors import BadInput, PlanVMError
+from vm.errors import BadInput, LLMError, PlanningError, PlanVMError
 
 __all__ = ["Engine"]
 
-
-def _in_daemon_thread(work: Callable[[], Any]) -> asyncio.Future[Any]:
-    """``work()`` in a thread of its own that does not hold the process open: a planner call cut
-    off by the run's deadline (or Ctrl-C) is left to end by itself while the command exits, and
-    sends no request after that (tools.abandon)."""
-    import threading
-
-    from tools.abandon import abandoned_when
-
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-    given_up = threading.Event()
-    future.add_done_callback(lambda done: given_up.set() if done.cancelled() else None)
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if not future.done():
-            future.set_exception(error) if error is not None else future.set_result(result)
-
-    def run() -> None:
-        try:
-            with abandoned_when(given_up):
-                outcome, error = work(), None
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-            outcome, error = None, exc
-        try:
-            loop.call_soon_threadsafe(settle, outcome, error)
-        except RuntimeError:
-            pass  # the loop is gone: nobody waits for this any more
-
-    threading.Thread(target=run, name="planvm-planner", daemon=True).start()
-    return future
+Role = Literal["local", "service", "worker"]
+ROLES = ("local", "service", "worker")
+CANCELLED = "cancelled on request"
 
 
-class Engine:
+class Engine(_Planning, _Reads):
     """Settings resolved once: tools, store, model roles, limits. Cheap to share between runs.
 
     ``config``: an :class:`EngineConfig`, or a front end's options (``store_path``, ``kb_path``,
     ``plugins``, ``max_steps``…) laid over ``PLANVM_*`` variables and ``planvm.toml``.
-    ``record=False`` keeps runs out of the store. ``notify`` receives notes for the user (a planner
-    chosen for them, a missing optional package).
+    ``record=False`` keeps runs out of the store; ``readonly=True`` only reads it (opened on first
+    read; no tools, models or VM are built). ``role``: ``local`` (a command, a Python caller: a run
+    stopped from outside is ``interrupted``), ``service`` (one event loop serves many runs: the
+    store is called in threads) or ``worker`` (also gives runs stopped with it back to the queue);
+    :meth:`as_role` makes one engine serve another role. ``on_step`` and ``on_start`` are called
+    for every run (progress on a terminal). Tools, models and the VM are built once, on first use,
+    from these. ``notify`` receives notes for the user (a planner chosen for them, a missing
+    optional package).
     """
 
-    def __init__(
-        self, config: EngineConfig | Mapping[str, Any] | None = None, *, record: bool = True,
-        notify: Callable[[str], None] | None = None,
-    ) -> None:
-        from tools.backends import make_llms
-        from vm import RunStore
+    _borrowed = False  # a role of another engine (see as_role): sharing its tools, models and store
 
+    def __init__(
+        self, config: EngineConfig | Mapping[str, Any] | None = None, *, record: bool = True, readonly: bool = False,
+        role: Role = "local", notify: Callable[[str], None] | None = None, on_step: Callable[[Any], None] | None = None,
+        on_start: Callable[[str], None] | None = None,
+    ) -> None:
+        if role not in ROLES:
+            raise BadInput(f"role is one of {', '.join(ROLES)}, not {role!r}")
         self.config = config if isinstance(config, EngineConfig) else EngineConfig.load(config)
         self.settings = self.config
         self.notify = notify or (lambda _message: None)
+        self.role = role
+        self.readonly = readonly
         self._noted: set[str] = set()
-        self.registry = make_registry(self.config)
-        self.llms = make_llms(self.config, ("planner", "answer", "condition", "judge"))
+        self._vm_callbacks = {"on_step": on_step, "on_start": on_start}
         self.limits = Limits(**self.config.limits.given())
-        self.store = RunStore(self.config.store, lease_seconds=self.config.lease_seconds) if record else None
         self.approve_tools = frozenset(self.config.approve_tools)
+        self.store: Any = None
+        if record and not readonly:
+            from vm import RunStore
+
+            self.store = RunStore(self.config.store, lease_seconds=self.config.lease_seconds)
+        self._read_store: Any = None  # a store opened only to read (runs not recorded, or readonly)
         self._library: Any = None
-        self._library_store: Any = None  # a store opened only to read the library (when runs are not recorded)
-        self.vm = VM(
-            self.registry,
-            llm=self.llms["answer"],
-            condition_llm=self.llms["condition"],
-            limits=self.limits,
-            allowed_tools=self.config.allow_tools or None,
-            store=self.store,
-            concurrency=self.config.concurrency,
-            approve_tools=self.approve_tools,
+
+    # Built on first use, from what was given at construction (an engine that only reads builds none).
+
+    @functools.cached_property
+    def registry(self) -> Any:
+        return make_registry(self.config)
+
+    @functools.cached_property
+    def llms(self) -> dict[str, Any]:
+        from tools.backends import make_llms
+
+        return make_llms(self.config, ("planner", "answer", "condition", "judge"))
+
+    @functools.cached_property
+    def vm(self) -> VM:
+        """The VM of this engine's role: a service calls the store in threads (its event loop
+        serves many runs); a worker too on a database server, and gives runs stopped with it back
+        to the queue; elsewhere a stopped run is ``interrupted`` (resume it)."""
+        if self.readonly:
+            raise PlanVMError("this engine only reads the run store; build it without readonly=True to run plans")
+        threads = self.role == "service" or (self.role == "worker" and getattr(self.store, "dialect", "sqlite") != "sqlite")
+        return VM(
+            self.registry, llm=self.llms["answer"], condition_llm=self.llms["condition"], limits=self.limits,
+            allowed_tools=self.config.allow_tools or None, store=self.store, concurrency=self.config.concurrency,
+            approve_tools=self.approve_tools, store_in_threads=threads, stopped_status="queued" if self.role == "worker" else "interrupted",
+            tool_sources=tool_sources(self.config), **self._vm_callbacks,
         )
-        self.vm.tool_sources = tool_sources(self.config)
+
+    def as_role(self, role: Role) -> Engine:
+        """This engine, or one sharing its settings, tools, models and store in another role
+        (``service``, ``worker``); close only the original."""
+        if role == self.role:
+            return self
+        if role not in ROLES:
+            raise BadInput(f"role is one of {', '.join(ROLES)}, not {role!r}")
+        threads = role == "service" or (role == "worker" and getattr(self.store, "dialect", "sqlite") != "sqlite")
+        vm = self.vm.derive(store_in_threads=threads, stopped_status="queued" if role == "worker" else "interrupted")
+        other = copy.copy(self)  # (after the VM: its tools and models are built, and shared)
+        other.role = role
+        other.__dict__["vm"] = vm
+        other._borrowed = True
+        return other
 
     def _note(self, message: str) -> None:
         """Tell the user once per engine (a service answering many requests says it once)."""
@@ -164,17 +184,13 @@ class Engine:
         store exists yet)."""
         if self._library is None:
             from planner.library import PlanLibrary
-            from vm import RunStore
-            from vm.store import store_missing
 
-            store = self.store
+            try:
+                store = self._reader(missing_ok=True)
+            except PlanVMError:
+                return None
             if store is None:
-                if store_missing(self.config.store):
-                    return None
-                try:
-                    store = self._library_store = RunStore(self.config.store, readonly=True)
-                except PlanVMError:
-                    return None
+                return None
             self._library = PlanLibrary.for_settings(store, self.settings)
         return self._library
 
@@ -272,37 +288,21 @@ class Engine:
     ) -> RunResult:
         """Plan ``goal``, validate, run and record it (a plan given by hand: :meth:`exec_plan`).
 
-        ``planned(result)`` is called with the planner's result before the run starts. Planning
-        counts against the run's ``max_seconds``. With a store, the goal is stored (``planning``)
-        before the planner is asked: a planning stopped from outside (Ctrl-C) leaves it
-        ``interrupted`` (resuming it plans it again); ``PlanningError``, ``LLMError`` or
-        ``BadInput`` (the plan needs a knowledge base that is not there) leave it failed, with the
-        planner's attempts (its id on the error as ``run_id``).
-        """
-        from vm.errors import LLMError, PlanningError
-
-        kind = planner_kind or self.config.planner_kind
-        if kind == "template" or (kind == "auto" and not self.has_model("planner")):
-            self.check_knowledge_base(None)  # the template plan always retrieves: say so before planning
+        With a store, the goal is stored (``planning``) before the planner is asked, then goes the
+        one way every front end's goal goes (:meth:`plan_then_run`): a planning that fails is
+        kept as a failed run with the planner's attempts and raised with its ``run_id``; one
+        stopped from outside (Ctrl-C) is kept ``interrupted``. ``planned(result)`` is called with
+        the planner's result before the run starts; planning counts against ``max_seconds``."""
+        plan = self.planner_call(goal, metadata, planner_kind, use_library)
         if self.store is not None:
-            # Stored before the planner is asked, so a planning cut short (Ctrl-C) is kept, as
-            # interrupted, and resuming it plans it again.
-            run_id = self.open_planning(goal, metadata=metadata, limits=limits, approve_tools=approve_tools, use_library=use_library)
-            try:
-                result, _vm, record = await self._plan_within(self.with_limits(limits), goal, metadata, planner_kind, use_library)
-                self.check_knowledge_base(result.plan)
-            except (PlanningError, LLMError, BadInput) as exc:
-                await asyncio.to_thread(self._fail_planning, run_id, exc)
-                exc.run_id = run_id  # type: ignore[attr-defined]
-                raise
-            except BaseException:
-                self._interrupt_planning(run_id)
-                raise
-            if planned is not None:
-                planned(result)
-            await asyncio.to_thread(self._store().set_plan, run_id, result.plan, record)
-            return await self.vm.aresume(run_id, claimed=True, listener=listener)
-        result, vm, record = await self._plan_within(self.with_limits(limits), goal, metadata, planner_kind, use_library)
+            run_id = await asyncio.to_thread(
+                self.open_planning, goal, metadata=metadata, limits=limits, approve_tools=approve_tools, use_library=use_library,
+                planner_kind=planner_kind)
+            return await self.plan_then_run(run_id, plan, vm=self.with_limits(limits), kind=planner_kind, listener=listener,
+                                            planned=planned)
+        if self.planner_name(planner_kind) == "template":
+            self.check_knowledge_base(None)  # the template plan always retrieves: say so before planning
+        result, vm, record = await self._plan_within(self.with_limits(limits), plan)
         if planned is not None:
             planned(result)
         self.check_knowledge_base(result.plan)
@@ -310,101 +310,20 @@ class Engine:
             result.program, goal=goal, metadata=metadata or None, approve_tools=approve_tools, listener=listener, planning=record,
         )
 
-    def _fail_planning(self, run_id: str, exc: Exception) -> None:
-        """End a run this process was planning as failed, with the planner's attempts (left as it
-        is when it was cancelled meanwhile)."""
-        from vm.errors import RunStateError
-
-        try:
-            self._store().fail_planning(run_id, f"planning failed: {exc}", self._planning_failure(exc))
-        except RunStateError:
-            pass  # cancelled while it was being planned
-        except PlanVMError:
-            pass  # the store is away: the error itself is what matters
-
-    def _interrupt_planning(self, run_id: str) -> None:
-        """Keep a planning stopped from outside (Ctrl-C, the server stopping) as ``interrupted``:
-        resuming it plans it again. Not in a thread: the task may be being cancelled."""
-        try:
-            self._store().finish(run_id, "interrupted", error="interrupted while its plan was being written; resume it to plan it again")
-        except PlanVMError:
-            pass  # cancelled meanwhile, or the store is away: a later start marks it abandoned
-
-    def open_planning(
-        self, goal: str, *, metadata: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
-        approve_tools: Iterable[str] = (), use_library: bool | None = None,
-    ) -> str:
-        """Store ``goal`` as a run in status ``planning``, held by this process, and return its id
-        at once (the service answers with it before the planner has said a word);
-        :meth:`plan_and_run` goes on with it."""
-        store = self._store()
-        if not self.has_model("planner"):
-            self.check_knowledge_base(None)  # the template plan always retrieves: say so now
-        return store.create_run(
-            None, goal=goal, metadata=metadata or None, limits=self.limits.model_copy(update=limits or {}).model_dump(),
-            approve_tools=sorted(self.approve_tools | frozenset(approve_tools)) or None, status="planning", tools=self.vm.tool_sources,
-            planning={"no_library": True} if use_library is False else None,
-        )
-
     async def plan_and_run(
         self, run_id: str, goal: str, *, metadata: dict[str, Any] | None = None, planner_kind: str | None = None,
         limits: dict[str, Any] | None = None, listener: RunListener | None = None, use_library: bool | None = None,
     ) -> RunResult | None:
-        """Plan a run :meth:`open_planning` stored, then run it; planning counts against its
-        ``max_seconds``. A planning that fails ends the run as failed, with its attempts (None is
-        returned); a run cancelled meanwhile is left as it is."""
-        from vm.errors import LLMError, PlanningError, RunCancelled, RunStateError
+        """Go on with a run :meth:`open_planning` stored (the service answered with its id): plan
+        it and run it as :meth:`plan_then_run` does. None when its planning failed (kept with the
+        run) or it was cancelled meanwhile."""
+        from vm.errors import RunStateError
 
         try:
-            result, _vm, record = await self._plan_within(self.with_limits(limits), goal, metadata, planner_kind, use_library)
-            self.check_knowledge_base(result.plan)
-        except (PlanningError, LLMError, BadInput) as exc:
-            await asyncio.to_thread(self._fail_planning, run_id, exc)
+            return await self.plan_then_run(run_id, self.planner_call(goal, metadata, planner_kind, use_library),
+                                            vm=self.with_limits(limits), kind=planner_kind, listener=listener)
+        except (PlanningError, LLMError, BadInput, RunStateError):
             return None
-        except BaseException:
-            self._interrupt_planning(run_id)  # the server stopping: resuming it plans it again
-            raise
-        try:
-            await asyncio.to_thread(self._store().set_plan, run_id, result.plan, record)
-        except RunCancelled:
-            return None
-        try:  # under the limits kept with it; the time planning took counts against its max_seconds
-            return await self.vm.aresume(run_id, claimed=True, listener=listener)
-        except RunStateError:
-            return None  # cancelled between its plan and its first step
-
-    async def _plan_within(
-        self, vm: VM, goal: str, metadata: dict[str, Any] | None, planner_kind: str | None, use_library: bool | None,
-        spent: float = 0.0,
-    ) -> tuple[Any, VM, dict[str, Any]]:
-        """Plan ``goal`` within ``vm``'s wall-clock budget, less the ``spent`` seconds the run used
-        before (``PlanningError`` past it); return the plan, the VM to run it with (not recorded:
-        its budget is what planning left) and the planning's record, with the seconds it took
-        (a recorded run counts them against its max_seconds)."""
-        import time
-
-        from vm.errors import PlanningError
-
-        budget = vm.limits.max_seconds
-        began = time.monotonic()
-        try:
-            result = await asyncio.wait_for(
-                _in_daemon_thread(lambda: self.plan(goal, metadata, planner_kind, use_library=use_library)),
-                None if budget is None else max(budget - spent, 0.001))
-        except TimeoutError:
-            raise PlanningError(
-                f"planning took more than the run's {budget:g} s (--max-seconds / max_seconds, which planning counts "
-                f"against); raise it, or check the planner's model server", attempts=[]) from None
-        took = time.monotonic() - began
-        if budget is not None:  # what planning used is gone from the run's wall-clock budget
-            left = max(budget - took, 0.001)
-            vm = vm.derive(limits=vm.limits.model_copy(update={"max_seconds": left}), keep=vm.kept_limits or vm.limits)
-        return result, vm, {**result.record(), "seconds": round(took, 3)}
-
-    def _planning_failure(self, exc: Exception) -> dict[str, Any]:
-        """The planning record of a planning that failed: planner, attempts, error."""
-        attempts = [a.to_dict() for a in getattr(exc, "attempts", None) or ()]
-        return {"planner": "llm" if self.has_model("planner") else "template", "attempts": attempts, "error": str(exc)}
 
     def enqueue(
         self, goal: str | None, *, metadata: dict[str, Any] | None = None, plan: Any = None, approve_tools: Iterable[str] = (),
@@ -451,7 +370,7 @@ class Engine:
         if listener is not None and listener.on_open is not None:
             listener.on_open(stored.id, 0)  # taken: a service answers now, while it is planned
             listener = RunListener(listener.on_start, None, listener.on_step, listener.on_step_start, listener.on_token)
-        return await self._plan_held(stored, listener=listener, resumed=True)
+        return await self._plan_stored(stored, listener=listener)
 
     async def fork(
         self, run_id: str, from_seq: int, *, plan: Any = None, suggestion: str | None = None, listener: RunListener | None = None,
@@ -466,7 +385,7 @@ class Engine:
         self.for_stored((await asyncio.to_thread(self._store().get, run_id, steps=False)).limits, run_id)
         if suggestion is None:
             return await self.vm.afork(run_id, from_seq, plan, listener=listener, planning=planning)
-        replanned = await _in_daemon_thread(lambda: self.replan(run_id, from_seq, suggestion))
+        replanned = await in_daemon_thread(lambda: self.replan(run_id, from_seq, suggestion))
         return await self.vm.afork(run_id, from_seq, replanned.plan, listener=listener,
                                    planning={**replanned.record(), "suggestion": suggestion})
 
@@ -479,9 +398,10 @@ class Engine:
         self.for_stored((await asyncio.to_thread(self._store().get, run_id, steps=False)).limits, run_id)
         return await self.vm.aapprove(run_id, seq_no, approved, tool_params=tool_params, reason=reason, listener=listener)
 
-    def cancel(self, run_id: str, reason: str = "cancelled") -> str:
-        """Cancel a run wherever it executes (its full id is returned)."""
-        return self._store().cancel(run_id, reason)
+    def cancel(self, run_id: str, reason: str | None = None) -> str:
+        """Cancel a run wherever it executes (its full id is returned); ``reason`` is kept with it
+        as its error (default: ``cancelled on request``, whichever front end asked)."""
+        return self._store().cancel(run_id, reason or CANCELLED)
 
     def delete(self, run_id: str, *, force: bool = False) -> list[str]:
         """Delete a run with its steps and its forks (the deleted ids, the run first); a run that
@@ -498,75 +418,64 @@ class Engine:
         """Re-execute a stored run offline from its record (a :class:`vm.ReplayReport`)."""
         from vm import areplay
 
-        return await areplay(await asyncio.to_thread(self._store().get, run_id))
+        return await areplay(await asyncio.to_thread(self._reader().get, run_id))
+
+    def replay_live(self, run: Any) -> Any:
+        """Re-execute a stored run (a :class:`vm.StoredRun`) against this engine's real tools and
+        models, and compare each step with its record."""
+        from vm import replay_live
+
+        return replay_live(run, self.vm)
 
     async def run_queued(self, run_id: str) -> RunResult | None:
         """What a worker does with a run it claimed: plan it when it is a goal (without the plan
         library when it was queued so), check it, run it under the limits kept with it. A
-        planning that fails ends the run as failed (None is returned)."""
-        store = self._store()
-        stored = await asyncio.to_thread(store.get, run_id)
-        if stored.plan is None:  # a queued goal, or one whose planner died: planned (again) here
-            return await self._plan_held(stored)
-        return await self.vm.aresume(run_id, claimed=True)
+        planning that fails ends the run as failed, with the planner's attempts (None is
+        returned); a run stopped meanwhile goes back to the queue."""
+        from vm.errors import RunStateError
 
-    async def _plan_held(self, stored: Any, *, listener: RunListener | None = None, resumed: bool = False) -> RunResult | None:
-        """Plan a stored goal this process holds (without the plan library when it was stored
-        so), within what is left of its max_seconds, then run it under the limits kept with it.
-        A planning that fails ends the run as failed: None is returned (``resumed``: the error
-        is raised, its ``run_id`` set; a planning stopped from outside is kept as interrupted. A
-        worker's stays running: the worker gives it back to the queue)."""
-        from vm.errors import LLMError, PlanningError
-
-        store = self._store()
-        library = False if (stored.planning or {}).get("no_library") else None
-        try:
-            planned, _vm, record = await self._plan_within(
-                self.for_stored(stored.limits, stored.id), stored.goal or "", stored.metadata, None, library, stored.active_seconds())
-            self.check_knowledge_base(planned.plan)
-        except (PlanningError, LLMError, BadInput) as exc:
-            await asyncio.to_thread(self._fail_planning, stored.id, exc)
-            if resumed:
-                exc.run_id = stored.id  # type: ignore[attr-defined]
-                raise
+        worker = self.as_role("worker")
+        stored = await asyncio.to_thread(worker._store().get, run_id)
+        if stored.plan is not None:
+            return await worker.vm.aresume(run_id, claimed=True)
+        try:  # a queued goal, or one whose planner died: planned (again) here
+            return await worker._plan_stored(stored)
+        except (PlanningError, LLMError, BadInput, RunStateError):
             return None
-        except BaseException:
-            if resumed:
-                self._interrupt_planning(stored.id)
-            raise
-        await asyncio.to_thread(store.set_plan, stored.id, planned.plan, record)
-        return await self.vm.aresume(stored.id, claimed=True, listener=listener)
 
-    # --- reading --------------------------------------------------------------------------------
+    async def _plan_stored(self, stored: Any, *, listener: RunListener | None = None) -> RunResult:
+        """Plan a stored goal this process holds (without the plan library when it was stored so)
+        within what is left of its max_seconds, then run it (:meth:`plan_then_run`)."""
+        library = False if (stored.planning or {}).get("no_library") else None
+        return await self.plan_then_run(
+            stored.id, self.planner_call(stored.goal or "", stored.metadata, None, library), vm=self.for_stored(stored.limits, stored.id),
+            spent=stored.active_seconds(), listener=listener)
 
-    def get_run(self, run_id: str, *, steps: bool = False, step: int | None = None) -> Any:
-        """A stored run as every front end shows it (a :class:`RunDetail`); ``steps``: with its
-        trace; ``step``: with the variables after that trace position."""
-        from planvm.engine.shapes import RunDetail
+    # --- checking -------------------------------------------------------------------------------
 
-        store = self._store()
-        run = store.get(run_id)
-        if step is not None and not 0 <= step < len(run.steps):
-            raise BadInput(f"run '{run.id}' has {len(run.steps)} steps (idx 0 to {len(run.steps) - 1}); ask for one of those")
-        return RunDetail.of(run, lineage=store.lineage(run.id), children=store.children(run.id), trace=steps, step=step)
+    def validate(self, plan: Any, *, allow_tools: Iterable[str] | None = None, limits: dict[str, Any] | None = None) -> list[Any]:
+        """Every static problem of ``plan`` (data, JSON text or a file path) against these tools,
+        the tools runs may call (the configured ``allow_tools``, narrowed by ``allow_tools``) and
+        the plan's size and nesting limits (these, lowered by ``limits``); empty when it would
+        run. ``PlanError`` for input that is not a plan at all."""
+        from vm.validate import validate_plan
 
-    def outcome(self, run_id: str) -> Any:
-        """How a stored run ended (a :class:`RunOutcome`)."""
-        from planvm.engine.shapes import RunOutcome
-
-        return RunOutcome.from_stored(self._store().get(run_id))
-
-    def _store(self) -> Any:
-        if self.store is None:
-            raise PlanVMError("this command does not record runs")
-        return self.store
+        allowed: set[str] | None = set(self.config.allow_tools) if self.config.allow_tools else None
+        if allow_tools is not None:
+            allowed = set(allow_tools) if allowed is None else allowed & set(allow_tools)
+        bounds = self.limits.model_copy(update=limits) if limits else self.limits
+        return validate_plan(plan, self.registry, allowed_tools=allowed, limits=bounds)[1]
 
     def close(self) -> None:
-        self.vm.close()
-        for store in (self.store, self._library_store):
+        if self._borrowed:
+            return  # (a role of another engine: that one's close releases what they share)
+        if "vm" in self.__dict__:
+            self.vm.close()
+        for store in (self.store, self._read_store):
             if store is not None:
                 store.close()
-        self.registry.close()
+        if "registry" in self.__dict__:
+            self.registry.close()
 
     def __enter__(self) -> Engine:
         return self

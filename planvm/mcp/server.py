@@ -17,7 +17,7 @@ from vm.errors import BadInput
 INSTRUCTIONS = (
     "planvm plans a goal as a JSON program of tool calls and runs it in a validated VM. Use run_goal to answer a "
     "goal end to end, plan_goal to see the plan first, validate_plan / exec_plan for plans you write, get_run and "
-    "replay_run to inspect what ran."
+    "replay_run to inspect what ran, approve_run and cancel_run to decide on runs."
 )
 
 
@@ -46,7 +46,7 @@ def build_server(engine: Any) -> Any:
     from mcp.server.mcpserver import MCPServer
 
     from planvm.engine.shapes import PlanView, RunOutcome
-    from vm import PlanningError, PlanValidationError, validate_plan
+    from vm import PlanningError, PlanValidationError
 
     # WARNING: the SDK would otherwise log every request at INFO into a stdio parent's log file.
     server = MCPServer("planvm", instructions=INSTRUCTIONS, log_level="WARNING")
@@ -94,13 +94,13 @@ def build_server(engine: Any) -> Any:
 
     @server.tool(name="validate_plan", structured_output=True)
     def check_plan(plan: list[Any]) -> dict[str, Any]:
-        """Check a plan (a JSON array of instructions) against this server's tools: valid, and every problem.
+        """Check a plan (a JSON array of instructions) as a run would: this server's tools, the tools it allows, its plan limits.
 
         Args:
             plan: The plan's instructions.
         """
         with _told():
-            _program, problems = validate_plan(plan, engine.registry)
+            problems = engine.validate(plan)
             return {"valid": not problems, "problems": [str(p) for p in problems]}
 
     @server.tool(structured_output=True)
@@ -128,6 +128,31 @@ def build_server(engine: Any) -> Any:
         """
         with _told():
             return (await asyncio.to_thread(engine.get_run, run_id, steps=steps)).dump()
+
+    @server.tool(structured_output=True)
+    async def approve_run(run_id: str, seq_no: int, approved: bool = True, reason: str | None = None) -> dict[str, Any]:
+        """Run (or reject) the tool call a waiting run waits for, and continue the run; return the outcome as run_goal does.
+
+        Args:
+            run_id: The waiting run's id, or a unique start of it.
+            seq_no: The seq_no of the call it waits for (its pending.seq_no).
+            approved: false rejects the call (the step fails with ToolRejected).
+            reason: Why it is rejected (kept with the run).
+        """
+        with _told():
+            result = await engine.approve(await asyncio.to_thread(engine.resolve, run_id), seq_no, approved, reason=reason)
+            return RunOutcome.from_result(result).dump()
+
+    @server.tool(structured_output=True)
+    async def cancel_run(run_id: str) -> dict[str, Any]:
+        """Cancel a planning, queued, running, waiting or interrupted run wherever it executes.
+
+        Args:
+            run_id: The run's id, or a unique start of it.
+        """
+        with _told():
+            full_id = await asyncio.to_thread(engine.cancel, run_id)
+            return {"run_id": full_id, "status": "cancelled"}
 
     @server.tool(structured_output=True)
     async def replay_run(run_id: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from planvm.server.events import Event
+from planvm.engine.events import Event
 from vm.values import render_text
 
 __all__ = ["HEADERS", "ui_message_stream"]

@@ -31,10 +31,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from planvm.engine import Engine
+from planvm.engine.tasks import RunTasks
 from planvm.server.access import DEFAULT_SESSION_SECONDS, Access, Gate, HostNames, Sessions
 from planvm.server.deps import Context
 from planvm.server.guard import _Guard
-from planvm.server.service import _public, _Service
 from vm.errors import BadInput, PlanningError, PlanValidationError, PlanVMError
 
 __all__ = ["create_app"]
@@ -87,18 +87,15 @@ def create_app(
     (others get 421; see :func:`planvm.server.access.allowed_hosts_for`); None: any.
     ``execute=False``: new runs are only queued, for ``planvm worker`` processes sharing the
     store. ``store_timeout``: seconds a request waits on the store before it is answered 503."""
-    if engine.store is None:
-        raise BadInput("the service needs a run store")
     if token is not None and not token.strip():
         raise BadInput("the token is blank; give a real secret, or no token (loopback only)")
-    # No store call waits on the event loop: a database server's (network, retries while it is
-    # away) nor SQLite's (a large plan written, a lock another process holds).
-    engine.vm.store_in_threads = True
     from vm.redact import mask_log_records
 
     mask_log_records()  # an error a model server echoed a key into never reaches the server's log
-    service = _Service(engine, store_timeout)
-    call = service.call
+    # The engine in its service role: no store call waits on the event loop, a database server's
+    # (network, retries while it is away) nor SQLite's (a large plan written, a lock another process holds).
+    service = RunTasks(engine, store_timeout)
+    engine = service.engine
 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
@@ -107,15 +104,11 @@ def create_app(
             # Runs a dead server left `running` can be resumed: say so in the store. A server that
             # only queues leaves them to the workers, who take runs whose lease ran out first.
             try:
-                await call(engine.store.mark_abandoned)
+                await service.mark_abandoned()
             except PlanVMError as exc:
-                log.warning("could not look for abandoned runs: %s", _public(str(exc), engine.store))
+                log.warning("could not look for abandoned runs: %s", engine.public(str(exc)))
         yield
-        for task in list(service.tasks.values()):
-            task.cancel()
-        if service.tasks:
-            await asyncio.gather(*service.tasks.values(), return_exceptions=True)
-        service.close()
+        await service.stop()
 
     app = FastAPI(
         title="planvm",
@@ -131,8 +124,8 @@ def create_app(
     @app.exception_handler(PlanVMError)
     async def planvm_error(request: Request, exc: PlanVMError) -> JSONResponse:
         problems = _problems(exc)
-        return _error(_status_for(exc), type(exc).__name__, _public(str(exc), engine.store),
-                      [_public(p, engine.store) for p in problems] if problems is not None else None)
+        return _error(_status_for(exc), type(exc).__name__, engine.public(str(exc)),
+                      [engine.public(p) for p in problems] if problems is not None else None)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

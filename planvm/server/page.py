@@ -62,14 +62,14 @@ def api_router() -> APIRouter:
     @router.get("/v1/library", tags=["library"])
     async def library(ctx: Context = Depends(context)) -> dict[str, Any]:
         """The best plans kept for goals: id, goal, label, language, tools, score, run and when."""
-        entries = await ctx.service.call(ctx.engine.store.library_entries)
+        entries = await ctx.service.call(ctx.engine.library_entries)
         keep = ("id", "goal", "label", "language", "tools", "score", "run_id", "created_at", "plan")
         return {"entries": [{k: e.get(k) for k in keep} for e in reversed(entries)]}
 
     @router.delete("/v1/library/{entry_id}", tags=["library"])
     async def library_remove(entry_id: str, ctx: Context = Depends(context)) -> dict[str, Any]:
         """Remove a kept best plan (its id or a unique start of it)."""
-        removed = await ctx.service.call(ctx.engine.store.library_remove, entry_id)
+        removed = await ctx.service.call(ctx.engine.library_remove, entry_id)
         return {"removed": removed}
 
     return router

@@ -27,9 +27,9 @@ async def make_plan(body: PlanRequest, ctx: Context = Depends(context)) -> Any:
 
 @router.post("/v1/validate", tags=["plans"], responses=_ERRORS)
 async def validate(body: ValidateRequest, ctx: Context = Depends(context)) -> dict[str, Any]:
-    """Every static problem of a plan against this server's tools."""
+    """Every static problem of a plan against this server's tools, the tools it allows and its plan limits."""
     try:
-        problems = await ctx.service.call(ctx.engine.vm.validate, body.plan)  # a large plan takes a while: not on the event loop
+        problems = await ctx.service.call(ctx.engine.validate, body.plan)  # a large plan takes a while: not on the event loop
     except PlanError as exc:
         return {"valid": False, "problems": [str(exc)]}
     return {"valid": not problems, "problems": [str(p) for p in problems]}

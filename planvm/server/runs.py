@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from planvm.engine.events import run_events
 from planvm.engine.shapes import RunDetail, RunOutcome, RunPage
 from planvm.server.aisdk import HEADERS as AI_SDK_HEADERS
 from planvm.server.aisdk import ui_message_stream
 from planvm.server.deps import Context, OffLoopBody, context
-from planvm.server.events import run_events, stored_outcome
 from planvm.server.models import (
     _ERRORS,
     ApproveRequest,
@@ -24,7 +22,6 @@ from planvm.server.models import (
     RunRequest,
     Started,
 )
-from planvm.server.service import _finished
 from vm.errors import BadInput
 
 __all__ = ["router"]
@@ -56,8 +53,8 @@ async def respond(ctx: Context, run_id: str, task: asyncio.Task[Any], wait: bool
         # The run's own result when it ran here (what `planvm exec --json` prints), else the store's.
         if result is not None and result.status != "cancelled":  # (its variables may be large: made in a thread)
             return await asyncio.to_thread(lambda: JSONResponse(RunOutcome.from_result(result).dump()))
-        return JSONResponse(await stored_outcome(ctx.service.io, run_id))
-    return JSONResponse({"run_id": run_id, "status": await ctx.service.call(ctx.engine.store.status_of, run_id)}, status_code=status)
+        return JSONResponse(await ctx.service.outcome(run_id))
+    return JSONResponse({"run_id": run_id, "status": await ctx.service.call(ctx.engine.status_of, run_id)}, status_code=status)
 
 
 @router.post("/v1/runs", status_code=202, response_model=Started, responses=_ERRORS, tags=["runs"])
@@ -71,8 +68,8 @@ async def start_run(body: RunRequest, wait: bool = Query(False, description="Ans
             use_library=body.library, limits=limits,
         )
         if wait:
-            await _finished(ctx.service, queued, (limits or {}).get("max_seconds") or ctx.engine.limits.max_seconds)
-            return JSONResponse(await stored_outcome(ctx.service.io, queued))
+            await ctx.service.finished(queued, (limits or {}).get("max_seconds") or ctx.engine.limits.max_seconds)
+            return JSONResponse(await ctx.service.outcome(queued))
         return JSONResponse({"run_id": queued, "status": "queued"}, status_code=202)
     if body.plan is None:
         # Planning happens after the answer: the run exists (status `planning`) and streams like
@@ -100,12 +97,8 @@ async def list_runs(
     ctx: Context = Depends(context),
 ) -> dict[str, Any]:
     """Runs, newest first, filtered and paged."""
-    before = _decode_cursor(cursor) if cursor else None
-    runs = await ctx.service.call(ctx.engine.store.list_runs, limit + 1, status=status, query=q, before=before)
-    more = len(runs) > limit
-    runs = runs[:limit]
-    next_cursor = _encode_cursor(runs[-1]["created_at"], runs[-1]["id"]) if more and runs else None
-    return RunPage(runs=runs, next_cursor=next_cursor).dump()
+    page = await ctx.service.call(ctx.engine.list_runs, limit, status=status, query=q, cursor=cursor)
+    return page.dump()
 
 
 @router.get("/v1/runs/{run_id}", tags=["runs"], responses=_ERRORS, response_model=RunDetail, response_model_exclude_none=True)
@@ -118,11 +111,7 @@ async def get_run(run_id: str, steps: bool = Query(False, description="Also retu
 
 @router.get("/v1/runs/{run_id}/steps", tags=["runs"], responses=_ERRORS, response_model=dict[str, Any])
 async def get_steps(run_id: str, ctx: Context = Depends(context)) -> Any:
-    def steps() -> JSONResponse:
-        run = ctx.engine.store.get(run_id)
-        return JSONResponse({"run_id": run.id, "steps": [s.to_dict() for s in run.steps]})
-
-    return await ctx.service.call(steps)
+    return await ctx.service.call(lambda: JSONResponse(ctx.engine.steps(run_id)))
 
 
 @router.get("/v1/runs/{run_id}/variables", tags=["runs"], responses=_ERRORS, response_model=dict[str, Any])
@@ -131,14 +120,7 @@ async def get_variables(
     ctx: Context = Depends(context),
 ) -> Any:
     """The variables after step ``idx`` (all steps when it is left out)."""
-    def variables() -> JSONResponse:
-        run = ctx.engine.store.get(run_id)
-        if step is not None and step >= len(run.steps):
-            raise BadInput(f"run '{run.id}' has {len(run.steps)} steps (idx 0 to {len(run.steps) - 1}); ask for one of those")
-        upto = None if step is None else step + 1
-        return JSONResponse({"run_id": run.id, "step": step, "variables": run.variables_at(upto)})
-
-    return await ctx.service.call(variables)
+    return await ctx.service.call(lambda: JSONResponse(ctx.engine.variables(run_id, step)))
 
 
 @router.get("/v1/runs/{run_id}/events", tags=["runs"], responses=_ERRORS)
@@ -149,7 +131,7 @@ async def events(
     ctx: Context = Depends(context),
 ) -> StreamingResponse:
     """Server-Sent Events of the run until ``done``; ``Last-Event-ID`` resumes a stream."""
-    full_id = await ctx.service.call(ctx.engine.store.resolve, run_id)
+    full_id = await ctx.service.call(ctx.engine.resolve, run_id)
     after = _last_event_id(request.headers.get("last-event-id"))
     stream = run_events(ctx.service.hub, full_id, after)
     if format == "ai-sdk":
@@ -157,7 +139,7 @@ async def events(
 
     async def sse() -> AsyncIterator[str]:
         async for event in stream:
-            yield event.sse()
+            yield f"id: {event.id}\nevent: {event.event}\ndata: {event.json()}\n\n"
 
     return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -168,7 +150,7 @@ async def fork(run_id: str, body: ForkRequest, wait: bool = Query(False), ctx: C
     (whose planning is kept with the new run)."""
     if (body.plan is None) == (body.suggestion is None):
         raise BadInput("give either plan or suggestion")
-    full_id = await ctx.service.call(ctx.engine.store.resolve, run_id)
+    full_id = await ctx.service.call(ctx.engine.resolve, run_id)
     new_id, task = await ctx.service.launch(
         lambda listener: ctx.engine.fork(full_id, body.from_seq, plan=body.plan, suggestion=body.suggestion, listener=listener))
     return await respond(ctx, new_id, task, wait)
@@ -178,7 +160,7 @@ async def fork(run_id: str, body: ForkRequest, wait: bool = Query(False), ctx: C
 async def resume(run_id: str, wait: bool = Query(False), ctx: Context = Depends(context)) -> Any:
     """Continue a run that was interrupted or failed, from its last completed step (409 while
     a live process holds its lease, or for a completed or cancelled run)."""
-    full_id = await ctx.service.call(ctx.engine.store.resolve, run_id)
+    full_id = await ctx.service.call(ctx.engine.resolve, run_id)
     new_id, task = await ctx.service.launch(lambda listener: ctx.engine.resume(full_id, listener=listener), resumed=True)
     return await respond(ctx, new_id, task, wait)
 
@@ -187,7 +169,7 @@ async def resume(run_id: str, wait: bool = Query(False), ctx: Context = Depends(
 async def approve(run_id: str, body: ApproveRequest, wait: bool = Query(False), ctx: Context = Depends(context)) -> Any:
     """Run (or reject) the tool call a waiting run waits for, and continue the run (409 when
     it is not waiting: a cancelled run runs nothing)."""
-    full_id = await ctx.service.call(ctx.engine.store.resolve, run_id)
+    full_id = await ctx.service.call(ctx.engine.resolve, run_id)
     new_id, task = await ctx.service.launch(
         lambda listener: ctx.engine.approve(
             full_id, body.seq_no, body.approved, tool_params=body.tool_params, reason=body.reason, listener=listener
@@ -201,7 +183,7 @@ async def approve(run_id: str, body: ApproveRequest, wait: bool = Query(False), 
 async def cancel(run_id: str, ctx: Context = Depends(context)) -> dict[str, Any]:
     """Cancel a queued, running, waiting or interrupted run, wherever it executes: the store
     says ``cancelled`` at once; its executor (here, or a worker) stops at its next step."""
-    full_id = await ctx.service.call(ctx.engine.cancel, run_id, "cancelled by a request to the service")
+    full_id = await ctx.service.call(ctx.engine.cancel, run_id)
     task = ctx.service.tasks.get(full_id)
     if task is not None:  # executing here: stop it now rather than at its next step
         task.cancel()
@@ -220,7 +202,7 @@ async def replay(run_id: str, ctx: Context = Depends(context)) -> dict[str, Any]
 async def judge(run_id: str, ctx: Context = Depends(context)) -> dict[str, Any]:
     """Grade the run's final answer with the judge model and keep the grade with the run:
     score 0-10, accept, suggestion, step_notes (409 when the run has no answer)."""
-    full_id = await ctx.service.call(ctx.engine.store.resolve, run_id)
+    full_id = await ctx.service.call(ctx.engine.resolve, run_id)
     judgement = await asyncio.to_thread(ctx.engine.judge, full_id)
     return {"run_id": full_id, **judgement}
 
@@ -235,15 +217,3 @@ def _last_event_id(value: str | None) -> int:
         return max(-1, int(value.strip()))
     except ValueError:
         return -1
-
-
-def _encode_cursor(created_at: float, run_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([created_at, run_id]).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        created_at, run_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return float(created_at), str(run_id)
-    except (ValueError, TypeError):
-        raise BadInput("cursor is not one this server gave out; use next_cursor from the previous page") from None

@@ -62,7 +62,7 @@ def test_runs_show_and_export(tmp_path):
     exported = json.loads(out.read_text())
     assert exported["format"] == "planvm-run/1" and len(exported["steps"]) == 3
     bad_step = planvm("runs", "show", run_id, "--step", "7")
-    assert bad_step.returncode == 2 and "the run has 3 steps" in bad_step.stderr
+    assert bad_step.returncode == 2 and "has 3 steps (idx 0 to 2)" in bad_step.stderr
 
 
 def test_replay_offline_and_a_mismatch(tmp_path):

@@ -159,7 +159,7 @@ def test_planvm_as_an_mcp_server_runs_a_goal_offline_and_reads_the_run(tmp_path,
         return {"names": names, "ran": ran, "read": read, "replayed": replayed, "checked": checked, "missing": missing}
 
     got = asyncio.run(session())
-    assert got["names"] == ["exec_plan", "get_run", "plan_goal", "replay_run", "run_goal", "validate_plan"]
+    assert got["names"] == ["approve_run", "cancel_run", "exec_plan", "get_run", "plan_goal", "replay_run", "run_goal", "validate_plan"]
     ran = got["ran"].structured_content
     assert ran["status"] == "completed" and "assign" in ran["final_answer"] and ran["model_used"] is False
     read = got["read"].structured_content

@@ -335,3 +335,24 @@ def test_schemathesis_finds_no_server_error(server):
     counts = re.search(r"(\d+) generated, (\d+) passed", out.stdout)
     assert counts and int(counts.group(1)) == int(counts.group(2)) >= 100, out.stdout[-1500:]
     print(f"schemathesis: {counts.group(1)} requests generated, none answered with a 5xx")
+
+
+def test_a_port_already_taken_is_one_line_naming_it_and_exit_2(tmp_path):
+    """`planvm serve` on a port another process listens on says so in one line, before claiming to
+    serve, and exits 2 (bad input), not 3 (which means a run waits for an approval)."""
+    import socket
+
+    from conftest import planvm
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        out = planvm("serve", "--port", str(port), "--store", str(tmp_path / "runs.sqlite"), "--no-builtins", timeout=60)
+    finally:
+        taken.close()
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"port {port}" in lines[0] and "already taken" in lines[0], out.stderr
+    assert "serving on" not in out.stderr

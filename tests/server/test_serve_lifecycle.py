@@ -117,8 +117,7 @@ def test_limits_of_a_queued_run_are_kept_and_only_lowered(tmp_path, calls):
     from planvm.worker import Worker
     import asyncio
 
-    with Engine({"store_path": str(tmp_path / "runs.sqlite"), "no_builtins": True, "plugins": [TOOLS]}) as worker_engine:
-        worker_engine.vm.store_in_threads = True
+    with Engine({"store_path": str(tmp_path / "runs.sqlite"), "no_builtins": True, "plugins": [TOOLS]}, role="worker") as worker_engine:
         asyncio.run(Worker(worker_engine, concurrency=1, poll_seconds=0.05, grace_seconds=1, once=True).serve())
         run = worker_engine.store.get(run_id)
     assert run.status == "failed" and len(run.steps) == 2 and "step budget of 2" in run.error
@@ -253,7 +252,7 @@ def test_a_stream_whose_window_starts_past_the_stored_steps_does_not_spin(tmp_pa
     stream reads what there is, then goes on from the window (no busy loop, no hang)."""
     import asyncio
 
-    from planvm.server.events import SPAN, Event, EventHub, run_events
+    from planvm.engine.events import SPAN, Event, EventHub, run_events
     from vm import StepRecord
 
     store = RunStore(tmp_path / "runs.sqlite")

@@ -1,5 +1,8 @@
 """A run's events, derived from the run store, with live extras from this process.
 
+Transport-neutral: the HTTP service frames them as Server-Sent Events (or the AI SDK's stream);
+another front end (a WebSocket or gRPC API) frames the same events its own way.
+
 Every event has an integer id ``A * 1_000_000 + B``, increasing along a run: ``A`` is the number
 of steps committed when it happened, ``B`` its place among that moment's events:
 
@@ -46,7 +49,7 @@ PAUSED_STATES = frozenset({"waiting", "interrupted"})
 BEFORE_RUNNING = frozenset({"planning", "queued"})  # a stream's first event says so; a `running` event follows
 POLL_SECONDS = 0.5
 WINDOW_EVENTS = 4_096  # newest events kept per watched run (live tokens included)
-WINDOW_BYTES = 8 * 1024 * 1024  # and their serialised size
+WINDOW_BYTES = 8 * 1024 * 1024  # and their size as JSON
 PAGE_BYTES = 1024 * 1024  # a stream reading history from the store reads about this much at a time
 PAGE_STEPS = 64
 
@@ -64,10 +67,10 @@ class Event:
     data: dict[str, Any]
     _text: str | None = None
 
-    def sse(self) -> str:
-        """The event as Server-Sent Events text (made once, however many streams send it)."""
+    def json(self) -> str:
+        """The event's data as JSON text (made once, however many streams send it)."""
         if self._text is None:
-            self._text = f"id: {self.id}\nevent: {self.event}\ndata: {json.dumps(self.data, ensure_ascii=False, default=str)}\n\n"
+            self._text = json.dumps(self.data, ensure_ascii=False, default=str)
         return self._text
 
 
@@ -148,12 +151,12 @@ class _Watch:
             return  # the same step, heard from the executor and read from the store
         self.last_id = event.id
         self.events.append(event)
-        self.size += len(event.sse())
+        self.size += len(event.json())
         if event.event == "step" and event.data.get("phase") == "finished":
             self.committed = max(self.committed, event.data["index"] + 1)
         while len(self.events) > WINDOW_EVENTS or (self.size > WINDOW_BYTES and len(self.events) > 1):
             dropped = self.events.pop(0)
-            self.size -= len(dropped.sse())
+            self.size -= len(dropped.json())
             if dropped.event == "step" and dropped.data.get("phase") == "finished":
                 self.floor = dropped.data["index"] + 1
         self.changed.set()

@@ -1,5 +1,11 @@
-"""The service's state: the engine, the event hub, the runs executing in this process (a cache:
-the store's leases say who executes a run), and the store reached from threads within a timeout."""
+"""Runs executing as tasks of one event loop, their events, and the store reached from threads
+within a timeout: what any long-running front end (the HTTP service, a WebSocket or gRPC API)
+needs, below all of them.
+
+:class:`RunTasks` holds the engine (in its ``service`` role: the store is called in threads), the
+:class:`~planvm.engine.events.EventHub`, and the runs executing here (a cache: the store's leases
+say who executes a run).
+"""
 
 from __future__ import annotations
 
@@ -9,26 +15,24 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from planvm.engine import Engine
-from planvm.server.events import EventHub
+from planvm.engine.events import EventHub
 from vm import RunListener
-from vm.errors import PlanVMError, StoreUnavailable
+from vm.errors import BadInput, PlanVMError, StoreUnavailable
+
+__all__ = ["HEALTH_TIMEOUT", "RunTasks"]
 
 log = logging.getLogger("planvm.serve")
 _FINISHED = frozenset({"completed", "failed", "cancelled"})
 HEALTH_TIMEOUT = 0.05  # /healthz answers within 100 ms, whatever the database does
 
 
-def _public(message: str, store: Any) -> str:
-    """A message as an HTTP client may see it: without the store's file path, URL, host or port."""
-    return store.public(message)
+class RunTasks:
+    """The engine (in its ``service`` role), the event hub, and a cache of the runs executing here."""
 
-
-class _Service:
-    """The server's state: the engine, the event hub, and a cache of the runs executing here."""
-
-    def __init__(self, engine: Engine, store_timeout: float) -> None:
-        self.engine = engine
+    def __init__(self, engine: Any, store_timeout: float) -> None:
+        if engine.store is None:
+            raise BadInput("the service needs a run store")
+        self.engine = engine.as_role("service")  # no store call waits on the event loop
         self.store = engine.store
         self.store_timeout = store_timeout
         self.hub = EventHub(self.io)
@@ -60,7 +64,7 @@ class _Service:
         except TimeoutError:
             return f"the run store did not answer within {HEALTH_TIMEOUT * 1000:.0f} ms"
         except PlanVMError as exc:
-            return _public(str(exc), self.store)
+            return self.engine.public(str(exc))
         return None
 
     async def launch(
@@ -107,10 +111,10 @@ class _Service:
                 if ready is not None and not ready.done():
                     ready.set_exception(exc)  # the request that started it reports it
                 elif "id" in cell:
-                    log.warning("run %s stopped: %s", cell["id"], _public(str(exc), self.store))
+                    log.warning("run %s stopped: %s", cell["id"], self.engine.public(str(exc)))
                     try:  # not left `running` under a lease nobody renews: say what happened, where we still can
                         await self.call(self.store.finish, cell["id"], "interrupted",
-                                        error=_public(f"the server could not go on: {exc}", self.store))
+                                        error=self.engine.public(f"the server could not go on: {exc}"))
                     except PlanVMError:
                         pass
                 return None
@@ -134,10 +138,28 @@ class _Service:
         self._health_pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def _finished(service: _Service, run_id: str, max_seconds: float | None) -> None:
-    """Until a worker has finished the run (or it waits), or max_seconds (and a minute) passed."""
-    deadline = asyncio.get_running_loop().time() + (max_seconds or 600.0) + 60.0
-    while asyncio.get_running_loop().time() < deadline:
-        if await service.io("status_of", run_id) in _FINISHED | {"waiting"}:
-            return
-        await asyncio.sleep(0.2)
+    async def finished(self, run_id: str, max_seconds: float | None) -> None:
+        """Until a worker has finished the run (or it waits), or max_seconds (and a minute) passed."""
+        deadline = asyncio.get_running_loop().time() + (max_seconds or 600.0) + 60.0
+        while asyncio.get_running_loop().time() < deadline:
+            if await self.io("status_of", run_id) in _FINISHED | {"waiting"}:
+                return
+            await asyncio.sleep(0.2)
+
+    async def outcome(self, run_id: str) -> dict[str, Any]:
+        """The stored run's outcome (a page of steps at a time), as ``planvm exec --json`` prints it."""
+        from planvm.engine.events import stored_outcome
+
+        return await stored_outcome(self.io, run_id)
+
+    async def mark_abandoned(self) -> None:
+        """Runs a dead process left ``running`` can be resumed: say so in the store."""
+        await self.call(self.store.mark_abandoned)
+
+    async def stop(self) -> None:
+        """Stop the runs executing here (each kept as its VM keeps a stopped run) and the threads."""
+        for task in list(self.tasks.values()):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.close()
