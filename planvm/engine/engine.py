@@ -183,12 +183,16 @@ class Engine:
         names = set(self.registry.names())
         return names & set(allowed) if allowed else names
 
-    def plan(self, goal: str, metadata: dict[str, Any] | None = None, kind: str | None = None, *, use_library: bool | None = None) -> Any:
+    def plan(
+        self, goal: str, metadata: dict[str, Any] | None = None, kind: str | None = None, *, use_library: bool | None = None,
+        streamed: Any = None,
+    ) -> Any:
         """A validated plan for ``goal`` (a ``PlanResult``); raises ``PlanningError``.
 
         Unless the library is off (``use_library=False`` or the ``no_library`` option), a best
         plan kept for the same goal is reused without asking the planner, and the most similar
-        ones are shown to an LLM planner as examples."""
+        ones are shown to an LLM planner as examples. ``streamed`` (a ``planner.stream.PlanListener``)
+        hears an LLM planner's instructions as it writes them."""
         from planner import PlanResult
         from vm.validate import validate_plan
 
@@ -205,6 +209,8 @@ class Engine:
                     return PlanResult(plan=program.to_data(), program=program, reasoning=hit.entry.get("reasoning") or "",
                                       planner="library", library=hit.describe())
         planner = self.planner(kind)
+        if streamed is not None and hasattr(planner, "streamed"):
+            planner.streamed = streamed
         self._show_examples(planner, library, goal, metadata)
         return planner.plan(goal, metadata)
 
@@ -269,6 +275,7 @@ class Engine:
         listener: RunListener | None = None,
         planned: Callable[[Any], None] | None = None,
         use_library: bool | None = None,
+        stream_plan: bool = False,
     ) -> RunResult:
         """Plan ``goal``, validate, run and record it (a plan given by hand: :meth:`exec_plan`).
 
@@ -277,8 +284,10 @@ class Engine:
         before the planner is asked: a planning stopped from outside (Ctrl-C) leaves it
         ``interrupted`` (resuming it plans it again); ``PlanningError``, ``LLMError`` or
         ``BadInput`` (the plan needs a knowledge base that is not there) leave it failed, with the
-        planner's attempts (its id on the error as ``run_id``).
+        planner's attempts (its id on the error as ``run_id``). ``stream_plan``: tool calls start
+        while the planner writes the plan (planvm.engine.streamed).
         """
+        from planvm.engine.streamed import served_by, streamed_planning
         from vm.errors import LLMError, PlanningError
 
         kind = planner_kind or self.config.planner_kind
@@ -288,8 +297,10 @@ class Engine:
             # Stored before the planner is asked, so a planning cut short (Ctrl-C) is kept, as
             # interrupted, and resuming it plans it again.
             run_id = self.open_planning(goal, metadata=metadata, limits=limits, approve_tools=approve_tools, use_library=use_library)
+            streamed = streamed_planning(stream_plan, self.with_limits(limits), approve_tools)
             try:
-                result, _vm, record = await self._plan_within(self.with_limits(limits), goal, metadata, planner_kind, use_library)
+                result, _vm, record = await self._plan_within(self.with_limits(limits), goal, metadata, planner_kind, use_library,
+                                                              streamed=streamed)
                 self.check_knowledge_base(result.plan)
             except (PlanningError, LLMError, BadInput) as exc:
                 await asyncio.to_thread(self._fail_planning, run_id, exc)
@@ -301,12 +312,14 @@ class Engine:
             if planned is not None:
                 planned(result)
             await asyncio.to_thread(self._store().set_plan, run_id, result.plan, record)
-            return await self.vm.aresume(run_id, claimed=True, listener=listener)
-        result, vm, record = await self._plan_within(self.with_limits(limits), goal, metadata, planner_kind, use_library)
+            return await served_by(self.vm, streamed).aresume(run_id, claimed=True, listener=listener)
+        streamed = streamed_planning(stream_plan, self.with_limits(limits), approve_tools)
+        result, vm, record = await self._plan_within(self.with_limits(limits), goal, metadata, planner_kind, use_library,
+                                                     streamed=streamed)
         if planned is not None:
             planned(result)
         self.check_knowledge_base(result.plan)
-        return await vm.arun(
+        return await served_by(vm, streamed).arun(
             result.program, goal=goal, metadata=metadata or None, approve_tools=approve_tools, listener=listener, planning=record,
         )
 
@@ -349,14 +362,19 @@ class Engine:
     async def plan_and_run(
         self, run_id: str, goal: str, *, metadata: dict[str, Any] | None = None, planner_kind: str | None = None,
         limits: dict[str, Any] | None = None, listener: RunListener | None = None, use_library: bool | None = None,
+        stream_plan: bool = False, approve_tools: Iterable[str] = (),
     ) -> RunResult | None:
         """Plan a run :meth:`open_planning` stored, then run it; planning counts against its
         ``max_seconds``. A planning that fails ends the run as failed, with its attempts (None is
-        returned); a run cancelled meanwhile is left as it is."""
+        returned); a run cancelled meanwhile is left as it is. ``stream_plan``: tool calls start
+        while the planner writes the plan (none of ``approve_tools``: give the run's)."""
+        from planvm.engine.streamed import served_by, streamed_planning
         from vm.errors import LLMError, PlanningError, RunCancelled, RunStateError
 
+        streamed = streamed_planning(stream_plan, self.with_limits(limits), approve_tools)
         try:
-            result, _vm, record = await self._plan_within(self.with_limits(limits), goal, metadata, planner_kind, use_library)
+            result, _vm, record = await self._plan_within(self.with_limits(limits), goal, metadata, planner_kind, use_library,
+                                                          streamed=streamed)
             self.check_knowledge_base(result.plan)
         except (PlanningError, LLMError, BadInput) as exc:
             await asyncio.to_thread(self._fail_planning, run_id, exc)
@@ -369,13 +387,13 @@ class Engine:
         except RunCancelled:
             return None
         try:  # under the limits kept with it; the time planning took counts against its max_seconds
-            return await self.vm.aresume(run_id, claimed=True, listener=listener)
+            return await served_by(self.vm, streamed).aresume(run_id, claimed=True, listener=listener)
         except RunStateError:
             return None  # cancelled between its plan and its first step
 
     async def _plan_within(
         self, vm: VM, goal: str, metadata: dict[str, Any] | None, planner_kind: str | None, use_library: bool | None,
-        spent: float = 0.0,
+        spent: float = 0.0, *, streamed: Any = None,
     ) -> tuple[Any, VM, dict[str, Any]]:
         """Plan ``goal`` within ``vm``'s wall-clock budget, less the ``spent`` seconds the run used
         before (``PlanningError`` past it); return the plan, the VM to run it with (not recorded:
@@ -389,17 +407,21 @@ class Engine:
         began = time.monotonic()
         try:
             result = await asyncio.wait_for(
-                _in_daemon_thread(lambda: self.plan(goal, metadata, planner_kind, use_library=use_library)),
+                _in_daemon_thread(lambda: self.plan(goal, metadata, planner_kind, use_library=use_library, streamed=streamed)),
                 None if budget is None else max(budget - spent, 0.001))
         except TimeoutError:
             raise PlanningError(
                 f"planning took more than the run's {budget:g} s (--max-seconds / max_seconds, which planning counts "
                 f"against); raise it, or check the planner's model server", attempts=[]) from None
+        finally:
+            if streamed is not None:
+                streamed.finish()  # nothing more starts early; the calls started go on for the run to take
         took = time.monotonic() - began
         if budget is not None:  # what planning used is gone from the run's wall-clock budget
             left = max(budget - took, 0.001)
             vm = vm.derive(limits=vm.limits.model_copy(update={"max_seconds": left}), keep=vm.kept_limits or vm.limits)
-        return result, vm, {**result.record(), "seconds": round(took, 3)}
+        record = {**result.record(), "seconds": round(took, 3)}
+        return result, vm, (streamed.annotate(record) if streamed is not None else record)
 
     def _planning_failure(self, exc: Exception) -> dict[str, Any]:
         """The planning record of a planning that failed: planner, attempts, error."""
