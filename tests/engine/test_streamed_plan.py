@@ -203,9 +203,12 @@ def test_a_tool_that_needs_approval_is_not_started_early(tmp_path, model):
 def test_a_plan_from_the_library_is_not_streamed(tmp_path, model):
     plan = SHAPES["chain"]
     model.actions.append(("json", 200, chat_reply(reply_of(plan))))
+    from planner.library import PlanLibrary
+
     with Engine({"store_path": str(tmp_path / "runs.sqlite"), "no_builtins": True}) as engine:
         for t in (search, ask, write_file):
             engine.registry.register(t)
+        engine._library = PlanLibrary(engine.store)  # goals matched by their words: no embedding model to load
         first = asyncio.run(engine.run_goal("do it"))
         engine.library.keep(engine.store.get(first.run_id))
         planner_requests = sum(1 for r in model.requests if "stream" in r or "plan" in json.dumps(r.get("response_format") or {}))
