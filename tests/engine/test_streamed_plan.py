@@ -217,3 +217,31 @@ def test_a_plan_from_the_library_is_not_streamed(tmp_path, model):
     assert again.status == "completed" and planning["planner"] == "library"
     assert "arrivals" not in planning and "early_calls" not in planning
     assert sum(1 for r in model.requests if "stream" in r or "plan" in json.dumps(r.get("response_format") or {})) == planner_requests
+
+
+def test_http_and_mcp_stream_the_plan_when_asked(tmp_path, model):
+    from fastapi.testclient import TestClient
+    from mcp import Client
+
+    from planvm.mcp.server import build_server
+    from planvm.server import create_app
+
+    plan = SHAPES["fan-out and join"]
+    with engine_at(tmp_path) as engine:
+        with TestClient(create_app(engine)) as client:
+            model.actions.append(paced(reply_of(plan)))
+            by_http = client.post("/v1/runs?wait=true", json={"goal": "do it", "stream_plan": True}).json()
+            shown_http = client.get(f"/v1/runs/{by_http['run_id']}").json()
+            refused = client.post("/v1/runs", json={"goal": "do it", "stream_plan": "yes"})
+
+        async def over_mcp() -> dict[str, Any]:
+            async with Client(build_server(engine)) as mcp:
+                model.actions.append(paced(reply_of(plan)))
+                return (await mcp.call_tool("run_goal", {"goal": "do it", "stream_plan": True})).structured_content
+
+        by_mcp = asyncio.run(over_mcp())
+        shown_mcp = engine.store.get(by_mcp["run_id"]).planning
+    assert by_http["final_answer"] == by_mcp["final_answer"] == "answer to " + f"join found x found y found z"[-40:]
+    for planning in (shown_http["planning"], shown_mcp):
+        assert list(planning["arrivals"]) == ["0", "1", "2", "3", "4"] and planning["early_calls"][:3] == [0, 1, 2]
+    assert refused.status_code == 422
