@@ -133,7 +133,7 @@ class PlanStream:
                 depth -= 1
                 if depth == 0:
                     try:
-                        found.append(json.loads(text[self.start:pos]))
+                        found.append(json.loads(text[self.start:pos], strict=False))  # as the whole reply is read
                     except ValueError:
                         self.pos, self.state = pos, "done"
                         return

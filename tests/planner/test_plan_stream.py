@@ -73,3 +73,19 @@ def test_a_reply_it_cannot_follow_stops_it_quietly():
     stream = PlanStream()
     assert stream.feed("no plan here [1, 2] at all") == []
     assert stream.feed(' [{"seq_no": 3}]') == [{"seq_no": 3}]  # the first '[' that opens an object
+
+
+def test_a_local_model_under_constrained_decoding_streams_its_plan(tiny_model):
+    from planner.constrained import ConstrainedLocal
+    from planner.planner import plan_schema_for
+    from tools import default_registry
+    from tools.llm_local import LocalChat
+
+    llm = ConstrainedLocal(LocalChat(str(tiny_model), max_new_tokens=32), max_think_tokens=16, max_plan_tokens=4000, max_steps=4,
+                           max_text=40)
+    pieces: list[str] = []
+    reply = llm.stream("What is planvm?", on_delta=pieces.append, plan_schema=plan_schema_for(default_registry()))
+    plan = parse_reply(f"<think>{reply.reasoning}</think>\n{reply.text}")[1]
+    out = read(pieces)
+    assert [data for _, data in out] == plan and plan
+    assert len(pieces) > 2 and out[0][0] < sum(map(len, pieces))  # token by token: the first instruction before the end
