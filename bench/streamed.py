@@ -155,6 +155,7 @@ def main() -> None:
     with FakeChatServer() as server, tempfile.TemporaryDirectory() as tmp:
         os.environ["PLANVM_LLM_BASE_URL"] = server.url
         os.environ["PLANVM_LLM_MODEL"] = "planner"
+        os.environ["PLANVM_LLM_TIMEOUT"] = "600"  # plan-then-run waits for a long reply's first byte
         os.environ["PLANVM_HOME"] = tmp
         for shape in args.shapes:
             plan = SHAPES[shape]()
