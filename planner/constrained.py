@@ -106,6 +106,16 @@ class ConstrainedLocal:
     def complete(self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None, plan_schema: dict[str, Any] | None = None) -> Completion:
         if plan_schema is None:
             return self.local.complete(prompt, system=system, json_schema=json_schema)
+        return self._plan(prompt, system, plan_schema, None)
+
+    def stream(self, prompt: str, *, system: str | None = None, on_delta: Any, plan_schema: dict[str, Any] | None = None) -> Completion:
+        """As :meth:`complete`, with ``on_delta`` given the reply as it is written: the reasoning
+        once it is done, then the plan's JSON token by token (a streamed plan, planner.stream)."""
+        if plan_schema is None:
+            return self.local.stream(prompt, system=system, on_delta=on_delta)
+        return self._plan(prompt, system, plan_schema, on_delta)
+
+    def _plan(self, prompt: str, system: str | None, plan_schema: dict[str, Any], on_delta: Any) -> Completion:
         _model, tokenizer, device = self.local.loaded()
         inputs = self.local.prompt_ids(prompt, system)
         # Phase 1: free reasoning, up to </think>.
@@ -118,7 +128,19 @@ class ConstrainedLocal:
         ids = tokenizer(head + "</think>\n```json\n", return_tensors="pt", add_special_tokens=False)
         ids = {k: v.to(device) for k, v in ids.items()}
         closing = _ClosingBias(_fresh(self.grammar(plan_schema)), _closing_weights(self.local.model_name, self.local.adapter, self.local.device), ids["input_ids"].shape[1], self.max_plan_tokens)
-        plan_text, _, plan_tokens = self.local.generate(ids, max_new_tokens=self.max_plan_tokens, logits_processor=[closing])
+        extra: dict[str, Any] = {}
+        if on_delta is not None:
+            from transformers import TextStreamer
+
+            on_delta(f"<think>{reasoning}</think>\n```json\n")
+
+            class _Forward(TextStreamer):
+                def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                    if text:
+                        on_delta(text)
+
+            extra["streamer"] = _Forward(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        plan_text, _, plan_tokens = self.local.generate(ids, max_new_tokens=self.max_plan_tokens, logits_processor=[closing], **extra)
         try:
             # strict=False: the grammar lets control characters into strings; re-serialising escapes them.
             plan = json.loads(plan_text, strict=False)

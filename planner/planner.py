@@ -140,6 +140,9 @@ class Planner:
         self.examples = examples
         self.max_attempts = max_attempts
         self.constrained = constrained
+        # Hears each attempt's instructions while the model writes them (planner.stream), when
+        # the LLM can stream; None: the reply is read whole.
+        self.streamed: Any = None
 
     def _ask(self, prompt: str) -> tuple[str, Any]:
         if getattr(self.llm, "extract", None) is not None:
@@ -152,11 +155,31 @@ class Planner:
         from vm import telemetry
 
         with telemetry.llm_span("planner", getattr(self.llm, "model", None)) as current:
-            reply = as_completion(self.llm.complete(prompt, **kwargs))
+            if self.streamed is not None and hasattr(self.llm, "stream"):
+                reply = as_completion(self._stream(prompt, kwargs))
+            else:
+                reply = as_completion(self.llm.complete(prompt, **kwargs))
             telemetry.record_reply(current, reply)
         # A backend that already split off the reasoning gives it separately; put it back for parsing.
         text = f"<think>{reply.reasoning}</think>\n{reply.text}" if reply.reasoning else reply.text
         return text, reply
+
+    def _stream(self, prompt: str, kwargs: dict[str, Any]) -> Any:
+        """Ask with a streamed reply, telling :attr:`streamed` each instruction as its JSON object
+        closes (planner.stream)."""
+        from planner.stream import PlanStream
+
+        listener, reader = self.streamed, PlanStream()
+        listener.begin()
+
+        def on_delta(piece: str) -> None:
+            for data in reader.feed(piece):
+                listener.instruction(data)
+
+        try:
+            return self.llm.stream(prompt, on_delta=on_delta, **kwargs)
+        finally:
+            listener.end()
 
     def _attempts(self, prompt: str, predefined: tuple[str, ...] = (), check: Any = None) -> PlanResult:
         attempts: list[Attempt] = []

@@ -139,13 +139,15 @@ class FakeChatServer:
                 reply = reply or {}
                 base = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": reply.get("model", "test-model")}
                 deltas = [{"reasoning_content": r} for r in reasoning] + [{"content": p} for p in pieces]
+                began = time.monotonic()
                 try:
                     for i, delta in enumerate(deltas):
                         last = i == len(deltas) - 1
                         chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish if last else None}]}
                         self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                         self.wfile.flush()
-                        time.sleep(pause)
+                        # Paced against the clock: n chunks take n pauses however long each write took.
+                        time.sleep(max(0.0, began + (i + 1) * pause - time.monotonic()))
                     if not done:
                         self.close_connection = True
                         return

@@ -203,14 +203,18 @@ class OpenAIChat:
                             f"address?")
         return LLMBadReply(f"{where} sent a reply that could not be read ({type(exc).__name__}: {shorten(str(exc))})")
 
+    def _plan_format(self, plan_schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The structured-output schema asking for ``{"plan": [...]}`` (None: none asked)."""
+        if plan_schema is None or self.json_mode == "off":
+            return None
+        defs = plan_schema.get("$defs", {})
+        array = {k: v for k, v in plan_schema.items() if k != "$defs"}
+        return {"type": "object", "properties": {"plan": array}, "required": ["plan"], "$defs": defs}
+
     def complete(
         self, prompt: str, *, system: str | None = None, json_schema: dict[str, Any] | None = None, plan_schema: dict[str, Any] | None = None
     ) -> Completion:
-        if plan_schema is not None and self.json_mode != "off":
-            defs = plan_schema.get("$defs", {})
-            array = {k: v for k, v in plan_schema.items() if k != "$defs"}
-            json_schema = {"type": "object", "properties": {"plan": array}, "required": ["plan"], "$defs": defs}
-        request = self._request(prompt, system, json_schema)
+        request = self._request(prompt, system, self._plan_format(plan_schema) if plan_schema is not None else json_schema)
         for attempt in (1, 2):
             self._transport.expect_stream(False)
             try:
@@ -224,10 +228,11 @@ class OpenAIChat:
                 return self._honest(reply)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def stream(self, prompt: str, *, system: str | None = None, on_delta: Any) -> Completion:
+    def stream(self, prompt: str, *, system: str | None = None, on_delta: Any, plan_schema: dict[str, Any] | None = None) -> Completion:
         """Ask with ``stream=True``: ``on_delta`` gets each piece of the answer as it arrives; the
-        whole reply (with the usage the server reports at the end) is returned."""
-        request = self._request(prompt, system, None)
+        whole reply (with the usage the server reports at the end) is returned. ``plan_schema``:
+        as for :meth:`complete` (a streamed plan)."""
+        request = self._request(prompt, system, self._plan_format(plan_schema))
         request["stream"] = True
         request["stream_options"] = {"include_usage": True}
         parts: list[str] = []

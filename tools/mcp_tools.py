@@ -361,6 +361,8 @@ class McpTool(Tool):
         self.name = name
         self.fn = self.call
         self.is_async = True
+        # An MCP tool may change things unless its server says it only reads (readOnlyHint).
+        self.side_effects = not bool(getattr(getattr(info, "annotations", None), "readOnlyHint", False))
         self.context_param = None
         self.description = ((info.description or "").strip() + f"\n(From the MCP server {server.name}.)").strip()
         schema = dict(info.input_schema or {"type": "object"})

@@ -44,7 +44,9 @@ __all__ = ["Tool", "ToolRegistry", "load_plugin", "tool"]
 class Tool:
     """A registered function: name, description, parameter model, and the function itself."""
 
-    def __init__(self, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None, side_effects: bool = False,
+    ) -> None:
         if not callable(fn):
             raise ToolRegistrationError(f"a tool must be a function, got {type(fn).__name__}")
         self.fn = fn
@@ -52,6 +54,9 @@ class Tool:
         if not self.name.isidentifier():
             raise ToolRegistrationError(f"tool name {self.name!r} is not an identifier; pass name=...", tool_name=self.name)
         self.is_async = inspect.iscoroutinefunction(fn)
+        # Changes something outside the run (writes, sends, pays): never started before its plan is
+        # whole and valid (a plan streamed from the planner runs its other calls as they arrive).
+        self.side_effects = side_effects
         doc = docstring_parser.parse(inspect.getdoc(fn) or "")
         summary = "\n\n".join(p for p in (doc.short_description, doc.long_description) if p)
         self.description = (description or summary or "").strip()
@@ -149,14 +154,18 @@ def _describe(error: Any) -> str:
     return f"{error['msg']} (got {error.get('input')!r})"
 
 
-def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None) -> Any:
+def tool(
+    fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None, side_effects: bool = False,
+) -> Any:
     """Decorator: turn a typed function (sync or async) into a :class:`Tool`.
 
-    Use bare (``@tool``) or with options (``@tool(name="search")``).
+    Use bare (``@tool``) or with options (``@tool(name="search")``). ``side_effects=True`` marks a
+    tool that changes something outside the run: a streamed plan (``--stream-plan``) starts it
+    only once the whole plan has arrived and is valid, never while the planner is still writing.
     """
     if fn is None:
-        return lambda f: Tool(f, name=name, description=description)
-    return Tool(fn, name=name, description=description)
+        return lambda f: Tool(f, name=name, description=description, side_effects=side_effects)
+    return Tool(fn, name=name, description=description, side_effects=side_effects)
 
 
 class ToolRegistry:
@@ -178,7 +187,8 @@ class ToolRegistry:
             self._owned.pop().close()
 
     def register(self, fn: Tool | Callable[..., Any], *, name: str | None = None) -> Tool:
-        t = fn if isinstance(fn, Tool) and name is None else Tool(getattr(fn, "fn", fn), name=name)
+        t = fn if isinstance(fn, Tool) and name is None else Tool(
+            getattr(fn, "fn", fn), name=name, side_effects=getattr(fn, "side_effects", False))
         if t.name in self._tools:
             raise ToolRegistrationError(
                 f"a tool named '{t.name}' is already registered; rename one of them (tool(name=...)) "

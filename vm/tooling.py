@@ -251,6 +251,18 @@ class StepLLM:
         """Stream ``text`` as part of this step's answer (for a backend that is not an LLM)."""
         self._run_llm.emit(self._seq_no, text)
 
+    def adopt(self, records: list[dict[str, Any]]) -> None:
+        """Take as this step's own the exchanges a call made before the run began (a call started
+        while its plan was still being written): recorded here, and counted against the run's
+        LLM-call and token budgets as if made now (``LLMCallLimitExceeded`` when over)."""
+        run_llm = self._run_llm
+        for record in records:
+            run_llm._take(self._purpose, record.get("role") or self._role)
+            spent = (record.get("prompt_tokens") or 0) + (record.get("completion_tokens") or 0)
+            with run_llm._lock:
+                run_llm.tokens += spent
+            self.records.append(record)
+
     def _record(self, prompt: str, system: str | None, reply: Completion) -> Completion:
         self.records.append(
             {"prompt": prompt, "system": system, "text": redact(reply.text), "reasoning": redact(reply.reasoning or "") or None,

@@ -94,10 +94,12 @@ def plan(goal: str, metadata: str | None, planner_kind: str | None, out: str | N
 @engine_options
 @click.option("--queue", is_flag=True, help="Store the goal as a queued run; a `planvm worker` plans and runs it. Prints its id.")
 @no_library_option
+@click.option("--stream-plan", is_flag=True, help="Start tool calls while the planner is still writing the plan (side-effecting "
+              "tools and those needing approval wait for the whole, valid plan).")
 @run_options
 @json_option
 @guarded
-def run(goal: str, metadata: str | None, planner_kind: str | None, queue: bool, **options: Any) -> None:
+def run(goal: str, metadata: str | None, planner_kind: str | None, queue: bool, stream_plan: bool, **options: Any) -> None:
     """Plan GOAL, run the plan, and print the answer (the plan and run are stored for replay)."""
     import asyncio
 
@@ -120,7 +122,8 @@ def run(goal: str, metadata: str | None, planner_kind: str | None, queue: bool, 
     with make_engine(options) as engine:
         try:
             outcome = asyncio.run(
-                engine.run_goal(goal, metadata=parse_metadata(metadata), planner_kind=planner_kind, planned=planned)
+                engine.run_goal(goal, metadata=parse_metadata(metadata), planner_kind=planner_kind, planned=planned,
+                                stream_plan=stream_plan)
             )
         except (PlanningError, LLMError) as exc:
             _planning_failed(exc, as_json)

@@ -199,12 +199,16 @@ class Engine(_Planning, _Reads):
         names = set(self.registry.names())
         return names & set(allowed) if allowed else names
 
-    def plan(self, goal: str, metadata: dict[str, Any] | None = None, kind: str | None = None, *, use_library: bool | None = None) -> Any:
+    def plan(
+        self, goal: str, metadata: dict[str, Any] | None = None, kind: str | None = None, *, use_library: bool | None = None,
+        streamed: Any = None,
+    ) -> Any:
         """A validated plan for ``goal`` (a ``PlanResult``); raises ``PlanningError``.
 
         Unless the library is off (``use_library=False`` or the ``no_library`` option), a best
         plan kept for the same goal is reused without asking the planner, and the most similar
-        ones are shown to an LLM planner as examples."""
+        ones are shown to an LLM planner as examples. ``streamed`` (a ``planner.stream.PlanListener``)
+        hears an LLM planner's instructions as it writes them."""
         from planner import PlanResult
         from vm.validate import validate_plan
 
@@ -221,6 +225,8 @@ class Engine(_Planning, _Reads):
                     return PlanResult(plan=program.to_data(), program=program, reasoning=hit.entry.get("reasoning") or "",
                                       planner="library", library=hit.describe())
         planner = self.planner(kind)
+        if streamed is not None and hasattr(planner, "streamed"):
+            planner.streamed = streamed
         self._show_examples(planner, library, goal, metadata)
         return planner.plan(goal, metadata)
 
@@ -285,6 +291,7 @@ class Engine(_Planning, _Reads):
         listener: RunListener | None = None,
         planned: Callable[[Any], None] | None = None,
         use_library: bool | None = None,
+        stream_plan: bool = False,
     ) -> RunResult:
         """Plan ``goal``, validate, run and record it (a plan given by hand: :meth:`exec_plan`).
 
@@ -292,36 +299,44 @@ class Engine(_Planning, _Reads):
         one way every front end's goal goes (:meth:`plan_then_run`): a planning that fails is
         kept as a failed run with the planner's attempts and raised with its ``run_id``; one
         stopped from outside (Ctrl-C) is kept ``interrupted``. ``planned(result)`` is called with
-        the planner's result before the run starts; planning counts against ``max_seconds``."""
-        plan = self.planner_call(goal, metadata, planner_kind, use_library)
+        the planner's result before the run starts; planning counts against ``max_seconds``.
+        ``stream_plan``: tool calls start while the planner writes the plan (planvm.engine.streamed)."""
+        from planvm.engine.streamed import served_by, streamed_planning
+
+        streamed = streamed_planning(stream_plan, self.with_limits(limits), approve_tools)
+        plan = self.planner_call(goal, metadata, planner_kind, use_library, streamed)
         if self.store is not None:
             run_id = await asyncio.to_thread(
                 self.open_planning, goal, metadata=metadata, limits=limits, approve_tools=approve_tools, use_library=use_library,
                 planner_kind=planner_kind)
             return await self.plan_then_run(run_id, plan, vm=self.with_limits(limits), kind=planner_kind, listener=listener,
-                                            planned=planned)
+                                            planned=planned, streamed=streamed)
         if self.planner_name(planner_kind) == "template":
             self.check_knowledge_base(None)  # the template plan always retrieves: say so before planning
-        result, vm, record = await self._plan_within(self.with_limits(limits), plan)
+        result, vm, record = await self._plan_within(self.with_limits(limits), plan, streamed=streamed)
         if planned is not None:
             planned(result)
         self.check_knowledge_base(result.plan)
-        return await vm.arun(
+        return await served_by(vm, streamed).arun(
             result.program, goal=goal, metadata=metadata or None, approve_tools=approve_tools, listener=listener, planning=record,
         )
 
     async def plan_and_run(
         self, run_id: str, goal: str, *, metadata: dict[str, Any] | None = None, planner_kind: str | None = None,
         limits: dict[str, Any] | None = None, listener: RunListener | None = None, use_library: bool | None = None,
+        stream_plan: bool = False, approve_tools: Iterable[str] = (),
     ) -> RunResult | None:
         """Go on with a run :meth:`open_planning` stored (the service answered with its id): plan
         it and run it as :meth:`plan_then_run` does. None when its planning failed (kept with the
-        run) or it was cancelled meanwhile."""
+        run) or it was cancelled meanwhile. ``stream_plan``: tool calls start while the planner
+        writes the plan (none of ``approve_tools``: give the run's)."""
+        from planvm.engine.streamed import streamed_planning
         from vm.errors import RunStateError
 
+        streamed = streamed_planning(stream_plan, self.with_limits(limits), approve_tools)
         try:
-            return await self.plan_then_run(run_id, self.planner_call(goal, metadata, planner_kind, use_library),
-                                            vm=self.with_limits(limits), kind=planner_kind, listener=listener)
+            return await self.plan_then_run(run_id, self.planner_call(goal, metadata, planner_kind, use_library, streamed),
+                                            vm=self.with_limits(limits), kind=planner_kind, listener=listener, streamed=streamed)
         except (PlanningError, LLMError, BadInput, RunStateError):
             return None
 

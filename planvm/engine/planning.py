@@ -84,13 +84,15 @@ class _Planning:
         kind = kind or self.config.planner_kind
         return "template" if kind == "template" or (kind == "auto" and not self.has_model("planner")) else "llm"  # type: ignore[attr-defined]
 
-    def planner_call(self, goal: str, metadata: dict[str, Any] | None, kind: str | None, use_library: bool | None) -> PlannerCall:
-        """The default planner call of :meth:`plan_then_run`: :meth:`Engine.plan`."""
-        return lambda: self.plan(goal, metadata, kind, use_library=use_library)  # type: ignore[attr-defined]
+    def planner_call(self, goal: str, metadata: dict[str, Any] | None, kind: str | None, use_library: bool | None,
+                     streamed: Any = None) -> PlannerCall:
+        """The default planner call of :meth:`plan_then_run`: :meth:`Engine.plan` (``streamed``:
+        hearing the plan's instructions as they are written, see planvm.engine.streamed)."""
+        return lambda: self.plan(goal, metadata, kind, use_library=use_library, streamed=streamed)  # type: ignore[attr-defined]
 
     async def plan_then_run(
         self, run_id: str, plan: PlannerCall, *, vm: VM | None = None, spent: float = 0.0, kind: str | None = None,
-        listener: RunListener | None = None, planned: Callable[[Any], None] | None = None,
+        listener: RunListener | None = None, planned: Callable[[Any], None] | None = None, streamed: Any = None,
     ) -> RunResult:
         """Plan the run ``run_id`` this process holds (being planned, or a queued goal it claimed)
         with ``plan()``, within ``vm``'s wall-clock budget less the ``spent`` seconds the run used
@@ -106,7 +108,7 @@ class _Planning:
         vm = vm or self.vm
         began = time.monotonic()
         try:
-            result, _vm, record = await self._plan_within(vm, plan, spent)
+            result, _vm, record = await self._plan_within(vm, plan, spent, streamed=streamed)
             if planned is not None:
                 planned(result)
             self.check_knowledge_base(result.plan)  # type: ignore[attr-defined]
@@ -119,9 +121,11 @@ class _Planning:
             raise
         await asyncio.to_thread(self._store().set_plan, run_id, result.plan, record)  # type: ignore[attr-defined]
         # Under the limits kept with it: the time planning took counts against its max_seconds.
-        return await self.vm.aresume(run_id, claimed=True, listener=listener)
+        from planvm.engine.streamed import served_by
 
-    async def _plan_within(self, vm: VM, plan: PlannerCall, spent: float = 0.0) -> tuple[Any, VM, dict[str, Any]]:
+        return await served_by(self.vm, streamed).aresume(run_id, claimed=True, listener=listener)
+
+    async def _plan_within(self, vm: VM, plan: PlannerCall, spent: float = 0.0, *, streamed: Any = None) -> tuple[Any, VM, dict[str, Any]]:
         """``plan()`` within ``vm``'s wall-clock budget, less the ``spent`` seconds the run used
         before (``PlanningError`` past it); return the plan, the VM to run it with (not recorded:
         its budget is what planning left) and the planning's record, with the seconds it took."""
@@ -133,11 +137,15 @@ class _Planning:
             raise PlanningError(
                 f"planning took more than the run's {budget:g} s (--max-seconds / max_seconds, which planning counts "
                 f"against); raise it, or check the planner's model server", attempts=[]) from None
+        finally:
+            if streamed is not None:
+                streamed.finish()  # nothing more starts early; the calls started go on for the run to take
         took = time.monotonic() - began
         if budget is not None:  # what planning used is gone from the run's wall-clock budget
             left = max(budget - took, 0.001)
             vm = vm.derive(limits=vm.limits.model_copy(update={"max_seconds": left}), keep=vm.kept_limits or vm.limits)
-        return result, vm, {**result.record(), "seconds": round(took, 3)}
+        record = {**result.record(), "seconds": round(took, 3)}
+        return result, vm, (streamed.annotate(record) if streamed is not None else record)
 
     def _fail_planning(self, run_id: str, exc: Exception, kind: str | None, took: float) -> None:
         """End a run this process was planning as failed, with the planner's attempts (left as it

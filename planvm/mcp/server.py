@@ -61,17 +61,18 @@ def build_server(engine: Any) -> Any:
         return planner
 
     @server.tool(structured_output=True)
-    async def run_goal(goal: str, metadata: dict[str, Any] | None = None, planner: str = "auto") -> dict[str, Any]:
+    async def run_goal(goal: str, metadata: dict[str, Any] | None = None, planner: str = "auto", stream_plan: bool = False) -> dict[str, Any]:
         """Plan the goal, run the plan, and return the outcome: run_id, status, final_answer, variables, steps, error.
 
         Args:
             goal: What the run should achieve, in words.
             metadata: Optional goal metadata (response_format with lang/format, label_path, background).
             planner: auto (the configured LLM, else the template planner), llm, or template.
+            stream_plan: Start tool calls while the planner is still writing the plan.
         """
         with _told():
             try:
-                result = await engine.run_goal(goal, metadata=metadata, planner_kind=planner_kind(planner))
+                result = await engine.run_goal(goal, metadata=metadata, planner_kind=planner_kind(planner), stream_plan=stream_plan)
             except PlanningError as exc:
                 return {"status": "planning_failed", "error": str(exc), "run_id": getattr(exc, "run_id", None)}
             except PlanValidationError as exc:

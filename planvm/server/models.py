@@ -32,6 +32,8 @@ class RunRequest(BaseModel):
     library: bool | None = Field(None, description="Reuse a best plan kept for this goal, and show similar ones to the planner (default: the server's setting).")
     limits: LimitsOverride | None = None
     approve_tools: list[str] = Field(default_factory=list, description="Tools whose calls wait for approval in this run.")
+    stream_plan: StrictBool = Field(False, description="Start tool calls while the planner is still writing the plan (a planned "
+                                    "goal run by this server; side-effecting tools wait for the whole, valid plan).")
 
     @model_validator(mode="after")
     def _goal_or_plan(self) -> RunRequest:

@@ -78,7 +78,7 @@ async def start_run(body: RunRequest, wait: bool = Query(False, description="Ans
                             approve_tools=body.approve_tools, use_library=body.library)
         task = ctx.service.start(run_id, lambda listener: ctx.engine.plan_and_run(
             run_id, body.goal, metadata=body.metadata, planner_kind=body.planner, limits=limits, listener=listener,
-            use_library=body.library))
+            use_library=body.library, stream_plan=body.stream_plan, approve_tools=body.approve_tools))
         return await respond(ctx, run_id, task, wait)
     run_id, task = await ctx.service.launch(
         lambda listener: ctx.engine.exec_plan(
