@@ -60,7 +60,7 @@ class Database:
     ) -> None:
         self.url, self.file = store_url(location)
         self._owner = owner  # the lease owner name (default: host:pid:tag of this process)
-        self.path: Any = self.file if self.file is not None else redact(_masked(str(location)))
+        self.path: Any = self.file or redact(_masked(str(location)))  # for messages
         self.readonly = readonly
         self.lease_seconds = lease_seconds
         self.retry_seconds = _retry_budget() if retry_seconds is None else retry_seconds
