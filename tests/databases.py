@@ -17,8 +17,6 @@ import pytest
 
 POSTGRES = ("PLANVM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 MYSQL = ("PLANVM_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
-# Read at import: the tests' own fixture clears PLANVM_* variables before each test.
-_URLS = {name: os.environ.get(name, default) for name, default in (POSTGRES, MYSQL)}
 
 
 def _unreachable(variable: str, url: str, exc: Exception) -> None:
@@ -50,29 +48,50 @@ def _fresh(variable: str, driver: str, create: str, drop: str, url_of) -> Iterat
         engine.dispose()
 
 
+def _schema_url(base: str, name: str) -> str:
+    return f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{name}"
+
+
+def _database_url(base: str, name: str) -> str:
+    return f"{base.rpartition('/')[0]}/{name}"
+
+
+#: The database servers the tests run stores on: name -> (URL variable and default, SQLAlchemy
+#: driver, how a fresh schema or database is made and dropped, the store URL on it). A new
+#: backend is one line here (its dialect is one module in vm/store/dialects/); the store
+#: conformance suite (tests/store/conformance/) then runs on it.
+SERVERS = {
+    "postgresql": (POSTGRES, "postgresql+psycopg", "CREATE SCHEMA {name}", "DROP SCHEMA {name} CASCADE", _schema_url),
+    "mysql": (MYSQL, "mysql+pymysql", "CREATE DATABASE {name}", "DROP DATABASE {name}", _database_url),
+}
+# Read at import: the tests' own fixture clears PLANVM_* variables before each test.
+_URLS = {variable: os.environ.get(variable, default) for (variable, default), *_ in SERVERS.values()}
+
+
 def postgres_store_url():
     """A PostgreSQL store URL on a schema of its own (the connection's search_path)."""
-    return _fresh(POSTGRES[0], "postgresql+psycopg", "CREATE SCHEMA {name}", "DROP SCHEMA {name} CASCADE",
-                  lambda base, name: f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{name}")
+    return server_store_url("postgresql")
 
 
 def mysql_store_url():
     """A MariaDB/MySQL store URL on a database of its own."""
-    return _fresh(MYSQL[0], "mysql+pymysql", "CREATE DATABASE {name}", "DROP DATABASE {name}",
-                  lambda base, name: f"{base.rpartition('/')[0]}/{name}")
+    return server_store_url("mysql")
+
+
+def server_store_url(backend: str):
+    """A store URL on a fresh schema or database of its own on the server of ``backend``."""
+    (variable, _default), driver, create, drop, url_of = SERVERS[backend]
+    return _fresh(variable, driver, create, drop, url_of)
 
 
 @contextmanager
 def store_url_for(backend: str, tmp_path) -> Iterator[str]:
-    """A fresh, empty store location on ``backend`` (sqlite, postgresql or mysql)."""
+    """A fresh, empty store location on ``backend`` (sqlite, or one of SERVERS)."""
     if backend == "sqlite":
         yield str(tmp_path / "runs.sqlite")
-    elif backend == "postgresql":
-        with postgres_store_url() as url:
-            yield url
-    else:
-        with mysql_store_url() as url:
-            yield url
+        return
+    with server_store_url(backend) as url:
+        yield url
 
 
-BACKENDS = ["sqlite", "postgresql", "mysql"]
+BACKENDS = ["sqlite", *SERVERS]

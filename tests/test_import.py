@@ -197,3 +197,59 @@ def test_no_front_end_opens_the_store_or_builds_a_vm():
                     if owner == "engine":
                         found.append(f"{where}:{node.lineno} reads engine.store")
     assert found == []
+
+
+# --- the store's seam: the VM depends on vm.store.Store, the store's core on its dialect ------------
+
+# The store's implementation: only vm/store/* imports these at module level.
+STORE_IMPLEMENTATION = ("vm.store.store", "vm.store.database", "vm.store.runs", "vm.store.leases", "vm.store.library",
+                        "vm.store.transfer", "vm.store.dialects")
+
+
+def _module_level_imports(tree: ast.Module) -> list[tuple[str, list[str]]]:
+    """(module, names) of each import run when the module is (not inside a function or class)."""
+    found: list[tuple[str, list[str]]] = []
+    pending: list[ast.stmt] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Import):
+            found.extend((a.name, []) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.append((node.module, [a.name for a in node.names]))
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):  # TYPE_CHECKING blocks included
+            pending.extend(node.body + getattr(node, "orelse", []) + getattr(node, "finalbody", []))
+            for handler in getattr(node, "handlers", []):
+                pending.extend(handler.body)
+    return found
+
+
+def test_the_vm_imports_the_store_interface_not_its_implementation():
+    for path in (ROOT / "vm").rglob("*.py"):
+        if path.is_relative_to(ROOT / "vm" / "store"):
+            continue
+        for module, names in _module_level_imports(ast.parse(path.read_text(), filename=str(path))):
+            where = path.relative_to(ROOT)
+            assert not module.startswith(STORE_IMPLEMENTATION), f"{where} imports {module}"
+            assert not (module in ("vm", "vm.store") and "RunStore" in names), f"{where} imports RunStore from {module}"
+
+
+def test_importing_the_vm_loads_no_store_implementation_nor_database_library():
+    code = ("import sys, vm, vm.machine, vm.replay, vm.store; "
+            "print(sorted(m for m in sys.modules if m.startswith(('vm.store.', 'sqlalchemy', 'sqlite3'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "['vm.store.interface', 'vm.store.locations', 'vm.store.records']"
+
+
+def test_the_store_core_asks_its_dialect_instead_of_naming_a_backend():
+    """Only vm/store/dialects/ knows a backend by name: the rest asks its dialect."""
+    import re
+
+    naming = re.compile(r"dialect\s*[!=]=|dialect\s+(?:not\s+)?in\b|\bself\.file\s+is\s+(?:not\s+)?None|['\"](?:sqlite|postgresql|mysql|mariadb)['\"]"
+                        r"|\bimport\s+sqlite3|\.sqlite3\b")
+    for path in (ROOT / "vm" / "store").rglob("*.py"):
+        if path.is_relative_to(ROOT / "vm" / "store" / "dialects"):
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not naming.search(line), f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+    machine = (ROOT / "vm" / "machine.py").read_text()
+    assert not naming.search(machine)

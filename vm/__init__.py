@@ -65,7 +65,7 @@ from vm.replay import (
     replay,
     replay_live,
 )
-from vm.store import RunStore, StoredRun, StoredStep
+from vm.store import Store, StoredRun, StoredStep
 from vm.tooling import CallContext, ToolCatalog, ToolSpec
 from vm.trace import RunListener, RunResult, StepRecord
 from vm.validate import compile_plan, validate_plan
@@ -114,6 +114,7 @@ __all__ = [
     "StepCheck",
     "StepLimitExceeded",
     "StepRecord",
+    "Store",
     "StoreError",
     "StoreUnavailable",
     "StoredRun",
@@ -144,3 +145,12 @@ __all__ = [
     "split_reasoning",
     "validate_plan",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The store's implementation is loaded when first named: the VM depends on vm.store.Store only.
+    if name == "RunStore":
+        from vm.store.store import RunStore
+
+        return RunStore
+    raise AttributeError(f"module 'vm' has no attribute {name!r}")

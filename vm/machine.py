@@ -32,7 +32,8 @@ from vm.limits import Limits, continuing
 from vm.llm import LLM
 from vm.plan import canonical_instruction, load_plan_data
 from vm.program import FINAL_ANSWER, Program
-from vm.store import RunStore, StoredRun
+from vm.store.interface import Store
+from vm.store.records import StoredRun
 from vm.tooling import RunLLM, ToolCatalog
 from vm.trace import RunListener, RunResult, StepRecord
 from vm.validate import compile_plan, validate_plan
@@ -77,7 +78,7 @@ class VM:
         on_step: Callable[[StepRecord], None] | None = None,
         on_start: Callable[[str], None] | None = None,
         on_token: Callable[[int, str], None] | None = None,
-        store: RunStore | None = None,
+        store: Store | None = None,
         concurrency: int = 8,
         max_threads: int = 8,
         condition_llm: LLM | None = None,
@@ -108,9 +109,9 @@ class VM:
         self.stopped_status = stopped_status
         self.concurrency = concurrency
         self._pool = _Threads(max_threads)
-        # Store calls from async code (store_in_threads): SQLite serializes writers anyway, so one
-        # thread in order (no threads fighting over its lock); a database server gets a few.
-        self._store_pool = _Threads(1 if getattr(store, "dialect", "sqlite") == "sqlite" else 8, "planvm-store")
+        # Store calls from async code (store_in_threads): as many threads as the store's backend
+        # usefully takes (SQLite serializes writers anyway: one thread, in order; a server a few).
+        self._store_pool = _Threads(store.parallel_calls if store is not None else 1, "planvm-store")
         telemetry.configure_from_env()
 
     # --- validation ---------------------------------------------------------------------------
@@ -454,7 +455,7 @@ class VM:
 
     # --- plumbing -------------------------------------------------------------------------------
 
-    async def _record_stop(self, store: RunStore, run_id: str, exc: BaseException, deadline: float | None) -> None:
+    async def _record_stop(self, store: Store, run_id: str, exc: BaseException, deadline: float | None) -> None:
         """Record that ``run_id`` stopped before it ended (``exc``): ``interrupted``, to be resumed
         (``queued`` again, for a worker giving its runs back). A store that failed did not fail the
         run: its message (without the store's location) is kept, written once the store answers,
@@ -508,7 +509,7 @@ class VM:
             return await asyncio.to_thread(compiled)
         return self.compile(plan, variables=variables)
 
-    def _need_store(self, what: str) -> RunStore:
+    def _need_store(self, what: str) -> Store:
         if self.store is None:
             raise BadInput(f"{what} needs a run store: VM(..., store=RunStore())")
         return self.store
@@ -599,7 +600,7 @@ class _Cancel:
             self.task.uncancel()
 
 
-async def _heartbeat(store: RunStore, run_id: str, cancel: _Cancel) -> None:
+async def _heartbeat(store: Store, run_id: str, cancel: _Cancel) -> None:
     """Renew the run's lease while it executes (a third of the lease at a time), so a long step
     does not lose it. A run cancelled in the store (by any process) is stopped here at once; any
     other failed renewal leaves the next step's commit to refuse."""

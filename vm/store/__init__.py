@@ -22,16 +22,49 @@ Steps are stored as deltas: each row holds what that step set (``outputs``), its
 ``inputs``, the raw tool reply (``result``) and LLM exchanges. The variables at any step are
 derived by replaying the deltas over the run's initial variables. Values are stored as JSON.
 
-The store is split by concern: :mod:`~vm.store.locations` (where a store is),
-:mod:`~vm.store.records` (what it keeps), :mod:`~vm.store.database` (opening, migrations, retries,
-transactions), :mod:`~vm.store.runs`, :mod:`~vm.store.leases` (leases and the queue),
-:mod:`~vm.store.library` (judgements and the plan library) and :mod:`~vm.store.lifecycle` (the
-table of status transitions).
+The store is split by concern: :mod:`~vm.store.interface` (:class:`Store`: what the VM and the
+engine call), :mod:`~vm.store.locations` (where a store is), :mod:`~vm.store.records` (what it
+keeps), :mod:`~vm.store.database` (opening, migrations, retries, transactions),
+:mod:`~vm.store.dialects` (what differs between backends: one strategy per backend),
+:mod:`~vm.store.runs`, :mod:`~vm.store.leases` (leases and the queue), :mod:`~vm.store.library`
+(judgements and the plan library), :mod:`~vm.store.transfer` (import, delete) and
+:mod:`~vm.store.lifecycle` (the table of status transitions).
+
+Importing this package loads neither the store's implementation nor a database library:
+``RunStore`` and ``DEFAULT_LEASE_SECONDS`` are loaded when first named, and :func:`open_store`
+opens one.
 """
 
-from vm.store.database import DEFAULT_LEASE_SECONDS
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vm.store.interface import Store
 from vm.store.locations import default_store_path, store_missing, store_url
 from vm.store.records import StoredRun, StoredStep
-from vm.store.store import RunStore
 
-__all__ = ["DEFAULT_LEASE_SECONDS", "RunStore", "StoredRun", "StoredStep", "default_store_path", "store_missing", "store_url"]
+__all__ = [
+    "DEFAULT_LEASE_SECONDS", "RunStore", "Store", "StoredRun", "StoredStep", "default_store_path", "open_store", "store_missing",
+    "store_url",
+]
+
+
+def open_store(location: str | Path | None = None, **options: Any) -> Store:
+    """Open the run store at ``location`` (a URL or an SQLite file; None: the default one) with
+    :class:`RunStore`'s options: the one place code outside the store makes one."""
+    from vm.store.store import RunStore
+
+    return RunStore(location, **options)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RunStore":
+        from vm.store.store import RunStore
+
+        return RunStore
+    if name == "DEFAULT_LEASE_SECONDS":
+        from vm.store.database import DEFAULT_LEASE_SECONDS
+
+        return DEFAULT_LEASE_SECONDS
+    raise AttributeError(f"module 'vm.store' has no attribute {name!r}")

@@ -32,7 +32,7 @@ class Leases:
         from vm.store.lifecycle import transition
 
         return transition(conn, _schema(), run_id, event, worker=self.worker_id, path=str(self.path), lease_dead=_owner_dead,
-                          locking=self.dialect != "sqlite", sql=self._sql, **values)
+                          lock_row=self.backend.lock_row, sql=self._sql, **values)
 
     def _take_lease(self, conn: Any, run_id: str, now: float) -> None:
         t = _schema()
@@ -123,15 +123,14 @@ class Leases:
 
     def claim_next(self) -> str | None:
         """Take a running run whose lease ran out (its worker died), else the oldest queued run,
-        for this process (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL and MySQL; SQLite's write lock
-        serializes workers on one machine). None when there is none."""
+        for this process (``SELECT … FOR UPDATE SKIP LOCKED`` on a database server; SQLite's write
+        lock serializes workers on one machine: see the dialect's ``skip_locked``). None when there is none."""
         import sqlalchemy as sa
 
         t = _schema()
 
         def body(conn: Any) -> str | None:
             now = time.time()
-            locking = self.dialect != "sqlite"
             # Runs whose worker died come first (running, or being planned: planned again): they
             # were taken before anything queued now.
             stale = (
@@ -141,15 +140,10 @@ class Leases:
                 .order_by(t.runs.c.created_at)
                 .limit(1)
             )
-            if locking:  # PostgreSQL locks only the runs row (a lease row may be missing); MariaDB knows no OF
-                of = {"of": t.runs} if self.dialect == "postgresql" else {}
-                stale = stale.with_for_update(skip_locked=True, **of)
-            found = conn.execute(stale).scalar()
+            found = conn.execute(self.backend.skip_locked(stale, of=t.runs)).scalar()
             if found is None:
                 queued = sa.select(t.runs.c.id).where(t.runs.c.status == "queued").order_by(t.runs.c.created_at).limit(1)
-                if locking:
-                    queued = queued.with_for_update(skip_locked=True)
-                found = conn.execute(queued).scalar()
+                found = conn.execute(self.backend.skip_locked(queued, of=t.runs)).scalar()
             if found is None:
                 return None
             self._claim_in(conn, found)

@@ -82,7 +82,7 @@ _HINTS = {
 
 def transition(
     conn: Any, tables: Any, run_id: str, event: str, *, worker: str, path: str | None, lease_dead: Any = None,
-    locking: bool = False, sql: Any = None, **values: Any
+    lock_row: Any = None, sql: Any = None, **values: Any
 ) -> str:
     """Apply ``event`` to ``run_id`` inside the caller's transaction; return the status it left.
 
@@ -90,9 +90,10 @@ def transition(
     ``RunStateError`` when the run's status is not one the event starts from; ``LeaseLost`` when an
     executor event comes from a process that no longer holds the lease. ``values`` are the other
     columns the change sets. ``lease_dead(owner)`` tells whether a lease owner's process is gone
-    (for events that may take a run whose lease is still recorded). ``locking``: read the status
-    with ``FOR UPDATE`` (database servers; SQLite's write transaction already excludes others), so
-    of two processes racing the second sees the first one's change. ``sql(conn, key, build,
+    (for events that may take a run whose lease is still recorded). ``lock_row(select)``: the
+    status read holding the run's row (the store's dialect: ``FOR UPDATE`` on a database server;
+    SQLite's write transaction already excludes others), so of two processes racing the second
+    sees the first one's change. ``sql(conn, key, build,
     params)`` runs a statement built once per key (the store's :meth:`~vm.store.database.Database._sql`;
     default: built each time)."""
     import sqlalchemy as sa
@@ -107,11 +108,9 @@ def transition(
 
     def read_status() -> Any:
         read = sa.select(runs.c.status).where(runs.c.id == rid)
-        # PostgreSQL: FOR NO KEY UPDATE, which a step commit's foreign key check (FOR KEY SHARE)
-        # does not wait for: a cancel and a step commit of one run never deadlock there.
-        return read.with_for_update(key_share=True) if locking else read
+        return lock_row(read) if lock_row is not None else read
 
-    row = sql(conn, ("status", locking), read_status, {"rid": run_id}).fetchone()
+    row = sql(conn, "status", read_status, {"rid": run_id}).fetchone()
     if row is None:
         raise RunNotFound(run_id, path)
     status = row[0]

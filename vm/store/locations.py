@@ -12,8 +12,6 @@ from vm.redact import redact
 
 __all__ = ["default_store_path", "planvm_home", "planvm_home_source", "store_missing", "store_url"]
 
-_SERVER_SCHEMES = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg", "mysql": "mysql+pymysql",
-                   "mariadb": "mysql+pymysql", "tidb": "mysql+pymysql"}
 
 
 def planvm_home() -> Path:
@@ -45,14 +43,16 @@ def store_url(location: str | Path | None) -> tuple[str, Path | None]:
     scheme, sep, rest = text.partition("://")
     if not sep:
         return f"sqlite:///{Path(text)}", Path(text)
-    base, _, driver = scheme.partition("+")
-    base = base.lower()
-    if base == "sqlite":
+    from vm.store.dialects import dialect_for
+
+    _base, _, driver = scheme.partition("+")
+    dialect = dialect_for(scheme)
+    if dialect is not None and not dialect.server:
         if not rest.startswith("/") or rest == "/":
             raise StoreError(f"{text}: an SQLite store URL is sqlite:///relative/path or sqlite:////absolute/path")
         return text, Path(rest[1:])
-    if base in _SERVER_SCHEMES:
-        return (f"{scheme}://{rest}" if driver else f"{_SERVER_SCHEMES[base]}://{rest}"), None
+    if dialect is not None:
+        return (f"{scheme}://{rest}" if driver else f"{dialect.driver}://{rest}"), None
     raise StoreError(
         f"'{redact(text)}' is not a store location planvm knows: give a file path, sqlite:///path, postgresql://… or "
         f"mysql://… (MariaDB and TiDB too)"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 from typing import Any
@@ -116,7 +115,7 @@ class Runs:
                 raise self._why_lost(conn, run_id)
             try:
                 self._sql(conn, "step-insert", lambda: _hot().insert_step, row)
-            except (sa.exc.IntegrityError, sqlite3.IntegrityError):
+            except self.backend.integrity_errors:
                 raise self._lost(run_id) from None  # another process recorded this position: it owns the run
             # No UPDATE of the runs row here: it holds the plan, and rewriting it per step would make
             # recording cost grow with the plan's size. Step counts are read from the steps table.
@@ -185,13 +184,14 @@ class Runs:
         self._write(body)
 
     def _lock_run(self, conn: Any, run_id: str) -> None:
-        """Hold the run's row until the transaction ends (``FOR UPDATE`` on a database server, ``FOR
-        NO KEY UPDATE`` on PostgreSQL; SQLite's write transaction already excludes every other writer)."""
-        if self.dialect != "sqlite":
+        """Hold the run's row until the transaction ends (the dialect's ``lock_row``: ``FOR UPDATE``,
+        ``FOR NO KEY UPDATE`` on PostgreSQL; nothing where a write transaction already excludes
+        every other writer, as SQLite's does)."""
+        if self.backend.locks_rows:
             import sqlalchemy as sa
 
             runs = _schema().runs
-            self._sql(conn, "run-lock", lambda: sa.select(runs.c.id).where(runs.c.id == sa.bindparam("r")).with_for_update(key_share=True),
+            self._sql(conn, "run-lock", lambda: self.backend.lock_row(sa.select(runs.c.id).where(runs.c.id == sa.bindparam("r"))),
                       {"r": run_id})
 
     def resolve(self, run_id: str) -> str:

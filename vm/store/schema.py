@@ -8,7 +8,8 @@ never be recorded twice.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
+
+from vm.store.dialects import long_text
 
 __all__ = ["HEAD", "leases", "metadata", "plan_library", "runs", "steps"]
 
@@ -17,7 +18,7 @@ HEAD = "0007"
 
 
 def _long() -> sa.types.TypeEngine:
-    return sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+    return long_text()  # LONGTEXT on MySQL (see vm.store.dialects)
 
 
 def _seconds() -> sa.types.TypeEngine:

@@ -2,14 +2,15 @@
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import mysql
+
+from vm.store.dialects import long_text
 
 revision = "0003"
 down_revision = "0002"
 
 
 def _long() -> sa.types.TypeEngine:
-    return sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+    return long_text()
 
 
 def upgrade() -> None:

@@ -2,11 +2,12 @@
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import mysql
+
+from vm.store.dialects import long_text
 
 revision = "0004"
 down_revision = "0003"
 
 
 def upgrade() -> None:
-    op.add_column("steps", sa.Column("notes", sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")))
+    op.add_column("steps", sa.Column("notes", long_text()))

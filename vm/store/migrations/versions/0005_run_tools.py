@@ -3,11 +3,12 @@ forking, approving or replaying it live takes the same tools."""
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import mysql
+
+from vm.store.dialects import long_text
 
 revision = "0005"
 down_revision = "0004"
 
 
 def upgrade() -> None:
-    op.add_column("runs", sa.Column("tools", sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")))
+    op.add_column("runs", sa.Column("tools", long_text()))
