@@ -97,6 +97,8 @@ class EngineConfig(Settings):
     )
     no_library: bool = Field(False, description="Neither reuse kept best plans nor show them to the planner.")
     lease_seconds: float = Field(30.0, ge=1, description="How long a run this process executes stays its own without a heartbeat.")
+    store_retry_seconds: float = Field(
+        30.0, ge=0, description="How long a lost database connection is retried (with backoff) before a store call gives up.")
 
     # --- service tokens (a front end's --token flag, else these) ------------------------------------
     serve_token: SecretStr | None = Field(None, description="The bearer token `planvm serve` requires (PLANVM_SERVE_TOKEN).")

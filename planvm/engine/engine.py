@@ -69,7 +69,8 @@ class Engine(_Planning, _Reads):
         if record and not readonly:
             from vm import RunStore
 
-            self.store = RunStore(self.config.store, lease_seconds=self.config.lease_seconds)
+            self.store = RunStore(self.config.store, lease_seconds=self.config.lease_seconds,
+                                  retry_seconds=self.config.store_retry_seconds)
         self._read_store: Any = None  # a store opened only to read (runs not recorded, or readonly)
         self._library: Any = None
 
@@ -92,7 +93,7 @@ class Engine(_Planning, _Reads):
         to the queue; elsewhere a stopped run is ``interrupted`` (resume it)."""
         if self.readonly:
             raise PlanVMError("this engine only reads the run store; build it without readonly=True to run plans")
-        threads = self.role == "service" or (self.role == "worker" and getattr(self.store, "dialect", "sqlite") != "sqlite")
+        threads = self.role == "service" or (self.role == "worker" and getattr(self.store, "parallel_calls", 1) > 1)
         return VM(
             self.registry, llm=self.llms["answer"], condition_llm=self.llms["condition"], limits=self.limits,
             allowed_tools=self.config.allow_tools or None, store=self.store, concurrency=self.config.concurrency,
@@ -107,7 +108,7 @@ class Engine(_Planning, _Reads):
             return self
         if role not in ROLES:
             raise BadInput(f"role is one of {', '.join(ROLES)}, not {role!r}")
-        threads = role == "service" or (role == "worker" and getattr(self.store, "dialect", "sqlite") != "sqlite")
+        threads = role == "service" or (role == "worker" and getattr(self.store, "parallel_calls", 1) > 1)
         vm = self.vm.derive(store_in_threads=threads, stopped_status="queued" if role == "worker" else "interrupted")
         other = copy.copy(self)  # (after the VM: its tools and models are built, and shared)
         other.role = role

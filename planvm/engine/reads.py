@@ -47,7 +47,7 @@ class _Reads:
 
             if missing_ok and store_missing(self.config.store):
                 return None
-            self._read_store = RunStore(self.config.store, readonly=True)
+            self._read_store = RunStore(self.config.store, readonly=True, retry_seconds=self.config.store_retry_seconds)
         return self._read_store
 
     def _store(self) -> Any:
@@ -146,7 +146,7 @@ class _Reads:
         """Bring the store's schema up to this planvm: (where, schema version before, now)."""
         from vm import RunStore
 
-        with RunStore(self.config.store, upgrade=True) as store:
+        with RunStore(self.config.store, upgrade=True, retry_seconds=self.config.store_retry_seconds) as store:
             before, now = store.upgrade()
             return str(store.path), before, now
 

@@ -6,7 +6,6 @@ only when a store's schema is behind this planvm's.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +23,6 @@ T = TypeVar("T")
 
 DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_RETRY_SECONDS = 30.0
-RETRY_VARIABLE = "PLANVM_STORE_RETRY_SECONDS"  # the retry budget, when the code gives none
 
 
 class Database:
@@ -63,7 +61,7 @@ class Database:
         self.path: Any = self.file or redact(_masked(str(location)))  # for messages
         self.readonly = readonly
         self.lease_seconds = lease_seconds
-        self.retry_seconds = _retry_budget() if retry_seconds is None else retry_seconds
+        self.retry_seconds = DEFAULT_RETRY_SECONDS if retry_seconds is None else retry_seconds
         self.timeout = timeout
         self._where = _location_texts(str(location) if location is not None else None, self.url, self.file, self.path)
         self.upgraded_from: str | None = None  # the schema revision this opening migrated from
@@ -249,20 +247,6 @@ class Database:
     def size_bytes(self) -> int:
         """Bytes on disk of an SQLite store, the write-ahead log included (0 for a database server)."""
         return self.backend.size_bytes()
-
-
-def _retry_budget() -> float:
-    """Seconds a lost database connection is retried: PLANVM_STORE_RETRY_SECONDS, else 30."""
-    given = os.environ.get(RETRY_VARIABLE, "").strip()
-    if not given:
-        return DEFAULT_RETRY_SECONDS
-    try:
-        seconds = float(given)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise StoreError(f"{RETRY_VARIABLE}={given!r} is not a number of seconds; give one such as 30, or unset it")
-    return seconds
 
 
 def _schema() -> Any:
