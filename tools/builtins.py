@@ -63,9 +63,11 @@ async def llm_generate(prompt: str, ctx: CallContext, context: Any = None) -> An
         answer, found = await asyncio.to_thread(extract, prompt, context, keys)
         ctx.llm.note(prompt, render_text(answer), NO_MODEL_NOTICE, found=found)
         if isinstance(answer, str):  # streamed sentence by sentence, as a model's answer would be
-            sentences = _SENTENCE_END.split(answer)
-            for i, sentence in enumerate(sentences):
-                ctx.llm.emit(sentence if i == len(sentences) - 1 else sentence + " ")
+            start = 0  # each piece keeps the space or line break after it: the pieces join to the answer
+            for end in _SENTENCE_END.finditer(answer):
+                ctx.llm.emit(answer[start:end.end()])
+                start = end.end()
+            ctx.llm.emit(answer[start:])
         return answer
     if context is not None and not isinstance(context, str):
         context = render_text(context)  # retrieved chunks, a graph...: as JSON text

@@ -123,7 +123,7 @@ class ExtractiveBackend:
         model = AnswerModel()
         question = " ".join(_question_lines(prompt))
         if len(keys) > 1:
-            return self._per_key(question, keys, passages, embedder, model)
+            return self._per_key(question, keys, passages, embedder, model, asks=_asks(prompt))
         p = model.probability(featurize(question, passages, embedder))
         best = int(np.argmax(p))
         if p[best] < model.threshold and _asks(prompt):  # an instruction is answered with its closest passage
@@ -134,15 +134,17 @@ class ExtractiveBackend:
                 chosen.append(int(i))
         return "\n\n".join(_cite(passages[i]) for i in sorted(chosen)), True
 
-    def _per_key(self, question: str, keys: tuple[str, ...], passages: list[Any], embedder: Any, model: Any) -> tuple[Any, bool]:
+    def _per_key(self, question: str, keys: tuple[str, ...], passages: list[Any], embedder: Any, model: Any,
+                 asks: bool = True) -> tuple[Any, bool]:
         """Each key answered by the passage that best answers its own name (read as words) with the
-        question, each passage used once; nothing when no passage answers any of them."""
+        question, each passage used once; nothing when no passage answers a question for any of
+        them (an instruction, ``asks`` False, is answered with the closest passages, as one key's is)."""
         import numpy as np
 
         from tools.kb.evidence import featurize
 
         scores = [model.probability(featurize(f"{key.replace('_', ' ')} {question}", passages, embedder)) for key in keys]
-        if max(float(s.max()) for s in scores) < model.threshold:
+        if max(float(s.max()) for s in scores) < model.threshold and asks:
             return {key: NOT_FOUND for key in keys}, False
         used: set[int] = set()
         answers: dict[str, str] = {}
