@@ -172,3 +172,28 @@ class FakeChatServer:
     def reply(self, content: str, reasoning: str | None = None) -> FakeChatServer:
         self.actions.append(("json", 200, chat_reply(content, reasoning)))
         return self
+
+
+# --- shared by the model-boundary tests -------------------------------------------------------
+
+ASK = [{"seq_no": 0, "type": "calling", "parameters": {"tool_name": "llm_generate", "tool_params": {"prompt": "Say hi."},
+                                                       "output_vars": ["final_answer"]}}]
+
+
+def openai_client(server: FakeChatServer, *, key: str, **kw: Any) -> Any:
+    """The real OpenAI-compatible client, pointed at ``server`` with ``key``, no retries."""
+    from tools.llm_openai import OpenAIChat
+
+    return OpenAIChat(**{"model": "m", "base_url": server.url, "api_key": key, "max_retries": 0, "timeout": 5.0, **kw})
+
+
+def llm_env(server: FakeChatServer, home: Any, *, key: str, **extra: str) -> dict[str, str]:
+    """The variables that point a `planvm` process at ``server`` with ``key``."""
+    return {"PLANVM_HOME": str(home), "PLANVM_LLM_BASE_URL": server.url, "PLANVM_LLM_MODEL": "m", "PLANVM_LLM_API_KEY": key,
+            "PLANVM_LLM_MAX_RETRIES": "0", **extra}
+
+
+def write_plan(folder: Any, plan: list[dict[str, Any]] = ASK) -> str:
+    path = folder / "plan.json"
+    path.write_text(json.dumps(plan))
+    return str(path)

@@ -6,21 +6,21 @@ openai SDK and httpx on the wire), the real `planvm` command and the real servic
 
 from __future__ import annotations
 
+import functools
 import asyncio
 import base64
 import json
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
 import pytest
 from conftest import planvm
-from fake_openai import FakeChatServer, chat_reply, stream
+from fake_openai import ASK, FakeChatServer, chat_reply, openai_client, write_plan
+from fake_openai import llm_env as key_env, stream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tools.llm_openai import OpenAIChat
 from vm import AnswerTruncated, LLMError, RunStore
 from vm.redact import StreamMasker, mask_secrets, register_secret
 
@@ -44,23 +44,8 @@ def leaks(text: str) -> bool:
     return any(p in text or p in decoded for p in plain) or any(p in text or p in decoded for p in encoded)
 
 
-def client(server: FakeChatServer, **kw: Any) -> OpenAIChat:
-    return OpenAIChat(**{"model": "m", "base_url": server.url, "api_key": KEY, "max_retries": 0, "timeout": 5.0, **kw})
-
-
-def llm_env(server: FakeChatServer, home: Path, **extra: str) -> dict[str, str]:
-    return {"PLANVM_HOME": str(home), "PLANVM_LLM_BASE_URL": server.url, "PLANVM_LLM_MODEL": "m", "PLANVM_LLM_API_KEY": KEY,
-            "PLANVM_LLM_MAX_RETRIES": "0", **extra}
-
-
-ASK = [{"seq_no": 0, "type": "calling", "parameters": {"tool_name": "llm_generate", "tool_params": {"prompt": "Say hi."},
-                                                       "output_vars": ["final_answer"]}}]
-
-
-def write_plan(tmp_path: Path, plan: list[dict[str, Any]] = ASK) -> str:
-    path = tmp_path / "plan.json"
-    path.write_text(json.dumps(plan))
-    return str(path)
+client = functools.partial(openai_client, key=KEY)
+llm_env = functools.partial(key_env, key=KEY)
 
 
 def planner_reply(final_answer: str) -> dict[str, Any]:

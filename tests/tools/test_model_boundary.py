@@ -5,6 +5,7 @@ error, every wait is bounded, Ctrl-C ends a command at once."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -16,11 +17,11 @@ from typing import Any
 
 import pytest
 from conftest import planvm
-from fake_openai import FakeChatServer, chat_reply
+from fake_openai import ASK, FakeChatServer, chat_reply, openai_client, write_plan
+from fake_openai import llm_env as key_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tools.llm_openai import OpenAIChat
 from vm import AnswerTruncated, EmptyAnswer, LLMBadReply, LLMError, RunStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,24 +41,8 @@ def echoed_401() -> tuple[Any, ...]:
     return ("json", 401, {"error": {"message": "x" * 150 + f" Incorrect API key provided: {KEY}. Find your key at ..."}})
 
 
-def client(server: FakeChatServer, **kw: Any) -> OpenAIChat:
-    return OpenAIChat(**{"model": "m", "base_url": server.url, "api_key": KEY, "max_retries": 0, "timeout": 5.0, **kw})
-
-
-
-def llm_env(server: FakeChatServer, home: Path, **extra: str) -> dict[str, str]:
-    return {"PLANVM_HOME": str(home), "PLANVM_LLM_BASE_URL": server.url, "PLANVM_LLM_MODEL": "m", "PLANVM_LLM_API_KEY": KEY,
-            "PLANVM_LLM_MAX_RETRIES": "0", **extra}
-
-
-ASK = [{"seq_no": 0, "type": "calling", "parameters": {"tool_name": "llm_generate", "tool_params": {"prompt": "Say hi."},
-                                                       "output_vars": ["final_answer"]}}]
-
-
-def write_plan(tmp_path: Path, plan: list[dict[str, Any]] = ASK) -> str:
-    path = tmp_path / "plan.json"
-    path.write_text(json.dumps(plan))
-    return str(path)
+client = functools.partial(openai_client, key=KEY)
+llm_env = functools.partial(key_env, key=KEY)
 
 
 # --- keys ------------------------------------------------------------------------------------------
