@@ -7,11 +7,13 @@ a reply that still cannot be read is asked again once, then fails the step quoti
 
 from __future__ import annotations
 
+import ast
 from typing import Any
 
-from vm.errors import ConditionError
+from vm.errors import ConditionError, ExpressionError
 from vm.jsontext import extract_json
 from vm.tooling import StepLLM
+from vm.values import ConditionSyntaxError, Ref, _evaluator, _split, eval_tree, to_number
 
 __all__ = ["CONDITION_SCHEMA", "evaluate_condition", "parse_verdict"]
 
@@ -86,32 +88,12 @@ _CONDITION_NAMES = {"true": True, "false": False, "null": None, "True": True, "F
 _MAX_CONDITION_LENGTH = 2000
 
 
-def _condition_evaluator() -> Any:
-    import ast
-    import operator
-
-    from simpleeval import SimpleEval
-
-    from vm.values import _safe_mult, _safe_pow
-
-    operators = {
-        ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: _safe_mult, ast.Div: operator.truediv,
-        ast.Pow: _safe_pow, ast.Mod: operator.mod, ast.USub: operator.neg, ast.UAdd: operator.pos,
-        ast.Not: operator.not_, ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
-        ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
-        ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
-    }
-    return SimpleEval(operators=operators, functions={"len": len}, names={})
-
-
 class DeterministicCondition:
     """A compiled ``condition`` of a ``jmp``: evaluated against the variables, no LLM involved."""
 
     __slots__ = ("text", "operands", "tree", "refs")
 
     def __init__(self, text: str) -> None:
-        from vm.values import ConditionSyntaxError, Ref, _split
-
         if len(text) > _MAX_CONDITION_LENGTH:
             raise ConditionSyntaxError(f"a condition longer than {_MAX_CONDITION_LENGTH} characters; split the test over assign steps")
         parts = _split(text)
@@ -126,16 +108,13 @@ class DeterministicCondition:
         expression = "".join(pieces).strip()
         if not expression:
             raise ConditionSyntaxError("the condition is empty; write an expression such as \"${count} < 3\"")
-        evaluator = _condition_evaluator()
         try:
-            tree = evaluator.parse(expression)
+            tree = _evaluator(conditions=True).parse(expression)
         except SyntaxError as exc:
             raise ConditionSyntaxError(
                 f"condition {text!r} is not a valid expression ({exc.msg}); use references, numbers, quoted "
                 f"strings, comparisons (== != < <= > >= in), and/or/not and parentheses"
             ) from None
-        import ast
-
         allowed_names = {f"_v{i}" for i in range(len(operands))} | set(_CONDITION_NAMES)
         for node in ast.walk(tree):
             if isinstance(node, ast.Name) and node.id not in allowed_names and node.id != "len":
@@ -155,28 +134,12 @@ class DeterministicCondition:
         self.refs = frozenset().union(*(r.refs for r in operands)) if operands else frozenset()
 
     def evaluate(self, store: dict[str, Any]) -> bool:
-        from simpleeval import InvalidExpression
-
-        from vm.errors import ExpressionError
-        from vm.values import _TooLarge, to_number
-
         names: dict[str, Any] = dict(_CONDITION_NAMES)
         for i, ref in enumerate(self.operands):
             raw = ref.evaluate(store)
             number = to_number(raw) if isinstance(raw, str) else None
             names[f"_v{i}"] = number if number is not None else raw
-        evaluator = _condition_evaluator()
-        evaluator.names = names
-        try:
-            result = evaluator.eval("", previously_parsed=self.tree)
-        except ZeroDivisionError:
-            raise ExpressionError(self.text, "division by zero") from None
-        except (OverflowError, _TooLarge) as exc:
-            raise ExpressionError(self.text, f"the result is too large ({exc})") from None
-        except TypeError as exc:
-            raise ExpressionError(self.text, f"the values cannot be compared this way ({exc})") from None
-        except InvalidExpression as exc:
-            raise ExpressionError(self.text, str(exc)) from None
+        result = eval_tree(_evaluator(conditions=True), self.tree, names, self.text)
         if not isinstance(result, bool):
             raise ExpressionError(
                 self.text, f"it gives {result!r}, not true or false; compare the value, e.g. \"${{x}} > 0\" or \"len(${{x}}) > 0\""

@@ -218,16 +218,7 @@ class Arithmetic(Value):
                 # "${title} - ${subtitle}" with text values: the value is text, as a template.
                 return self.text.evaluate(store)
             names[f"_v{i}"] = number
-        evaluator = _evaluator()
-        evaluator.names = names  # set and used with no await in between: safe per thread
-        try:
-            result = evaluator.eval("", previously_parsed=self.tree)
-        except ZeroDivisionError:
-            raise ExpressionError(self.expression, "division by zero") from None
-        except (OverflowError, _TooLarge) as exc:
-            raise ExpressionError(self.expression, f"the result is too large ({exc})") from None
-        except InvalidExpression as exc:
-            raise ExpressionError(self.expression, str(exc)) from None
+        result = eval_tree(_evaluator(), self.tree, names, self.expression)
         if isinstance(result, complex) or (isinstance(result, float) and not math.isfinite(result)):
             raise ExpressionError(self.expression, f"the result ({result}) is not a finite real number")
         return result
@@ -321,16 +312,19 @@ def _safe_pow(a: Any, b: Any) -> Any:
 _LOCAL = threading.local()
 
 
-def _evaluator() -> SimpleEval:
-    """This thread's evaluator (building one costs ~4 µs; its only state is ``names``)."""
-    evaluator = getattr(_LOCAL, "evaluator", None)
+def _evaluator(conditions: bool = False) -> SimpleEval:
+    """This thread's evaluator for arithmetic, or (``conditions``) for a jmp's deterministic
+    condition (building one costs ~4 µs; its only state is ``names``)."""
+    key = "conditions" if conditions else "arithmetic"
+    evaluator = getattr(_LOCAL, key, None)
     if evaluator is None:
-        evaluator = _LOCAL.evaluator = _new_evaluator()
+        evaluator = _new_evaluator(conditions)
+        setattr(_LOCAL, key, evaluator)
     return evaluator
 
 
-def _new_evaluator() -> SimpleEval:
-    operators = {
+def _new_evaluator(conditions: bool = False) -> SimpleEval:
+    operators: dict[Any, Any] = {
         ast.Add: operator.add,
         ast.Sub: operator.sub,
         ast.Mult: _safe_mult,
@@ -340,7 +334,31 @@ def _new_evaluator() -> SimpleEval:
         ast.USub: operator.neg,
         ast.UAdd: operator.pos,
     }
-    return SimpleEval(operators=operators, functions={}, names={})
+    functions: dict[str, Any] = {}
+    if conditions:  # comparisons, not, in and len() besides arithmetic (and/or are simpleeval's own)
+        operators.update({
+            ast.Not: operator.not_, ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+            ast.Gt: operator.gt, ast.GtE: operator.ge, ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
+        })
+        functions = {"len": len}
+    return SimpleEval(operators=operators, functions=functions, names={})
+
+
+def eval_tree(evaluator: SimpleEval, tree: Any, names: dict[str, Any], text: str) -> Any:
+    """``tree`` (parsed by ``evaluator``) evaluated with ``names``; what can go wrong on the way is an
+    ``ExpressionError`` naming the expression ``text``. Names are set and used with no await in
+    between: safe per thread."""
+    evaluator.names = names
+    try:
+        return evaluator.eval("", previously_parsed=tree)
+    except ZeroDivisionError:
+        raise ExpressionError(text, "division by zero") from None
+    except (OverflowError, _TooLarge) as exc:
+        raise ExpressionError(text, f"the result is too large ({exc})") from None
+    except TypeError as exc:  # a condition comparing text with a number, say
+        raise ExpressionError(text, f"the values cannot be compared or combined this way ({exc})") from None
+    except InvalidExpression as exc:
+        raise ExpressionError(text, str(exc)) from None
 
 
 # --- compiling --------------------------------------------------------------------------------
