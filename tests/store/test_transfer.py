@@ -28,5 +28,7 @@ def test_the_commands(tmp_path):
     deleted = planvm("runs", "delete", result.run_id[:6], "--store", other)
     assert deleted.returncode == 0 and f"deleted run {result.run_id}" in deleted.stdout
     assert planvm("runs", "show", result.run_id, "--store", other).returncode != 0
+    unknown = planvm("runs", "delete", "0123abcd", "--store", other)
+    assert unknown.returncode == 2 and "no run with id '0123abcd'" in unknown.stderr
     helped = planvm("runs", "--help").stdout
     assert "import" in helped and "delete" in helped
