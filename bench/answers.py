@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, help="folder of documents to index (default: examples/kb)")
     parser.add_argument("--questions", type=Path, help="question file (default: the examples/kb calibration set)")
     parser.add_argument("--include", action="append", default=[], help="glob of files to index (repeatable)")
-    parser.add_argument("--kb", type=Path, help="knowledge-base folder to index into and keep (default: a temporary one)")
+    parser.add_argument("--kb", type=Path, help="knowledge-base folder to index into and keep, or to use when it holds one (default: a temporary one)")
     args = parser.parse_args()
     if (args.corpus is None) != (args.questions is None):
         parser.error("--corpus and --questions go together")
@@ -142,7 +142,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["PLANVM_HOME"] = tmp
         kb = args.kb or Path(tmp) / "kb"
-        _index(corpus, kb, args.include)
+        if not (kb / "CURRENT").is_file():  # a --kb indexed by an earlier run is used as it is
+            _index(corpus, kb, args.include)
         outcomes, seconds = ask(kb, rows)
     report(labelled.name, outcomes, seconds, args.show_misses)
 

@@ -111,7 +111,7 @@ class ExtractiveBackend:
         import numpy as np
 
         from tools.kb.embedding import Embedder
-        from tools.kb.evidence import AnswerModel, featurize, passages_of
+        from tools.kb.evidence import AnswerModel, absent_of, featurize, passages_of
 
         hits: list[dict[str, Any]] = []
         graph: list[dict[str, Any]] = []
@@ -122,9 +122,10 @@ class ExtractiveBackend:
         embedder = self.embedder or Embedder()
         model = AnswerModel()
         question = " ".join(_question_lines(prompt))
+        absent = absent_of(hits)
         if len(keys) > 1:
-            return self._per_key(question, keys, passages, embedder, model, asks=_asks(prompt))
-        p = model.probability(featurize(question, passages, embedder))
+            return self._per_key(question, keys, passages, embedder, model, asks=_asks(prompt), absent=absent)
+        p = model.probability(featurize(question, passages, embedder, absent=absent))
         best = int(np.argmax(p))
         if p[best] < model.threshold and _asks(prompt):  # an instruction is answered with its closest passage
             return NOT_FOUND, False
@@ -135,7 +136,7 @@ class ExtractiveBackend:
         return "\n\n".join(_cite(passages[i]) for i in sorted(chosen)), True
 
     def _per_key(self, question: str, keys: tuple[str, ...], passages: list[Any], embedder: Any, model: Any,
-                 asks: bool = True) -> tuple[Any, bool]:
+                 asks: bool = True, absent: list[str] | None = None) -> tuple[Any, bool]:
         """Each key answered by the passage that best answers its own name (read as words) with the
         question, each passage used once; nothing when no passage answers a question for any of
         them (an instruction, ``asks`` False, is answered with the closest passages, as one key's is)."""
@@ -143,7 +144,7 @@ class ExtractiveBackend:
 
         from tools.kb.evidence import featurize
 
-        scores = [model.probability(featurize(f"{key.replace('_', ' ')} {question}", passages, embedder)) for key in keys]
+        scores = [model.probability(featurize(f"{key.replace('_', ' ')} {question}", passages, embedder, absent=absent)) for key in keys]
         if max(float(s.max()) for s in scores) < model.threshold and asks:
             return {key: NOT_FOUND for key in keys}, False
         used: set[int] = set()

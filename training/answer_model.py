@@ -2,6 +2,7 @@
 
     python -m training.answer_model               # regenerate the questions, train, calibrate, write the weights
     python -m training.answer_model --calibrate   # only set the threshold on the calibration questions
+    python -m training.answer_model --calibrate --set CORPUS QUESTIONS   # ... and on another calibration set
 
 Questions are generated (no model, seeded) from documents that no evaluation uses: examples/kb,
 this project's docs/, and the Markdown descriptions of the Python packages installed next to it
@@ -141,34 +142,54 @@ def _positive(row: dict[str, Any], passage: Any) -> bool:
     return passage.heading == row["heading"]
 
 
+def _reworded(question: str, common: list[str], stop: frozenset[str], rng: random.Random) -> str:
+    """The question with one of its content words replaced by a common word the folder does not
+    hold: a reader's own wording, which the documents do not use."""
+    tokens = question.split(" ")
+    content = [i for i, t in enumerate(tokens) if re.fullmatch(r"[a-z]{4,}", t.strip("?.,")) and t.strip("?.,") not in stop]
+    if not content or not common:
+        return question
+    i = rng.choice(content)
+    tail = tokens[i][len(tokens[i].rstrip("?.,")):]
+    tokens[i] = rng.choice(common) + tail
+    return " ".join(tokens)
+
+
 def examples(kb: Any, rows: list[dict[str, Any]], embedder: Any, stop: frozenset[str], foreign: list[str],
-             rng: random.Random) -> list[tuple[Any, Any, int]]:
-    """(features, labels, question id) per question variant."""
+             rng: random.Random, common: list[str] | None = None) -> list[tuple[Any, Any, int]]:
+    """(features, labels, question id) per question variant. ``foreign``: names other folders hold
+    (a question about one is unanswerable here); ``common``: lower-case words other folders hold (a
+    question worded with one may still be answerable)."""
     import numpy as np
 
-    from tools.kb.evidence import featurize, passages_of
+    from tools.kb.evidence import absent_of, featurize, passages_of
 
     vocabulary = {w.lower() for c in kb._version.chunks for w in re.findall(r"[A-Za-z][\w-]+", c["content"])}
+    common = [w for w in (common or []) if w not in vocabulary]
     out = []
     for row in rows:
-        hits = kb.search(row["q"], top_k=TOP_K * 4)
+        question = _reworded(row["q"], common, stop, rng) if rng.random() < 0.35 else row["q"]
+        hits = kb.search(question, top_k=TOP_K * 4)
         answerable = hits[:TOP_K]
         passages = passages_of(answerable)
         labels = np.array([_positive(row, p) for p in passages], dtype=np.float32)
         if labels.any():
-            out.append((featurize(row["q"], passages, embedder, stop), labels, 1))
+            out.append((featurize(question, passages, embedder, stop, absent_of(hits)), labels, 1))
         if rng.random() < 0.6:  # near misses: the page that answers is gone
             others = [h for h in hits if h["source_uri"] != row["source"]][:TOP_K]
             passages = passages_of(others)
             if passages:
-                out.append((featurize(row["q"], passages, embedder, stop), np.zeros(len(passages), dtype=np.float32), 0))
+                out.append((featurize(question, passages, embedder, stop, absent_of(hits)),
+                            np.zeros(len(passages), dtype=np.float32), 0))
         else:  # the question asks about something no document holds
             term = next((t for t in rng.sample(foreign, min(40, len(foreign))) if t.lower() not in vocabulary), None)
             if term:
                 question = row["q"].rstrip("?.") + rng.choice((" on {}?", " with {}?", " for {}?", " in {}?")).format(term)
-                passages = passages_of(kb.search(question, top_k=TOP_K))
+                hits = kb.search(question, top_k=TOP_K)
+                passages = passages_of(hits)
                 if passages:
-                    out.append((featurize(question, passages, embedder, stop), np.zeros(len(passages), dtype=np.float32), 0))
+                    out.append((featurize(question, passages, embedder, stop, absent_of(hits)),
+                                np.zeros(len(passages), dtype=np.float32), 0))
     return out
 
 
@@ -214,10 +235,13 @@ def main() -> None:
             kbs[name] = LocalKnowledgeBase(Path(tmp) / f"kb-{name}", embedder=embedder)
         capitalised = {name: sorted({w for c in kb._version.chunks for w in re.findall(r"\b[A-Z][a-z]{3,}[A-Za-z]*\b", c["content"])})
                        for name, kb in kbs.items()}
+        lower = {name: sorted({w for c in kb._version.chunks for w in re.findall(r"\b[a-z]{5,12}\b", c["content"])} - stop)
+                 for name, kb in kbs.items()}
         for name, kb in kbs.items():
             foreign = sorted({w for other, words in capitalised.items() if other != name for w in words})
+            common = sorted({w for other, words in lower.items() if other != name for w in words})
             rows = generate(kb, stop, rng, {"examples-kb": 250, "docs": 700, "packages": 900}[name])
-            made = examples(kb, rows, cached, stop, foreign, rng)
+            made = examples(kb, rows, cached, stop, foreign, rng, common)
             print(f"{name}: {len(rows)} questions, {len(made)} variants "
                   f"({sum(m[2] for m in made)} answerable)", flush=True)
             data.extend(made)
@@ -262,28 +286,40 @@ def main() -> None:
     print(f"wrote {MODEL_FILE}")
 
 
-def calibrate() -> None:
-    """Set the model's threshold on the calibration questions (bench/answers/examples_kb.jsonl on
-    examples/kb; never an evaluation set): the one that gets most of them right (the key phrase in
-    the best passage, or nothing for an unanswerable question)."""
+#: The calibration sets: (folder of documents, its questions). Never an evaluation (frozen) set.
+CALIBRATION = [(ROOT / "examples" / "kb", ROOT / "bench" / "answers" / "examples_kb.jsonl")]
+
+
+def calibrate(extra: list[tuple[Path, Path]] = (), kb_cache: Path | None = None) -> None:
+    """Set the model's threshold on the calibration questions (:data:`CALIBRATION` and ``extra``
+    sets of (corpus folder, questions); never an evaluation set): the one that gets most of them
+    right (the key phrase in the best passage, or nothing for an unanswerable question). With
+    ``kb_cache``, each corpus's index is kept there and reused."""
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
     from tools.kb import LocalKnowledgeBase, index_folder
-    from tools.kb.evidence import MODEL_FILE, AnswerModel, featurize, passages_of
+    from tools.kb.evidence import MODEL_FILE, AnswerModel, absent_of, featurize, passages_of
 
-    rows = [json.loads(line) for line in (ROOT / "bench" / "answers" / "examples_kb.jsonl").read_text().splitlines() if line.strip()]
-    model = AnswerModel()
+    model = AnswerModel(json.loads(MODEL_FILE.read_text(encoding="utf-8")))  # the weights just written, not those read first
     outcomes = []
+    names = []
     with tempfile.TemporaryDirectory() as tmp:
-        index_folder(ROOT / "examples" / "kb", Path(tmp) / "kb", extractor=None)
-        kb = LocalKnowledgeBase(Path(tmp) / "kb")
-        for row in rows:
-            passages = passages_of(kb.search(row["q"], top_k=TOP_K))
-            p = model.probability(featurize(row["q"], passages, kb.embedder))
-            best = int(np.argmax(p))
-            key = " ".join(str(row.get("answer") or "").lower().split())
-            outcomes.append((float(p[best]), row.get("answer") is not None, bool(key) and key in " ".join(passages[best].text.lower().split())))
+        for corpus, questions in [*CALIBRATION, *extra]:
+            rows = [json.loads(line) for line in questions.read_text(encoding="utf-8").splitlines() if line.strip()]
+            kb_path = (kb_cache or Path(tmp)) / f"kb-{questions.stem}"
+            if not (kb_path / "CURRENT").is_file():
+                index_folder(corpus, kb_path, extractor=None)
+            kb = LocalKnowledgeBase(kb_path)
+            names.append(f"{questions.name} ({len(rows)})")
+            for row in rows:
+                hits = kb.search(row["q"], top_k=TOP_K)
+                passages = passages_of(hits)
+                p = model.probability(featurize(row["q"], passages, kb.embedder, absent=absent_of(hits)))
+                best = int(np.argmax(p))
+                key = " ".join(str(row.get("answer") or "").lower().split())
+                outcomes.append((float(p[best]), row.get("answer") is not None,
+                                 bool(key) and key in " ".join(passages[best].text.lower().split())))
     grid = [round(t, 2) for t in np.arange(0.3, 0.96, 0.01)]
 
     def right(t: float) -> int:
@@ -292,14 +328,31 @@ def calibrate() -> None:
     threshold = max(grid, key=lambda t: (right(t), -abs(t - 0.5)))
     data = json.loads(MODEL_FILE.read_text(encoding="utf-8"))
     data["threshold"] = threshold
-    data["threshold_from"] = f"calibration: bench/answers/examples_kb.jsonl, {right(threshold)}/{len(rows)} right"
+    data["threshold_from"] = f"calibration: {', '.join(names)}; {right(threshold)}/{len(outcomes)} right"
     MODEL_FILE.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    print(f"threshold {threshold}: {right(threshold)}/{len(rows)} calibration questions right (0.9: {right(0.9)})")
+    curve = ", ".join(f"{t}: {right(t)}" for t in grid[::5])
+    print(f"threshold {threshold}: {right(threshold)}/{len(outcomes)} calibration questions right ({curve})")
+
+
+def _arguments() -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calibrate", action="store_true", help="only set the threshold")
+    parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("CORPUS", "QUESTIONS"),
+                        help="another calibration set: a folder of documents and its questions (repeatable)")
+    parser.add_argument("--kb-cache", type=Path, help="keep the calibration corpora's indexes here and reuse them")
+    args = parser.parse_args()
+    for corpus, questions in args.set:
+        if not Path(corpus).is_dir():
+            parser.error(f"{corpus} is not a folder of documents")
+        if not Path(questions).is_file():
+            parser.error(f"{questions}: no such question file")
+    return args
 
 
 if __name__ == "__main__":
-    if "--calibrate" in sys.argv:
-        calibrate()
-    else:
+    arguments = _arguments()
+    if not arguments.calibrate:
         main()
-        calibrate()
+    calibrate([(Path(c), Path(q)) for c, q in arguments.set], arguments.kb_cache)

@@ -120,7 +120,7 @@ def test_the_answer_is_the_passage_with_its_code_block_and_its_page_and_section(
         {"content": "# Knowledge base\n\nThe knowledge base is built by planvm index from a folder of documents.",
          "source_uri": "kb.md", "heading": "Knowledge base", "score": 0.4},
     ]
-    answer, found = ExtractiveBackend().extract_found("Goal: How do I continue a run that was killed?", context)
+    answer, found = ExtractiveBackend().extract_found("Goal: How do I resume a killed run?", context)
     assert found and answer.startswith("To continue a killed run, run the following command:")
     assert "```shell\nplanvm resume RUN_ID\n```" in answer and "[cli.md > Resuming runs]" in answer
     assert "kb.md" not in answer

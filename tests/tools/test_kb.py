@@ -73,7 +73,7 @@ def test_index_and_search(built):
     assert report.entities > 5 and report.relationships > 3
     kb = LocalKnowledgeBase(kb_path)
     hits = kb.search("When does a run end?", top_k=3)
-    assert [set(h) for h in hits] == [{"content", "source_uri", "heading", "score"}] * 3
+    assert [set(h) - {"absent"} for h in hits] == [{"content", "source_uri", "heading", "score"}] * 3
     assert hits[0]["source_uri"] == "instructions.md" and "final_answer" in hits[0]["content"]
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     assert len(kb.search("anything", top_k=500)) == report.chunks

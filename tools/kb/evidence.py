@@ -23,12 +23,13 @@ from typing import Any
 
 from tools.kb.markdown import units
 
-__all__ = ["FEATURES", "MODEL_FILE", "AnswerModel", "Passage", "featurize", "passages_of", "terms"]
+__all__ = ["FEATURES", "MODEL_FILE", "AnswerModel", "Passage", "absent_of", "featurize", "passages_of", "terms", "words"]
 
 MODEL_FILE = Path(__file__).with_name("answer_model.json")
 FEATURES = (
     "cosine", "cosine_gap", "heading_cosine", "coverage", "coverage_gap", "heading_coverage", "missing", "coverage_with_heading",
     "bigrams", "retrieval", "first_chunk", "rank", "code_asked", "code", "number_asked", "short", "long", "note",
+    "absent", "absent_name",
 )
 _WORD = re.compile(r"[A-Za-z0-9][\w$]*(?:[-_./:][\w$]+)*")
 _SUFFIXES = ("ings", "ing", "ies", "ied", "ed", "es", "s", "ly")
@@ -103,12 +104,34 @@ def terms(text: str, stop: frozenset[str] | None = None) -> list[str]:
     return found
 
 
+def words(text: str) -> list[str]:
+    """The words of a text as written (identifiers whole)."""
+    return [m.group(0).strip("./:-") for m in _WORD.finditer(text)]
+
+
+def _is_name(word: str, question: str) -> bool:
+    """Whether a word reads as a name: capitalised inside the question, mixed case, or with a digit."""
+    if any(c.isdigit() for c in word) or any(c.isupper() for c in word[1:]):
+        return True
+    return word[:1].isupper() and not question.lstrip().startswith(word)
+
+
+def absent_of(hits: list[dict[str, Any]]) -> list[str]:
+    """The query words that the knowledge base searched holds nowhere (its hits' ``absent``)."""
+    for hit in hits:
+        if isinstance(hit, dict) and isinstance(hit.get("absent"), list):
+            return [str(w) for w in hit["absent"]]
+    return []
+
+
 def _plain(text: str) -> str:
     return re.sub(r"[`*_>#|]", " ", text)
 
 
-def featurize(question: str, passages: list[Passage], embedder: Any, stop: frozenset[str] | None = None) -> Any:
-    """float32 array ``[len(passages), len(FEATURES)]``."""
+def featurize(question: str, passages: list[Passage], embedder: Any, stop: frozenset[str] | None = None,
+              absent: list[str] | None = None) -> Any:
+    """float32 array ``[len(passages), len(FEATURES)]``; ``absent``: the question's words that the
+    whole knowledge base holds nowhere (from the search, :func:`absent_of`)."""
     import numpy as np
 
     stop = stop_words() if stop is None else stop
@@ -144,9 +167,12 @@ def featurize(question: str, passages: list[Passage], embedder: Any, stop: froze
             1.0 if p.chunk_rank == 0 else 0.0, 1.0 / (1 + p.chunk_rank),
             code_asked * (1.0 if "```" in p.text or "`" in p.text else 0.0), 1.0 if "```" in p.text else 0.0,
             number_asked * (1.0 if _NUMBER.search(p.text) else 0.0), 1.0 if len(stems) < 6 else 0.0,
-            min(len(stems), 200) / 200.0, 1.0 if p.text.lstrip().startswith(">") else 0.0,
+            min(len(stems), 200) / 200.0, 1.0 if p.text.lstrip().startswith(">") else 0.0, 0.0, 0.0,
         ])
     x = np.asarray(rows, dtype=np.float32)
+    gone = [w for w in (absent or []) if terms(w, stop)]
+    x[:, FEATURES.index("absent")] = min(len(gone), 3) / 3.0
+    x[:, FEATURES.index("absent_name")] = 1.0 if any(_is_name(w, question) for w in gone) else 0.0
     missing = sum(w for t, w, d in zip(asked, weights, df, strict=True) if d == 0) / total if asked else 0.0
     x[:, FEATURES.index("missing")] = missing
     x[:, FEATURES.index("cosine_gap")] = x[:, 0] - x[:, 0].max()

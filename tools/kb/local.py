@@ -50,6 +50,7 @@ from tools.kb.documents import (
 )
 from tools.kb.embedding import Embedder
 from tools.kb.graph import CooccurrenceExtractor, Graph, GraphData
+from tools.kb.lexical import LexicalIndex, fuse
 from tools.kb.onnx_embedding import embedder_for, export_onnx, load_exported
 from tools.kb.store import (
     ANN_FILE,
@@ -64,6 +65,8 @@ from vm.errors import BackendUnavailable, BadInput
 __all__ = ["ByLengthEmbedder", "IndexReport", "LocalKnowledgeBase", "import_graph", "index_folder"]
 
 log = logging.getLogger("planvm.kb")
+#: Above this many chunks, search uses the embeddings alone (the BM25 index is held in memory).
+LEXICAL_LIMIT = 200_000
 FORMAT = "planvm-kb/1"
 #: How documents are cut into chunks; a knowledge base chunked otherwise is chunked again when re-indexed.
 CHUNKER = "structure/1"
@@ -464,6 +467,7 @@ class LocalKnowledgeBase:
         if embedder is not None and embedder.model_name != model:
             raise BackendUnavailable(f"the knowledge base at {self.path} was indexed with {model!r}, not {embedder.model_name!r}")
         self._ann = self._open_ann(self._version.folder / ANN_FILE)
+        self._lexical: LexicalIndex | None = None
 
     def _open_ann(self, path: Path) -> AnnIndex | None:
         if not path.is_file():
@@ -480,6 +484,9 @@ class LocalKnowledgeBase:
         return len(self._version.chunks)
 
     def search(self, query: str, top_k: int = 10) -> list[dict[str, Any]]:
+        """The ``top_k`` chunks for ``query``: the embedding ranking and BM25's fused (reciprocal
+        ranks); each hit's ``score`` is its cosine similarity to the query, and ``absent`` (when
+        there are any) lists the query's words that no chunk of the knowledge base holds."""
         import numpy as np
 
         if not query.strip():
@@ -489,20 +496,34 @@ class LocalKnowledgeBase:
             return []
         query_vector = self.embedder.encode_query(query)
         k = min(top_k, len(vectors))
+        pool = min(len(vectors), max(4 * k, 20))
         if self._ann is not None:
-            best, best_scores = self._ann.search(query_vector, k)
+            best, _ = self._ann.search(query_vector, pool)
         else:
             scores = vectors @ query_vector  # exact cosine: rows and query are unit vectors
-            best = np.argpartition(scores, len(scores) - k)[len(scores) - k :]
+            best = np.argpartition(scores, len(scores) - pool)[len(scores) - pool :]
             best = best[np.argsort(-scores[best])]
-            best_scores = scores[best]
+        dense = [int(i) for i in best]
+        lexical = self.lexical()
+        ranked = fuse([dense, [i for i, _ in lexical.search(query, pool)]], k) if lexical is not None else dense[:k]
         chunks = self._version.chunks
+        absent = lexical.absent(query) if lexical is not None else []
         hits = []
-        for i, score in zip(best, best_scores, strict=True):
-            chunk = chunks[int(i)]
-            hits.append({"content": chunk["content"], "source_uri": chunk["source_uri"], "heading": chunk.get("heading", ""),
-                         "score": round(float(score), 4)})
+        for i in ranked:
+            chunk = chunks[i]
+            hit = {"content": chunk["content"], "source_uri": chunk["source_uri"], "heading": chunk.get("heading", ""),
+                   "score": round(float(vectors[i] @ query_vector), 4)}
+            if absent:
+                hit["absent"] = absent  # words of the query that no chunk of the knowledge base holds
+            hits.append(hit)
         return hits
+
+    def lexical(self) -> LexicalIndex | None:
+        """The BM25 index of the chunks (built on first use; None above ``LEXICAL_LIMIT`` chunks)."""
+        if self._lexical is None and len(self._version.chunks) <= LEXICAL_LIMIT:
+            chunks = self._version.chunks
+            self._lexical = LexicalIndex(embedding_text(c.get("heading", ""), c["content"]) for c in chunks[0 : len(chunks)])
+        return self._lexical
 
     def graph(self, query: str) -> dict[str, Any]:
         import numpy as np
