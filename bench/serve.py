@@ -6,6 +6,7 @@
     python bench/serve.py --stuck-readers 22       # 22 streams that never read a run of 40 steps of 500 KB (--stall-timeout 5)
     python bench/serve.py --stuck-readers 22 --max-connections 23   # ...holding every connection the server allows
     python bench/serve.py --clients 1 --runs 200 --code /tmp/previous   # this checkout, then another, in one run
+    python bench/serve.py --namespaces 8           # runs spread over 8 namespaces (a token each) vs all in 1
 
 One server process (the real `planvm serve`, its own store in a temporary folder); the clients
 are asyncio tasks of this process sharing one httpx connection pool, each posting
@@ -15,6 +16,12 @@ overhead is its latency as the client saw it minus that path: HTTP, validation, 
 step, the event loop and waiting for the CPU. Reported: throughput, latency and overhead
 percentiles, errors, and the overhead inside the VM alone (run time in the store minus the tool
 time of its steps).
+
+With --namespaces N, the server's settings declare N namespaces, each with its own token, and the
+clients' runs go round them (run i with namespace i mod N's token); the same load on a server of
+one namespace (with one token) is measured in the same way, the two alternately (--rounds), and
+their throughputs compared: the cost of isolation (each namespace its own engine, tools, quotas
+and view of the store).
 """
 
 from __future__ import annotations
@@ -56,7 +63,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def load(url: str, runs: int, clients: int, body: dict) -> tuple[list[float], int, float]:
+async def load(url: str, runs: int, clients: int, body: dict, tokens: list[str] | None = None) -> tuple[list[float], int, float]:
+    """``runs`` runs posted by ``clients`` clients; run i with ``tokens[i % len(tokens)]``, if any."""
     latencies: list[float] = []
     errors = 0
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -72,11 +80,12 @@ async def load(url: str, runs: int, clients: int, body: dict) -> tuple[list[floa
             nonlocal errors
             while True:
                 try:
-                    queue.get_nowait()
+                    i = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
+                headers = {"Authorization": f"Bearer {tokens[i % len(tokens)]}"} if tokens else None
                 started = time.perf_counter()
-                async with client.post("/v1/runs", params={"wait": "true"}, json=body) as response:
+                async with client.post("/v1/runs", params={"wait": "true"}, json=body, headers=headers) as response:
                     answer = await response.json()
                 elapsed = time.perf_counter() - started
                 if response.status != 200 or answer.get("status") != "completed":
@@ -207,13 +216,78 @@ def main() -> None:
     parser.add_argument("--stall-timeout", type=float, default=5.0, help="With --stuck-readers: the server's --stall-timeout.")
     parser.add_argument("--max-connections", type=int, default=2048, help="The server's --max-connections.")
     parser.add_argument("--value-kb", type=int, default=500, help="With --stuck-readers: the size of each step's value.")
+    parser.add_argument("--namespaces", type=int, default=None,
+                        help="Spread the runs over this many namespaces (a token each) and compare with one namespace.")
+    parser.add_argument("--rounds", type=int, default=3, help="With --namespaces: measurements of each, taken alternately.")
     parser.add_argument("--code", type=Path, action="append", default=[],
                         help="Another checkout whose server is measured the same way after this one's.")
     args = parser.parse_args()
     for code in [ROOT, *args.code]:
         if args.code:
             print(f"--- {code}")
-        measure(args, code)
+        if args.namespaces is not None:
+            compare_namespaces(args, code)
+        else:
+            measure(args, code)
+
+
+def namespace_settings(home: Path, count: int) -> list[str]:
+    """A planvm.toml in ``home`` declaring ``count`` namespaces, each with its own token; the tokens."""
+    tokens = [f"bench-token-{i:02d}-{os.urandom(8).hex()}" for i in range(count)]
+    (home / "planvm.toml").write_text("".join(f'[namespaces.team-{i:02d}]\nserve_token = "{t}"\n\n' for i, t in enumerate(tokens)))
+    return tokens
+
+
+def compare_namespaces(args: argparse.Namespace, code: Path) -> None:
+    """The same load on a server of one namespace and on one of ``--namespaces``, alternately."""
+    body = {"goal": "bench", "plan": plan(args.steps)}
+    rates: dict[int, list[float]] = {1: [], args.namespaces: []}
+    cpu: dict[int, list[float]] = {1: [], args.namespaces: []}
+    failed: dict[int, int] = {1: 0, args.namespaces: 0}
+    for _round in range(args.rounds):
+        for count in rates:
+            home = Path(tempfile.mkdtemp(prefix="planvm-bench-serve-"))
+            tokens = namespace_settings(home, count)
+            server, url = start_server(args, code, home, {"PLANVM_CONFIG": str(home / "planvm.toml")})
+            try:
+                asyncio.run(load(url, 20, min(args.clients, 8), body, tokens))  # warm up (every namespace's engine made)
+                cpu_before = cpu_seconds(server.pid)
+                latencies, errors, wall = asyncio.run(load(url, args.runs, args.clients, body, tokens))
+                cpu[count].append((cpu_seconds(server.pid) - cpu_before) / args.runs * 1000)
+            finally:
+                server.terminate()
+                server.wait(15)
+            rates[count].append(len(latencies) / wall)
+            failed[count] += errors
+    print(f"planvm serve: {args.runs} runs, {args.clients} concurrent clients, {args.steps} chained steps of {args.tool_ms:g} ms, "
+          f"{args.rounds} rounds (one server per measurement, a token per namespace)")
+    for count, seen in rates.items():
+        print(f"  {count:2d} namespace{'s' if count > 1 else ' '}  throughput {statistics.median(seen):8.1f} runs/s median  "
+              f"({', '.join(f'{r:.1f}' for r in seen)}; {failed[count]} errors)   "
+              f"server CPU {statistics.median(cpu[count]):5.2f} ms per run")
+    one, many = statistics.median(rates[1]), statistics.median(rates[args.namespaces])
+    print(f"  ratio         {many / one:.3f} ({args.namespaces} namespaces / 1); server CPU per run "
+          f"{statistics.median(cpu[args.namespaces]) / statistics.median(cpu[1]):.3f}")
+
+
+def start_server(args: argparse.Namespace, code: Path, home: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """A `planvm serve` of checkout ``code`` with its store in ``home``, answering /healthz."""
+    port = 18000 + os.getpid() % 1000
+    env = {**os.environ, "PLANVM_HOME": str(home), "PLANVM_BENCH_TOOL_SECONDS": str(args.tool_ms / 1000), **(extra_env or {})}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "planvm", "serve", "--port", str(port), "--no-builtins", "--plugin", str(ROOT / "bench" / "_serve_tools.py"),
+         "--max-connections", str(args.max_connections),
+         *(["--stall-timeout", str(args.stall_timeout)] if args.stuck_readers is not None else [])],
+        cwd=code, env={**env, "PYTHONPATH": str(code)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return server, url
 
 
 def measure(args: argparse.Namespace, code: Path) -> None:
@@ -223,22 +297,8 @@ def measure(args: argparse.Namespace, code: Path) -> None:
         args.tool_ms = 5.0
 
     home = Path(tempfile.mkdtemp(prefix="planvm-bench-serve-"))
-    port = 18000 + os.getpid() % 1000
-    env = {**os.environ, "PLANVM_HOME": str(home), "PLANVM_BENCH_TOOL_SECONDS": str(args.tool_ms / 1000)}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "planvm", "serve", "--port", str(port), "--no-builtins", "--plugin", str(ROOT / "bench" / "_serve_tools.py"),
-         "--max-connections", str(args.max_connections),
-         *(["--stall-timeout", str(args.stall_timeout)] if args.stuck_readers is not None else [])],
-        cwd=code, env={**env, "PYTHONPATH": str(code)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(args, code, home)
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         body = {"goal": "bench", "plan": plan(args.steps)}
         if args.stuck_readers is not None:
             stuck_readers(url, server.pid, home, args.stuck_readers, args.stall_timeout, 40 if args.steps == 3 else args.steps,

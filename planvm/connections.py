@@ -135,7 +135,8 @@ class BodyDeadline:
             if not pending:
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    message = await receive()  # (in this task: no task made per receive, as wait_for makes)
             except TimeoutError:
                 answered = True
                 if not started:

@@ -1,6 +1,7 @@
 """A TCP proxy on loopback that a test can cut, to play a network partition between planvm and its
 database: ``cut()`` drops every open connection and holds new ones without an answer (as a lost
-route does) until ``restore()``."""
+route does) until ``restore()``; ``down()`` drops them and resets new ones at once (as a stopped
+database server does) until ``restore()``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.loop = asyncio.new_event_loop()
         self.cut_off = False
+        self.refusing = False
         self.writers: set[asyncio.StreamWriter] = set()
         self.held: set[asyncio.StreamWriter] = set()
         sock = socket.socket()
@@ -42,6 +44,9 @@ class TcpProxy:
             pass
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.transport.abort()  # reset at once: nothing listens behind
+            return
         if self.cut_off:
             self.held.add(writer)  # no answer: the client waits for its own timeout
             return
@@ -77,9 +82,19 @@ class TcpProxy:
 
         self.loop.call_soon_threadsafe(do)
 
+    def down(self) -> None:
+        def do() -> None:
+            self.refusing = True
+            for w in list(self.writers):
+                w.transport.abort()
+            self.writers.clear()
+
+        self.loop.call_soon_threadsafe(do)
+
     def restore(self) -> None:
         def do() -> None:
             self.cut_off = False
+            self.refusing = False
             for w in list(self.held):
                 w.transport.abort()
             self.held.clear()

@@ -238,11 +238,14 @@ class Settings(BaseSettings):
         )
 
     def kb_path(self) -> Path:
+        """The knowledge base's folder: ``kb`` when set, else under planvm's home (a namespace
+        other than ``default`` has its own, ``ns/NAME/kb``, unless ``kb`` names one)."""
         if self.kb is not None:
             return self.kb.expanduser()
         from vm.store.locations import planvm_home
 
-        return planvm_home() / "kb"
+        namespace = getattr(self, "namespace", "default")
+        return planvm_home() / "kb" if namespace == "default" else planvm_home() / "ns" / namespace / "kb"
 
     def chosen_llm_backend(self) -> str:
         if self.llm_backend != "auto":

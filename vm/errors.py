@@ -80,6 +80,7 @@ __all__ = [
     "PlanValidationError",
     "PlanningError",
     "Problem",
+    "QuotaExceeded",
     "ReferencePathError",
     "ReplayError",
     "RunBusy",
@@ -218,6 +219,16 @@ class RunStateError(StoreError):
         super().__init__(message, path=path)
         self.run_id = run_id
         self.status = status
+
+
+class QuotaExceeded(StoreError):
+    """A namespace's quota does not allow this now: its runs at once, or its tokens of the day
+    (HTTP 429). ``retry_after``: seconds after which trying again may succeed (None: unknown)."""
+
+    def __init__(self, message: str, *, namespace: str, retry_after: float | None = None, path: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.namespace = namespace
+        self.retry_after = retry_after
 
 
 class RunCancelled(RunStateError):

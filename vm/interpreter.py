@@ -76,6 +76,7 @@ class Interpreter:
         *,
         trace: list[StepRecord] | None = None,
         persist: Callable[[int, StepRecord], Any] | None = None,
+        complete: Callable[[int, StepRecord], Any] | None = None,
         on_step: Callable[[StepRecord], None] | None = None,
         on_step_start: Callable[[int, str, str | None], None] | None = None,
         approve_tools: frozenset[str] = frozenset(),
@@ -92,6 +93,10 @@ class Interpreter:
         self.trace: list[StepRecord] = trace if trace is not None else []
         self.persist = persist
         self._persist_async = asyncio.iscoroutinefunction(persist)  # a store written from a worker thread
+        # Records the step that assigns final_answer and ends the run in the store, in one
+        # transaction (``completed`` then says the run's end is recorded).
+        self.complete = complete
+        self.completed = False
         self.on_step = on_step
         self.on_step_start = on_step_start
         self.approve_tools = approve_tools
@@ -100,9 +105,6 @@ class Interpreter:
         self.start_call = start_call
         self.concurrency = max(1, vm.concurrency)
         self.calls_in_flight = asyncio.Semaphore(self.concurrency)
-        # Steps that never wait run synchronously: no coroutine per assign (see bench/vm_overhead.py).
-        self._sync_handlers = {AssignStep: self._assign, ReasoningStep: self._reasoning}
-        self._async_handlers = {CallingStep: self._calling, JmpStep: self._jmp}
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -160,7 +162,7 @@ class Interpreter:
                     return
                 pc = nxt
                 continue
-            handler = self._sync_handlers.get(type(step))
+            handler = _SYNC_HANDLERS.get(type(step))
             if handler is not None:
                 record, nxt, error = self._guard_sync(handler, step, pc, self.store)
             else:
@@ -182,7 +184,12 @@ class Interpreter:
             self.store.update(record.outputs)
         index = len(self.trace)
         self.trace.append(record)
-        if self.persist is not None:
+        if error is None and self.complete is not None and FINAL_ANSWER in record.outputs:
+            ended = self.complete(index, record)
+            if ended is not None:
+                await ended
+            self.completed = True
+        elif self.persist is not None:
             if self._persist_async:
                 await self.persist(index, record)
             else:
@@ -215,14 +222,14 @@ class Interpreter:
         record.started_at = time.time()
         started = time.perf_counter()
         try:
-            nxt = handler(step, pc, record, view)
+            nxt = handler(self, step, pc, record, view)
         except RunError as exc:
             return self._failed(record, exc, step, started)
         record.duration_s = time.perf_counter() - started
         return record, nxt, None
 
     async def _guard(self, step: Step, pc: int, view: Mapping[str, Any]) -> tuple[StepRecord, int, RunError | None]:
-        handler = self._sync_handlers.get(type(step))
+        handler = _SYNC_HANDLERS.get(type(step))
         if handler is not None:
             return self._guard_sync(handler, step, pc, view)
         if telemetry.tracer is not None:
@@ -237,7 +244,7 @@ class Interpreter:
         record.started_at = time.time()
         started = time.perf_counter()
         try:
-            nxt = await self._async_handlers[type(step)](step, pc, record, view)
+            nxt = await _ASYNC_HANDLERS[type(step)](self, step, pc, record, view)
         except RunError as exc:
             return self._failed(record, exc, step, started)
         record.duration_s = time.perf_counter() - started
@@ -412,3 +419,10 @@ class Interpreter:
         steps = self.program.steps
         record.next_seq = steps[nxt].seq_no if nxt < len(steps) else None
         return nxt
+
+
+# Steps that never wait run synchronously: no coroutine per assign (see bench/vm_overhead.py). Plain
+# functions, not an interpreter's bound methods: an interpreter refers to no cycle of its own, so it
+# and its program are freed as soon as the run ends (not at the collector's next full pass).
+_SYNC_HANDLERS = {AssignStep: Interpreter._assign, ReasoningStep: Interpreter._reasoning}
+_ASYNC_HANDLERS = {CallingStep: Interpreter._calling, JmpStep: Interpreter._jmp}

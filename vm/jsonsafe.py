@@ -121,27 +121,19 @@ def storable(value: Any, *, max_bytes: int | None = None, max_depth: int | None 
     """
     budget = max_bytes if max_bytes is not None else math.inf
     depth_limit = max_depth if max_depth is not None else math.inf
-    used = 0
-
-    def spend(amount: int) -> None:
-        nonlocal used
-        used += amount
-        if used > budget:
-            raise ValueLimitError(
-                "max_value_bytes",
-                f"the value is larger than max_value_bytes ({max_bytes:,} bytes as JSON); produce less "
-                f"(fewer or shorter items) or raise Limits.max_value_bytes / --max-value-bytes",
-            )
-
     is_scalar, ready, size = _scalar(value)
     if is_scalar:
-        spend(size)
+        if size > budget:
+            raise _too_large(max_bytes)
         return ready
     root = _as_container(value)
     if root is not value:
         return storable(root, max_bytes=max_bytes, max_depth=max_depth)
+    used = 0
     changed = False
     # Each entry: (container, its depth). Containers are rebuilt only when something inside changed.
+    # The common items (text keys, ASCII text, None, bools, plain numbers) are measured inline:
+    # every value a run keeps passes here.
     stack: list[tuple[Any, int]] = [(root, 1)]
     replacements: dict[int, Any] = {}
     while stack:
@@ -152,31 +144,63 @@ def storable(value: Any, *, max_bytes: int | None = None, max_depth: int | None 
                 f"the value is nested deeper than max_depth ({max_depth} levels), or contains itself; "
                 f"flatten it or raise Limits.max_depth",
             )
-        spend(2)
-        items = container.items() if isinstance(container, dict) else enumerate(container)
-        for key, item in items:
-            if isinstance(container, dict):
-                text = _key(key)
-                changed = changed or text is not key
-                spend(text_size(text) + 3)
-            is_scalar, ready, size = _scalar(item)
-            if is_scalar:
-                spend(size)
-                changed = changed or ready is not item
-                continue
-            inner = _as_container(item)
-            if inner is not item:
-                changed = True
-                replacements[id(item)] = inner
-                is_scalar, ready, size = _scalar(inner)
-                if is_scalar:  # a date, a UUID, an enum...: text or a number
-                    spend(size)
-                    replacements[id(item)] = ready
-                    continue
-            stack.append((inner, depth + 1))
+        used += 2
+        keyed = isinstance(container, dict)
+        for key, item in container.items() if keyed else enumerate(container):
+            if keyed:
+                if type(key) is str and key.isascii():
+                    used += len(key) + 3
+                else:
+                    text = _key(key)
+                    changed = changed or text is not key
+                    used += text_size(text) + 3
+            kind = type(item)
+            if kind is str and item.isascii():
+                used += len(item) + 2
+            elif item is None or kind is bool:
+                used += 5
+            elif kind is float and item - item == 0.0:  # finite
+                used += _SCALAR_SIZE
+            elif kind is int and -_SMALL_INT < item < _SMALL_INT:
+                used += _SCALAR_SIZE
+            elif kind is dict or kind is list:
+                stack.append((item, depth + 1))
+            else:
+                is_scalar, ready, size = _scalar(item)
+                if is_scalar:
+                    used += size
+                    changed = changed or ready is not item
+                else:
+                    inner = _as_container(item)
+                    if inner is not item:
+                        changed = True
+                        replacements[id(item)] = inner
+                        is_scalar, ready, size = _scalar(inner)
+                        if is_scalar:  # a date, a UUID, an enum...: text or a number
+                            used += size
+                            replacements[id(item)] = ready
+                            if used > budget:
+                                raise _too_large(max_bytes)
+                            continue
+                    stack.append((inner, depth + 1))
+            if used > budget:
+                raise _too_large(max_bytes)
+        if used > budget:
+            raise _too_large(max_bytes)
     if not changed:
         return value
     return _json_ready(root, replacements)
+
+
+_SMALL_INT = 2**24  # an int this small measures _SCALAR_SIZE, as _scalar says
+
+
+def _too_large(max_bytes: int | None) -> ValueLimitError:
+    return ValueLimitError(
+        "max_value_bytes",
+        f"the value is larger than max_value_bytes ({max_bytes:,} bytes as JSON); produce less "
+        f"(fewer or shorter items) or raise Limits.max_value_bytes / --max-value-bytes",
+    )
 
 
 def _json_ready(value: Any, replacements: dict[int, Any] | None = None) -> Any:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import functools
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
-from vm import telemetry
+from vm import bulk, telemetry
 from vm.errors import (
     ApprovalNeeded,
     BadInput,
@@ -34,9 +33,10 @@ from vm.plan import canonical_instruction, load_plan_data
 from vm.program import FINAL_ANSWER, Program
 from vm.store.interface import Store
 from vm.store.records import StoredRun
+from vm.threads import StoreThreads, Threads
 from vm.tooling import RunLLM, ToolCatalog
 from vm.trace import RunListener, RunResult, StepRecord
-from vm.validate import compile_plan, validate_plan
+from vm.validate import LARGE_PLAN, compile_plan, large_plan, validate_plan
 
 __all__ = ["VM"]
 
@@ -108,10 +108,10 @@ class VM:
         self.store_in_threads = store_in_threads
         self.stopped_status = stopped_status
         self.concurrency = concurrency
-        self._pool = _Threads(max_threads)
+        self._pool = Threads(max_threads)
         # Store calls from async code (store_in_threads): as many threads as the store's backend
         # usefully takes (SQLite serializes writers anyway: one thread, in order; a server a few).
-        self._store_pool = _Threads(store.parallel_calls if store is not None else 1, "planvm-store")
+        self._store_pool = StoreThreads(store.parallel_calls if store is not None else 1, "planvm-store")
         telemetry.configure_from_env()
 
     # --- validation ---------------------------------------------------------------------------
@@ -296,7 +296,7 @@ class VM:
                         f"keep it as it was, or fork from seq_no {seq} or earlier"
                     )
 
-        if len(program) > _LARGE_PLAN:
+        if len(program) > LARGE_PLAN:
             await asyncio.to_thread(unchanged)
         else:
             unchanged()
@@ -357,19 +357,26 @@ class VM:
         )
         store = self.store if run_id is not None else None
         persist: Any = None
+        complete: Any = None  # the step that assigns final_answer and the run's end: one transaction
         if store is not None:
             if self.store_in_threads:
                 async def persist(index: int, record: StepRecord) -> None:
                     await self._io(store.record_step, run_id, index, record)
+
+                async def complete(index: int, record: StepRecord) -> None:
+                    await self._io(store.finish, run_id, "completed", final_answer=record.outputs[FINAL_ANSWER], step=(index, record))
             else:
                 def persist(index: int, record: StepRecord) -> None:
                     store.record_step(run_id, index, record)
+
+                def complete(index: int, record: StepRecord) -> None:
+                    store.finish(run_id, "completed", final_answer=record.outputs[FINAL_ANSWER], step=(index, record))
         start_call: Any = None
         if store is not None:
             async def start_call(seq_no: int, tool: str) -> None:
                 await self._io(store.start_call, run_id, seq_no, tool)
         run = Interpreter(
-            self, program, state, run_llm, deadline, trace=trace, persist=persist, on_step=on_step,
+            self, program, state, run_llm, deadline, trace=trace, persist=persist, complete=complete, on_step=on_step,
             on_step_start=listener.on_step_start if listener is not None else None,
             approve_tools=approve_tools, approvals=approvals, run_id=run_id, start_call=start_call,
         )
@@ -382,7 +389,7 @@ class VM:
                 duration_s=time.monotonic() - started, run_id=run_id, tokens=run.llm.tokens,
             )
 
-        heartbeat = asyncio.ensure_future(_heartbeat(store, run_id, cancelled)) if store is not None and run_id is not None else None
+        heartbeat = _Heartbeat(store, run_id, cancelled) if store is not None and run_id is not None else None
         try:
             await run.execute(start_pc)
         except ApprovalNeeded as wait:
@@ -429,7 +436,7 @@ class VM:
                 heartbeat.cancel()
         done = error is None
         final = state.get(FINAL_ANSWER) if done else None
-        if store is not None and run_id is not None:
+        if store is not None and run_id is not None and not run.completed:
             try:
                 await self._io(store.finish, run_id, "completed" if done else "failed", final_answer=final,
                                error=str(error) if error else None)
@@ -474,12 +481,11 @@ class VM:
         if not self.store_in_threads:
             record()
             return
-        loop = asyncio.get_running_loop()
         until = deadline if deadline is not None else time.monotonic() + 600.0
         delay = 0.1
         while True:
             # Shielded: a task being cancelled still records why it stopped (a second cancel stops the wait).
-            attempt = loop.run_in_executor(self._store_pool.get(), record)
+            attempt = self._store_pool.call(record)
             try:
                 await asyncio.shield(attempt)
                 return
@@ -494,16 +500,16 @@ class VM:
         ``store_in_threads`` is set."""
         if not self.store_in_threads:
             return function(*args, **kwargs)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._store_pool.get(), functools.partial(function, *args, **kwargs))
+        return await self._store_pool.call(function, *args, **kwargs)
 
     async def acompile(self, plan: Any, *, variables: Iterable[str] = ()) -> Program:
         """:meth:`compile`; a large plan (seconds of checking) in a worker thread, so an event loop
         that serves other work meanwhile is not held."""
-        if _large(plan):
+        if large_plan(plan):
             def compiled() -> Program:
-                program = self.compile(plan, variables=variables)
-                program.to_data()  # made once, here: the run stores it
+                with bulk.making():
+                    program = self.compile(plan, variables=variables)
+                    program.to_data()  # made once, here: the run stores it
                 return program
 
             return await asyncio.to_thread(compiled)
@@ -548,6 +554,11 @@ class VM:
             other.stopped_status = stopped_status
         return other
 
+    def share_store_threads(self, other: VM) -> None:
+        """Make this VM's store calls in ``other``'s store threads: VMs over views of one store
+        (its namespaces) then write in one order, as one VM does, instead of contending for it."""
+        self._store_pool = other._store_pool
+
     def close(self) -> None:
         """Release the thread pool used for sync tools (also done by ``with VM(...) as vm``)."""
         self._pool.close()
@@ -561,25 +572,6 @@ class VM:
 
     def _threads(self) -> ThreadPoolExecutor:
         return self._pool.get()
-
-
-class _Threads:
-    """A thread pool (sync tools and LLMs; store calls), made on first use."""
-
-    def __init__(self, size: int, name: str = "planvm-tool") -> None:
-        self.size = size
-        self.name = name
-        self.executor: ThreadPoolExecutor | None = None
-
-    def get(self) -> ThreadPoolExecutor:
-        if self.executor is None:
-            self.executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix=self.name)
-        return self.executor
-
-    def close(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
-            self.executor = None
 
 
 class _Cancel:
@@ -600,31 +592,36 @@ class _Cancel:
             self.task.uncancel()
 
 
-async def _heartbeat(store: Store, run_id: str, cancel: _Cancel) -> None:
-    """Renew the run's lease while it executes (a third of the lease at a time), so a long step
+class _Heartbeat:
+    """Renews the run's lease while it executes (a third of the lease at a time), so a long step
     does not lose it. A run cancelled in the store (by any process) is stopped here at once; any
-    other failed renewal leaves the next step's commit to refuse."""
-    interval = min(max(store.lease_seconds / 3, 0.05), 2.0)
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            if not await asyncio.to_thread(store.renew, run_id):
-                if await asyncio.to_thread(store.status_of, run_id) == "cancelled":
-                    cancel.fire()
-                return
-        except StoreError:
-            continue  # the database is away: the commit that follows retries or reports it
+    other failed renewal leaves the next step's commit to refuse. Until the first renewal is due
+    it is a timer, not a task: most runs end before it."""
 
+    def __init__(self, store: Store, run_id: str, cancel: _Cancel) -> None:
+        self.interval = min(max(store.lease_seconds / 3, 0.05), 2.0)
+        self.args = store, run_id, cancel
+        self.task: asyncio.Task[None] | None = None
+        self.timer = asyncio.get_running_loop().call_later(self.interval, self._start)
 
-_LARGE_PLAN = 500  # instructions: about 10 ms of checking (20 µs each)
+    def _start(self) -> None:
+        self.task = asyncio.ensure_future(self._beat(*self.args))
 
+    async def _beat(self, store: Store, run_id: str, cancel: _Cancel) -> None:
+        while True:
+            try:
+                if not await asyncio.to_thread(store.renew, run_id):
+                    if await asyncio.to_thread(store.status_of, run_id) == "cancelled":
+                        cancel.fire()
+                    return
+            except StoreError:
+                pass  # the database is away: the commit that follows retries or reports it
+            await asyncio.sleep(self.interval)
 
-def _large(plan: Any) -> bool:
-    """Whether checking ``plan`` takes long enough to move off an event loop (about 20 µs an
-    instruction: 500 instructions take 10 ms)."""
-    if isinstance(plan, (list, str, bytes)):
-        return len(plan) > (_LARGE_PLAN if isinstance(plan, list) else 200_000)
-    return False
+    def cancel(self) -> None:
+        self.timer.cancel()
+        if self.task is not None:
+            self.task.cancel()
 
 
 def _both(first: Callable[..., None] | None, second: Callable[..., None] | None) -> Callable[..., None] | None:

@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from vm import bulk
 from vm.errors import PlanLoadError
 
 __all__ = [
@@ -272,7 +273,7 @@ def _read_plan_file(path: Path, max_bytes: int) -> str:
 
 def _parse_json(text: str, name: str) -> Any:
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return bulk.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise PlanLoadError(
             f"{name}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); a plan is a JSON array "
@@ -324,7 +325,7 @@ def load_plan_data(
                 data = _parse_json(_read_plan_file(path, max_bytes), name)
             else:
                 try:
-                    data = json.loads(source, parse_constant=_reject_constant)
+                    data = bulk.loads(source, parse_constant=_reject_constant)
                 except (ValueError, RecursionError):
                     raise PlanLoadError(
                         f"{source}: no such file, and not a JSON plan either; check the path", source=source
@@ -338,7 +339,7 @@ def load_plan_data(
             inner = data.get(key)
             if isinstance(inner, str):
                 try:
-                    inner = json.loads(inner, parse_constant=_reject_constant)
+                    inner = bulk.loads(inner, parse_constant=_reject_constant)
                 except (ValueError, RecursionError):
                     inner = None
             if isinstance(inner, list):

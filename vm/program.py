@@ -4,9 +4,11 @@ targets turned into positions. Built by :func:`vm.validate.compile_plan`; run by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from vm import bulk
 from vm.plan import (
     AssignInstruction,
     CallingInstruction,
@@ -149,9 +151,10 @@ def compile_instruction(ins: Any) -> Step:
 class Program:
     """A plan ready to run: steps sorted by ``seq_no``, jump targets resolved to positions."""
 
-    __slots__ = ("_data", "block_calls", "block_end", "instructions", "position", "steps")
+    __slots__ = ("_data", "_release", "block_calls", "block_end", "instructions", "position", "steps")
 
     def __init__(self, instructions: list[Any], steps: list[Step]) -> None:
+        self._release: Callable[[], None] | None = None
         order = sorted(range(len(steps)), key=lambda i: steps[i].seq_no)
         self.instructions = [instructions[i] for i in order]
         self._data: list[dict[str, Any]] | None = None
@@ -192,6 +195,21 @@ class Program:
 
     def __len__(self) -> int:
         return len(self.steps)
+
+    def keep_apart(self) -> None:
+        """For a large plan (made under :func:`vm.bulk.making`): its objects stay out of the
+        garbage collector's passes while it lives, and when it goes they are freed a slice at a
+        time in a background thread (:func:`vm.bulk.discard`), not all at once wherever its last
+        reference is dropped (the end of a run: an event loop)."""
+        if self._release is None:
+            self._release = bulk.hold()
+
+    def __del__(self) -> None:
+        release = getattr(self, "_release", None)
+        if release is not None:
+            parts = [self.instructions, self.steps, self._data, self.position, self.block_end, self.block_calls]
+            self.instructions = self.steps = self._data = self.position = self.block_end = self.block_calls = None  # type: ignore[assignment]
+            bulk.discard(parts, then=release)
 
     def successors(self, pc: int) -> tuple[int, ...]:
         """Positions control may reach from ``pc`` (``len(self)`` stands for the end of the plan)."""

@@ -12,6 +12,7 @@ from planvm.cli.common import (
     executes,
     guarded,
     make_engine,
+    namespaced,
     print_queued,
     with_run_tools,
 )
@@ -150,16 +151,18 @@ def config(as_json: bool, **options: Any) -> None:
     from planvm.engine import EngineConfig
     from planvm.engine.config import config_file
 
-    rows = EngineConfig.explain(options)
+    rows = EngineConfig.explain(namespaced(options))
     if as_json:
         print_json({"config_file": str(config_file()), "settings": rows})
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("setting", "value", "source", box=None, pad_edge=False)
     for row in rows:
         value = row["value"]
-        table.add_row(row["key"], json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value, row["source"])
+        shown = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+        table.add_row(row["key"], escape(shown), escape(row["source"]))  # ("[namespaces.a]" is text, not markup)
     Console().print(table)
     echo_err(f"config file: {config_file()}" + ("" if config_file().exists() else " (not there)"))

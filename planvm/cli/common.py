@@ -25,7 +25,20 @@ from planvm.cli.render import (
     report_run,
 )
 
-__all__ = ["executes", "guarded", "load_settings", "make_engine", "print_queued", "reader", "store_location", "with_run_tools"]
+__all__ = ["executes", "guarded", "load_settings", "make_engine", "namespaced", "print_queued", "reader", "store_location", "with_run_tools"]
+
+
+def namespaced(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the namespace given as ``--namespace`` (before or after the command's
+    name) unless they name one; without it, ``PLANVM_NAMESPACE`` or ``default`` applies through the
+    settings."""
+    from planvm.cli.main import NAMESPACE_KEY
+
+    ctx = click.get_current_context(silent=True)
+    chosen = ctx.meta.get(NAMESPACE_KEY) if ctx is not None else None
+    if chosen is None or options.get("namespace"):
+        return options
+    return {**options, "namespace": chosen}
 
 
 def make_engine(options: dict[str, Any], *, record: bool = True, quiet: bool = False, readonly: bool = False,
@@ -37,7 +50,7 @@ def make_engine(options: dict[str, Any], *, record: bool = True, quiet: bool = F
     from planvm.engine import Engine
 
     progress = {} if quiet or readonly else {"on_step": progress_printer() if sys.stderr.isatty() else None, "on_start": announce_run}
-    return Engine(options, record=record, readonly=readonly, role=role, notify=lambda message: echo_err(f"note: {message}"), **progress)
+    return Engine(namespaced(options), record=record, readonly=readonly, role=role, notify=lambda message: echo_err(f"note: {message}"), **progress)
 
 
 def reader(store_path: str | None) -> Any:
@@ -156,7 +169,7 @@ def load_settings(options: dict[str, Any]) -> Any:
     """The configuration (model roles, knowledge base…) the command's options describe."""
     from planvm.engine import EngineConfig
 
-    return EngineConfig.load(options)
+    return EngineConfig.load(namespaced(options))
 
 
 def store_location(store_path: str | None) -> str | None:
@@ -165,7 +178,7 @@ def store_location(store_path: str | None) -> str | None:
         return store_path
     from planvm.engine import EngineConfig
 
-    return EngineConfig.load({}).store
+    return EngineConfig.load(namespaced({})).store
 
 
 def with_run_tools(run_id: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +201,7 @@ def service_token(given: str | None, options: dict[str, Any], setting: str) -> s
     from vm import BadInput
 
     if given is None:
-        kept = getattr(EngineConfig.load(options), setting)
+        kept = getattr(EngineConfig.load(namespaced(options)), setting)
         given = kept.get_secret_value() if kept is not None else None
     if given is not None and not given.strip():
         raise BadInput(f"the token is blank (--token or PLANVM_{setting.upper()}); give a real secret, or none on a loopback address")

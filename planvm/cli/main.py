@@ -50,8 +50,55 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+NAMESPACE_HELP = ("The namespace to work in: its runs, tools, knowledge base, models and limits ([namespaces.NAME] in "
+                  "planvm.toml; PLANVM_NAMESPACE; default: default).")
+
+
+def _chose_namespace(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--namespace NAME`` (before the command's name or after it): kept for the engine the
+    command builds (see :func:`planvm.cli.common.namespaced`); a namespace that is not declared is
+    one line and exit code 2, whatever the command."""
+    if value is None:
+        return value
+    chosen = ctx.meta.get(NAMESPACE_KEY)
+    if chosen is not None and chosen != value:
+        raise click.UsageError(f"--namespace is given twice ({chosen}, {value}); give one")
+    if chosen is None:
+        from planvm.cli.render import EXIT_UNUSABLE, echo_err
+        from planvm.engine import EngineConfig
+        from vm import PlanVMError
+
+        try:
+            EngineConfig.load({"namespace": value})
+        except PlanVMError as exc:
+            echo_err(f"error: {exc}")
+            ctx.exit(EXIT_UNUSABLE)
+    ctx.meta[NAMESPACE_KEY] = value
+    return value
+
+
+#: Where --namespace is kept in the command line's context (shared by a group and its commands).
+NAMESPACE_KEY = "planvm.namespace"
+
+
+def namespace_option() -> click.Option:
+    return click.Option(["--namespace"], metavar="NAME", expose_value=False, callback=_chose_namespace,
+                        help=NAMESPACE_HELP)
+
+
+def _with_namespace_option(command: click.Command) -> click.Command:
+    """``command`` (and a group's commands) taking ``--namespace`` unless it has an option of its own by that name."""
+    if not any(p.name == "namespace" for p in command.params):
+        command.params.append(namespace_option())
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _with_namespace_option(sub)
+    return command
+
+
 class LazyGroup(click.Group):
-    """A group whose subcommands are imported when one is run (or its help shown)."""
+    """A group whose subcommands are imported when one is run (or its help shown); each takes the
+    global ``--namespace`` after its name too."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -61,7 +108,7 @@ class LazyGroup(click.Group):
         if found is None:
             return None
         module, _, attribute = found[0].partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        return _with_namespace_option(getattr(importlib.import_module(module), attribute))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
@@ -70,6 +117,7 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120, "terminal_width": 120})
 @click.version_option(package_name="planvm")
+@click.option("--namespace", metavar="NAME", expose_value=False, callback=_chose_namespace, help=NAMESPACE_HELP)
 def cli() -> None:
     """planvm: plan with an LLM, execute the plan in a validated VM."""
     from planvm.cli.render import note_threads

@@ -26,7 +26,7 @@ def mcp_command(http_port: int | None, host: str, token: str | None, **options: 
     """Serve planvm to MCP clients (stdio, or streamable HTTP with --http PORT).
 
     Tools: run_goal, plan_goal, validate_plan, exec_plan, get_run, replay_run, approve_run, cancel_run, with this command's
-    tools, limits and run store."""
+    tools, limits and run store (with --namespace NAME: that namespace's tools, runs and mcp_token)."""
     from planvm.connections import is_loopback
 
     token = service_token(token, options, "mcp_token")
@@ -54,7 +54,8 @@ def mcp_command(http_port: int | None, host: str, token: str | None, **options: 
             app: Any = server.streamable_http_app(host=host)
             if token:
                 app = BearerToken(app, token)
-            echo_err(f"planvm MCP server on http://{host}:{http_port}/mcp (runs in {engine.store_path()})")
+            served = "" if engine.config.namespace == "default" else f", namespace {engine.config.namespace}"
+            echo_err(f"planvm MCP server on http://{host}:{http_port}/mcp (runs in {engine.store_path()}{served})")
             uvicorn.run(BodyDeadline(app, 60.0), host=host, port=http_port, log_level="warning", http=deadline_protocol(10.0, 60.0),
                         timeout_keep_alive=5)
     finally:

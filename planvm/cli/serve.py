@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import sys
 from typing import Any
 
 import click
@@ -16,11 +17,17 @@ from planvm.cli.render import echo_err
 from planvm.connections import is_loopback
 from vm.errors import BadInput
 
+# How long a thread keeps the GIL while another waits for it (Python's default: 5 ms). A large
+# plan is parsed, checked and stored in worker threads; the event loop takes the GIL several times
+# to answer one request, and with 5 ms each time behind two busy threads /healthz waited 50-170 ms.
+SWITCH_INTERVAL = 0.001
+
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (beyond loopback, --token is required).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port to listen on.")
-@click.option("--token", help="Require Authorization: Bearer TOKEN on every path but /healthz.")
+@click.option("--token", help="Require Authorization: Bearer TOKEN on every path but /healthz (the token of the server's namespace; "
+              "each [namespaces.NAME] table's serve_token serves that namespace).")
 @click.option(
     "--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
     help="Also answer requests for this Host name (NAME or NAME:PORT, repeatable; * for any; PLANVM_ALLOWED_HOSTS, planvm.toml: "
@@ -85,25 +92,41 @@ def serve(
     from vm.redact import register_secret
 
     token = service_token(token, options, "serve_token")
-    if not is_loopback(host) and not token:
+    tokens = namespace_tokens(options, token)
+    if not is_loopback(host) and not tokens:
         raise BadInput(
             f"--host {host} reaches beyond this machine; give --token (or PLANVM_SERVE_TOKEN) so that only clients "
             f"with the token can run plans"
         )
-    if token:
-        register_secret(token)
+    for secret in tokens:
+        register_secret(secret)
     listening = listen(host, port)  # before anything is said: a port already taken is one error line, exit 2
     engine = make_engine(options, quiet=True, role="service")  # (--allowed-host is a setting: it reaches engine.config)
-    app = create_app(engine, token=token, cors_origins=list(cors_origins), max_body_bytes=max_body_bytes, execute=workers > 0,
+    app = create_app(engine, tokens=tokens, cors_origins=list(cors_origins), max_body_bytes=max_body_bytes, execute=workers > 0,
                      allowed_hosts=allowed_hosts_for(host, engine.config.allowed_hosts))
     port = listening.getsockname()[1]  # (the one the system chose for --port 0)
     echo_err(f"planvm serving on http://{host}:{port}/ (runs in {engine.store_path()})")
     raise_open_files_limit()
+    sys.setswitchinterval(SWITCH_INTERVAL)
     config = uvicorn.Config(
         BodyDeadline(app, body_timeout), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
         http=deadline_protocol(header_timeout, stall_timeout), timeout_keep_alive=5, limit_concurrency=max_connections,
     )
     uvicorn.Server(config).run(sockets=[listening])
+
+
+def namespace_tokens(options: dict[str, Any], token: str | None) -> dict[str, str]:
+    """Every token the server takes → the namespace it serves: each namespace's ``serve_token``,
+    the server's own namespace's replaced by ``token`` (``--token``) when one is given."""
+    from planvm.engine import EngineConfig
+
+    config = EngineConfig.load(options)
+    tokens = {secret: name for secret, name in config.token_namespaces("serve_token").items() if name != config.namespace}
+    if token:
+        if token in tokens:
+            raise BadInput(f"--token is namespace {tokens[token]!r}'s serve_token too; give each namespace its own token")
+        tokens[token] = config.namespace
+    return tokens
 
 
 def listen(host: str, port: int) -> Any:

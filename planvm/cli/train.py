@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from planvm.cli.common import guarded, make_engine
+from planvm.cli.common import guarded, make_engine, namespaced
 from planvm.cli.options import kb_option
 from planvm.cli.render import EXIT_FAILED, echo_err
 from vm.errors import BadInput
@@ -182,7 +182,7 @@ def _served_planner(endpoint: str, model: str, api_key: str | None, max_tokens: 
                               "llm_json_mode": "schema" if constrained else "off"}
     if api_key:
         update["llm_api_key"] = SecretStr(api_key)
-    return make_llm(EngineConfig.load({}).for_role("planner").model_copy(update=update))
+    return make_llm(EngineConfig.load(namespaced({})).for_role("planner").model_copy(update=update))
 
 
 def _finish_eval(reports: list[Any], rows: list[Any], registry: Any, out_file: str, note: str | None = None) -> None:

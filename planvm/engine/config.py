@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -35,12 +35,41 @@ from pydantic_settings import (
 )
 
 from tools.settings import Settings, config_file
-from vm.errors import BackendUnavailable
+from vm.errors import BackendUnavailable, BadInput
 
-__all__ = ["LIMIT_NAMES", "EngineConfig", "LimitsTable", "config_file"]
+__all__ = ["LIMIT_NAMES", "EngineConfig", "LimitsTable", "config_file", "namespace_table", "namespace_variable"]
+
+#: What a [namespaces.NAME] table may set (the rest is the service's or the store's, for all namespaces).
+_NAMESPACE_KEYS = frozenset({
+    "plugins", "no_builtins", "mcp_commands", "mcp_urls", "mcp_prefix", "allow_tools", "approve_tools", "kb", "limits",
+    "concurrency", "planner_kind", "no_library", "max_active_runs", "tokens_per_day", "serve_token", "mcp_token",
+    "llm_backend", "llm_base_url", "llm_api_key", "llm_model", "llm_timeout", "llm_idle_timeout", "llm_max_retries",
+    "llm_temperature", "llm_max_tokens", "llm_json_mode", "local_model", "local_adapter", "local_device",
+    "embedding_model", "kb_backend", "remote_url", "remote_token", "remote_kb_id", "remote_chat_engine", "remote_timeout",
+    "mcp_timeout", "mcp", "planner", "answer", "condition", "judge",
+})
 
 #: The run budgets a front end may set (``[limits]`` in planvm.toml, ``PLANVM_MAX_*``, ``--max-*``).
 LIMIT_NAMES = ("max_steps", "max_seconds", "max_llm_calls", "max_tokens", "max_value_bytes", "max_plan_bytes", "max_depth")
+
+
+def namespace_table(namespaces: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """``[namespaces.NAME]`` as settings: ``planner = "…"`` (or ``kind`` in its ``[planner]``
+    table) is the planner choice, ``planner_kind``."""
+    table = dict(namespaces.get(name) or {})
+    if isinstance(table.get("planner"), str):
+        table["planner_kind"] = table.pop("planner")
+    elif isinstance(table.get("planner"), dict) and "kind" in table["planner"]:
+        table["planner"] = dict(table["planner"])
+        table["planner_kind"] = table["planner"].pop("kind")
+    return table
+
+
+def namespace_variable(name: str, key: str) -> str:
+    """The variable holding namespace ``name``'s ``serve_token`` or ``mcp_token``:
+    ``PLANVM_NS_TEAM_A_SERVE_TOKEN`` for ``team-a`` (``-`` written ``_``)."""
+    return f"PLANVM_NS_{name.upper().replace('-', '_')}_{key.upper()}"
+
 
 # Command-line option names that differ from the configuration's.
 _OPTION_NAMES = {"store_path": "store", "kb_path": "kb"}
@@ -113,12 +142,37 @@ class EngineConfig(Settings):
     allow_tools: list[str] = Field(default_factory=list, description="Limit runs to these tools (empty: every tool).")
     approve_tools: list[str] = Field(default_factory=list, description="Calls to these tools wait for an approval.")
 
+    # --- namespaces ---------------------------------------------------------------------------------
+    namespace: str = Field(
+        "default", description="The namespace runs are made and read in (--namespace, PLANVM_NAMESPACE); its [namespaces.NAME] "
+        "table's settings apply over the top level's.")
+    namespaces: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="[namespaces.NAME] tables: a namespace's own tools, knowledge base, models, limits, "
+        "quotas and tokens; what a table leaves out comes from the top level (tokens excepted).")
+    max_active_runs: int | None = Field(
+        None, ge=1, description="Quota: runs of the namespace planning, queued, running or waiting at once (unset: no quota).")
+    tokens_per_day: int | None = Field(
+        None, ge=1, description="Quota: prompt plus completion tokens the namespace's runs may use a day, UTC (unset: no quota).")
+
     # --- the service ------------------------------------------------------------------------------
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Host names `planvm serve` answers for besides its address (and localhost's names on loopback); "
         "NAME or NAME:PORT, * for any. PLANVM_ALLOWED_HOSTS: comma-separated.",
     )
+
+    _flag_keys: frozenset[str] = PrivateAttr(default_factory=frozenset)  # the fields a front end's flags set
+    _top: EngineConfig | None = PrivateAttr(default=None)  # a namespace's settings: the top level they were made from
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_name(cls, value: str) -> str:
+        from vm.store.quotas import check_namespace
+
+        try:
+            return check_namespace(value)
+        except BadInput as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod
@@ -157,7 +211,10 @@ class EngineConfig(Settings):
 
         try:
             cls.check_file()
-            return cls(**cls.flags_from(flags or {}))
+            given = cls.flags_from(flags or {})
+            config = cls(**given)
+            config._flag_keys = frozenset(given)
+            return config.for_namespace(config.namespace) if config.namespace != "default" or "default" in config.namespaces else config
         except tomllib.TOMLDecodeError as exc:
             raise BackendUnavailable(f"{config_file()} is not valid TOML ({exc}); fix it, or point PLANVM_CONFIG at another file") from None
         except ValidationError as exc:
@@ -186,6 +243,73 @@ class EngineConfig(Settings):
                 raise BackendUnavailable(
                     f"{path}: {key!r} is not a setting{hint} (`planvm config` lists every setting)")
 
+    def for_namespace(self, name: str) -> EngineConfig:
+        """The settings of namespace ``name``: its ``[namespaces.NAME]`` table over the top level
+        (flags still win; tables such as ``[limits]`` and a model role's merge key by key), made
+        from the top level whichever namespace's settings it is asked of. A namespace's
+        ``serve_token`` and ``mcp_token`` (its table's, or ``PLANVM_NS_NAME_SERVE_TOKEN`` and
+        ``…_MCP_TOKEN``, which win over the file) and its knowledge base (its table's ``kb``, else
+        its own folder) are its own, never inherited: the top level's belong to ``default``.
+        ``BadInput`` for a namespace that is not declared (``default`` always is)."""
+        from vm.store.quotas import check_namespace
+
+        from tools.settings import ROLES
+
+        check_namespace(name)
+        base = self._top if self._top is not None else self  # (another namespace's settings never leak into this one's)
+        if name not in base.namespaces and name != "default":
+            known = ", ".join(sorted({"default", *base.namespaces}))
+            raise BadInput(f"no namespace {name!r} is declared (namespaces: {known}); add a [namespaces.{name}] table to "
+                           f"{config_file()}")
+        table = namespace_table(base.namespaces, name)
+        refused = sorted(set(table) - _NAMESPACE_KEYS)
+        if refused:
+            raise BadInput(f"[namespaces.{name}] in {config_file()}: {', '.join(map(repr, refused))} cannot be set per namespace "
+                           f"(a namespace may set: {', '.join(sorted(_NAMESPACE_KEYS))})")
+        merged = base.model_dump()
+        merged["namespaces"] = base.namespaces
+        merged["namespace"] = name
+        for key, value in table.items():
+            if key in base._flag_keys:
+                continue  # a flag given to this command wins over every file
+            if (key == "limits" or key in ROLES) and isinstance(value, Mapping):
+                merged[key] = {**{k: v for k, v in (merged.get(key) or {}).items() if v is not None}, **value}
+            else:
+                merged[key] = value
+        if name != "default":
+            # The top level's tokens and knowledge base are the default namespace's: another
+            # namespace has its own (its table's, or PLANVM_NS_NAME_SERVE_TOKEN…; its own folder).
+            for key in ("serve_token", "mcp_token"):
+                if key not in base._flag_keys:
+                    merged[key] = os.environ.get(namespace_variable(name, key)) or table.get(key)
+            if "kb" not in table and "kb" not in base._flag_keys:
+                merged["kb"] = None  # (its own folder under planvm's home: see kb_path)
+        try:
+            config = type(self).model_validate(merged)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise BackendUnavailable(f"[namespaces.{name}] in {config_file()} is not valid: {problems}") from None
+        config._flag_keys = base._flag_keys
+        config._top = base
+        return config
+
+    def namespace_names(self) -> list[str]:
+        """Every declared namespace, ``default`` first."""
+        return ["default", *sorted(n for n in self.namespaces if n != "default")]
+
+    def token_namespaces(self, kind: str = "serve_token") -> dict[str, str]:
+        """Each namespace's bearer token (``serve_token`` or ``mcp_token``) → its namespace name."""
+        found: dict[str, str] = {}
+        for name in self.namespace_names():
+            config = self if name == self.namespace else self.for_namespace(name)
+            token = getattr(config, kind)
+            if token is not None and token.get_secret_value():
+                secret = token.get_secret_value()
+                if secret in found and found[secret] != name:
+                    raise BackendUnavailable(f"namespaces {found[secret]!r} and {name!r} have the same {kind}; give each its own")
+                found[secret] = name
+        return found
+
     @classmethod
     def flags_from(cls, options: Mapping[str, Any]) -> dict[str, Any]:
         """Keyword arguments for the fields, from a front end's options (those not given left out)."""
@@ -211,7 +335,8 @@ class EngineConfig(Settings):
     def explain(cls, flags: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Every setting as ``planvm config`` prints it: ``key`` (``limits.max_steps`` for a
         table's entry), ``value`` (keys and passwords masked) and ``source`` (``flag``,
-        ``PLANVM_…``, ``planvm.toml`` or ``default``)."""
+        ``PLANVM_…``, ``planvm.toml``, ``planvm.toml [namespaces.NAME]`` for a value of the
+        namespace's own table, or ``default``). ``namespaces`` lists the declared namespaces."""
         from tools.settings import ROLES
         from vm.redact import redact
 
@@ -248,9 +373,20 @@ class EngineConfig(Settings):
                 return ["PLANVM_LLM_API_KEY", "OPENAI_API_KEY"]
             return [f"PLANVM_{path[0]}".upper()]
 
+        namespace = config.namespace
+        applied = namespace != "default" or namespace in config.namespaces  # (its table's settings are over the top level's)
+        table = namespace_table(config.namespaces, namespace) if applied else {}
+        own_only = ("serve_token", "mcp_token", "kb") if namespace != "default" else ()  # (never the top level's)
+
         def origin(path: tuple[str, ...]) -> str:
             if has(given, path):
                 return "flag"
+            if path[0] in ("serve_token", "mcp_token") and namespace != "default" and os.environ.get(namespace_variable(namespace, path[0])):
+                return namespace_variable(namespace, path[0])
+            if has(table, path):
+                return f"{config_file()} [namespaces.{namespace}]"
+            if path[0] in own_only:
+                return "default"
             for name in variables(path):
                 if os.environ.get(name):
                     return name
@@ -289,6 +425,10 @@ class EngineConfig(Settings):
                     if name in ROLES and inner_value is None:
                         continue  # a role's unset field: the general setting above applies
                     rows.append({"key": f"{name}.{inner}", "value": shown(inner_value), "source": origin((name, inner))})
+                continue
+            if name == "namespaces":  # the declared namespaces (their tables hold tokens: never printed)
+                source = str(config_file()) if config.namespaces else "default"
+                rows.append({"key": name, "value": config.namespace_names(), "source": source})
                 continue
             key = "planner" if name == "planner_kind" else name
             rows.append({"key": key, "value": shown(value), "source": origin((name,))})

@@ -24,6 +24,7 @@ from planvm.engine.reads import _Reads
 from planvm.engine.tools import make_registry, tool_sources
 from vm import VM, Limits, RunListener, RunResult
 from vm.errors import BadInput, LLMError, PlanningError, PlanVMError
+from vm.validate import LARGE_PLAN
 
 __all__ = ["Engine"]
 
@@ -48,11 +49,12 @@ class Engine(_Planning, _Reads):
     """
 
     _borrowed = False  # a role of another engine (see as_role): sharing its tools, models and store
+    _borrowed_store = False  # a namespace's engine (see in_namespace): another engine's store, closed by it
 
     def __init__(
         self, config: EngineConfig | Mapping[str, Any] | None = None, *, record: bool = True, readonly: bool = False,
         role: Role = "local", notify: Callable[[str], None] | None = None, on_step: Callable[[Any], None] | None = None,
-        on_start: Callable[[str], None] | None = None,
+        on_start: Callable[[str], None] | None = None, store: Any = None,
     ) -> None:
         if role not in ROLES:
             raise BadInput(f"role is one of {', '.join(ROLES)}, not {role!r}")
@@ -66,11 +68,18 @@ class Engine(_Planning, _Reads):
         self.limits = Limits(**self.config.limits.given())
         self.approve_tools = frozenset(self.config.approve_tools)
         self.store: Any = None
+        self._namespaces: dict[str, Engine] = {}  # other namespaces' engines (see in_namespace)
+        self._made_from: Engine | None = None  # the engine this namespace's engine was made from (see in_namespace)
         if record and not readonly:
             from vm import RunStore
 
-            self.store = RunStore(self.config.store, lease_seconds=self.config.lease_seconds,
-                                  retry_seconds=self.config.store_retry_seconds)
+            if store is None:
+                store = RunStore(self.config.store, lease_seconds=self.config.lease_seconds,
+                                 retry_seconds=self.config.store_retry_seconds)
+            else:
+                self._borrowed_store = True
+            self.store = store.in_namespace(self.config.namespace, max_active_runs=self.config.max_active_runs,
+                                            tokens_per_day=self.config.tokens_per_day)
         self._read_store: Any = None  # a store opened only to read (runs not recorded, or readonly)
         self._library: Any = None
 
@@ -94,12 +103,15 @@ class Engine(_Planning, _Reads):
         if self.readonly:
             raise PlanVMError("this engine only reads the run store; build it without readonly=True to run plans")
         threads = self.role == "service" or (self.role == "worker" and getattr(self.store, "parallel_calls", 1) > 1)
-        return VM(
+        vm = VM(
             self.registry, llm=self.llms["answer"], condition_llm=self.llms["condition"], limits=self.limits,
             allowed_tools=self.config.allow_tools or None, store=self.store, concurrency=self.config.concurrency,
             approve_tools=self.approve_tools, store_in_threads=threads, stopped_status="queued" if self.role == "worker" else "interrupted",
             tool_sources=tool_sources(self.config), **self._vm_callbacks,
         )
+        if self._made_from is not None and self._made_from.store is not None:
+            vm.share_store_threads(self._made_from.vm)  # one store, one set of store threads, whatever the namespaces
+        return vm
 
     def as_role(self, role: Role) -> Engine:
         """This engine, or one sharing its settings, tools, models and store in another role
@@ -116,6 +128,23 @@ class Engine(_Planning, _Reads):
         other._borrowed = True
         return other
 
+    def in_namespace(self, name: str) -> Engine:
+        """The engine of namespace ``name`` (this one when it is its own): its own tools, models,
+        knowledge base, limits and quotas from its ``[namespaces.NAME]`` table, in this engine's
+        role, over the same run store (one set of connections). Built once per name; closed with
+        this engine. ``BadInput`` for a namespace that is not declared."""
+        if name == self.config.namespace:
+            return self
+        found = self._namespaces.get(name)
+        if found is None:
+            if self._borrowed:
+                raise PlanVMError("in_namespace is asked of the engine a role was made from, not of the role")
+            found = Engine(self.config.for_namespace(name), record=self.store is not None, readonly=self.readonly, role=self.role,
+                           notify=self.notify, store=self.store, **self._vm_callbacks)
+            found._made_from = self
+            self._namespaces[name] = found
+        return found
+
     def _note(self, message: str) -> None:
         """Tell the user once per engine (a service answering many requests says it once)."""
         if message not in self._noted:
@@ -124,9 +153,17 @@ class Engine(_Planning, _Reads):
 
     def with_limits(self, overrides: dict[str, Any] | None) -> VM:
         """The engine's VM, or one sharing its tools, store and threads under other limits."""
-        if not overrides:
+        if not overrides and self.config.tokens_per_day is None:
             return self.vm
-        return self.vm.derive(limits=self.limits.model_copy(update=overrides))
+        asked = self.limits.model_copy(update=overrides or {})
+        return self.vm.derive(limits=self._within_quota(asked), keep=asked)
+
+    def _within_quota(self, limits: Limits) -> Limits:
+        """``limits`` with ``max_tokens`` lowered to what is left of the namespace's tokens of the day."""
+        left = self.store.tokens_left() if self.store is not None and self.config.tokens_per_day is not None else None
+        if left is None or (limits.max_tokens is not None and limits.max_tokens <= left):
+            return limits
+        return limits.model_copy(update={"max_tokens": max(1, left)})
 
     def for_stored(self, kept: dict[str, Any] | None, run_id: str) -> VM:
         """The VM to go on with the stored run ``run_id``: under the limits kept with it, lowered
@@ -138,7 +175,10 @@ class Engine(_Planning, _Reads):
         for name, (asked, mine) in sorted(raised.items()):
             self._note(f"run {run_id} keeps its own {name} of {_shown(mine)}; the {_shown(asked)} given now can only lower a "
                        f"run's limits, not raise them (run its plan again as a new run for more)")
-        return self.vm.for_run(kept)
+        vm = self.vm.for_run(kept)
+        if self.config.tokens_per_day is not None:
+            vm = vm.derive(limits=self._within_quota(vm.limits))
+        return vm
 
     # --- planning -------------------------------------------------------------------------------
 
@@ -369,7 +409,11 @@ class Engine(_Planning, _Reads):
         checked first, as for a planned goal)."""
         vm = self.with_limits(limits)
         program = await vm.acompile(plan)
-        self.check_knowledge_base(program.to_data())
+        del plan  # checked: the run keeps the program, not the data (whose last reference may be this one)
+        if len(program) > LARGE_PLAN:  # a pass over every instruction: not on an event loop
+            await asyncio.to_thread(self.check_knowledge_base, program.to_data())
+        else:
+            self.check_knowledge_base(program.to_data())
         return await vm.arun(program, goal=goal, metadata=metadata or None, approve_tools=approve_tools, listener=listener,
                              planning={"planner": "given", "reasoning": None})
 
@@ -485,9 +529,11 @@ class Engine(_Planning, _Reads):
     def close(self) -> None:
         if self._borrowed:
             return  # (a role of another engine: that one's close releases what they share)
+        for other in self._namespaces.values():
+            other.close()
         if "vm" in self.__dict__:
             self.vm.close()
-        for store in (self.store, self._read_store):
+        for store in (None if self._borrowed_store else self.store, self._read_store):
             if store is not None:
                 store.close()
         if "registry" in self.__dict__:

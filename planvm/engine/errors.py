@@ -20,6 +20,7 @@ from vm.errors import (
     PlanningError,
     PlanValidationError,
     PlanVMError,
+    QuotaExceeded,
     RunBusy,
     RunNotFound,
     RunStateError,
@@ -54,6 +55,7 @@ def _table() -> list[tuple[tuple[type[BaseException], ...], Answer]]:
     nothing_to_judge, judge_error = _judge_errors()
     return [
         ((RunNotFound,), Answer(404, 2, "no run with that id (or prefix)")),
+        ((QuotaExceeded,), Answer(429, 2, "the namespace's quota (runs at once, tokens a day) does not allow it now; try again later")),
         ((StoreUnavailable,), Answer(503, 2, "the run store's database cannot be reached now; try again")),
         ((RunStateError, RunBusy, ForkError), Answer(409, 2, "the run's state does not allow it (finished, cancelled, busy, a fork point it never reached)")),
         ((nothing_to_judge,), Answer(409, 2, "a run with no answer to judge")),

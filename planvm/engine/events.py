@@ -70,8 +70,12 @@ class Event:
     def json(self) -> str:
         """The event's data as JSON text (made once, however many streams send it)."""
         if self._text is None:
-            self._text = json.dumps(self.data, ensure_ascii=False, default=str)
+            self._text = _encode(self.data)
         return self._text
+
+
+# json.dumps(data, ensure_ascii=False, default=str), with one encoder made once (not one per event)
+_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
 def step_event(index: int, step: Any) -> Event:
@@ -159,8 +163,9 @@ class _Watch:
             self.size -= len(dropped.json())
             if dropped.event == "step" and dropped.data.get("phase") == "finished":
                 self.floor = dropped.data["index"] + 1
-        self.changed.set()
-        self.changed = asyncio.Event()
+        if self.readers:  # (only a stream waits on it)
+            self.changed.set()
+            self.changed = asyncio.Event()
 
     def after(self, sent: int) -> list[Event]:
         return self.events[bisect.bisect_right(self.events, sent, key=lambda e: e.id):]

@@ -47,7 +47,8 @@ class _Reads:
 
             if missing_ok and store_missing(self.config.store):
                 return None
-            self._read_store = RunStore(self.config.store, readonly=True, retry_seconds=self.config.store_retry_seconds)
+            self._read_store = RunStore(self.config.store, readonly=True, retry_seconds=self.config.store_retry_seconds,
+                                        namespace=self.config.namespace)
         return self._read_store
 
     def _store(self) -> Any:

@@ -4,14 +4,17 @@ needs, below all of them.
 
 :class:`RunTasks` holds the engine (in its ``service`` role: the store is called in threads), the
 :class:`~planvm.engine.events.EventHub`, and the runs executing here (a cache: the store's leases
-say who executes a run).
+say who executes a run), for one namespace; :meth:`RunTasks.in_namespace` gives another
+namespace's, over its own engine and view of the store, so a run is executed, streamed and
+read only through the store of its namespace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,11 +32,15 @@ HEALTH_TIMEOUT = 0.05  # /healthz answers within 100 ms, whatever the database d
 class RunTasks:
     """The engine (in its ``service`` role), the event hub, and a cache of the runs executing here."""
 
-    def __init__(self, engine: Any, store_timeout: float) -> None:
+    def __init__(self, engine: Any, store_timeout: float, *, _home: RunTasks | None = None) -> None:
         if engine.store is None:
             raise BadInput("the service needs a run store")
+        self._origin = engine  # (the engine other namespaces' engines are made from)
         self.engine = engine.as_role("service")  # no store call waits on the event loop
         self.store = engine.store
+        self._home = _home
+        self._spaces: dict[str, RunTasks] = {}
+        self._spaces_lock = threading.Lock()
         self.store_timeout = store_timeout
         self.hub = EventHub(self.io)
         # A cache, never the truth (that is the store's status and lease): the tasks of runs this
@@ -41,6 +48,23 @@ class RunTasks:
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self._health: asyncio.Future[Any] | None = None
         self._health_pool = ThreadPoolExecutor(1, thread_name_prefix="planvm-health")
+
+    def in_namespace(self, name: str) -> RunTasks:
+        """The runs, events and engine of namespace ``name`` (this when it is its own), made once
+        (in a thread: its engine reads its settings); they stop with this one."""
+        home = self._home or self
+        if name == home.engine.config.namespace:
+            return home
+        with home._spaces_lock:
+            found = home._spaces.get(name)
+            if found is None:
+                found = home._spaces[name] = RunTasks(home._origin.in_namespace(name), home.store_timeout, _home=home)
+            return found
+
+    def namespaces(self) -> list[RunTasks]:
+        """This namespace's and every other namespace's made so far."""
+        home = self._home or self
+        return [home, *home._spaces.values()]
 
     async def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``function(*args, **kwargs)`` in a worker thread, bounded by the store timeout."""
@@ -152,14 +176,20 @@ class RunTasks:
 
         return await stored_outcome(self.io, run_id)
 
-    async def mark_abandoned(self) -> None:
-        """Runs a dead process left ``running`` can be resumed: say so in the store."""
+    async def mark_abandoned(self, namespaces: Iterable[str] = ()) -> None:
+        """Runs a dead process left ``running`` can be resumed: say so in the store (in this
+        namespace, and in each of ``namespaces``)."""
         await self.call(self.store.mark_abandoned)
+        for name in namespaces:
+            if name != self.store.namespace:
+                await self.call(self.store.in_namespace(name).mark_abandoned)
 
     async def stop(self) -> None:
-        """Stop the runs executing here (each kept as its VM keeps a stopped run) and the threads."""
-        for task in list(self.tasks.values()):
+        """Stop the runs executing here, in every namespace (each kept as its VM keeps a stopped
+        run), and the threads."""
+        tasks = [task for space in self.namespaces() for task in space.tasks.values()]
+        for task in tasks:
             task.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         self.close()

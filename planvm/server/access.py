@@ -10,6 +10,9 @@
 - **The token.** With a token, API clients send ``Authorization: Bearer <token>`` as before; the
   page signs in through a form (:mod:`planvm.server.signin`) and gets a session cookie
   (HttpOnly, SameSite=Strict, Secure over https; a random id the server keeps, never the token).
+  Each token belongs to one namespace (a server has one token per namespace it serves): the
+  token, or the session it signed in, says which namespace a request is served in
+  (:mod:`planvm.server.namespaces` keeps it there).
   A request the cookie authenticates that writes must send the session's CSRF token in
   ``X-CSRF-Token`` (403 without it). Without either, the page's addresses redirect (303) to the
   form and everything else answers 401 JSON.
@@ -25,13 +28,13 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 __all__ = [
-    "CSRF_HEADER", "DEFAULT_SESSION_SECONDS", "SESSION_COOKIE", "Access", "Attempts", "Gate", "HostNames", "Sessions",
+    "CSRF_HEADER", "SIGNED", "DEFAULT_SESSION_SECONDS", "SESSION_COOKIE", "Access", "Attempts", "Gate", "HostNames", "Sessions",
     "allowed_hosts_for", "page_address",
 ]
 
@@ -39,6 +42,8 @@ SESSION_COOKIE = "planvm_session"
 CSRF_HEADER = "X-CSRF-Token"
 DEFAULT_SESSION_SECONDS = 12 * 3600.0
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+#: The scope key :class:`Access` puts the namespace of a request's token (or session) under.
+SIGNED = "planvm.signed_namespace"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
 #: The page's own addresses (the shell); anything else is the API or a file.
@@ -107,10 +112,12 @@ class HostNames:
 
 @dataclass(slots=True)
 class Session:
-    """A signed-in page: its CSRF token and when it ends (``time.monotonic()`` seconds)."""
+    """A signed-in page: its CSRF token, when it ends (``time.monotonic()`` seconds), and the
+    namespace of the token it signed in with."""
 
     csrf: str
     expires: float
+    namespace: str = "default"
 
 
 class Sessions:
@@ -128,7 +135,7 @@ class Sessions:
     def _digest(cookie: str) -> bytes:
         return hashlib.sha256(cookie.encode("utf-8", "replace")).digest()
 
-    def start(self) -> tuple[str, Session]:
+    def start(self, namespace: str = "default") -> tuple[str, Session]:
         now = time.monotonic()
         if len(self._by_digest) >= self.most:
             for digest, session in list(self._by_digest.items()):
@@ -137,7 +144,7 @@ class Sessions:
             while len(self._by_digest) >= self.most:
                 del self._by_digest[next(iter(self._by_digest))]
         cookie = secrets.token_urlsafe(32)
-        session = self._by_digest[self._digest(cookie)] = Session(secrets.token_urlsafe(32), now + self.seconds)
+        session = self._by_digest[self._digest(cookie)] = Session(secrets.token_urlsafe(32), now + self.seconds, namespace)
         return cookie, session
 
     def find(self, cookie: str | None) -> Session | None:
@@ -187,16 +194,32 @@ class Attempts:
 
 @dataclass
 class Gate:
-    """What :class:`Access` and the sign-in routes share (``app.state.gate``)."""
+    """What :class:`Access` and the sign-in routes share (``app.state.gate``). ``tokens``: each
+    bearer token → the namespace it belongs to (empty: the server asks for none)."""
 
-    token: str | None
+    tokens: Mapping[str, str] = field(default_factory=dict)
     hosts: HostNames | None = None
     cors_origins: frozenset[str] = frozenset()
     sessions: Sessions = field(default_factory=Sessions)
     attempts: Attempts = field(default_factory=Attempts)
 
-    def token_matches(self, given: str) -> bool:
-        return self.token is not None and hmac.compare_digest(given.encode("utf-8", "replace"), self.token.encode())
+    def __post_init__(self) -> None:
+        self._encoded = [(token.encode(), namespace) for token, namespace in self.tokens.items()]
+
+    @property
+    def required(self) -> bool:
+        """Whether requests need a token (or a session)."""
+        return bool(self._encoded)
+
+    def namespace_of(self, given: str | bytes) -> str | None:
+        """The namespace of the token ``given`` (None: no token of this server). Every token is
+        compared, in constant time, whichever matches."""
+        offered = given if isinstance(given, bytes) else given.encode("utf-8", "replace")
+        found = None
+        for token, namespace in self._encoded:
+            if hmac.compare_digest(offered, token):
+                found = namespace
+        return found
 
 
 def page_address(value: str | None) -> str:
@@ -220,7 +243,6 @@ class Access:
     def __init__(self, app: Any, *, gate: Gate) -> None:
         self.app = app
         self.gate = gate
-        self.bearer = f"Bearer {gate.token}".encode() if gate.token else None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("path") == "/healthz":
@@ -232,9 +254,13 @@ class Access:
         if gate.hosts is not None and not gate.hosts.allows(host):
             await _send(send, 421, "MisdirectedRequest", _misdirected(host))
             return
-        if self.bearer is not None and hmac.compare_digest(headers.get(b"authorization", b""), self.bearer):
-            await self.app(scope, receive, send)
-            return
+        authorization = headers.get(b"authorization", b"")
+        if gate.required and authorization.startswith(b"Bearer "):
+            namespace = gate.namespace_of(authorization[7:])
+            if namespace is not None:
+                scope[SIGNED] = namespace
+                await self.app(scope, receive, send)
+                return
         method = scope.get("method", "GET")
         writes = method not in _SAFE_METHODS
         if writes and not self._from_here(headers, host):
@@ -244,7 +270,7 @@ class Access:
                         f"a client that sends no Origin, or start the server with --cors-origin ORIGIN")
             return
         path = scope.get("path", "")
-        if gate.token is None or method == "OPTIONS" or path == "/signin" or path.startswith("/static/"):
+        if not gate.required or method == "OPTIONS" or path == "/signin" or path.startswith("/static/"):
             await self.app(scope, receive, send)
             return
         cookie = _cookie(headers.get(b"cookie"))
@@ -256,6 +282,7 @@ class Access:
                             f"Authorization: Bearer <token> instead")
                 return
             scope["planvm.session"] = (cookie, session)
+            scope[SIGNED] = session.namespace
             await self.app(scope, receive, send)
             return
         if method in ("GET", "HEAD") and _PAGE_PATH.fullmatch(path):

@@ -11,13 +11,18 @@ a request: requests read the store in worker threads, bounded by ``store_timeout
 store in its threads (a database server's, or SQLite's), and record a run the store stopped as
 ``interrupted`` once it answers again; a request's JSON is parsed, its plan checked, and a large
 answer written out in threads. ``/healthz`` answers within 100 ms whatever the store does.
+
+A server serves every namespace of its settings: each request in one (its token's, or the one its
+``/v1/ns/{ns}/`` URL or ``X-PlanVM-Namespace`` header names; :mod:`planvm.server.namespaces`),
+through that namespace's engine and view of the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -35,7 +40,8 @@ from planvm.engine.tasks import RunTasks
 from planvm.server.access import DEFAULT_SESSION_SECONDS, Access, Gate, HostNames, Sessions
 from planvm.server.deps import Context
 from planvm.server.guard import _Guard
-from vm.errors import BadInput, PlanningError, PlanValidationError, PlanVMError
+from planvm.server.namespaces import HEADER, Namespaces
+from vm.errors import BadInput, PlanningError, PlanValidationError, PlanVMError, QuotaExceeded
 
 __all__ = ["create_app"]
 
@@ -74,6 +80,7 @@ def create_app(
     engine: Engine,
     *,
     token: str | None = None,
+    tokens: Mapping[str, str] | None = None,
     cors_origins: list[str] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     execute: bool = True,
@@ -83,12 +90,19 @@ def create_app(
 ) -> FastAPI:
     """The service over ``engine`` (whose store is required). ``token``: every path but
     ``/healthz`` needs ``Authorization: Bearer <token>``, or (the page) a session signed in at
-    ``/signin`` that lasts ``session_seconds``. ``allowed_hosts``: the ``Host`` names answered
+    ``/signin`` that lasts ``session_seconds``; it is the token of ``engine``'s namespace.
+    ``tokens``: more tokens, each → the namespace it serves (``engine.config.token_namespaces()``
+    gives those of the settings); a request is served in its token's namespace only.
+    ``allowed_hosts``: the ``Host`` names answered
     (others get 421; see :func:`planvm.server.access.allowed_hosts_for`); None: any.
     ``execute=False``: new runs are only queued, for ``planvm worker`` processes sharing the
     store. ``store_timeout``: seconds a request waits on the store before it is answered 503."""
-    if token is not None and not token.strip():
-        raise BadInput("the token is blank; give a real secret, or no token (loopback only)")
+    home = engine.config.namespace
+    bound = _token_map(home, token, tokens)
+    undeclared = sorted(set(bound.values()) - set(engine.config.namespace_names()))
+    if undeclared:
+        raise BadInput(f"tokens are given for namespaces the settings do not declare ({', '.join(undeclared)}); "
+                       f"add a [namespaces.NAME] table for each")
     from vm.redact import mask_log_records
 
     mask_log_records()  # an error a model server echoed a key into never reaches the server's log
@@ -104,7 +118,7 @@ def create_app(
             # Runs a dead server left `running` can be resumed: say so in the store. A server that
             # only queues leaves them to the workers, who take runs whose lease ran out first.
             try:
-                await service.mark_abandoned()
+                await service.mark_abandoned(engine.config.namespace_names())
             except PlanVMError as exc:
                 log.warning("could not look for abandoned runs: %s", engine.public(str(exc)))
         yield
@@ -118,14 +132,18 @@ def create_app(
     )
     app.state.service = service  # (tests reach the runs executing here through it)
     app.state.context = Context(engine, service, execute)
+    app.state.contexts = {}  # other namespaces' (see planvm.server.deps.context)
 
     # --- errors, size, authentication ---------------------------------------------------------
 
     @app.exception_handler(PlanVMError)
     async def planvm_error(request: Request, exc: PlanVMError) -> JSONResponse:
         problems = _problems(exc)
-        return _error(_status_for(exc), type(exc).__name__, engine.public(str(exc)),
-                      [engine.public(p) for p in problems] if problems is not None else None)
+        answer = _error(_status_for(exc), type(exc).__name__, engine.public(str(exc)),
+                        [engine.public(p) for p in problems] if problems is not None else None)
+        if isinstance(exc, QuotaExceeded) and exc.retry_after is not None:
+            answer.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return answer
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -148,10 +166,11 @@ def create_app(
 
     if cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type", "Last-Event-ID"]
+            CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type", "Last-Event-ID", HEADER]
         )
     app.add_middleware(_Guard, max_body_bytes=max_body_bytes)
-    gate = Gate(token, HostNames(allowed_hosts) if allowed_hosts is not None else None, frozenset(cors_origins or ()), Sessions(session_seconds))
+    app.add_middleware(Namespaces, home=home, declared=engine.config.namespace_names(), bound=bool(bound))
+    gate = Gate(bound, HostNames(allowed_hosts) if allowed_hosts is not None else None, frozenset(cors_origins or ()), Sessions(session_seconds))
     app.state.gate = gate
     app.add_middleware(Access, gate=gate)  # outermost: the name and who asks, before anything else
 
@@ -169,7 +188,8 @@ def create_app(
         problem = await service.health()
         if problem is not None:
             return JSONResponse({"ok": False, "store": problem}, status_code=503)
-        return JSONResponse({"ok": True, "runs_here": len(service.tasks), "streams": service.hub.watching()})
+        spaces = service.namespaces()
+        return JSONResponse({"ok": True, "runs_here": sum(len(s.tasks) for s in spaces), "streams": sum(s.hub.watching() for s in spaces)})
 
     # --- the page, and what only it asks for ---------------------------------------------------
 
@@ -184,6 +204,20 @@ def create_app(
 
 
 # --- plumbing ------------------------------------------------------------------------------------
+
+
+def _token_map(home: str, token: str | None, tokens: Mapping[str, str] | None) -> dict[str, str]:
+    """Every bearer token → its namespace: ``tokens``, and ``token`` for ``home``."""
+    bound = dict(tokens or {})
+    for given in ([token] if token is not None else []) + list(bound):
+        if not given.strip():
+            raise BadInput("the token is blank; give a real secret, or no token (loopback only)")
+    if token is not None:
+        if bound.get(token, home) != home:
+            raise BadInput(f"the token given for namespace {home!r} is namespace {bound[token]!r}'s too; give each its own")
+        bound[token] = home
+    return bound
+
 
 
 def _version() -> str:

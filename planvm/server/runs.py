@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -13,7 +13,7 @@ from planvm.engine.events import run_events
 from planvm.engine.shapes import RunDetail, RunOutcome, RunPage
 from planvm.server.aisdk import HEADERS as AI_SDK_HEADERS
 from planvm.server.aisdk import ui_message_stream
-from planvm.server.deps import Context, OffLoopBody, context
+from planvm.server.deps import BulkJSONResponse, Context, OffLoopBody, context
 from planvm.server.models import (
     _ERRORS,
     ApproveRequest,
@@ -22,6 +22,7 @@ from planvm.server.models import (
     RunRequest,
     Started,
 )
+from vm import bulk
 from vm.errors import BadInput
 
 __all__ = ["router"]
@@ -51,8 +52,11 @@ async def respond(ctx: Context, run_id: str, task: asyncio.Task[Any], wait: bool
         await asyncio.wait([task])
         result = None if task.cancelled() or task.exception() is not None else task.result()
         # The run's own result when it ran here (what `planvm exec --json` prints), else the store's.
-        if result is not None and result.status != "cancelled":  # (its variables may be large: made in a thread)
-            return await asyncio.to_thread(lambda: JSONResponse(RunOutcome.from_result(result).dump()))
+        if result is not None and result.status != "cancelled":
+            if _small(result):
+                return JSONResponse(RunOutcome.from_result(result).dump())
+            # (large variables: made in a thread, written and freed a slice at a time)
+            return await asyncio.to_thread(lambda: _bulk(lambda: RunOutcome.from_result(result).dump()))
         return JSONResponse(await ctx.service.outcome(run_id))
     return JSONResponse({"run_id": run_id, "status": await ctx.service.call(ctx.engine.status_of, run_id)}, status_code=status)
 
@@ -80,9 +84,13 @@ async def start_run(body: RunRequest, wait: bool = Query(False, description="Ans
             run_id, body.goal, metadata=body.metadata, planner_kind=body.planner, limits=limits, listener=listener,
             use_library=body.library, stream_plan=body.stream_plan, approve_tools=body.approve_tools))
         return await respond(ctx, run_id, task, wait)
+    # The run takes the plan from the request (which keeps no reference to it): once checked, its
+    # data is let go while the request's own copy still holds it, and freed apart with that (vm.bulk).
+    taken = [body.plan]
+    body.plan = None
     run_id, task = await ctx.service.launch(
         lambda listener: ctx.engine.exec_plan(
-            body.plan, goal=body.goal, metadata=body.metadata, limits=limits, approve_tools=body.approve_tools, listener=listener,
+            taken.pop(), goal=body.goal, metadata=body.metadata, limits=limits, approve_tools=body.approve_tools, listener=listener,
         )
     )
     return await respond(ctx, run_id, task, wait)
@@ -106,12 +114,12 @@ async def get_run(run_id: str, steps: bool = Query(False, description="Also retu
     """Status, goal, plan, planning, answer, variables, error, parent, children, tokens, and the
     lease of the process executing it (``executor``, ``lease_expires_at``) while one does."""
     # Read, shaped and written out in a thread: a run of a large plan is megabytes of JSON.
-    return await ctx.service.call(lambda: JSONResponse(ctx.engine.get_run(run_id, steps=steps).dump()))
+    return await ctx.service.call(lambda: _bulk(lambda: ctx.engine.get_run(run_id, steps=steps).dump()))
 
 
 @router.get("/v1/runs/{run_id}/steps", tags=["runs"], responses=_ERRORS, response_model=dict[str, Any])
 async def get_steps(run_id: str, ctx: Context = Depends(context)) -> Any:
-    return await ctx.service.call(lambda: JSONResponse(ctx.engine.steps(run_id)))
+    return await ctx.service.call(lambda: _bulk(lambda: ctx.engine.steps(run_id)))
 
 
 @router.get("/v1/runs/{run_id}/variables", tags=["runs"], responses=_ERRORS, response_model=dict[str, Any])
@@ -120,7 +128,7 @@ async def get_variables(
     ctx: Context = Depends(context),
 ) -> Any:
     """The variables after step ``idx`` (all steps when it is left out)."""
-    return await ctx.service.call(lambda: JSONResponse(ctx.engine.variables(run_id, step)))
+    return await ctx.service.call(lambda: _bulk(lambda: ctx.engine.variables(run_id, step)))
 
 
 @router.get("/v1/runs/{run_id}/events", tags=["runs"], responses=_ERRORS)
@@ -208,6 +216,33 @@ async def judge(run_id: str, ctx: Context = Depends(context)) -> dict[str, Any]:
 
 
 # --- plumbing ------------------------------------------------------------------------------------
+
+_INLINE_ANSWER_BYTES = 64 * 1024  # an outcome this small is written out at once (well under a millisecond)
+
+
+def _small(result: Any) -> bool:
+    """Whether a run's outcome (its variables, the call it waits for) is small enough to write out
+    on the event loop; measured with a walk that stops at the bound."""
+    from vm.jsonsafe import ValueLimitError, storable
+
+    try:
+        storable([result.variables, result.pending], max_bytes=_INLINE_ANSWER_BYTES)
+    except ValueLimitError:
+        return False
+    return True
+
+
+
+def _bulk(read: Callable[[], Any]) -> BulkJSONResponse:
+    """What ``read`` gives (a stored run: megabytes of JSON for a large plan), as a response; the
+    objects read kept apart from the garbage collector, then freed a slice at a time (vm.bulk)."""
+    release = bulk.hold()
+    parts: list[Any] = []
+    try:
+        parts.append(read())
+        return BulkJSONResponse(parts[0])
+    finally:
+        bulk.discard(parts, then=release)
 
 
 def _last_event_id(value: str | None) -> int:

@@ -1,6 +1,7 @@
 """The page's sign-in (for a server with a token): a form served without authentication that
-exchanges the token for a session cookie, and a sign-out. The cookie, the CSRF token and the
-bound on wrong tokens are :mod:`planvm.server.access`'s; this module is the two routes."""
+exchanges the token for a session cookie (in the token's namespace), and a sign-out. The cookie,
+the CSRF token and the bound on wrong tokens are :mod:`planvm.server.access`'s; this module is
+the two routes."""
 
 from __future__ import annotations
 
@@ -34,14 +35,14 @@ def signin_router() -> APIRouter:
 
     @router.get("/signin")
     async def signin_form(request: Request) -> Response:
-        if _gate(request).token is None:
+        if not _gate(request).required:
             return RedirectResponse("/", status_code=303)
         return form(page_address(request.query_params.get("next")))
 
     @router.post("/signin")
     async def signin(request: Request) -> Response:
         gate = _gate(request)
-        if gate.token is None:
+        if not gate.required:
             return RedirectResponse("/", status_code=303)
         body = await request.body()
         fields = parse_qs(body[:_MOST_FORM_BYTES].decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=8)
@@ -51,11 +52,12 @@ def signin_router() -> APIRouter:
         if wait > 0:
             seconds = math.ceil(wait)
             return form(next_, f"Too many wrong tokens from this address: try again in {seconds} s.", 429, {"Retry-After": str(seconds)})
-        if not gate.token_matches((fields.get("token") or [""])[0]):
+        namespace = gate.namespace_of((fields.get("token") or [""])[0])
+        if namespace is None:
             gate.attempts.failed(client)
             return form(next_, _WRONG, 401)
         gate.attempts.succeeded(client)
-        cookie, _ = gate.sessions.start()
+        cookie, _ = gate.sessions.start(namespace)  # the page then shows that namespace's runs only
         answer = RedirectResponse(next_, status_code=303)
         answer.set_cookie(SESSION_COOKIE, cookie, max_age=max(1, math.ceil(gate.sessions.seconds)), path="/", httponly=True,
                           samesite="strict", secure=request.url.scheme == "https")

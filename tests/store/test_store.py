@@ -440,7 +440,7 @@ def test_a_version_1_store_is_upgraded_without_losing_a_run(tmp_path):
     store = RunStore(path)
     run = store.get("0123")  # a prefix of the id
     assert run.final_answer == 42 and run.limits is None and len(run.steps) == 1
-    assert store.query("SELECT version_num FROM alembic_version")[0][0] == "0007"
+    assert store.query("SELECT version_num FROM alembic_version")[0][0] == "0008"
     assert replay(run).ok
 
 
@@ -453,7 +453,7 @@ def test_a_store_made_by_the_version_3_code_is_upgraded_and_its_runs_go_on(tmp_p
     done = store.get("13b741518b6b4c89")
     assert done.status == "completed" and done.final_answer == 2 and done.goal == "made by the version-3 store"
     assert done.metadata == {"lang": "en"} and done.limits == {"max_steps": 10} and len(done.steps) == 2
-    assert store.query("SELECT version_num FROM alembic_version")[0][0] == "0007"
+    assert store.query("SELECT version_num FROM alembic_version")[0][0] == "0008"
     resumed = VM(make_registry(), store=store).resume("c8371ccab2dd4381")
     assert resumed.ok and resumed.final_answer == 2 and len(resumed.trace) == 2
     assert {r["id"]: r["status"] for r in store.list_runs()} == {"c8371ccab2dd4381": "completed", "13b741518b6b4c89": "completed"}
@@ -469,6 +469,10 @@ def test_a_server_store_behind_the_schema_asks_for_store_upgrade(tmp_path):
         engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
         with engine.begin() as conn:  # as if the store had been made before the leases migration
             conn.exec_driver_sql("DROP TABLE plan_library")  # its index goes with it
+            conn.exec_driver_sql("DROP TABLE namespaces")
+            conn.exec_driver_sql("DROP TABLE usage")
+            conn.exec_driver_sql("DROP INDEX runs_namespace")
+            conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN namespace")
             conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN judgement, DROP COLUMN score, DROP COLUMN best_of, DROP COLUMN tools, DROP COLUMN spent_s")
             conn.exec_driver_sql("DROP TABLE leases")
             conn.exec_driver_sql("DROP INDEX runs_status")
@@ -479,7 +483,7 @@ def test_a_server_store_behind_the_schema_asks_for_store_upgrade(tmp_path):
             RunStore(url)
         out = subprocess.run([sys.executable, "-m", "planvm", "store", "upgrade", "--store", url], cwd=ROOT, capture_output=True,
                              text=True, timeout=60)
-        assert out.returncode == 0 and "from schema version 0001 to 0007" in out.stdout, out.stderr
+        assert out.returncode == 0 and "from schema version 0001 to 0008" in out.stdout, out.stderr
         store = RunStore(url)
         run_id = store.create_run([assign(0, final_answer=1)])
         assert store.get(run_id).owner == store.worker_id

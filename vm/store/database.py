@@ -10,12 +10,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from vm.errors import LeaseLost, StoreError
 from vm.redact import redact
 from vm.store.dialects import Dialect, dialect_for
 from vm.store.locations import _location_texts, _masked, _without_location, store_url
+
+if TYPE_CHECKING:
+    from vm.store.interface import Store
 
 __all__ = ["DEFAULT_LEASE_SECONDS", "Database"]
 
@@ -55,7 +58,15 @@ class Database:
         retry_seconds: float | None = None,
         upgrade: bool | None = None,
         owner: str | None = None,
+        namespace: str | None = None,
     ) -> None:
+        from vm.store.quotas import check_namespace
+
+        #: The namespace this store reads and writes (see :meth:`in_namespace`).
+        self.namespace: str = check_namespace(namespace or _schema().DEFAULT_NAMESPACE)
+        #: Its quotas, held when a run is admitted (None: none). See :mod:`vm.store.quotas`.
+        self.max_active_runs: int | None = None
+        self.tokens_per_day: int | None = None
         self.url, self.file = store_url(location)
         self._owner = owner  # the lease owner name (default: host:pid:tag of this process)
         self.path: Any = self.file or redact(_masked(str(location)))  # for messages
@@ -71,6 +82,23 @@ class Database:
         self.backend: Dialect = kind(self)
         self.dialect: str = kind.name  # the backend's name (a server's: as SQLAlchemy calls it once connected)
         self.backend.open(timeout, upgrade=bool(upgrade))
+
+    def in_namespace(self, namespace: str, *, max_active_runs: int | None = None, tokens_per_day: int | None = None) -> Store:
+        """This store seen from ``namespace``: the same database and connections, reading and
+        writing only that namespace's runs, steps, judgements and library entries, under its
+        quotas (``max_active_runs``: runs planning, queued, running or waiting at once;
+        ``tokens_per_day``: tokens its runs may use a day). Closing the original closes both."""
+        import copy
+
+        from vm.store.quotas import check_namespace
+
+        view = copy.copy(self)
+        view.namespace = check_namespace(namespace)
+        view.max_active_runs = max_active_runs
+        view.tokens_per_day = tokens_per_day
+        if (max_active_runs is not None or tokens_per_day is not None) and not self.readonly:
+            view._ensure_namespace_row()
+        return view
 
     @property
     def parallel_calls(self) -> int:

@@ -7,6 +7,11 @@ changes only as :mod:`vm.store.lifecycle`'s table allows; errors are :mod:`vm.er
 (``RunNotFound``, ``RunBusy``, ``RunStateError``, ``RunCancelled``, ``LeaseLost``, ``StoreError``,
 ``StoreUnavailable``), each with a message that says what to do.
 
+A store is seen from one namespace (:attr:`Store.namespace`, ``default`` unless told): every
+read and write names it, so a run, step, judgement or library entry of another namespace is not
+there for it (``RunNotFound``); :meth:`Store.in_namespace` gives another namespace's view of the
+same database, with that namespace's quotas (``QuotaExceeded`` when admitting a run passes one).
+
 Writes are atomic (one transaction each) and safe to retry: a write whose connection was lost
 after the database committed is not applied twice. Methods taking ``run_id`` accept a full id;
 those that say so also take a unique prefix of one.
@@ -38,6 +43,30 @@ class Store(Protocol):
     dialect: str
     #: The schema revision opening this store migrated from (None: it was up to date).
     upgraded_from: str | None
+    #: The namespace this store reads and writes.
+    namespace: str
+    #: Its quotas (None: none): runs planning, queued, running or waiting at once; tokens a day (UTC).
+    max_active_runs: int | None
+    tokens_per_day: int | None
+
+    def in_namespace(self, namespace: str, *, max_active_runs: int | None = None, tokens_per_day: int | None = None) -> Store:
+        """This store seen from ``namespace`` (same database and connections), under its quotas.
+        Creating a run that would pass ``max_active_runs``, resuming a stopped one then, or
+        either once the day's tokens are spent raises ``QuotaExceeded``; two processes admitting
+        runs at once are counted one after the other."""
+        ...
+
+    def count_tokens(self, tokens: int) -> None:
+        """Add ``tokens`` to this namespace's count of today (steps and planning records add theirs)."""
+        ...
+
+    def tokens_today(self) -> int:
+        """Tokens this namespace's runs used today (UTC)."""
+        ...
+
+    def tokens_left(self) -> int | None:
+        """What is left of the daily token quota (None: no quota)."""
+        ...
 
     @property
     def worker_id(self) -> str:
@@ -84,10 +113,13 @@ class Store(Protocol):
         """End a ``planning`` run as ``failed``, keeping how the planning went."""
         ...
 
-    def finish(self, run_id: str, status: str, *, final_answer: Any = None, error: str | None = None) -> None:
+    def finish(
+        self, run_id: str, status: str, *, final_answer: Any = None, error: str | None = None, step: tuple[int, Any] | None = None
+    ) -> None:
         """End the run this process executes: ``completed``, ``failed`` or ``interrupted``
         (``ValueError`` for another status; ``RunCancelled`` when cancelled meanwhile: nothing
-        is written). The lease is dropped."""
+        is written). The lease is dropped. ``step``: (index, record) of the run's last step,
+        written as :meth:`record_step` writes it, in the same transaction."""
         ...
 
     def wait(self, run_id: str, pending: dict[str, Any]) -> None:

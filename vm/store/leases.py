@@ -32,7 +32,7 @@ class Leases:
         from vm.store.lifecycle import transition
 
         return transition(conn, _schema(), run_id, event, worker=self.worker_id, path=str(self.path), lease_dead=_owner_dead,
-                          lock_row=self.backend.lock_row, sql=self._sql, **values)
+                          lock_row=self.backend.lock_row, sql=self._sql, namespace=self.namespace, **values)
 
     def _take_lease(self, conn: Any, run_id: str, now: float) -> None:
         t = _schema()
@@ -46,7 +46,10 @@ class Leases:
         commit: a planning, waiting or cancelled run takes no step)."""
         key = "renew-running" if running else "renew"
         build = (lambda: _hot().renew_running) if running else (lambda: _hot().renew)
-        done = self._sql(conn, key, build, {"r": run_id, "o": self.worker_id, "now": now, "until": now + self.lease_seconds})
+        params = {"r": run_id, "o": self.worker_id, "now": now, "until": now + self.lease_seconds}
+        if running:
+            params["ns"] = self.namespace
+        done = self._sql(conn, key, build, params)
         return done.rowcount == 1
 
     def renew(self, run_id: str) -> bool:
@@ -71,7 +74,7 @@ class Leases:
         ``waiting`` or ``interrupted`` run has no executor to lose.)"""
         t = _schema()
         now = time.time()
-        rows = self._read(_running_with_leases(t))
+        rows = self._read(_running_with_leases(t).where(t.runs.c.namespace == self.namespace))
         dead = []
         for row in rows:
             if not (row.owner is None or row.expires_at < now or _owner_dead(row.owner)):
@@ -89,12 +92,16 @@ class Leases:
         import sqlalchemy as sa
 
         t = _schema()
+        if self.has_quota:  # (first: see _lock_namespace)
+            self._lock_namespace(conn)
         now = time.time()
         lease = conn.execute(sa_select_lease(t, run_id)).first()
         mine = lease is not None and lease.owner == self.worker_id
         if lease is not None and lease.expires_at >= now and not (mine and held) and not _owner_dead(lease.owner):
             raise RunBusy(run_id, f"{lease.owner}, lease for {lease.expires_at - now:.0f} s more", str(self.path))
-        self._change(conn, run_id, "approve" if approving else "claim", error=None, pending=None)
+        was = self._change(conn, run_id, "approve" if approving else "claim", error=None, pending=None)
+        if self.has_quota and was in ("failed", "interrupted"):  # a stopped run admitted again
+            self._admit(conn, adding=0, lock=False)
         first_error = conn.execute(
             sa.select(sa.func.min(t.steps.c.idx)).where(t.steps.c.run_id == run_id, t.steps.c.error.is_not(None))
         ).scalar()
@@ -136,13 +143,15 @@ class Leases:
             stale = (
                 sa.select(t.runs.c.id)
                 .select_from(t.runs.outerjoin(t.leases, t.leases.c.run_id == t.runs.c.id))
-                .where(t.runs.c.status.in_(EXECUTED), sa.or_(t.leases.c.run_id.is_(None), t.leases.c.expires_at < now))
+                .where(t.runs.c.namespace == self.namespace, t.runs.c.status.in_(EXECUTED),
+                       sa.or_(t.leases.c.run_id.is_(None), t.leases.c.expires_at < now))
                 .order_by(t.runs.c.created_at)
                 .limit(1)
             )
             found = conn.execute(self.backend.skip_locked(stale, of=t.runs)).scalar()
             if found is None:
-                queued = sa.select(t.runs.c.id).where(t.runs.c.status == "queued").order_by(t.runs.c.created_at).limit(1)
+                queued = (sa.select(t.runs.c.id).where(t.runs.c.namespace == self.namespace, t.runs.c.status == "queued")
+                          .order_by(t.runs.c.created_at).limit(1))
                 found = conn.execute(self.backend.skip_locked(queued, of=t.runs)).scalar()
             if found is None:
                 return None
@@ -196,7 +205,8 @@ class _HotStatements:
             .where(t.leases.c.run_id == sa.bindparam("r"), t.leases.c.owner == sa.bindparam("o"), t.leases.c.expires_at >= sa.bindparam("now"))
             .values(expires_at=sa.bindparam("until"))
         )
-        running = sa.exists().where(t.runs.c.id == sa.bindparam("r"), t.runs.c.status == "running")
+        running = sa.exists().where(t.runs.c.id == sa.bindparam("r"), t.runs.c.status == "running",
+                                    t.runs.c.namespace == sa.bindparam("ns"))
         self.renew_running = self.renew.where(running)
         self.start_call = self.renew.where(running).values(expires_at=sa.bindparam("until"), calling=sa.bindparam("calling"))
         self.insert_step = t.steps.insert()

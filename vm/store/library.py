@@ -20,7 +20,7 @@ class Judgements:
         """Keep the judge's grade with the run (a later grade replaces it)."""
         t = _schema()
         score = judgement.get("score")
-        self._write(lambda conn: conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(
+        self._write(lambda conn: conn.execute(t.runs.update().where(t.runs.c.id == run_id, t.runs.c.namespace == self.namespace).values(
             judgement=_dumps(judgement), score=float(score) if isinstance(score, (int, float)) else None)))
 
     def mark_best(self, run_id: str, of: str) -> None:
@@ -28,8 +28,9 @@ class Judgements:
         t = _schema()
 
         def body(conn: Any) -> None:
-            conn.execute(t.runs.update().where(t.runs.c.best_of == of).values(best_of=None))
-            conn.execute(t.runs.update().where(t.runs.c.id == run_id).values(best_of=of))
+            mine = t.runs.c.namespace == self.namespace
+            conn.execute(t.runs.update().where(t.runs.c.best_of == of, mine).values(best_of=None))
+            conn.execute(t.runs.update().where(t.runs.c.id == run_id, mine).values(best_of=of))
 
         self._write(body)
 
@@ -40,7 +41,7 @@ class Judgements:
         t = _schema()
         r = t.runs.c
         statement = sa.select(r.id, r.created_at, r.goal, r["metadata"], r.plan, r.planning, r.final_answer, r.score, r.judgement,
-                              r.best_of).where(r.status == "completed", r.goal.is_not(None))
+                              r.best_of).where(r.status == "completed", r.goal.is_not(None), r.namespace == self.namespace)
         if since is not None:
             statement = statement.where(r.created_at >= since)
         return [
@@ -60,7 +61,7 @@ class Judgements:
         entry_id = uuid.uuid4().hex[:16]
 
         def body(conn: Any) -> list[str]:
-            same = sa.and_(lib.c.goal_key == entry["goal_key"],
+            same = sa.and_(lib.c.namespace == self.namespace, lib.c.goal_key == entry["goal_key"],
                            lib.c.language.is_(None) if entry.get("language") is None else lib.c.language == entry["language"])
             replaced = [row[0] for row in conn.execute(sa.select(lib.c.id).where(same))]
             if replaced:
@@ -70,7 +71,7 @@ class Judgements:
                 metadata=_dumps(entry.get("metadata")) if entry.get("metadata") is not None else None, language=entry.get("language"),
                 label=entry.get("label"), tools=_dumps(entry.get("tools") or []), plan=_dumps(entry["plan"]),
                 reasoning=entry.get("reasoning"), final_answer=_dumps(entry.get("final_answer")),
-                score=entry.get("score"), embedding=_floats_to_bytes(entry["embedding"]) if entry.get("embedding") is not None else None,
+                score=entry.get("score"), namespace=self.namespace, embedding=_floats_to_bytes(entry["embedding"]) if entry.get("embedding") is not None else None,
             ))
             return replaced
 
@@ -88,7 +89,7 @@ class Judgements:
         names = ["id", "run_id", "goal", "goal_key", "language", "label", "tools", "embedding"]
         if not light:
             names += ["created_at", "metadata", "plan", "reasoning", "final_answer", "score"]
-        statement = sa.select(*(lib.c[n] for n in names))
+        statement = sa.select(*(lib.c[n] for n in names)).where(lib.c.namespace == self.namespace)
         if goal_key is not None:
             statement = statement.where(lib.c.goal_key == goal_key)
         if ids is not None:
@@ -109,7 +110,7 @@ class Judgements:
         import sqlalchemy as sa
 
         lib = _schema().plan_library
-        count, newest = self._read(sa.select(sa.func.count(), sa.func.max(lib.c.created_at)))[0]
+        count, newest = self._read(sa.select(sa.func.count(), sa.func.max(lib.c.created_at)).where(lib.c.namespace == self.namespace))[0]
         return int(count), newest
 
     def library_remove(self, entry_id: str) -> str:
@@ -117,10 +118,11 @@ class Judgements:
         import sqlalchemy as sa
 
         lib = _schema().plan_library
-        found = [row[0] for row in self._read(sa.select(lib.c.id).where(lib.c.id.startswith(entry_id, autoescape=True)).limit(2))]
+        found = [row[0] for row in self._read(sa.select(lib.c.id).where(
+            lib.c.id.startswith(entry_id, autoescape=True), lib.c.namespace == self.namespace).limit(2))]
         if not entry_id or not found:
             raise StoreError(f"no best plan '{entry_id}' in the library; see `planvm library list`", path=str(self.path))
         if len(found) > 1:
             raise StoreError(f"'{entry_id}' is the start of several best plans' ids; give more of it", path=str(self.path))
-        self._write(lambda conn: conn.execute(lib.delete().where(lib.c.id == found[0])))
+        self._write(lambda conn: conn.execute(lib.delete().where(lib.c.id == found[0], lib.c.namespace == self.namespace)))
         return found[0]

@@ -82,7 +82,7 @@ _HINTS = {
 
 def transition(
     conn: Any, tables: Any, run_id: str, event: str, *, worker: str, path: str | None, lease_dead: Any = None,
-    lock_row: Any = None, sql: Any = None, **values: Any
+    lock_row: Any = None, sql: Any = None, namespace: str = "default", **values: Any
 ) -> str:
     """Apply ``event`` to ``run_id`` inside the caller's transaction; return the status it left.
 
@@ -93,7 +93,8 @@ def transition(
     (for events that may take a run whose lease is still recorded). ``lock_row(select)``: the
     status read holding the run's row (the store's dialect: ``FOR UPDATE`` on a database server;
     SQLite's write transaction already excludes others), so of two processes racing the second
-    sees the first one's change. ``sql(conn, key, build,
+    sees the first one's change. ``namespace``: the run is found only in it (another
+    namespace's run is ``RunNotFound``). ``sql(conn, key, build,
     params)`` runs a statement built once per key (the store's :meth:`~vm.store.database.Database._sql`;
     default: built each time)."""
     import sqlalchemy as sa
@@ -107,10 +108,10 @@ def transition(
     rid = sa.bindparam("rid")
 
     def read_status() -> Any:
-        read = sa.select(runs.c.status).where(runs.c.id == rid)
+        read = sa.select(runs.c.status).where(runs.c.id == rid, runs.c.namespace == sa.bindparam("ns"))
         return lock_row(read) if lock_row is not None else read
 
-    row = sql(conn, "status", read_status, {"rid": run_id}).fetchone()
+    row = sql(conn, "status", read_status, {"rid": run_id, "ns": namespace}).fetchone()
     if row is None:
         raise RunNotFound(run_id, path)
     status = row[0]

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
+from vm import bulk
 from vm.errors import BadInput, StoreError
 from vm.jsonsafe import clean_text
 from vm.redact import mask_secrets
@@ -19,12 +20,24 @@ __all__ = ["StoredRun", "StoredStep"]
 
 def _dumps(value: Any) -> str:
     # Values reach the store through vm.jsonsafe.storable; this is the last guard for the rest
-    # (LLM exchanges, inputs): no NaN, no text SQLite cannot encode.
-    return mask_secrets(clean_text(json.dumps(value, ensure_ascii=False, default=to_jsonable_python)))
+    # (LLM exchanges, inputs): no NaN, no text SQLite cannot encode. A large plan is written a
+    # slice at a time (vm.bulk: no thread holds the GIL for the whole text).
+    text = bulk.dumps(value, ensure_ascii=False, default=to_jsonable_python) if bulk.sizeable(value) else _encode(value)
+    return mask_secrets(clean_text(text))
+
+
+# What json.dumps(value, ensure_ascii=False, default=to_jsonable_python) does, without making an
+# encoder for each value (a run stores a few for every step).
+_encode = json.JSONEncoder(ensure_ascii=False, default=to_jsonable_python).encode
 
 
 def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    if text is None:
+        return None
+    if len(text) < bulk.LARGE_TEXT:
+        return json.loads(text)
+    with bulk.making():  # a large plan read back: its objects made with the collector paused
+        return bulk.loads(text)
 
 
 @dataclass(slots=True)

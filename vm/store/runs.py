@@ -56,9 +56,14 @@ class Runs:
             parent_id=parent_id, fork_seq=fork_seq, steps=inherit_steps, limits=_dumps(limits) if limits is not None else None,
             planning=_dumps(planning) if planning is not None else None, approve_tools=_dumps(approve_tools) if approve_tools else None,
             error=redact(clean_text(error)) if error else None, tools=_dumps(tools) if tools is not None else None,
+            namespace=self.namespace,
         )
 
         def body(conn: Any) -> None:
+            if status != "failed" and self.has_quota:
+                self._admit(conn)
+            if parent_id is not None and self._sql(conn, "run-in-ns", lambda: _in_namespace(t), {"rid": parent_id, "ns": self.namespace}).fetchone() is None:
+                raise RunNotFound(parent_id, str(self.path))  # (a fork never crosses namespaces)
             self._sql(conn, "run-insert", t.runs.insert, row)
             if status in ("running", "planning"):  # this process is at work on it
                 self._take_lease(conn, run_id, now)
@@ -83,6 +88,7 @@ class Runs:
         self._write(lambda conn: self._change(
             conn, run_id, "fail", error=redact(clean_text(error)), owner=None,
             planning=_dumps(planning) if planning is not None else None))
+        self.count_tokens(_planning_tokens(planning))
 
     def set_plan(self, run_id: str, plan: list[Any], planning: dict[str, Any] | None) -> None:
         """Give a goal its plan (a worker, or the service, planned it); ``RunCancelled`` when the
@@ -91,18 +97,23 @@ class Runs:
 
         def body(conn: Any) -> None:
             done = conn.execute(
-                t.runs.update().where(t.runs.c.id == run_id, t.runs.c.status.in_(("queued", "running", "planning"))).values(
+                t.runs.update().where(t.runs.c.id == run_id, t.runs.c.namespace == self.namespace,
+                                      t.runs.c.status.in_(("queued", "running", "planning"))).values(
                     plan=_dumps(plan), planning=_dumps(planning) if planning is not None else None, updated_at=time.time()))
             if done.rowcount != 1:
                 raise self._why_lost(conn, run_id)
 
         self._write(body)
+        self.count_tokens(_planning_tokens(planning))
 
     def record_step(self, run_id: str, index: int, record: Any) -> None:
         """Write one executed step (a :class:`vm.StepRecord`) in its own transaction, if this
         process still holds the run's lease (``LeaseLost`` otherwise: nothing is written)."""
-        import sqlalchemy as sa
+        self._write(self._step_writer(run_id, index, record), self._step_landed(run_id, index, record))
+        self.count_tokens(_call_tokens(record.llm_calls))
 
+    def _step_writer(self, run_id: str, index: int, record: Any) -> Any:
+        """The body of a step commit: the lease check and renewal, then the step's row."""
         row = dict(
             run_id=run_id, idx=index, seq_no=record.seq_no, type=record.type, tool=record.tool, inputs=_dumps(dict(record.inputs)),
             outputs=_dumps(dict(record.outputs)), result=_dumps(record.result), llm_calls=_dumps(list(record.llm_calls)),
@@ -120,25 +131,43 @@ class Runs:
             # No UPDATE of the runs row here: it holds the plan, and rewriting it per step would make
             # recording cost grow with the plan's size. Step counts are read from the steps table.
 
+        return body
+
+    @staticmethod
+    def _step_landed(run_id: str, index: int, record: Any) -> Any:
+        import sqlalchemy as sa
+
         def landed(conn: Any) -> bool:
             s = _schema().steps.c
             found = conn.execute(sa.select(s.seq_no, s.type).where(s.run_id == run_id, s.idx == index)).first()
             return found is not None and (found[0], found[1]) == (record.seq_no, record.type)
 
-        self._write(body, landed)
+        return landed
 
     _FINISH_EVENTS = {"completed": "complete", "failed": "fail", "interrupted": "interrupt"}
 
-    def finish(self, run_id: str, status: str, *, final_answer: Any = None, error: str | None = None) -> None:
+    def finish(
+        self, run_id: str, status: str, *, final_answer: Any = None, error: str | None = None, step: tuple[int, Any] | None = None
+    ) -> None:
         """End the run this process executes: ``completed``, ``failed`` or ``interrupted``
-        (``RunCancelled`` when it was cancelled meanwhile: nothing is written)."""
+        (``RunCancelled`` when it was cancelled meanwhile: nothing is written). ``step``: (index,
+        record) of the run's last step, written first in the same transaction as
+        :meth:`record_step` writes it (one commit instead of two for the step that ends a run)."""
         event = self._FINISH_EVENTS.get(status)
         if event is None:
             raise ValueError(f"finish() takes completed, failed or interrupted, not {status!r} (cancel() cancels)")
-        self._write(lambda conn: self._change(
-            conn, run_id, event, final_answer=_dumps(final_answer) if final_answer is not None else None,
-            error=redact(clean_text(error)) if error else None, owner=None,
-        ), self._status_is(status, run_id))
+        answer = _dumps(final_answer) if final_answer is not None else None
+        why = redact(clean_text(error)) if error else None
+        write_step = self._step_writer(run_id, *step) if step is not None else None
+
+        def body(conn: Any) -> None:
+            if write_step is not None:
+                write_step(conn)
+            self._change(conn, run_id, event, final_answer=answer, error=why, owner=None)
+
+        self._write(body, self._status_is(status, run_id))
+        if step is not None:
+            self.count_tokens(_call_tokens(step[1].llm_calls))
 
     def wait(self, run_id: str, pending: dict[str, Any]) -> None:
         """Stop a run to wait for a person to approve the call ``pending`` describes."""
@@ -177,7 +206,7 @@ class Runs:
             now = time.time()
             done = self._sql(conn, "call-start", lambda: _hot().start_call,
                              {"r": run_id, "o": self.worker_id, "now": now, "until": now + self.lease_seconds,
-                              "calling": f"{seq_no} {tool}"[:255]})
+                              "calling": f"{seq_no} {tool}"[:255], "ns": self.namespace})
             if done.rowcount != 1:
                 raise self._why_lost(conn, run_id)
 
@@ -199,11 +228,12 @@ class Runs:
         import sqlalchemy as sa
 
         t = _schema()
-        if self._read_sql("run-exists", lambda: sa.select(t.runs.c.id).where(t.runs.c.id == sa.bindparam("rid")), {"rid": run_id}):
+        if self._read_sql("run-exists", lambda: _in_namespace(t), {"rid": run_id, "ns": self.namespace}):
             return run_id
         if run_id and all(c in "0123456789abcdef" for c in run_id) and len(run_id) < 32:
             rows = self._read(
-                sa.select(t.runs.c.id).where(t.runs.c.id >= run_id, t.runs.c.id < run_id + "g").order_by(t.runs.c.id).limit(2)
+                sa.select(t.runs.c.id).where(t.runs.c.id >= run_id, t.runs.c.id < run_id + "g", t.runs.c.namespace == self.namespace)
+                .order_by(t.runs.c.id).limit(2)
             )
             if len(rows) == 1:
                 return rows[0][0]
@@ -229,8 +259,8 @@ class Runs:
                       r.final_answer, r.error, t.leases.c.owner, t.leases.c.expires_at, r.limits, r.planning, r.pending, r.approve_tools,
                       r.judgement, r.best_of, r.tools, r.spent_s)
             .select_from(t.runs.outerjoin(t.leases, t.leases.c.run_id == r.id))
-            .where(r.id == sa.bindparam("rid"))
-        ), {"rid": run_id})
+            .where(r.id == sa.bindparam("rid"), r.namespace == sa.bindparam("ns"))
+        ), {"rid": run_id, "ns": self.namespace})
         if not rows:
             raise RunNotFound(run_id, str(self.path))
         row = rows[0]
@@ -253,7 +283,8 @@ class Runs:
         if max_bytes is not None:
             size = sa.func.coalesce(sa.func.length(s.inputs), 0) + sa.func.coalesce(sa.func.length(s.outputs), 0) + \
                 sa.func.coalesce(sa.func.length(s.result), 0) + sa.func.coalesce(sa.func.length(s.llm_calls), 0)
-            sizes = self._read(sa.select(s.idx, size).where(s.run_id == run_id, s.idx >= start).order_by(s.idx).limit(limit or 1000))
+            sizes = self._read(sa.select(s.idx, size).where(s.run_id == run_id, s.idx >= start, _ns_owns(s.run_id, self.namespace))
+                               .order_by(s.idx).limit(limit or 1000))
             total, taken = 0, 0
             for _idx, bytes_ in sizes:
                 if taken and total + (bytes_ or 0) > max_bytes:
@@ -265,11 +296,12 @@ class Runs:
             statement = (
                 sa.select(s.idx, s.seq_no, s.type, s.tool, s.inputs, s.outputs, s.result, s.llm_calls, s.next_seq, s.duration_s, s.error,
                           s.notes, s.started_at)
-                .where(s.run_id == sa.bindparam("rid"), s.idx >= sa.bindparam("start")).order_by(s.idx)
+                .where(s.run_id == sa.bindparam("rid"), s.idx >= sa.bindparam("start"), _ns_owns(s.run_id, sa.bindparam("ns")))
+                .order_by(s.idx)
             )
             return statement if limit is None else statement.limit(sa.bindparam("lim", type_=sa.Integer))
 
-        rows = self._read_sql(("steps-page", limit is None), page, {"rid": run_id, "start": start, "lim": limit})
+        rows = self._read_sql(("steps-page", limit is None), page, {"rid": run_id, "start": start, "lim": limit, "ns": self.namespace})
         return [
             StoredStep(x[0], x[1], x[2], x[3], _loads(x[4]) or {}, _loads(x[5]) or {}, _loads(x[6]), _loads(x[7]) or [], x[8],
                        x[9] or 0.0, x[10], _loads(x[11]) or [], x[12])
@@ -286,9 +318,10 @@ class Runs:
         def statement() -> Any:
             counted = sa.select(sa.func.count()).where(t.steps.c.run_id == r.id).scalar_subquery()
             return (sa.select(r.status, r.error, r.pending, counted, r.updated_at, t.leases.c.owner, t.leases.c.expires_at)
-                    .select_from(t.runs.outerjoin(t.leases, t.leases.c.run_id == r.id)).where(r.id == sa.bindparam("rid")))
+                    .select_from(t.runs.outerjoin(t.leases, t.leases.c.run_id == r.id))
+                    .where(r.id == sa.bindparam("rid"), r.namespace == sa.bindparam("ns")))
 
-        rows = self._read_sql("run-head", statement, {"rid": run_id})
+        rows = self._read_sql("run-head", statement, {"rid": run_id, "ns": self.namespace})
         if not rows:
             raise RunNotFound(run_id, str(self.path))
         status, error, pending, steps, updated_at, owner, expires_at = rows[0]
@@ -311,7 +344,7 @@ class Runs:
         counted = sa.select(sa.func.count()).where(t.steps.c.run_id == r.id).scalar_subquery()
         statement = sa.select(r.id, r.status, r.created_at, counted, r.goal, r.parent_id, r.fork_seq, r["metadata"],
                               t.leases.c.owner, t.leases.c.expires_at, r.score, r.judgement, r.best_of, r.updated_at).select_from(
-            t.runs.outerjoin(t.leases, t.leases.c.run_id == r.id))
+            t.runs.outerjoin(t.leases, t.leases.c.run_id == r.id)).where(r.namespace == self.namespace)
         if status:
             statement = statement.where(r.status == status)
         if query:
@@ -339,14 +372,16 @@ class Runs:
         import sqlalchemy as sa
 
         t = _schema()
-        return self._read(sa.select(sa.func.count()).select_from(t.steps).where(t.steps.c.run_id == run_id))[0][0]
+        return self._read(sa.select(sa.func.count()).select_from(t.steps).where(
+            t.steps.c.run_id == run_id, _ns_owns(t.steps.c.run_id, self.namespace)))[0][0]
 
     def status_of(self, run_id: str) -> str:
         """The run's status alone (cheap: the service polls it while streaming)."""
         import sqlalchemy as sa
 
         t = _schema()
-        rows = self._read_sql("run-status", lambda: sa.select(t.runs.c.status).where(t.runs.c.id == sa.bindparam("rid")), {"rid": run_id})
+        rows = self._read_sql("run-status", lambda: sa.select(t.runs.c.status).where(
+            t.runs.c.id == sa.bindparam("rid"), t.runs.c.namespace == sa.bindparam("ns")), {"rid": run_id, "ns": self.namespace})
         if not rows:
             raise RunNotFound(run_id, str(self.path))
         return rows[0][0]
@@ -356,7 +391,8 @@ class Runs:
 
         t = _schema()
         r = t.runs.c
-        rows = self._read(sa.select(r.id, r.status, r.fork_seq, r.score, r.best_of).where(r.parent_id == run_id).order_by(r.created_at))
+        rows = self._read(sa.select(r.id, r.status, r.fork_seq, r.score, r.best_of).where(r.parent_id == run_id, r.namespace == self.namespace)
+                          .order_by(r.created_at))
         return [{"id": i, "status": s, "fork_seq": f, "score": sc, "best_of": b} for i, s, f, sc, b in rows]
 
     def lineage(self, run_id: str) -> list[str]:
@@ -367,8 +403,40 @@ class Runs:
         chain = [run_id]
         seen = {run_id}
         while True:
-            rows = self._read(sa.select(t.runs.c.parent_id).where(t.runs.c.id == chain[0]))
+            rows = self._read(sa.select(t.runs.c.parent_id).where(t.runs.c.id == chain[0], t.runs.c.namespace == self.namespace))
             if not rows or rows[0][0] is None or rows[0][0] in seen:
                 return chain
             chain.insert(0, rows[0][0])
             seen.add(rows[0][0])
+
+
+def _in_namespace(t: Any) -> Any:
+    """The run ``:rid`` if it is in namespace ``:ns`` (its id, else no row)."""
+    import sqlalchemy as sa
+
+    return sa.select(t.runs.c.id).where(t.runs.c.id == sa.bindparam("rid"), t.runs.c.namespace == sa.bindparam("ns"))
+
+
+def _ns_owns(run_id_column: Any, namespace: Any) -> Any:
+    """A condition: the run a step row names is in ``namespace`` (a value or a bind parameter)."""
+    import sqlalchemy as sa
+
+    runs = _schema().runs
+    return sa.exists().where(runs.c.id == run_id_column, runs.c.namespace == namespace)
+
+
+def _call_tokens(calls: Any) -> int:
+    """Prompt plus completion tokens of a step's LLM exchanges (what a namespace's daily quota counts)."""
+    total = 0
+    for call in calls or ():
+        if isinstance(call, dict):
+            for key in ("prompt_tokens", "completion_tokens"):
+                value = call.get(key)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    total += value
+    return total
+
+
+def _planning_tokens(planning: Any) -> int:
+    """Tokens the planner's attempts used (a planning record's prompt and completion tokens)."""
+    return _call_tokens([planning]) if isinstance(planning, dict) else 0

@@ -11,10 +11,13 @@ import sqlalchemy as sa
 
 from vm.store.dialects import long_text
 
-__all__ = ["HEAD", "leases", "metadata", "plan_library", "runs", "steps"]
+__all__ = ["DEFAULT_NAMESPACE", "HEAD", "leases", "metadata", "namespaces", "plan_library", "runs", "steps", "usage"]
 
 #: The newest migration (vm/store/migrations/versions); a store at it needs no upgrade.
-HEAD = "0007"
+HEAD = "0008"
+
+#: The namespace of a store opened without one (and of every run made before namespaces).
+DEFAULT_NAMESPACE = "default"
 
 
 def _long() -> sa.types.TypeEngine:
@@ -53,8 +56,11 @@ runs = sa.Table(
     sa.Column("best_of", sa.String(32)),  # set on the run a plan search (`planvm optimize`) chose: the run it started from
     sa.Column("tools", _long()),  # JSON: where its tools came from: plugins (path, sha256), MCP servers, builtins (0005)
     sa.Column("spent_s", _seconds()),  # execution seconds of failed steps a resume dropped; max_seconds counts them (0007)
+    # The namespace the run belongs to: every read and write of a store names one (0008).
+    sa.Column("namespace", sa.String(64), nullable=False, server_default=DEFAULT_NAMESPACE),
     sa.Index("runs_parent", "parent_id"),
     sa.Index("runs_status", "status", "created_at"),
+    sa.Index("runs_namespace", "namespace", "status", "created_at"),
 )
 
 steps = sa.Table(
@@ -108,5 +114,23 @@ plan_library = sa.Table(
     sa.Column("final_answer", _long()),  # JSON
     sa.Column("score", _seconds()),
     sa.Column("embedding", sa.LargeBinary()),  # the goal's embedding, float32 little-endian (None: none was available)
+    sa.Column("namespace", sa.String(64), nullable=False, server_default=DEFAULT_NAMESPACE),  # (0008)
     sa.Index("plan_library_goal", "goal_key", mysql_length=255),
+)
+
+# One row per namespace with a quota: the row a run's admission locks, so that two processes
+# admitting runs of one namespace at once count one after the other (0008).
+namespaces = sa.Table(
+    "namespaces",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+)
+
+# Tokens a namespace's runs used per day (UTC), for its daily token quota (0008).
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("namespace", sa.String(64), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),  # YYYY-MM-DD, UTC
+    sa.Column("tokens", sa.BigInteger, nullable=False, server_default="0"),
 )

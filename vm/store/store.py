@@ -5,13 +5,14 @@ from __future__ import annotations
 from vm.store.database import Database
 from vm.store.leases import Leases
 from vm.store.library import Judgements
+from vm.store.quotas import Quotas
 from vm.store.runs import Runs
 from vm.store.transfer import Transfers
 
 __all__ = ["RunStore"]
 
 
-class RunStore(Runs, Transfers, Leases, Judgements, Database):
+class RunStore(Runs, Transfers, Leases, Judgements, Quotas, Database):
     """Runs and their steps in a database. Safe to share between threads and processes.
 
     ``location``: a URL or an SQLite file path (see :func:`store_url`). ``readonly`` opens an
@@ -20,6 +21,8 @@ class RunStore(Runs, Transfers, Leases, Judgements, Database):
     renewal. ``retry_seconds``: how long a lost database connection is retried (with backoff)
     before an operation fails. ``owner``: the name this store's leases are taken under (default:
     ``host:pid:tag`` of this process; two stores with different owners act as two processes).
+    ``namespace``: the namespace it reads and writes (default ``default``); :meth:`in_namespace`
+    gives another namespace's view of the same database.
 
     A run's status changes only through :mod:`vm.store.lifecycle`'s table of transitions.
     """

@@ -47,7 +47,7 @@ class Transfers:
             planning=_dumps(run.planning) if run.planning is not None else None,
             judgement=_dumps(judgement) if judgement is not None else None,
             score=float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None,
-            best_of=None, tools=_dumps(run.tools) if run.tools is not None else None,
+            best_of=None, tools=_dumps(run.tools) if run.tools is not None else None, namespace=self.namespace,
         )
         step_rows = [
             dict(run_id=run.id, idx=i, seq_no=s.seq_no, type=s.type, tool=s.tool, inputs=_dumps(dict(s.inputs)),
@@ -63,7 +63,7 @@ class Transfers:
                 raise StoreError(
                     f"a run with id '{run.id}' is already in {self.path}; it was imported before (delete it first with "
                     f"`planvm runs delete {run.id}` to import it again)", path=str(self.path))
-            if run.parent_id and conn.execute(sa.select(r.id).where(r.id == run.parent_id)).first() is not None:
+            if run.parent_id and conn.execute(sa.select(r.id).where(r.id == run.parent_id, r.namespace == self.namespace)).first() is not None:
                 row["parent_id"] = run.parent_id
             conn.execute(t.runs.insert(), row)
             if step_rows:
@@ -87,7 +87,7 @@ class Transfers:
             doomed = [run_id]
             frontier = [run_id]
             while frontier:
-                children = [row[0] for row in conn.execute(sa.select(r.id).where(r.parent_id.in_(frontier)))]
+                children = [row[0] for row in conn.execute(sa.select(r.id).where(r.parent_id.in_(frontier), r.namespace == self.namespace))]
                 children = [c for c in children if c not in doomed]
                 doomed.extend(children)
                 frontier = children

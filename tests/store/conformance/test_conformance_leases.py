@@ -9,7 +9,7 @@ import time
 import pytest
 from store_suite import PLAN, expire_lease, location, other, store  # noqa: F401  (fixtures)
 
-from vm import LeaseLost, RunBusy, StepRecord
+from vm import LeaseLost, RunBusy, RunCancelled, StepRecord
 from vm.store import Store, open_store
 
 
@@ -50,6 +50,28 @@ def test_a_lease_run_out_is_taken_and_the_late_commit_is_refused(store: Store, o
     other.finish(run_id, "completed", final_answer=1)
     done = store.get(run_id)
     assert done.status == "completed" and [s.index for s in done.steps] == [0, 1] and done.owner is None
+
+
+def test_the_last_step_and_the_runs_end_are_written_together_or_not_at_all(store: Store, other: Store) -> None:
+    run_id = store.create_run(PLAN)
+    store.record_step(run_id, 0, step(0))
+    expire_lease(store, run_id)
+    other.claim(run_id)
+    with pytest.raises(LeaseLost):  # the lease is another's: neither the step nor the end is written
+        store.finish(run_id, "completed", final_answer=1, step=(1, step(1)))
+    assert store.head(run_id)["status"] == "running" and store.step_count(run_id) == 1
+    with pytest.raises(LeaseLost):  # another process recorded this position: the run stays as it was
+        other.finish(run_id, "completed", final_answer=1, step=(0, step(7)))
+    assert store.head(run_id)["status"] == "running" and [s.seq_no for s in store.steps_page(run_id)] == [0]
+    other.finish(run_id, "completed", final_answer=1, step=(1, step(1)))
+    done = store.get(run_id)
+    assert done.status == "completed" and done.final_answer == 1 and done.owner is None
+    assert [(s.index, s.outputs) for s in done.steps] == [(0, {"x": 0}), (1, {"x": 1})]
+    cancelled = store.create_run(PLAN)
+    other.cancel(cancelled)
+    with pytest.raises(RunCancelled):  # cancelled from another process before its last commit
+        store.finish(cancelled, "completed", final_answer=1, step=(0, step(0)))
+    assert store.head(cancelled)["status"] == "cancelled" and store.step_count(cancelled) == 0
 
 
 def test_a_step_position_is_recorded_once(store: Store) -> None:
