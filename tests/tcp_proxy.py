@@ -74,17 +74,15 @@ class TcpProxy:
         self.writers.discard(up_writer)
 
     def cut(self) -> None:
-        def do() -> None:
-            self.cut_off = True
-            for w in list(self.writers):
-                w.transport.abort()
-            self.writers.clear()
-
-        self.loop.call_soon_threadsafe(do)
+        self._reset_all("cut_off")
 
     def down(self) -> None:
+        self._reset_all("refusing")
+
+    def _reset_all(self, flag: str) -> None:
+        """Set ``flag`` and reset every connection through the proxy (on its loop)."""
         def do() -> None:
-            self.refusing = True
+            setattr(self, flag, True)
             for w in list(self.writers):
                 w.transport.abort()
             self.writers.clear()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import json
 import re
 import secrets
 import time
@@ -32,6 +31,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
+
+from planvm.server.guard import send_error
 
 __all__ = [
     "CSRF_HEADER", "SIGNED", "DEFAULT_SESSION_SECONDS", "SESSION_COOKIE", "Access", "Attempts", "Gate", "HostNames", "Sessions",
@@ -329,9 +330,4 @@ def _cookie(header: bytes | None) -> str | None:
 
 
 async def _send(send: Any, status: int, kind: str, message: str) -> None:
-    body = json.dumps({"error": {"type": kind, "message": message}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, status, kind, message, ((b"www-authenticate", b"Bearer"),) if status == 401 else ())

@@ -21,7 +21,7 @@ class _Guard:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            await _send_error(send, 413, "RequestTooLarge", f"the request body is larger than this server accepts ({self.max_body_bytes:,} bytes)")
+            await send_error(send, 413, "RequestTooLarge", f"the request body is larger than this server accepts ({self.max_body_bytes:,} bytes)")
             return
         received = 0
         limit = self.max_body_bytes
@@ -38,7 +38,7 @@ class _Guard:
                 received += len(message.get("body", b""))
                 if received > limit:
                     refused = True
-                    await _send_error(send, 413, "RequestTooLarge", f"the request body is larger than this server accepts ({limit:,} bytes)")
+                    await send_error(send, 413, "RequestTooLarge", f"the request body is larger than this server accepts ({limit:,} bytes)")
                     return {"type": "http.disconnect"}
             return message
 
@@ -49,8 +49,9 @@ class _Guard:
         await self.app(scope, bounded_receive, guarded_send)
 
 
-async def _send_error(send: Any, status: int, kind: str, message: str) -> None:
+async def send_error(send: Any, status: int, kind: str, message: str, extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """An error answered from plain ASGI code, in the shape the app's own errors have."""
     body = json.dumps({"error": {"type": kind, "message": message}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra_headers]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -14,11 +14,11 @@ The namespace goes on in the scope (``planvm.namespace``), where
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
 from planvm.server.access import SIGNED
+from planvm.server.guard import send_error
 
 __all__ = ["HEADER", "NAMESPACE", "PREFIX", "Namespaces"]
 
@@ -52,14 +52,14 @@ class Namespaces:
         if header is not None:
             named = header.decode("latin-1").strip()
             if asked is not None and named != asked:
-                await _send(send, 422, "InvalidRequest",
+                await send_error(send, 422, "InvalidRequest",
                             f"the URL names namespace {asked!r} and the {HEADER} header {named!r}; name one (or the same in both)")
                 return
             asked = named
         signed = scope.get(SIGNED)
         if signed is not None:  # a token's (or a session's) request: its own namespace, and no other
             if asked is not None and asked != signed:
-                await _send(send, 404, "NamespaceNotFound", _not_this_tokens(asked))
+                await send_error(send, 404, "NamespaceNotFound", _not_this_tokens(asked))
                 return
             name = signed
         elif self.bound:  # what a server with tokens lets through without one (the form, files, preflights)
@@ -67,7 +67,7 @@ class Namespaces:
         else:
             name = asked if asked is not None else self.home
             if name not in self.declared:
-                await _send(send, 404, "NamespaceNotFound", self._undeclared(name))
+                await send_error(send, 404, "NamespaceNotFound", self._undeclared(name))
                 return
         scope[NAMESPACE] = name
         await self.app(scope, receive, send)
@@ -92,9 +92,3 @@ def _unprefixed(scope: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         scope["raw_path"] = b"/v1" + (raw[end:] if end >= 0 else b"")
     return name, scope
 
-
-async def _send(send: Any, status: int, kind: str, message: str) -> None:
-    body = json.dumps({"error": {"type": kind, "message": message}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
