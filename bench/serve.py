@@ -7,6 +7,7 @@
     python bench/serve.py --stuck-readers 22 --max-connections 23   # ...holding every connection the server allows
     python bench/serve.py --clients 1 --runs 200 --code /tmp/previous   # this checkout, then another, in one run
     python bench/serve.py --namespaces 8           # runs spread over 8 namespaces (a token each) vs all in 1
+    python bench/serve.py --clients 1 --runs 200 --floor   # ...and the same load on a server doing only what a run needs
 
 One server process (the real `planvm serve`, its own store in a temporary folder); the clients
 are asyncio tasks of this process sharing one httpx connection pool, each posting
@@ -22,6 +23,13 @@ clients' runs go round them (run i with namespace i mod N's token); the same loa
 one namespace (with one token) is measured in the same way, the two alternately (--rounds), and
 their throughputs compared: the cost of isolation (each namespace its own engine, tools, quotas
 and view of the store).
+
+With --floor, the same load is then sent to bench/_floor_server.py, a server doing only what such a
+run cannot do without (an HTTP request and answer, the plan parsed, a commit to SQLite for the run
+and for each step, in a store thread, and the tools' waits), and this machine's CPU cost of one
+event-loop wake-up after a tool's wait is measured: planvm's CPU per run above that floor is what
+its own code costs. (A wake-up after an idle wait is not free: on a virtual machine it can cost
+more CPU time than the work it wakes for.)
 """
 
 from __future__ import annotations
@@ -218,6 +226,7 @@ def main() -> None:
     parser.add_argument("--value-kb", type=int, default=500, help="With --stuck-readers: the size of each step's value.")
     parser.add_argument("--namespaces", type=int, default=None,
                         help="Spread the runs over this many namespaces (a token each) and compare with one namespace.")
+    parser.add_argument("--floor", action="store_true", help="Also measure the same load on a server doing only what a run needs.")
     parser.add_argument("--rounds", type=int, default=3, help="With --namespaces: measurements of each, taken alternately.")
     parser.add_argument("--code", type=Path, action="append", default=[],
                         help="Another checkout whose server is measured the same way after this one's.")
@@ -268,6 +277,49 @@ def compare_namespaces(args: argparse.Namespace, code: Path) -> None:
     one, many = statistics.median(rates[1]), statistics.median(rates[args.namespaces])
     print(f"  ratio         {many / one:.3f} ({args.namespaces} namespaces / 1); server CPU per run "
           f"{statistics.median(cpu[args.namespaces]) / statistics.median(cpu[1]):.3f}")
+
+
+def floor(args: argparse.Namespace, body: dict, home: Path) -> tuple[float, float]:
+    """The same load on bench/_floor_server.py: its CPU per run (ms) and overhead p50 (ms)."""
+    port = 17000 + os.getpid() % 1000
+    server = subprocess.Popen([sys.executable, str(ROOT / "bench" / "_floor_server.py"), str(port), str(home / "floor.sqlite"),
+                               str(args.tool_ms / 1000)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                httpx.get(f"{url}/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        asyncio.run(load(url, 20, min(args.clients, 8), body))  # warm up
+        before = cpu_seconds(server.pid)
+        latencies, errors, _wall = asyncio.run(load(url, args.runs, args.clients, body))
+        if errors:
+            raise SystemExit(f"the floor server failed {errors} runs: {server.stderr.read() if server.poll() is not None else ''}")
+        critical = args.steps * args.tool_ms / 1000
+        return (cpu_seconds(server.pid) - before) / args.runs * 1000, percentile([(t - critical) * 1000 for t in latencies], 0.5)
+    finally:
+        server.terminate()
+        server.wait(15)
+
+
+def wake_cost(seconds: float, wakes: int = 100) -> float:
+    """CPU seconds this machine charges a thread for one event-loop wake-up after ``seconds`` idle
+    (an asyncio.sleep loop doing nothing else, measured from the thread's /proc schedstat)."""
+    import threading
+
+    def thread_ns() -> int:
+        return int(Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").read_text().split()[0])
+
+    async def sleeper() -> float:
+        await asyncio.sleep(seconds)
+        before = thread_ns()
+        for _ in range(wakes):
+            await asyncio.sleep(seconds)
+        return (thread_ns() - before) / 1e9 / wakes
+
+    return asyncio.run(sleeper())
 
 
 def start_server(args: argparse.Namespace, code: Path, home: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
@@ -336,6 +388,15 @@ def measure(args: argparse.Namespace, code: Path) -> None:
               f"the clients' {client_cpu:.2f} ms")
         print(f"  inside the VM     p50 {percentile(inside, 0.5):7.1f} ms   p95 {percentile(inside, 0.95):7.1f} ms  "
               f"(run time in the store minus its steps' tool time)")
+        if args.floor:
+            server.terminate()
+            server.wait(15)
+            floor_cpu, floor_overhead = floor(args, body, home)
+            wake = wake_cost(args.tool_ms / 1000)
+            print(f"  the floor         {floor_cpu:7.2f} ms per run, overhead p50 {floor_overhead:.1f} ms (bench/_floor_server.py: "
+                  f"HTTP, one commit per run and per step in a store thread, the tools' waits; nothing of planvm)")
+            print(f"  planvm's own      {server_cpu - floor_cpu:7.2f} ms per run above the floor; one event-loop wake-up after "
+                  f"{args.tool_ms:g} ms idle costs {wake * 1000:.2f} ms of CPU on this machine")
     finally:
         server.terminate()
         server.wait(15)

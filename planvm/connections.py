@@ -24,9 +24,44 @@ import struct
 import time
 from typing import Any
 
-__all__ = ["BearerToken", "BodyDeadline", "deadline_protocol", "is_loopback", "raise_open_files_limit"]
+__all__ = ["BearerToken", "BodyDeadline", "deadline_protocol", "is_loopback", "quiet_server", "raise_open_files_limit"]
 
 log = logging.getLogger("planvm.serve")
+
+
+def quiet_server(config: Any) -> Any:
+    """A ``uvicorn.Server`` that sleeps while nothing happens: uvicorn's own wakes its event loop ten
+    times a second to look for a shutdown signal; this one wakes once a second (to refresh the
+    ``date`` header, as uvicorn does each second) and at once on a signal. An idle wake of a server
+    that sits between the pieces of its runs' work costs as much as one of those pieces
+    (docs/performance.md)."""
+    import uvicorn
+
+    class QuietServer(uvicorn.Server):
+        _wake: asyncio.Event | None = None
+        _loop: asyncio.AbstractEventLoop | None = None
+
+        async def main_loop(self) -> None:
+            self._loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+            counter = 0
+            while not await self.on_tick(counter):
+                counter = (counter + 10) % 864000  # each pass is a second of uvicorn's ticks
+                try:
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                except TimeoutError:
+                    pass
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            loop, wake = self._loop, self._wake
+            if loop is not None and wake is not None:
+                try:
+                    loop.call_soon_threadsafe(wake.set)
+                except RuntimeError:  # the loop is closed already
+                    pass
+
+    return QuietServer(config)
 
 
 def deadline_protocol(headers: float, stall: float | None = None) -> type[asyncio.Protocol]:

@@ -49,14 +49,14 @@ def mcp_command(http_port: int | None, host: str, token: str | None, **options: 
         else:
             import uvicorn
 
-            from planvm.connections import BearerToken, BodyDeadline, deadline_protocol
+            from planvm.connections import BearerToken, BodyDeadline, deadline_protocol, quiet_server
 
             app: Any = server.streamable_http_app(host=host)
             if token:
                 app = BearerToken(app, token)
             served = "" if engine.config.namespace == "default" else f", namespace {engine.config.namespace}"
             echo_err(f"planvm MCP server on http://{host}:{http_port}/mcp (runs in {engine.store_path()}{served})")
-            uvicorn.run(BodyDeadline(app, 60.0), host=host, port=http_port, log_level="warning", http=deadline_protocol(10.0, 60.0),
-                        timeout_keep_alive=5)
+            quiet_server(uvicorn.Config(BodyDeadline(app, 60.0), host=host, port=http_port, log_level="warning",
+                                        http=deadline_protocol(10.0, 60.0), timeout_keep_alive=5)).run()
     finally:
         engine.close()

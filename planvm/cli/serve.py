@@ -86,7 +86,7 @@ def serve(
     """Serve planvm over HTTP: submit goals, stream runs, fork, resume, approve; a page at /."""
     import uvicorn
 
-    from planvm.connections import BodyDeadline, deadline_protocol, raise_open_files_limit
+    from planvm.connections import BodyDeadline, deadline_protocol, quiet_server, raise_open_files_limit
     from planvm.server import create_app
     from planvm.server.access import allowed_hosts_for
     from vm.redact import register_secret
@@ -112,7 +112,7 @@ def serve(
         BodyDeadline(app, body_timeout), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
         http=deadline_protocol(header_timeout, stall_timeout), timeout_keep_alive=5, limit_concurrency=max_connections,
     )
-    uvicorn.Server(config).run(sockets=[listening])
+    quiet_server(config).run(sockets=[listening])
 
 
 def namespace_tokens(options: dict[str, Any], token: str | None) -> dict[str, str]:

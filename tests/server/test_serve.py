@@ -356,3 +356,31 @@ def test_a_port_already_taken_is_one_line_naming_it_and_exit_2(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and f"port {port}" in lines[0] and "already taken" in lines[0], out.stderr
     assert "serving on" not in out.stderr
+
+
+def test_an_idle_server_sleeps_and_still_stops_at_once_on_a_signal(home):
+    """An idle `planvm serve` wakes about once a second (uvicorn's own loop wakes ten times a
+    second, and each wake-up after an idle wait costs CPU: bench/serve.py --floor), and SIGTERM
+    still stops it without waiting for its next wake-up."""
+    import os
+    import signal
+
+    def wakes(pid: int) -> int:
+        total = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            for line in Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches"):
+                    total += int(line.split()[1])
+        return total
+
+    with Server(home) as running:
+        time.sleep(1)
+        before = wakes(running.proc.pid)
+        time.sleep(4)
+        woke = wakes(running.proc.pid) - before
+        assert woke <= 12, f"{woke} wake-ups in 4 s of idleness"  # uvicorn's own: 40 or more
+        began = time.monotonic()
+        running.proc.send_signal(signal.SIGTERM)
+        running.proc.wait(10)
+        stopped = time.monotonic() - began
+    assert stopped < 5, stopped
