@@ -215,7 +215,9 @@ def test_a_large_plan_posted_to_runs_never_holds_the_event_loop_or_healthz(tmp_p
         assert server.slow_steps == [], server.slow_steps
         # No pass of the collector walks the plan's objects (each instruction is several): a pass
         # holds the GIL for all it walks, on whichever thread it lands (0.2-0.7 s each for 100,000
-        # instructions, and a pass each time the objects kept grow by a quarter).
-        assert collector.most() < before + n // 2, collector.passes
+        # instructions, and a pass each time the objects kept grow by a quarter). The parsed plan
+        # alone is two tracked containers an instruction (2n); the margin of n leaves room for what
+        # other tests of the same worker process leave behind meanwhile (threads, pools, caches).
+        assert collector.most() < before + n, collector.passes
         # As a client sees it, on a loaded machine.
         assert prober.slowest() < HEALTHZ_BOUND, prober.summary()
