@@ -286,12 +286,7 @@ def floor(args: argparse.Namespace, body: dict, home: Path) -> tuple[float, floa
                                str(args.tool_ms / 1000)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                httpx.get(f"{url}/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_ready(url)
         asyncio.run(load(url, 20, min(args.clients, 8), body))  # warm up
         before = cpu_seconds(server.pid)
         latencies, errors, _wall = asyncio.run(load(url, args.runs, args.clients, body))
@@ -333,13 +328,19 @@ def start_server(args: argparse.Namespace, code: Path, home: Path, extra_env: di
         cwd=code, env={**env, "PYTHONPATH": str(code)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     url = f"http://127.0.0.1:{port}"
+    wait_ready(url)
+    return server, url
+
+
+def wait_ready(url: str) -> None:
+    """Until the server at ``url`` answers /healthz with 200 (at most a minute)."""
     for _ in range(600):
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
+                return
         except httpx.HTTPError:
-            time.sleep(0.1)
-    return server, url
+            pass
+        time.sleep(0.1)
 
 
 def measure(args: argparse.Namespace, code: Path) -> None:

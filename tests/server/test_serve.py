@@ -361,7 +361,7 @@ def test_a_port_already_taken_is_one_line_naming_it_and_exit_2(tmp_path):
 def test_an_idle_server_sleeps_and_still_stops_at_once_on_a_signal(home):
     """An idle `planvm serve` wakes about once a second (uvicorn's own loop wakes ten times a
     second, and each wake-up after an idle wait costs CPU: bench/serve.py --floor), and SIGTERM
-    still stops it without waiting for its next wake-up."""
+    still stops it."""
     import os
     import signal
 
