@@ -110,7 +110,13 @@ def _private_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     for name in list(os.environ):
         if name.startswith("PLANVM_") or name == "OPENAI_API_KEY":
             monkeypatch.delenv(name)
-    monkeypatch.setenv("PLANVM_HOME", str(tmp_path_factory.mktemp("planvm_home")))
+    home = tmp_path_factory.mktemp("planvm_home")
+    monkeypatch.setenv("PLANVM_HOME", str(home))
+    # The answer reader's ONNX export (tools/kb/reader.py), built once per machine, is built once per
+    # test session: every test's home shares one folder for it (xdist workers included).
+    shared = tmp_path_factory.getbasetemp().parent / "shared-readers"
+    shared.mkdir(exist_ok=True)
+    (home / "readers").symlink_to(shared, target_is_directory=True)
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,12 @@ __all__ = ["NOT_FOUND", "NO_MODEL_NOTICE", "ExtractiveBackend"]
 
 #: The answer when no passage of the context answers the question.
 NOT_FOUND = "The knowledge base does not contain an answer to this question."
-#: A second passage is added when it also answers and scores within this of the best one.
-SECOND_MARGIN = 0.1
+#: The answer is the best passage and the other retrieved passages of its section (same page and
+#: heading), in the order they were retrieved, up to this many in all: a section often states a
+#: problem in one passage and solves it in the next.
+SECTION_PASSAGES = 4
+#: ... and up to about this many characters (the best passage is always whole).
+SECTION_CHARS = 2400
 
 NO_MODEL_NOTICE = (
     "no LLM is configured, so answers are extracted from the retrieved text (the extractive baseline); "
@@ -111,7 +115,7 @@ class ExtractiveBackend:
         import numpy as np
 
         from tools.kb.embedding import Embedder
-        from tools.kb.evidence import AnswerModel, absent_of, featurize, passages_of
+        from tools.kb.evidence import AnswerModel, absent_of, answer_probabilities, passages_of
 
         hits: list[dict[str, Any]] = []
         graph: list[dict[str, Any]] = []
@@ -125,15 +129,11 @@ class ExtractiveBackend:
         absent = absent_of(hits)
         if len(keys) > 1:
             return self._per_key(question, keys, passages, embedder, model, asks=_asks(prompt), absent=absent)
-        p = model.probability(featurize(question, passages, embedder, absent=absent))
+        p, threshold = answer_probabilities(question, passages, embedder, model, absent)
         best = int(np.argmax(p))
-        if p[best] < model.threshold and _asks(prompt):  # an instruction is answered with its closest passage
+        if p[best] < threshold and _asks(prompt):  # an instruction is answered with its closest passage
             return NOT_FOUND, False
-        chosen = [best]
-        for i in np.argsort(-p)[1:2]:
-            if p[i] >= max(model.threshold, p[best] - SECOND_MARGIN) and passages[i].source == passages[best].source:
-                chosen.append(int(i))
-        return "\n\n".join(_cite(passages[i]) for i in sorted(chosen)), True
+        return _cite([passages[i] for i in _section(passages, best)]), True
 
     def _per_key(self, question: str, keys: tuple[str, ...], passages: list[Any], embedder: Any, model: Any,
                  asks: bool = True, absent: list[str] | None = None) -> tuple[Any, bool]:
@@ -142,22 +142,42 @@ class ExtractiveBackend:
         them (an instruction, ``asks`` False, is answered with the closest passages, as one key's is)."""
         import numpy as np
 
-        from tools.kb.evidence import featurize
+        from tools.kb.evidence import answer_probabilities
 
-        scores = [model.probability(featurize(f"{key.replace('_', ' ')} {question}", passages, embedder, absent=absent)) for key in keys]
-        if max(float(s.max()) for s in scores) < model.threshold and asks:
+        scored = [answer_probabilities(f"{key.replace('_', ' ')} {question}", passages, embedder, model, absent) for key in keys]
+        scores = [s for s, _ in scored]
+        if max(float(s.max()) for s in scores) < scored[0][1] and asks:
             return {key: NOT_FOUND for key in keys}, False
         used: set[int] = set()
         answers: dict[str, str] = {}
         for key, p in zip(keys, scores, strict=True):
             order = [int(i) for i in np.argsort(-p) if int(i) not in used] or [int(np.argmax(p))]
             used.add(order[0])
-            answers[key] = _cite(passages[order[0]])
+            answers[key] = _cite([passages[order[0]]])
         return answers, True
 
 
-def _cite(passage: Any) -> str:
-    """The passage, then ``[source > section]``."""
-    section = passage.heading.split(" > ")[-1] if passage.heading else ""
-    where = " > ".join(part for part in (passage.source, section) if part)
-    return f"{passage.text} [{where}]" if where else passage.text
+def _section(passages: list[Any], best: int) -> list[int]:
+    """``best`` and the other passages of its page and section, in retrieval order, within
+    :data:`SECTION_PASSAGES` and :data:`SECTION_CHARS`."""
+    chosen = [best]
+    size = len(passages[best].text)
+    for i, passage in enumerate(passages):
+        if len(chosen) >= SECTION_PASSAGES:
+            break
+        if i == best or passage.source != passages[best].source or passage.heading != passages[best].heading:
+            continue
+        if size + len(passage.text) > SECTION_CHARS:
+            continue
+        chosen.append(i)
+        size += len(passage.text)
+    return sorted(chosen)
+
+
+def _cite(passages: list[Any]) -> str:
+    """The passages (of one page and section), then ``[source > section]``."""
+    first = passages[0]
+    section = first.heading.split(" > ")[-1] if first.heading else ""
+    where = " > ".join(part for part in (first.source, section) if part)
+    text = "\n\n".join(passage.text for passage in passages)
+    return f"{text} [{where}]" if where else text

@@ -287,22 +287,28 @@ def main() -> None:
 
 
 #: The calibration sets: (folder of documents, its questions). Never an evaluation (frozen) set.
-CALIBRATION = [(ROOT / "examples" / "kb", ROOT / "bench" / "answers" / "examples_kb.jsonl")]
+CALIBRATION = [(ROOT / "examples" / "kb", ROOT / "bench" / "answers" / "examples_kb.jsonl"),
+               (ROOT / "examples" / "kb", ROOT / "bench" / "answers" / "examples_kb_held_out.jsonl")]
 
 
 def calibrate(extra: list[tuple[Path, Path]] = (), kb_cache: Path | None = None) -> None:
-    """Set the model's threshold on the calibration questions (:data:`CALIBRATION` and ``extra``
-    sets of (corpus folder, questions); never an evaluation set): the one that gets most of them
-    right (the key phrase in the best passage, or nothing for an unanswerable question). With
-    ``kb_cache``, each corpus's index is kept there and reused."""
+    """Set the thresholds on the calibration questions (:data:`CALIBRATION` and ``extra`` sets of
+    (corpus folder, questions); never an evaluation set): for the answer model alone and for its
+    mean with the reader (:func:`tools.kb.evidence.answer_probabilities`), each the one that gets
+    most of them right (the key phrase in the answer, the best passage and its section's, or
+    nothing for an unanswerable question). With ``kb_cache``, each corpus's index is kept there
+    and reused."""
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
     from tools.kb import LocalKnowledgeBase, index_folder
-    from tools.kb.evidence import MODEL_FILE, AnswerModel, absent_of, featurize, passages_of
+    from tools.kb.evidence import MODEL_FILE, AnswerModel, absent_of, answer_probabilities, passages_of
+    from tools.kb.reader import load_reader
+    from tools.llm_extractive import _section
 
     model = AnswerModel(json.loads(MODEL_FILE.read_text(encoding="utf-8")))  # the weights just written, not those read first
-    outcomes = []
+    reader = load_reader()
+    outcomes: dict[str, list[tuple[float, bool, bool]]] = {"threshold": [], "reader_threshold": []}
     names = []
     with tempfile.TemporaryDirectory() as tmp:
         for corpus, questions in [*CALIBRATION, *extra]:
@@ -315,23 +321,31 @@ def calibrate(extra: list[tuple[Path, Path]] = (), kb_cache: Path | None = None)
             for row in rows:
                 hits = kb.search(row["q"], top_k=TOP_K)
                 passages = passages_of(hits)
-                p = model.probability(featurize(row["q"], passages, kb.embedder, absent=absent_of(hits)))
-                best = int(np.argmax(p))
                 key = " ".join(str(row.get("answer") or "").lower().split())
-                outcomes.append((float(p[best]), row.get("answer") is not None,
-                                 bool(key) and key in " ".join(passages[best].text.lower().split())))
+                for name, with_reader in (("threshold", None), ("reader_threshold", reader)):
+                    if name == "reader_threshold" and reader is None:
+                        continue
+                    p, _ = answer_probabilities(row["q"], passages, kb.embedder, model, absent_of(hits), reader=with_reader)
+                    best = int(np.argmax(p))
+                    answer = " ".join(passages[i].text for i in _section(passages, best))  # what the answerer returns
+                    outcomes[name].append((float(p[best]), row.get("answer") is not None,
+                                           bool(key) and key in " ".join(answer.lower().split())))
     grid = [round(t, 2) for t in np.arange(0.3, 0.96, 0.01)]
-
-    def right(t: float) -> int:
-        return sum((ok and p >= t) if answerable else p < t for p, answerable, ok in outcomes)
-
-    threshold = max(grid, key=lambda t: (right(t), -abs(t - 0.5)))
     data = json.loads(MODEL_FILE.read_text(encoding="utf-8"))
-    data["threshold"] = threshold
-    data["threshold_from"] = f"calibration: {', '.join(names)}; {right(threshold)}/{len(outcomes)} right"
+    for name, found in outcomes.items():
+        if not found:
+            print(f"{name}: not set (the reader could not be loaded)")
+            continue
+
+        def right(t: float, found: list[tuple[float, bool, bool]] = found) -> int:
+            return sum((ok and p >= t) if answerable else p < t for p, answerable, ok in found)
+
+        threshold = max(grid, key=lambda t: (right(t), -abs(t - 0.5)))
+        data[name] = threshold
+        data[f"{name}_from"] = f"calibration: {', '.join(names)}; {right(threshold)}/{len(found)} right"
+        curve = ", ".join(f"{t}: {right(t)}" for t in grid[::5])
+        print(f"{name} {threshold}: {right(threshold)}/{len(found)} calibration questions right ({curve})")
     MODEL_FILE.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    curve = ", ".join(f"{t}: {right(t)}" for t in grid[::5])
-    print(f"threshold {threshold}: {right(threshold)}/{len(outcomes)} calibration questions right ({curve})")
 
 
 def _arguments() -> Any:

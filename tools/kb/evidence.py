@@ -23,7 +23,8 @@ from typing import Any
 
 from tools.kb.markdown import units
 
-__all__ = ["FEATURES", "MODEL_FILE", "AnswerModel", "Passage", "absent_of", "featurize", "passages_of", "terms", "words"]
+__all__ = ["FEATURES", "MODEL_FILE", "AnswerModel", "Passage", "absent_of", "answer_probabilities", "featurize", "passages_of",
+           "terms", "words"]
 
 MODEL_FILE = Path(__file__).with_name("answer_model.json")
 FEATURES = (
@@ -194,10 +195,33 @@ class AnswerModel:
         self.scale = np.asarray(data["scale"], dtype=np.float32)
         self.weights = np.asarray(data["weights"], dtype=np.float32)
         self.bias = float(data["bias"])
-        self.threshold = float(data["threshold"])
+        self.threshold = float(data["threshold"])  # on the model's probability alone
+        self.reader_threshold = float(data.get("reader_threshold", self.threshold))  # on its mean with the reader's
 
     def probability(self, x: Any) -> Any:
         import numpy as np
 
         z = ((x - self.mean) / self.scale) @ self.weights + self.bias
         return 1.0 / (1.0 + np.exp(-z))
+
+
+def answer_probabilities(question: str, passages: list[Passage], embedder: Any, model: AnswerModel | None = None,
+                         absent: list[str] | None = None, reader: Any = "load") -> tuple[Any, float]:
+    """For each passage, the probability that it answers ``question``, and the threshold an answer
+    must reach. With the reader (:mod:`tools.kb.reader`, a cross-encoder; ``reader="load"`` loads
+    it, None goes without) the probability is the geometric mean of the answer model's and the
+    reader's; without it, the answer model's alone. Each has its own calibrated threshold."""
+    import numpy as np
+
+    model = model or AnswerModel()
+    p = model.probability(featurize(question, passages, embedder, absent=absent))
+    if reader == "load":
+        from tools.kb.reader import load_reader
+
+        reader = load_reader()
+    if reader is None or len(passages) == 0:
+        return p, model.threshold
+    from tools.kb.reader import passage_text
+
+    read = reader.scores(question, [passage_text(x.heading, x.text) for x in passages])
+    return np.sqrt(p * read), model.reader_threshold
