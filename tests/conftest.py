@@ -101,8 +101,26 @@ def make_registry() -> ToolRegistry:
     return ToolRegistry([echo, add, shout, fail, outputs_of])
 
 
+@pytest.fixture(scope="session")
+def shared_readers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The answer reader's ONNX export (tools/kb/reader.py), built once per machine, is built once per
+    test session, before the tests (a first answer would otherwise wait for it): every test's home
+    shares one folder for it, xdist workers included. Built in a subprocess, so that no test process
+    has torch imported by it."""
+    import subprocess
+    import sys
+
+    shared = tmp_path_factory.getbasetemp().parent / "shared-readers"
+    shared.mkdir(exist_ok=True)
+    code = ("import sys; from pathlib import Path; from tools.kb.reader import _key, build_reader; "
+            "build_reader(target=Path(sys.argv[1]) / _key())")
+    out = subprocess.run([sys.executable, "-c", code, str(shared)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return shared
+
+
 @pytest.fixture(autouse=True)
-def _private_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _private_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, shared_readers: Path) -> None:
     """Every test (and every subprocess it starts) sees no PLANVM_* settings from the machine and
     keeps its runs and knowledge base in its own folder."""
     import os
@@ -112,11 +130,7 @@ def _private_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
             monkeypatch.delenv(name)
     home = tmp_path_factory.mktemp("planvm_home")
     monkeypatch.setenv("PLANVM_HOME", str(home))
-    # The answer reader's ONNX export (tools/kb/reader.py), built once per machine, is built once per
-    # test session: every test's home shares one folder for it (xdist workers included).
-    shared = tmp_path_factory.getbasetemp().parent / "shared-readers"
-    shared.mkdir(exist_ok=True)
-    (home / "readers").symlink_to(shared, target_is_directory=True)
+    (home / "readers").symlink_to(shared_readers, target_is_directory=True)
 
 
 @pytest.fixture(scope="session")
