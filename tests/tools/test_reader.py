@@ -82,6 +82,17 @@ def test_an_export_that_stopped_midway_is_built_again(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "readers").iterdir()] == [target.name]  # nothing staged is left behind
 
 
+def test_an_export_damaged_on_disk_is_built_again(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(reader_module, "_cache_root", lambda: tmp_path / "readers")
+    monkeypatch.setattr(reader_module, "_LOADED", {})
+    target = reader_module.build_reader(target=tmp_path / "readers" / reader_module._key())
+    (target / "model.onnx").write_bytes(b"not an ONNX model")  # complete by its files, broken by its bytes
+    with caplog.at_level(logging.WARNING, logger="planvm.kb"):
+        reader = reader_module.load_reader()
+    assert "does not load" in caplog.text and "building it again" in caplog.text
+    assert reader is not None and reader.scores(QUESTION, [ANSWERS])[0] > 0.5
+
+
 def test_without_a_reader_the_answer_model_decides_alone(monkeypatch, caplog):
     def cannot(*args, **kwargs):
         raise ImportError("No module named 'peft'")

@@ -147,7 +147,16 @@ def load_reader() -> Reader | None:
             folder = _cache_root() / _key()
             if _complete(folder) is None:
                 build_reader(READER_FOLDER, folder)
-            reader = Reader(folder)
+            try:
+                reader = Reader(folder)
+                reader.open()
+            except Exception as exc:  # noqa: BLE001 - an export damaged on disk is built again, once
+                log.warning("the answer reader's export in %s does not load (%s: %s); building it again",
+                            folder, type(exc).__name__, str(exc)[:200])
+                shutil.rmtree(folder, ignore_errors=True)
+                build_reader(READER_FOLDER, folder)
+                reader = Reader(folder)
+                reader.open()
         except Exception as exc:  # noqa: BLE001 - answers go on without the reader
             log.warning("the answer reader is not used (%s: %s); install planvm[kb] to build it",
                         type(exc).__name__, str(exc)[:200])
@@ -173,14 +182,8 @@ class Reader:
         self._session: Any = None
         self._lock = threading.Lock()
 
-    def scores(self, question: str, passages: list[str]) -> Any:
-        """float32 array: for each passage, the probability that it answers ``question``."""
-        import numpy as np
-
-        out = np.zeros(len(passages), dtype=np.float32)
-        if not passages:
-            return out
-        encodings = self._tokenizer.encode_batch([(question, p) for p in passages])
+    def open(self) -> None:
+        """Load the ONNX model (once); raises when the export does not load."""
         with self._lock:
             if self._session is None:
                 import onnxruntime as ort
@@ -189,6 +192,17 @@ class Reader:
                 options.intra_op_num_threads = min(4, os.cpu_count() or 1)
                 options.log_severity_level = 3
                 self._session = ort.InferenceSession(str(self.folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+
+    def scores(self, question: str, passages: list[str]) -> Any:
+        """float32 array: for each passage, the probability that it answers ``question``."""
+        import numpy as np
+
+        out = np.zeros(len(passages), dtype=np.float32)
+        if not passages:
+            return out
+        encodings = self._tokenizer.encode_batch([(question, p) for p in passages])
+        self.open()
+        with self._lock:
             for start in range(0, len(encodings), self.batch_size):
                 batch = encodings[start : start + self.batch_size]
                 width = max(len(e.ids) for e in batch)
