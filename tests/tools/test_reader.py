@@ -113,7 +113,7 @@ def test_without_a_reader_the_answer_model_decides_alone(monkeypatch, caplog):
     assert np.allclose(p, model.probability(featurize(QUESTION, passages, embedder)))
 
 
-def test_with_the_reader_the_probability_is_the_mean_of_both(example_kb):
+def test_with_the_reader_the_probability_is_a_weighted_mean_of_both(example_kb):
     embedder = load_exported(example_kb)
     passages = [Passage(ANSWERS.split("\n", 1)[1], "scale.md", "Scaling", 0, 0.8),
                 Passage(UNRELATED.split("\n", 1)[1], "backup.md", "Backup", 1, 0.5)]
@@ -123,7 +123,9 @@ def test_with_the_reader_the_probability_is_the_mean_of_both(example_kb):
     alone = model.probability(featurize(QUESTION, passages, embedder))
     read = reader.scores(QUESTION, [reader_module.passage_text(x.heading, x.text) for x in passages])
     assert threshold == model.reader_threshold
-    assert np.allclose(p, np.sqrt(alone * read), atol=1e-6)
+    w = model.reader_weight
+    assert 0 < w < 1
+    assert np.allclose(p, alone ** (1 - w) * read**w, atol=1e-6)
 
 
 def test_the_answer_is_the_passage_and_the_rest_of_its_section_cited_once():

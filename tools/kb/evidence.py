@@ -197,6 +197,7 @@ class AnswerModel:
         self.bias = float(data["bias"])
         self.threshold = float(data["threshold"])  # on the model's probability alone
         self.reader_threshold = float(data.get("reader_threshold", self.threshold))  # on its mean with the reader's
+        self.reader_weight = float(data.get("reader_weight", 0.5))  # the reader's share of that (geometric) mean
 
     def probability(self, x: Any) -> Any:
         import numpy as np
@@ -209,8 +210,9 @@ def answer_probabilities(question: str, passages: list[Passage], embedder: Any, 
                          absent: list[str] | None = None, reader: Any = "load") -> tuple[Any, float]:
     """For each passage, the probability that it answers ``question``, and the threshold an answer
     must reach. With the reader (:mod:`tools.kb.reader`, a cross-encoder; ``reader="load"`` loads
-    it, None goes without) the probability is the geometric mean of the answer model's and the
-    reader's; without it, the answer model's alone. Each has its own calibrated threshold."""
+    it, None goes without) the probability is a weighted geometric mean of the answer model's and
+    the reader's (the reader's weight, ``reader_weight``, chosen on the calibration sets); without
+    it, the answer model's alone. Each has its own calibrated threshold."""
     import numpy as np
 
     model = model or AnswerModel()
@@ -224,4 +226,5 @@ def answer_probabilities(question: str, passages: list[Passage], embedder: Any, 
     from tools.kb.reader import passage_text
 
     read = reader.scores(question, [passage_text(x.heading, x.text) for x in passages])
-    return np.sqrt(p * read), model.reader_threshold
+    w = model.reader_weight
+    return p ** (1.0 - w) * read**w, model.reader_threshold
