@@ -212,11 +212,32 @@ def fit(x: Any, y: Any, *, l2: float = 1e-3, steps: int = 3000, rate: float = 0.
     return mean, scale, w, b
 
 
+def generation_kbs(folder: Path, embedder: Any) -> dict[str, Any]:
+    """The folders questions are generated from (examples/kb, docs/, installed packages'
+    descriptions), each indexed under ``folder``: ``{name: LocalKnowledgeBase}``."""
+    from tools.kb import LocalKnowledgeBase, index_folder
+
+    packages = folder / "packages"
+    packages.mkdir()
+    print(f"package descriptions: {_package_docs(packages)}", flush=True)
+    kbs = {}
+    for name, source in {"examples-kb": ROOT / "examples" / "kb", "docs": ROOT / "docs", "packages": packages}.items():
+        index_folder(source, folder / f"kb-{name}", embedder=embedder, extractor=None)
+        kbs[name] = LocalKnowledgeBase(folder / f"kb-{name}", embedder=embedder)
+    return kbs
+
+
+def capitalised_names(kbs: dict[str, Any]) -> dict[str, set[str]]:
+    """Each knowledge base's capitalised words (a question about another's is unanswerable in it)."""
+    return {name: {w for c in kb._version.chunks for w in re.findall(r"\b[A-Z][a-z]{3,}[A-Za-z]*\b", c["content"])}
+            for name, kb in kbs.items()}
+
+
 def main() -> None:
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from tools.kb import Embedder, LocalKnowledgeBase, index_folder
+    from tools.kb import Embedder
     from tools.kb.evidence import FEATURES, MODEL_FILE
 
     rng = random.Random(SEED)
@@ -225,16 +246,8 @@ def main() -> None:
     cached = CachedEmbedder(embedder)
     data: list[tuple[Any, Any, int]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        packages = Path(tmp) / "packages"
-        packages.mkdir()
-        print(f"package descriptions: {_package_docs(packages)}", flush=True)
-        folders = {"examples-kb": ROOT / "examples" / "kb", "docs": ROOT / "docs", "packages": packages}
-        kbs = {}
-        for name, folder in folders.items():
-            index_folder(folder, Path(tmp) / f"kb-{name}", embedder=embedder, extractor=None)
-            kbs[name] = LocalKnowledgeBase(Path(tmp) / f"kb-{name}", embedder=embedder)
-        capitalised = {name: sorted({w for c in kb._version.chunks for w in re.findall(r"\b[A-Z][a-z]{3,}[A-Za-z]*\b", c["content"])})
-                       for name, kb in kbs.items()}
+        kbs = generation_kbs(Path(tmp), embedder)
+        capitalised = {name: sorted(names) for name, names in capitalised_names(kbs).items()}
         lower = {name: sorted({w for c in kb._version.chunks for w in re.findall(r"\b[a-z]{5,12}\b", c["content"])} - stop)
                  for name, kb in kbs.items()}
         for name, kb in kbs.items():
@@ -308,7 +321,10 @@ def calibrate(extra: list[tuple[Path, Path]] = (), kb_cache: Path | None = None)
 
     model = AnswerModel(json.loads(MODEL_FILE.read_text(encoding="utf-8")))  # the weights just written, not those read first
     reader = load_reader()
-    outcomes: dict[str, list[tuple[float, bool, bool]]] = {"threshold": [], "reader_threshold": []}
+    variants = [("threshold", None)] + ([("reader_threshold", reader)] if reader is not None else [])
+    outcomes: dict[str, list[tuple[float, bool, bool]]] = {name: [] for name, _ in variants}
+    if reader is None:
+        print("reader_threshold: not set (the reader could not be loaded)")
     names = []
     with tempfile.TemporaryDirectory() as tmp:
         for corpus, questions in [*CALIBRATION, *extra]:
@@ -322,9 +338,7 @@ def calibrate(extra: list[tuple[Path, Path]] = (), kb_cache: Path | None = None)
                 hits = kb.search(row["q"], top_k=TOP_K)
                 passages = passages_of(hits)
                 key = " ".join(str(row.get("answer") or "").lower().split())
-                for name, with_reader in (("threshold", None), ("reader_threshold", reader)):
-                    if name == "reader_threshold" and reader is None:
-                        continue
+                for name, with_reader in variants:
                     p, _ = answer_probabilities(row["q"], passages, kb.embedder, model, absent_of(hits), reader=with_reader)
                     best = int(np.argmax(p))
                     answer = " ".join(passages[i].text for i in _section(passages, best))  # what the answerer returns
@@ -333,9 +347,6 @@ def calibrate(extra: list[tuple[Path, Path]] = (), kb_cache: Path | None = None)
     grid = [round(t, 2) for t in np.arange(0.3, 0.96, 0.01)]
     data = json.loads(MODEL_FILE.read_text(encoding="utf-8"))
     for name, found in outcomes.items():
-        if not found:
-            print(f"{name}: not set (the reader could not be loaded)")
-            continue
 
         def right(t: float, found: list[tuple[float, bool, bool]] = found) -> int:
             return sum((ok and p >= t) if answerable else p < t for p, answerable, ok in found)

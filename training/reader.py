@@ -20,7 +20,6 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 8
@@ -33,26 +32,17 @@ QUESTIONS = {"examples-kb": 300, "docs": 900, "packages": 1500}
 
 def pairs(seed: int = SEED) -> list[tuple[str, str, float]]:
     """(question, passage text, label) from generated questions, shuffled."""
-    from tools.kb import Embedder, LocalKnowledgeBase, index_folder
+    from tools.kb import Embedder
     from tools.kb.evidence import passages_of
     from tools.kb.reader import passage_text
-    from training.answer_model import _package_docs, _positive, _stop_words, generate
+    from training.answer_model import _positive, _stop_words, capitalised_names, generate, generation_kbs
 
     rng = random.Random(seed)
     stop = _stop_words()
-    embedder = Embedder()
     out: list[tuple[str, str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        packages = Path(tmp) / "packages"
-        packages.mkdir()
-        _package_docs(packages)
-        folders = {"examples-kb": ROOT / "examples" / "kb", "docs": ROOT / "docs", "packages": packages}
-        kbs = {}
-        for name, folder in folders.items():
-            index_folder(folder, Path(tmp) / f"kb-{name}", embedder=embedder, extractor=None)
-            kbs[name] = LocalKnowledgeBase(Path(tmp) / f"kb-{name}", embedder=embedder)
-        names = {n: {w for c in kb._version.chunks for w in re.findall(r"\b[A-Z][a-z]{3,}[A-Za-z]*\b", c["content"])}
-                 for n, kb in kbs.items()}
+        kbs = generation_kbs(Path(tmp), Embedder())
+        names = capitalised_names(kbs)
         for name, kb in kbs.items():
             foreign = sorted({w for other, words in names.items() if other != name for w in words})
             vocabulary = {w.lower() for c in kb._version.chunks for w in re.findall(r"[A-Za-z][\w-]+", c["content"])}

@@ -41,6 +41,17 @@ def test_the_reader_reads_question_and_passage_together():
     assert reader.scores(QUESTION, []).shape == (0,)
 
 
+def test_a_question_longer_than_the_window_is_read_in_part_not_refused():
+    """The tokenizer used to refuse a question longer than the reader's 192 tokens (it cut only the
+    passage), which failed the whole answer."""
+    long_question = "Why does my cluster keep failing " * 80 + "when TiKV scales in or out?"
+    scores = reader_module.load_reader().scores(long_question, [ANSWERS, UNRELATED])
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+    answer, found = ExtractiveBackend().extract_found(f"Goal: {long_question}", [
+        {"content": ANSWERS.split("\n", 1)[1], "source_uri": "scale.md", "heading": "Scaling", "score": 0.8}])
+    assert isinstance(answer, str) and answer  # an answer or "not found", never an error
+
+
 def test_the_export_scores_as_the_merged_model_does():
     torch = pytest.importorskip("torch")
     from peft import PeftModel

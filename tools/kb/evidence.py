@@ -213,7 +213,6 @@ def answer_probabilities(question: str, passages: list[Passage], embedder: Any, 
     it, None goes without) the probability is a weighted geometric mean of the answer model's and
     the reader's (the reader's weight, ``reader_weight``, chosen on the calibration sets); without
     it, the answer model's alone. Each has its own calibrated threshold."""
-    import numpy as np
 
     model = model or AnswerModel()
     p = model.probability(featurize(question, passages, embedder, absent=absent))

@@ -293,9 +293,9 @@ def index_folder(
         exported = load_exported(kb, embedder.model_name)
         if exported is not None:  # the same vectors either way: each text goes to the faster runtime
             embedder = ByLengthEmbedder(embedder, exported)
-        from tools.kb.reader import load_reader
+        from tools.kb.reader import prepare_reader
 
-        load_reader()  # built once per machine here, so that the first answer does not wait for it
+        prepare_reader()  # the answer reader's export, built once per machine here so the first answer need not wait
     report = IndexReport(path=kb)
     paths = find_documents(
         source, include, exclude, follow_symlinks=follow_symlinks, max_file_bytes=max_file_bytes, skipped=report.skipped

@@ -27,7 +27,7 @@ from typing import Any
 
 from tools.kb.embedding import QueryEncoding
 
-__all__ = ["EXPORT_FOLDER", "OnnxEmbedder", "cache_root", "embedder_for", "export_onnx", "load_exported"]
+__all__ = ["EXPORT_FOLDER", "OnnxEmbedder", "cache_root", "embedder_for", "export_onnx", "load_exported", "onnx_session", "padded"]
 
 EXPORT_FOLDER = "embedder"  # a knowledge base's own export (before the shared cache)
 REFERENCE_FILE = "embedder.ref"  # the name of the knowledge base's export in the shared cache
@@ -206,6 +206,35 @@ _CACHE: dict[tuple[str, str], OnnxEmbedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+def onnx_session(model: Path) -> Any:
+    """An ONNX Runtime session on the CPU for a small model: a few threads, no arena kept around
+    (a query's few tensors), its own log quiet."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = min(4, os.cpu_count() or 1)
+    options.log_severity_level = 3
+    options.enable_cpu_mem_arena = False
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def padded(batch: list[Any], pad_id: int) -> dict[str, Any]:
+    """A batch of ``tokenizers`` encodings as a BERT model's inputs: ``input_ids`` (padded with
+    ``pad_id``), ``attention_mask`` and ``token_type_ids``, int64 ``[len(batch), longest]``."""
+    import numpy as np
+
+    width = max(len(e.ids) for e in batch)
+    ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    types = np.zeros((len(batch), width), dtype=np.int64)
+    for row, encoding in enumerate(batch):
+        n = len(encoding.ids)
+        ids[row, :n] = encoding.ids
+        mask[row, :n] = 1
+        types[row, :n] = encoding.type_ids
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
 class OnnxEmbedder(QueryEncoding):
     """The same interface as :class:`tools.kb.Embedder`, on an exported model (thread-safe)."""
 
@@ -232,23 +261,9 @@ class OnnxEmbedder(QueryEncoding):
         import numpy as np
 
         if self._session is None:
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = min(4, os.cpu_count() or 1)
-            options.log_severity_level = 3
-            options.enable_cpu_mem_arena = False  # a query's few tensors: no arena kept around
-            self._session = ort.InferenceSession(str(self.folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
-        width = max(len(e.ids) for e in batch)
-        ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        types = np.zeros((len(batch), width), dtype=np.int64)
-        for row, encoding in enumerate(batch):
-            n = len(encoding.ids)
-            ids[row, :n] = encoding.ids
-            mask[row, :n] = 1
-            types[row, :n] = encoding.type_ids
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            self._session = onnx_session(self.folder / "model.onnx")
+        feeds = padded(batch, self._pad_id)
+        mask = feeds["attention_mask"]
         hidden = self._session.run(None, {name: feeds[name] for name in self._inputs})[0]
         weights = mask[..., None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)

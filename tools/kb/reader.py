@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["READER_FOLDER", "Reader", "build_reader", "load_reader", "passage_text"]
+__all__ = ["READER_FOLDER", "Reader", "build_reader", "load_reader", "passage_text", "prepare_reader"]
 
 READER_FOLDER = Path(__file__).with_name("reader")  # adapter_config.json, adapter_model.safetensors, reader.json
 _FORMAT = "planvm-onnx-reader/1"
@@ -133,35 +133,52 @@ def build_reader(adapter: Path = READER_FOLDER, target: Path | None = None) -> P
     return target
 
 
+def prepare_reader() -> Path | None:
+    """The folder of the reader's export, built there first when it is not complete (once per
+    machine); None, with a warning, when it cannot be built here."""
+    folder = _cache_root() / _key()
+    try:
+        if _complete(folder) is None:
+            build_reader(READER_FOLDER, folder)
+    except Exception as exc:  # noqa: BLE001 - answers go on without the reader
+        log.warning("the answer reader is not used (%s: %s); install planvm[kb] to build it", type(exc).__name__, str(exc)[:200])
+        return None
+    return folder
+
+
 def load_reader() -> Reader | None:
-    """The reader (built and cached on first use), or None when it cannot be built or run here."""
+    """The reader (built on first use, loaded once per process), or None when it cannot be built
+    or run here."""
     key = str(READER_FOLDER)
     with _LOCK:
-        if key in _LOADED:
-            return _LOADED[key]
-        reader: Reader | None = None
-        try:
-            import onnxruntime  # noqa: F401
-            import tokenizers  # noqa: F401
+        if key not in _LOADED:
+            _LOADED[key] = _open_reader()
+        return _LOADED[key]
 
-            folder = _cache_root() / _key()
-            if _complete(folder) is None:
-                build_reader(READER_FOLDER, folder)
-            try:
-                reader = Reader(folder)
-                reader.open()
-            except Exception as exc:  # noqa: BLE001 - an export damaged on disk is built again, once
-                log.warning("the answer reader's export in %s does not load (%s: %s); building it again",
-                            folder, type(exc).__name__, str(exc)[:200])
-                shutil.rmtree(folder, ignore_errors=True)
-                build_reader(READER_FOLDER, folder)
-                reader = Reader(folder)
-                reader.open()
-        except Exception as exc:  # noqa: BLE001 - answers go on without the reader
-            log.warning("the answer reader is not used (%s: %s); install planvm[kb] to build it",
-                        type(exc).__name__, str(exc)[:200])
-        _LOADED[key] = reader
-        return reader
+
+def _open_reader() -> Reader | None:
+    try:
+        import onnxruntime  # noqa: F401
+        import tokenizers  # noqa: F401
+    except ImportError as exc:
+        log.warning("the answer reader is not used (%s); install planvm[kb] to run it", exc)
+        return None
+    for attempt in (1, 2):
+        folder = prepare_reader()
+        if folder is None:
+            return None
+        try:
+            reader = Reader(folder)
+            reader.open()
+            return reader
+        except Exception as exc:  # noqa: BLE001 - an export damaged on disk is built again, once
+            if attempt == 2:
+                log.warning("the answer reader is not used (%s: %s)", type(exc).__name__, str(exc)[:200])
+                return None
+            log.warning("the answer reader's export in %s does not load (%s: %s); building it again",
+                        folder, type(exc).__name__, str(exc)[:200])
+            shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 class Reader:
@@ -176,7 +193,8 @@ class Reader:
         self.folder = folder
         self.batch_size = batch_size
         self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self._tokenizer.enable_truncation(max_length=int(export["max_length"]), strategy="only_second")
+        # the longer of question and passage is cut first: a question longer than the window is read in part, not refused
+        self._tokenizer.enable_truncation(max_length=int(export["max_length"]), strategy="longest_first")
         self._tokenizer.no_padding()
         self._pad_id = int(export["pad_id"])
         self._session: Any = None
@@ -184,18 +202,17 @@ class Reader:
 
     def open(self) -> None:
         """Load the ONNX model (once); raises when the export does not load."""
+        from tools.kb.onnx_embedding import onnx_session
+
         with self._lock:
             if self._session is None:
-                import onnxruntime as ort
-
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = min(4, os.cpu_count() or 1)
-                options.log_severity_level = 3
-                self._session = ort.InferenceSession(str(self.folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+                self._session = onnx_session(self.folder / "model.onnx")
 
     def scores(self, question: str, passages: list[str]) -> Any:
         """float32 array: for each passage, the probability that it answers ``question``."""
         import numpy as np
+
+        from tools.kb.onnx_embedding import padded
 
         out = np.zeros(len(passages), dtype=np.float32)
         if not passages:
@@ -205,14 +222,6 @@ class Reader:
         with self._lock:
             for start in range(0, len(encodings), self.batch_size):
                 batch = encodings[start : start + self.batch_size]
-                width = max(len(e.ids) for e in batch)
-                ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
-                mask = np.zeros((len(batch), width), dtype=np.int64)
-                types = np.zeros((len(batch), width), dtype=np.int64)
-                for row, e in enumerate(batch):
-                    ids[row, : len(e.ids)] = e.ids
-                    mask[row, : len(e.ids)] = 1
-                    types[row, : len(e.ids)] = e.type_ids
-                logits = self._session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0]
+                logits = self._session.run(None, padded(batch, self._pad_id))[0]
                 out[start : start + len(batch)] = 1.0 / (1.0 + np.exp(-logits.reshape(-1)))
         return out
