@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -81,10 +82,11 @@ class Server:
         self.stop()
 
 
-def wait_status(client: httpx.Client, run_id: str, statuses: set[str], timeout: float = 60) -> dict[str, Any]:
+def wait_status(client: httpx.Client, run_id: str, statuses: set[str], timeout: float = 60,
+                read: Callable[[httpx.Response], dict[str, Any]] = httpx.Response.json) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = client.get(f"/v1/runs/{run_id}").json()
+        run = read(client.get(f"/v1/runs/{run_id}"))
         if run["status"] in statuses:
             return run
         time.sleep(0.05)

@@ -235,12 +235,15 @@ def _small(result: Any) -> bool:
 
 def _bulk(read: Callable[[], Any]) -> BulkJSONResponse:
     """What ``read`` gives (a stored run: megabytes of JSON for a large plan), as a response; the
-    objects read kept apart from the garbage collector, then freed a slice at a time (vm.bulk)."""
+    objects read made with automatic collection paused and then kept apart from the garbage
+    collector (a full pass while they are made walks them all), then freed a slice at a time
+    (vm.bulk)."""
     release = bulk.hold()
     parts: list[Any] = []
     try:
-        parts.append(read())
-        return BulkJSONResponse(parts[0])
+        with bulk.making():
+            parts.append(read())
+            return BulkJSONResponse(parts[0])
     finally:
         bulk.discard(parts, then=release)
 
