@@ -326,7 +326,7 @@ def test_fork_from_a_step_with_an_edited_plan(server):
 def test_schemathesis_finds_no_server_error(server):
     out = subprocess.run(
         [str(Path(sys.executable).with_name("schemathesis")), "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error",
-         "--max-examples", "12"],
+         "--max-examples", "12", "--request-timeout", "60"],  # a run with ?wait=true answers when it ends: seconds on a loaded 2-core machine
         capture_output=True, text=True, timeout=600, cwd=server.home,
     )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
