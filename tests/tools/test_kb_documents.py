@@ -74,6 +74,27 @@ def test_a_code_block_stays_with_the_sentence_that_introduces_it():
     assert table.kind in ("table", "item+table")  # a table is one unit: never cut between its rows
 
 
+def test_a_static_site_generators_code_blocks_are_code_and_their_comments_no_headings(tmp_path):
+    page = (
+        "# Configuration\n\n## Pod Subnet\n\nYou can configure the pod subnet by setting\n\n"
+        '{{< codeFromInline lang="yaml" >}}\n# a random port makes it easier to run several clusters\n'
+        'networking:\n  podSubnet: "10.244.0.0/16"\n{{< /codeFromInline >}}\n\n'
+        "## Logs\n\nExport them with\n\n{% highlight sh %}\n# all nodes\nkind export logs\n{% endhighlight %}\n\n"
+        "## Broken\n\n{{< highlight go >}}\n# no closing tag: left as written\n"
+    )
+    (tmp_path / "configuration.md").write_text(page)
+    chunks = chunk_document(read_document(tmp_path / "configuration.md", "configuration.md"))
+    headings = {c.heading for c in chunks}
+    assert "Configuration > Pod Subnet" in headings and "Configuration > Logs" in headings
+    assert not any("random port" in h or "all nodes" in h for h in headings), headings
+    subnet = next(c.content for c in chunks if c.heading == "Configuration > Pod Subnet")
+    assert "```yaml\n# a random port" in subnet and "codeFromInline" not in subnet
+    logs = next(c.content for c in chunks if c.heading == "Configuration > Logs")
+    assert "```sh\n# all nodes\nkind export logs\n```" in logs
+    broken = next(c.content for c in chunks if c.heading.startswith("Configuration > Broken"))
+    assert "{{< highlight go >}}" in broken
+
+
 def test_sentences_are_not_cut_inside_inline_code_identifiers_or_abbreviations():
     text = "Modify `spec.` Then wait. Set values.yaml for v1.30 first, e.g. with Helm. Done! Next."
     assert [text[a:b] for a, b in sentence_spans(text)] == [

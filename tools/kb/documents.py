@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
-from tools.kb.markdown import front_matter, sections, sentence_spans, units
+from tools.kb.markdown import code_shortcodes, front_matter, sections, sentence_spans, units
 from vm.errors import BadInput
 
 __all__ = ["DEFAULT_MAX_FILE_BYTES", "Chunk", "Document", "chunk_document", "embedding_text", "find_documents", "read_document"]
@@ -183,6 +183,7 @@ def read_document(path: Path, rel: str) -> Document:
         text = parser.text()
     elif path.suffix.lower() in _MARKDOWN:
         metadata, text, _removed = front_matter(text)  # metadata, never text to search
+        text = code_shortcodes(text)
     title = str(metadata.pop("title", "") or "")
     return Document(rel, text, hashlib.sha256(data).hexdigest(), title, metadata)
 

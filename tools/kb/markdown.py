@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Unit", "front_matter", "sections", "sentence_spans", "units"]
+__all__ = ["Unit", "code_shortcodes", "front_matter", "sections", "sentence_spans", "units"]
 
 _FRONT = re.compile(r"\A(?:\ufeff)?---[ \t]*\r?\n(.*?)\r?\n(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 _HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.+?)\s*#*\s*$")
@@ -47,6 +47,38 @@ def front_matter(text: str) -> tuple[dict[str, Any], str, int]:
                 meta[key.strip()] = value.strip().strip("\"'")
     clean = {str(k): v for k, v in meta.items() if isinstance(v, (str, int, float, bool)) or v is None}
     return clean, text[found.end() :], found.end()
+
+
+_SHORTCODE_OPEN = re.compile(
+    r"^(?P<indent>[ \t]*)(?:\{\{[<%]-?\s*(?P<name>highlight|code[\w-]*)\b(?P<args>[^}\n]*?)\s*-?[>%]\}\}"
+    r"|\{%-?\s*(?P<liquid>highlight)\b(?P<largs>[^%\n]*?)\s*-?%\})[ \t]*$", re.M | re.I)
+_LANG = re.compile(r"""\blang(?:uage)?\s*=\s*["']?([\w+#.-]+)|^\s*["']?([\w+#.-]+)["']?(?:\s|$)""")
+
+
+def code_shortcodes(text: str) -> str:
+    """The text with the code blocks of static-site generators written as Markdown fences:
+    Hugo's ``{{< highlight go >}}`` and ``{{< codeFromInline lang="yaml" >}}`` pairs (any shortcode
+    named ``highlight`` or ``code...``, ``<`` or ``%`` form) and Jekyll's ``{% highlight go %}``.
+    Without this, their lines are read as prose and a ``# comment`` in them as a heading. A
+    block whose closing tag is missing is left as it is."""
+    out: list[str] = []
+    at = 0
+    for opened in _SHORTCODE_OPEN.finditer(text):
+        if opened.start() < at:
+            continue
+        name = opened.group("name") or opened.group("liquid")
+        if opened.group("liquid"):
+            close = re.compile(r"^[ \t]*\{%-?\s*endhighlight\s*-?%\}[ \t]*$", re.M)
+        else:
+            close = re.compile(r"^[ \t]*\{\{[<%]-?\s*/" + re.escape(name) + r"\s*-?[>%]\}\}[ \t]*$", re.M | re.I)
+        closed = close.search(text, opened.end())
+        if closed is None:
+            continue
+        lang = _LANG.search(opened.group("args") or opened.group("largs") or "")
+        fence = opened.group("indent") + "```" + ((lang.group(1) or lang.group(2)) if lang else "")
+        out += [text[at : opened.start()], fence, text[opened.end() : closed.start()], opened.group("indent") + "```"]
+        at = closed.end()
+    return "".join(out) + text[at:] if out else text
 
 
 @dataclass(slots=True)
