@@ -158,14 +158,17 @@ class ExtractiveBackend:
 
 
 def _section(passages: list[Any], best: int) -> list[int]:
-    """``best`` and the other passages of its page and section, in retrieval order, within
-    :data:`SECTION_PASSAGES` and :data:`SECTION_CHARS`."""
+    """``best`` and the other passages of its page and section (its subsections included: a
+    problem stated in a section, its fix under a heading of its own below), in retrieval order,
+    within :data:`SECTION_PASSAGES` and :data:`SECTION_CHARS`."""
     chosen = [best]
     size = len(passages[best].text)
+    heading = passages[best].heading
     for i, passage in enumerate(passages):
         if len(chosen) >= SECTION_PASSAGES:
             break
-        if i == best or passage.source != passages[best].source or passage.heading != passages[best].heading:
+        within = passage.heading == heading or (heading and passage.heading.startswith(f"{heading} > "))
+        if i == best or passage.source != passages[best].source or not within:
             continue
         if size + len(passage.text) > SECTION_CHARS:
             continue

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tools.kb import reader as reader_module
-from tools.kb.evidence import AnswerModel, Passage, answer_probabilities, featurize
+from tools.kb.evidence import AnswerModel, Passage, answer_probabilities, featurize, passages_of
 from tools.kb.onnx_embedding import load_exported
 from tools.llm_extractive import NOT_FOUND, ExtractiveBackend
 
@@ -156,3 +156,30 @@ def test_the_answer_is_the_passage_and_the_rest_of_its_section_cited_once():
     assert "sharding.md" not in answer and "hash of a label" not in answer
     answer, found = ExtractiveBackend().extract_found("Goal: How do I deploy the operator on OpenShift?", context)
     assert not found and answer == NOT_FOUND
+
+
+def test_a_subsection_under_the_answering_section_is_part_of_the_answer():
+    """A problem stated in a section, its fix under a heading of its own below it: one answer."""
+    context = [
+        {"content": "Targets are all down: the kubelet metrics server returned HTTP status `403 Forbidden`.",
+         "source_uri": "troubleshooting.md", "heading": "Troubleshooting > Kubelet returned 403 Forbidden", "score": 0.8},
+        {"content": "Amend the webhooks to listen on `0.0.0.0` instead of `127.0.0.1`, then restart the kubelet.",
+         "source_uri": "troubleshooting.md", "heading": "Troubleshooting > Kubelet returned 403 Forbidden > Did you check the webhooks?",
+         "score": 0.6},
+        {"content": "A sibling section about another error entirely: the remote write queue is full.",
+         "source_uri": "troubleshooting.md", "heading": "Troubleshooting > Remote write queue full", "score": 0.5},
+    ]
+    answer, found = ExtractiveBackend().extract_found("Goal: What should I do when the kubelet targets return 403 Forbidden?", context)
+    assert found, answer
+    assert "403 Forbidden" in answer and "0.0.0.0" in answer and "queue is full" not in answer
+    assert answer.endswith("[troubleshooting.md > Kubelet returned 403 Forbidden]")
+
+
+def test_a_heading_written_with_inline_code_names_its_passages_as_the_index_names_its_section():
+    """The heading line inside a chunk (`Too long` in backticks) and the section heading the index
+    wrote (plain) are one section, not two."""
+    passages = passages_of([{"content": "## CRD apply fails with `Too long` issue\n\nUse server-side apply.",
+                             "source_uri": "t.md", "heading": "Troubleshooting > CRD apply fails with Too long issue"},
+                            {"content": "It needs Kubernetes v1.22 at least.", "source_uri": "t.md",
+                             "heading": "Troubleshooting > CRD apply fails with Too long issue"}])
+    assert [p.heading for p in passages] == ["Troubleshooting > CRD apply fails with Too long issue"] * 2

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.kb.markdown import units
+from tools.kb.markdown import plain_inline, units
 
 __all__ = ["FEATURES", "MODEL_FILE", "AnswerModel", "Passage", "absent_of", "answer_probabilities", "featurize", "passages_of",
            "terms", "words"]
@@ -61,7 +61,7 @@ def passages_of(hits: list[dict[str, Any]]) -> list[Passage]:
             body = text[unit.start : unit.end].strip()
             heading = str(hit.get("heading") or "")
             while (line := _HEADING_LINE.match(body)) is not None:  # a heading names the passage, it is not its text
-                name = line.group(1).strip()
+                name = plain_inline(line.group(1))  # as the index writes section headings
                 heading = heading if heading.endswith(name) else (f"{heading} > {name}" if heading else name)
                 body = body[line.end() :].strip()
             if unit.kind == "heading" or len(body) < 12:

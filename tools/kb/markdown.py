@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Unit", "code_shortcodes", "front_matter", "sections", "sentence_spans", "units"]
+__all__ = ["Unit", "code_shortcodes", "front_matter", "plain_inline", "sections", "sentence_spans", "units"]
 
 _FRONT = re.compile(r"\A(?:\ufeff)?---[ \t]*\r?\n(.*?)\r?\n(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 _HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.+?)\s*#*\s*$")
@@ -175,10 +175,10 @@ def sections(text: str, title: str = "") -> list[tuple[str, int, int]]:
     for token_index, token in enumerate(tokens := _parser().parse(text)):
         if token.type == "heading_open" and token.map is not None:
             inline = tokens[token_index + 1]
-            heads.append((starts[token.map[0]], int(token.tag[1]), _plain(inline.content)))
+            heads.append((starts[token.map[0]], int(token.tag[1]), plain_inline(inline.content)))
     found: list[tuple[str, int, int]] = []
     stack: list[tuple[int, str]] = []
-    lead = [title] if title and not (heads and _plain(heads[0][2]).lower() == title.lower()) else []
+    lead = [title] if title and not (heads and plain_inline(heads[0][2]).lower() == title.lower()) else []
     heading, start = " > ".join(lead), 0
     for offset, level, name in heads:
         if offset > start:
@@ -190,7 +190,7 @@ def sections(text: str, title: str = "") -> list[tuple[str, int, int]]:
     return [(h, a, b) for h, a, b in found if text[a:b].strip()]
 
 
-def _plain(text: str) -> str:
+def plain_inline(text: str) -> str:
     """Inline Markdown to plain words: links to their text, emphasis and code marks dropped."""
     text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", text)
     text = re.sub(r"\{#[^}]*\}\s*$", "", text)  # "{#anchor}" heading ids
