@@ -295,8 +295,18 @@ def main() -> None:
                      "synthetic_right": round(scores[threshold], 4), "seed": SEED},
         "stop_words": sorted(stop),  # scikit-learn's English stop words
     }
-    MODEL_FILE.write_text(json.dumps(model, indent=1) + "\n", encoding="utf-8")
+    write_model(model, MODEL_FILE)
     print(f"wrote {MODEL_FILE}")
+
+
+def write_model(model: dict[str, Any], path: Path) -> None:
+    """Write the trained model to ``path``, keeping the reader's weight already there: that is
+    chosen on the calibration sets (see ``reader_weight_from``), not by training, and a retrained
+    model without it would fall back to an even mean."""
+    if path.is_file():
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        model = {**model, **{k: kept[k] for k in ("reader_weight", "reader_weight_from") if k in kept}}
+    path.write_text(json.dumps(model, indent=1) + "\n", encoding="utf-8")
 
 
 #: The calibration sets: (folder of documents, its questions). Never an evaluation (frozen) set.

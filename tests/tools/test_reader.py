@@ -183,3 +183,16 @@ def test_a_heading_written_with_inline_code_names_its_passages_as_the_index_name
                             {"content": "It needs Kubernetes v1.22 at least.", "source_uri": "t.md",
                              "heading": "Troubleshooting > CRD apply fails with Too long issue"}])
     assert [p.heading for p in passages] == ["Troubleshooting > CRD apply fails with Too long issue"] * 2
+
+
+def test_retraining_the_answer_model_keeps_the_reader_weight_chosen_on_calibration(tmp_path):
+    from training.answer_model import write_model
+
+    path = tmp_path / "answer_model.json"
+    path.write_text(json.dumps({"weights": [1.0], "reader_weight": 0.25, "reader_weight_from": "calibration: ..."}))
+    write_model({"weights": [2.0], "threshold": 0.8}, path)
+    written = json.loads(path.read_text())
+    assert written == {"weights": [2.0], "threshold": 0.8, "reader_weight": 0.25, "reader_weight_from": "calibration: ..."}
+    fresh = tmp_path / "fresh.json"
+    write_model({"weights": [3.0]}, fresh)  # nothing chosen yet: nothing invented
+    assert json.loads(fresh.read_text()) == {"weights": [3.0]}
