@@ -133,7 +133,7 @@ class ExtractiveBackend:
         best = int(np.argmax(p))
         if p[best] < threshold and _asks(prompt):  # an instruction is answered with its closest passage
             return NOT_FOUND, False
-        return _cite([passages[i] for i in _section(passages, best)]), True
+        return _cite([passages[i] for i in _section(passages, best)], passages[best]), True
 
     def _per_key(self, question: str, keys: tuple[str, ...], passages: list[Any], embedder: Any, model: Any,
                  asks: bool = True, absent: list[str] | None = None) -> tuple[Any, bool]:
@@ -177,10 +177,11 @@ def _section(passages: list[Any], best: int) -> list[int]:
     return sorted(chosen)
 
 
-def _cite(passages: list[Any]) -> str:
-    """The passages (of one page and section), then ``[source > section]``."""
-    first = passages[0]
-    section = first.heading.split(" > ")[-1] if first.heading else ""
-    where = " > ".join(part for part in (first.source, section) if part)
+def _cite(passages: list[Any], best: Any = None) -> str:
+    """The passages (of one page and section, or its subsections), then ``[source > section]``:
+    the section of ``best``, the passage that answers (the first one when not given)."""
+    named = best if best is not None else passages[0]
+    section = named.heading.split(" > ")[-1] if named.heading else ""
+    where = " > ".join(part for part in (named.source, section) if part)
     text = "\n\n".join(passage.text for passage in passages)
     return f"{text} [{where}]" if where else text

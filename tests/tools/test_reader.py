@@ -173,6 +173,11 @@ def test_a_subsection_under_the_answering_section_is_part_of_the_answer():
     assert found, answer
     assert "403 Forbidden" in answer and "0.0.0.0" in answer and "queue is full" not in answer
     assert answer.endswith("[troubleshooting.md > Kubelet returned 403 Forbidden]")
+    # The subsection's passage retrieved first: the answer still names the section of the passage that answers.
+    answer, found = ExtractiveBackend().extract_found("Goal: What should I do when the kubelet targets return 403 Forbidden?",
+                                                      [context[1], context[0], context[2]])
+    assert found and "0.0.0.0" in answer and "403 Forbidden" in answer, answer
+    assert answer.count("[") == 1 and answer.endswith("[troubleshooting.md > Kubelet returned 403 Forbidden]"), answer
 
 
 def test_a_heading_written_with_inline_code_names_its_passages_as_the_index_names_its_section():
