@@ -22,12 +22,15 @@ import shutil
 import threading
 import uuid
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tools.kb.embedding import QueryEncoding
 
-__all__ = ["EXPORT_FOLDER", "OnnxEmbedder", "cache_root", "embedder_for", "export_onnx", "load_exported", "onnx_session", "padded"]
+__all__ = ["EXPORT_FOLDER", "OnnxEmbedder", "cache_root", "embedder_for", "export_onnx", "load_exported", "onnx_session", "padded",
+           "staged_folder"]
 
 EXPORT_FOLDER = "embedder"  # a knowledge base's own export (before the shared cache)
 REFERENCE_FILE = "embedder.ref"  # the name of the knowledge base's export in the shared cache
@@ -109,9 +112,11 @@ def _export(embedder: Any, target: Path) -> bool:
             def forward(self, *inputs: Any) -> Any:
                 return self.inner(**dict(zip(names, inputs, strict=True))).last_hidden_state
 
-        staged = target.parent / f"{target.name}.{uuid.uuid4().hex[:8]}.tmp"
-        staged.mkdir(parents=True)
-        try:
+        def usable(folder: Path) -> bool:
+            described = _describe(folder)
+            return described is not None and described.get("model") == embedder.model_name
+
+        with staged_folder(target, usable) as staged:
             example = tuple(torch.ones((1, 8), dtype=torch.long) for _ in names)
             axes = {name: {0: "batch", 1: "tokens"} for name in [*names, "last_hidden_state"]}
             with torch.no_grad(), warnings.catch_warnings():
@@ -132,22 +137,35 @@ def _export(embedder: Any, target: Path) -> bool:
                 "normalize": True,
             }
             (staged / "embedder.json").write_text(json.dumps(description), encoding="utf-8")  # last: marks it complete
-            if target.exists():
-                shutil.rmtree(target, ignore_errors=True)
-            try:
-                os.replace(staged, target)
-            except OSError:  # another process exported it at the same time
-                if _describe(target) is None:
-                    raise
-                shutil.rmtree(staged, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
-            raise
     except Exception as exc:  # an exporter that fails leaves queries to sentence-transformers
         log.warning("could not export the embedding model to ONNX (%s: %s); queries will load sentence-transformers",
                     type(exc).__name__, str(exc)[:200])
         return False
     return True
+
+
+@contextmanager
+def staged_folder(target: Path, usable: Callable[[Path], bool]) -> Iterator[Path]:
+    """A new folder beside ``target`` to write an export into; when the block ends, it replaces
+    ``target`` in one rename (a ``target`` that is not ``usable``, such as one that stopped midway,
+    is removed first; one that another process finished meanwhile is kept and the staged copy
+    dropped). When the block fails, the staged folder is removed and ``target`` is untouched."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = target.parent / f"{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    staged.mkdir(parents=True)
+    try:
+        yield staged
+        if target.exists() and not usable(target):
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(staged, target)
+        except OSError:  # another process exported it at the same time
+            if not usable(target):
+                raise
+            shutil.rmtree(staged, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
 
 
 def _describe(folder: Path) -> dict[str, Any] | None:

@@ -18,10 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import threading
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -76,6 +74,7 @@ def build_reader(adapter: Path = READER_FOLDER, target: Path | None = None) -> P
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from tools.kb.embedding import _resolve
+    from tools.kb.onnx_embedding import staged_folder
 
     settings = _settings(adapter)
     target = target or _cache_root() / _key(adapter)
@@ -96,9 +95,6 @@ def build_reader(adapter: Path = READER_FOLDER, target: Path | None = None) -> P
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.parent / f"{target.name}.{uuid.uuid4().hex[:8]}.tmp"
-    staged.mkdir(parents=True)
     names = ["input_ids", "attention_mask", "token_type_ids"]
 
     class Scorer(torch.nn.Module):
@@ -109,7 +105,7 @@ def build_reader(adapter: Path = READER_FOLDER, target: Path | None = None) -> P
         def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
             return self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits[:, 0]
 
-    try:
+    with staged_folder(target, lambda folder: _complete(folder) is not None) as staged:
         example = tuple(torch.ones((2, 8), dtype=torch.long) for _ in names)
         axes = {name: {0: "batch", 1: "tokens"} for name in names} | {"logit": {0: "batch"}}
         with torch.no_grad(), warnings.catch_warnings():
@@ -119,17 +115,6 @@ def build_reader(adapter: Path = READER_FOLDER, target: Path | None = None) -> P
         tokenizer.backend_tokenizer.save(str(staged / "tokenizer.json"))
         export = {"format": _FORMAT, "max_length": int(settings["max_length"]), "pad_id": tokenizer.pad_token_id or 0}
         (staged / "export.json").write_text(json.dumps(export), encoding="utf-8")  # last: marks it complete
-        if target.exists() and _complete(target) is None:  # an export that stopped midway
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(staged, target)
-        except OSError:  # another process exported it at the same time
-            if _complete(target) is None:
-                raise
-            shutil.rmtree(staged, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     return target
 
 
