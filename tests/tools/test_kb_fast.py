@@ -183,3 +183,38 @@ def test_index_progress_lines_when_not_on_a_terminal(tmp_path):
     lines = [line for line in out.stderr.splitlines() if line.startswith("indexing: ")]
     assert any("files 4/4" in line for line in lines) and any("chunks" in line for line in lines)
     assert "Traceback" not in out.stderr and "TracerWarning" not in out.stderr
+
+
+def test_a_staged_export_replaces_an_unusable_target_keeps_a_finished_one_and_leaves_nothing_when_it_fails(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import tools.kb.onnx_embedding as onnx_embedding
+    from tools.kb.onnx_embedding import staged_folder
+
+    def usable(folder):
+        return (folder / "done").is_file()
+
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "half").write_text("stopped midway")  # not usable: replaced
+    with staged_folder(target, usable) as staged:
+        (staged / "done").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["done"] and not list(tmp_path.glob("*.tmp"))
+
+    with pytest.raises(RuntimeError), staged_folder(tmp_path / "failed", usable) as staged:
+        (staged / "partial").write_text("x")
+        raise RuntimeError("the exporter failed")
+    assert not (tmp_path / "failed").exists() and not list(tmp_path.glob("*.tmp"))
+
+    other = tmp_path / "raced"
+    real_replace = os.replace
+
+    def finished_meanwhile(source, destination):  # another process renames its finished export first
+        Path(destination).mkdir()
+        (Path(destination) / "done").write_text("theirs")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(onnx_embedding.os, "replace", finished_meanwhile)
+    with staged_folder(other, usable) as staged:
+        (staged / "done").write_text("ours")
+    assert (other / "done").read_text() == "theirs" and not list(tmp_path.glob("*.tmp"))

@@ -178,7 +178,7 @@ def sections(text: str, title: str = "") -> list[tuple[str, int, int]]:
             heads.append((starts[token.map[0]], int(token.tag[1]), plain_inline(inline.content)))
     found: list[tuple[str, int, int]] = []
     stack: list[tuple[int, str]] = []
-    lead = [title] if title and not (heads and plain_inline(heads[0][2]).lower() == title.lower()) else []
+    lead = [title] if title and not (heads and heads[0][2].lower() == title.lower()) else []  # names are plain already
     heading, start = " > ".join(lead), 0
     for offset, level, name in heads:
         if offset > start:
